@@ -1,0 +1,74 @@
+"""What every policy-learning LightningModule shares: normalisation, acting, the K-updates-per-step
+loop, and a checkpoint that carries everything inference needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from vla_hydra.data.batch import tree_map
+from vla_hydra.envs.factory import EnvSpec
+from vla_hydra.models.normalization import ActionScaler, ObservationNormalizer
+
+CHECKPOINT_KEY = "vla_hydra"
+
+
+class PolicyAlgorithm(L.LightningModule):
+    """Subclasses build their networks in __init__ and implement `update` and `normalized_action`.
+
+    Optimisation is manual so that one Lightning step runs `updates_per_step` gradient updates on the
+    block of minibatches the datamodule yields: Lightning's per-step cost (hooks, logging, loop) is
+    paid once per block instead of once per update. `trainer.global_step` counts gradient updates.
+    """
+
+    def __init__(self, spec: EnvSpec, updates_per_step: int = 1, obs_mean=None, obs_std=None):
+        super().__init__()
+        self.automatic_optimization = False
+        self.spec = spec
+        self.updates_per_step = int(updates_per_step)
+        self.obs_normalizer = ObservationNormalizer(spec.observation_shape, obs_mean, obs_std)
+        self.action_scaler = ActionScaler(spec.action_low, spec.action_high)
+        # Set by train.py, saved into checkpoints: the composed config and the normalized-score references.
+        self.run_config: dict[str, Any] | None = None
+        self.ref_returns: dict[str, float] | None = None
+
+    # -- what subclasses provide ---------------------------------------------------------------
+    def normalized_action(self, normalized_obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action in [-1, 1] for normalised observations."""
+        raise NotImplementedError
+
+    def update(self, batch: dict[str, torch.Tensor], optimizers) -> dict[str, torch.Tensor]:
+        """One gradient update on one minibatch; returns detached scalar losses (no host sync)."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Env-unit actions for raw env observations (batched); the evaluation and inference interface."""
+        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        action = self.action_scaler.unnormalize(self.normalized_action(self.obs_normalizer(obs_t)))
+        return action.cpu().numpy()
+
+    def training_step(self, block: dict[str, torch.Tensor], batch_idx: int) -> None:
+        optimizers = self.optimizers()
+        totals: dict[str, torch.Tensor] = {}
+        for k in range(self.updates_per_step):
+            losses = self.update(tree_map(lambda x, k=k: x[k], block), optimizers)
+            for name, value in losses.items():
+                totals[name] = totals[name] + value if name in totals else value
+        self.log_dict({f"train/{name}": v / self.updates_per_step for name, v in totals.items()},
+                      on_step=True, on_epoch=False, prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "format_version": 1,
+            "algo": type(self).__name__,
+            "env_spec": self.spec.to_dict(),
+            "obs_mean": self.obs_normalizer.mean.cpu().tolist(),
+            "obs_std": self.obs_normalizer.std.cpu().tolist(),
+            "ref_returns": self.ref_returns,
+            "config": self.run_config,
+        }

@@ -1,0 +1,22 @@
+"""Shared entry-point plumbing: user errors become one line on stderr and exit code 1."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+
+def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run `task(cfg)`; a VlaHydraError or a bad config value prints `error: <one line>` and exits 1."""
+    from vla_hydra.core.exceptions import VlaHydraError
+
+    try:
+        return task(cfg)
+    except (VlaHydraError, OmegaConfBaseException) as err:
+        message = " ".join(str(err).split())
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

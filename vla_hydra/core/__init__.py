@@ -1,0 +1,1 @@
+"""Shared framework pieces, one home each: errors, logging, device, seeding, IO, config helpers."""

@@ -1,0 +1,30 @@
+"""Config-side helpers, import-light (omegaconf only): resolvers and turning config dicts into lists."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("vla.isatty"):
+        OmegaConf.register_new_resolver("vla.isatty", lambda: sys.stdout.isatty())
+
+
+register_resolvers()
+
+
+def instantiate_dict_values(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate each entry of a config dict (callbacks, loggers); entries that are null or build None
+    are skipped, so any entry can be switched off with `callbacks.<name>=null`."""
+    from hydra.utils import instantiate
+
+    objects = []
+    for value in (cfg or {}).values():
+        if value is not None and "_target_" in value:
+            obj = instantiate(value)
+            if obj is not None:
+                objects.append(obj)
+    return objects

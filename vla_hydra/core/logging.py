@@ -1,0 +1,26 @@
+"""Rank-zero logging: in multi-process runs only global rank 0 writes, so messages are not repeated."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def _global_rank() -> int:
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+class _RankZeroFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        return _global_rank() == 0
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A logger whose records are emitted on global rank 0 only."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _RankZeroFilter) for f in logger.filters):
+        logger.addFilter(_RankZeroFilter())
+    return logger

@@ -1,0 +1,37 @@
+"""Process-wide runtime settings: device selection, seeding and torch threads, each in one place."""
+
+from __future__ import annotations
+
+import os
+import random
+
+# Set before torch is imported anywhere: with OpenMP's default busy-waiting, 2 threads on a small
+# shared VM make small-model throughput collapse.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; anything else is passed to torch.device."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices). Env seeds are passed explicitly at reset."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_torch_threads(num_threads: int | None) -> None:
+    """Intra-op threads for torch; None keeps torch's default."""
+    if num_threads:
+        torch.set_num_threads(int(num_threads))

@@ -1,0 +1,1 @@
+"""Environment construction, scripted controllers and evaluation rollouts."""

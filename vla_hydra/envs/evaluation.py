@@ -1,0 +1,64 @@
+"""Evaluation rollouts: N episodes in parallel (sync vector env), one batched policy call per step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from vla_hydra.envs.factory import EnvFactory, normalized_score
+
+
+@dataclass
+class EvalResult:
+    returns: np.ndarray
+    lengths: np.ndarray
+    ref_returns: dict[str, float] | None
+
+    @property
+    def return_mean(self) -> float:
+        return float(self.returns.mean())
+
+    @property
+    def return_std(self) -> float:
+        return float(self.returns.std())
+
+    @property
+    def normalized_score(self) -> float | None:
+        return normalized_score(self.return_mean, self.ref_returns)
+
+    def to_dict(self) -> dict:
+        return {
+            "eval_episodes": int(len(self.returns)),
+            "eval_return_mean": self.return_mean,
+            "eval_return_std": self.return_std,
+            "eval_length_mean": float(self.lengths.mean()),
+            "normalized_score": self.normalized_score,
+            "ref_returns": self.ref_returns,
+        }
+
+
+def rollout_episodes(
+    policy: Callable[[np.ndarray], np.ndarray],
+    env_factory: EnvFactory,
+    num_episodes: int,
+    seed: int,
+    ref_returns: dict[str, float] | None = None,
+) -> EvalResult:
+    """Run `num_episodes` episodes, episode i reset with seed `seed + i`, all envs stepped together."""
+    envs = env_factory.make_vector(num_episodes)
+    try:
+        obs, _ = envs.reset(seed=[seed + i for i in range(num_episodes)])
+        returns = np.zeros(num_episodes)
+        lengths = np.zeros(num_episodes, dtype=np.int64)
+        running = np.ones(num_episodes, dtype=bool)
+        while running.any():
+            actions = policy(obs)
+            obs, rewards, terminated, truncated, _ = envs.step(actions)
+            returns += rewards * running
+            lengths += running
+            running &= ~(terminated | truncated)
+    finally:
+        envs.close()
+    return EvalResult(returns=returns, lengths=lengths, ref_returns=ref_returns or env_factory.ref_returns)

@@ -1,0 +1,78 @@
+"""Re-evaluate a checkpoint in its environment; the training config comes from the checkpoint.
+
+    python -m vla_hydra.eval ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
+    python -m vla_hydra.eval ckpt_path=... episodes=50 seed=7
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from vla_hydra.cli import run_cli
+
+
+def load_policy(ckpt_path: str | Path, device: str = "cpu"):
+    """Rebuild the trained algorithm (networks + normalisation) from a vla_hydra checkpoint.
+
+    Returns (algo, env_factory, config) with algo in eval mode on `device`.
+    """
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from vla_hydra.algos.base import CHECKPOINT_KEY
+    from vla_hydra.core.exceptions import CheckpointError
+    from vla_hydra.envs.factory import EnvSpec
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={path}: file not found")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise CheckpointError(f"ckpt_path={path}: not a readable torch checkpoint ({type(err).__name__})") from err
+    meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    if not meta or not meta.get("config"):
+        raise CheckpointError(f"ckpt_path={path}: no '{CHECKPOINT_KEY}' section; was it written by vla_hydra.train?")
+    config = OmegaConf.create(meta["config"])
+    spec = EnvSpec.from_dict(meta["env_spec"])
+    algo = instantiate(config.algo, _partial_=True)(spec=spec, model=instantiate(config.model))
+    algo.load_state_dict(checkpoint["state_dict"])
+    algo.ref_returns = meta.get("ref_returns")
+    algo.to(device).eval()
+    return algo, instantiate(config.env), config
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    from vla_hydra.core.io import write_json_atomic
+    from vla_hydra.core.runtime import set_torch_threads
+    from vla_hydra.envs.evaluation import rollout_episodes
+
+    set_torch_threads(cfg.get("torch_threads"))
+    algo, env, _ = load_policy(cfg.ckpt_path, cfg.device)
+    result = rollout_episodes(algo.act, env, cfg.episodes, cfg.seed, ref_returns=algo.ref_returns)
+    results = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "env": env.id, "seed": int(cfg.seed),
+               **result.to_dict()}
+    out = Path(cfg.paths.output_dir) / "eval_results.json"
+    write_json_atomic(out, results)
+    score = results["normalized_score"]
+    print(f"eval return {result.return_mean:.1f} ± {result.return_std:.1f} over {cfg.episodes} episodes"
+          + (f", normalized score {score:.1f}" if score is not None else "") + f"\nresults: {out.resolve()}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def _hydra_main(cfg: DictConfig) -> None:
+    run_cli(evaluate, cfg)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

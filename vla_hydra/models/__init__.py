@@ -1,0 +1,1 @@
+"""Networks shared by all algorithms. `model=` configs are partials completed with env dims."""

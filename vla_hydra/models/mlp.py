@@ -1,0 +1,53 @@
+"""MLP building block and the actor/critic heads built from it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def mlp(in_dim: int, out_dim: int, hidden_dims: Sequence[int], activation: str = "relu",
+        layer_norm: bool = False, dropout: float = 0.0) -> nn.Sequential:
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation={activation!r}: expected one of {sorted(_ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    dims = [in_dim, *hidden_dims]
+    for d_in, d_out in zip(dims[:-1], dims[1:]):
+        layers.append(nn.Linear(d_in, d_out))
+        if layer_norm:
+            layers.append(nn.LayerNorm(d_out))
+        layers.append(_ACTIVATIONS[activation]())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(dims[-1], out_dim))
+    return nn.Sequential(*layers)
+
+
+class FlattenEncoder(nn.Module):
+    """Observation encoder for flat (Box) observations. Dict-observation encoders (images, proprio,
+    language) replace it and expose the same `out_dim`."""
+
+    def __init__(self, observation_shape: Sequence[int]):
+        super().__init__()
+        self.obs_ndim = len(observation_shape)
+        self.out_dim = int(torch.tensor(list(observation_shape)).prod().item())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs.flatten(start_dim=obs.dim() - self.obs_ndim)
+
+
+class DeterministicActor(nn.Module):
+    """obs -> action in [-1, 1] (tanh). Actions are rescaled to env bounds outside the network."""
+
+    def __init__(self, observation_shape: Sequence[int], action_dim: int, hidden_dims: Sequence[int] = (256, 256),
+                 activation: str = "relu", layer_norm: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.encoder = FlattenEncoder(observation_shape)
+        self.net = mlp(self.encoder.out_dim, action_dim, hidden_dims, activation, layer_norm, dropout)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(self.encoder(obs)))

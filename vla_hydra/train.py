@@ -1,0 +1,100 @@
+"""The one training entry point.
+
+    python -m vla_hydra.train                          # BC on the embedded Pendulum dataset
+    python -m vla_hydra.train algo=bc seed=1 trainer.max_steps=5000
+    python -m vla_hydra.train -m algo=bc seed=0,1       # local sweep, one run dir per job
+    python -m vla_hydra.train --help                    # config groups and their choices
+
+Heavy imports (torch, lightning) happen inside `train`, so `--help` and `--cfg job` stay fast.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from vla_hydra.cli import run_cli
+from vla_hydra.core.config import instantiate_dict_values
+
+
+def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
+    """Fit the configured algorithm, evaluate it, write results.json; return (optimized metric, results)."""
+    start = time.perf_counter()
+    from hydra.utils import instantiate
+
+    from vla_hydra.core.io import write_json_atomic
+    from vla_hydra.core.logging import get_logger
+    from vla_hydra.core.runtime import seed_everything, set_torch_threads
+    from vla_hydra.envs.evaluation import rollout_episodes
+    from vla_hydra.training.callbacks import PolicyEvaluation, Throughput
+
+    log = get_logger(__name__)
+    set_torch_threads(cfg.get("torch_threads"))
+    seed_everything(cfg.seed)
+    output_dir = Path(cfg.paths.output_dir).resolve()
+
+    env = instantiate(cfg.env)
+    spec = env.spec()
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.check_compatible(spec)
+    obs_mean, obs_std = datamodule.observation_stats()
+    algo = instantiate(cfg.algo, _partial_=True)(spec=spec, model=instantiate(cfg.model),
+                                                  obs_mean=obs_mean, obs_std=obs_std)
+    algo.run_config = OmegaConf.to_container(cfg, resolve=True)
+    algo.ref_returns = datamodule.ref_returns or env.ref_returns
+
+    callbacks = instantiate_dict_values(cfg.get("callbacks"))
+    throughput = Throughput()
+    callbacks.append(throughput)
+    loggers = instantiate_dict_values(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.fit(algo, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    final = rollout_episodes(algo.act, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
+    ckpt = output_dir / "checkpoints" / "last.ckpt"
+    evals = [cb for cb in callbacks if isinstance(cb, PolicyEvaluation)]
+    results = {
+        "algo": type(algo).__name__.lower(),
+        "env": spec.env_id,
+        "dataset": datamodule.name,
+        "dataset_path": str(datamodule.path.resolve()),
+        "dataset_transitions": datamodule.num_raw_transitions,
+        "seed": int(cfg.seed),
+        "train_steps": int(trainer.global_step),
+        "wall_seconds": time.perf_counter() - start,
+        "train_updates_per_s": throughput.updates_per_s,
+        "time_to_first_step_s": throughput.time_to_first_step_s,
+        **final.to_dict(),
+        "eval_history": evals[0].history if evals else [],
+        "checkpoint": str(ckpt) if ckpt.exists() else None,
+        "run_dir": str(output_dir),
+    }
+    write_json_atomic(output_dir / "results.json", results)
+    score = results["normalized_score"]
+    log.info(f"eval return {final.return_mean:.1f} ± {final.return_std:.1f} over {cfg.eval.episodes} episodes"
+             + (f", normalized score {score:.1f}" if score is not None else ""))
+    log.info(f"run dir:    {output_dir}")
+    log.info(f"checkpoint: {results['checkpoint']}")
+    log.info(f"results:    {output_dir / 'results.json'}")
+    metric = results.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
+    return metric, results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    metric, _ = run_cli(train, cfg)
+    return metric
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

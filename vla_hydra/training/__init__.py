@@ -1,0 +1,1 @@
+"""Trainer-side pieces: callbacks, logger factories, helpers that build lists from config."""

@@ -1,0 +1,95 @@
+"""Callbacks: periodic policy evaluation in the env, throughput/start-up timing, progress display."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import lightning as L
+import psutil
+
+from vla_hydra.core.logging import get_logger
+from vla_hydra.envs.evaluation import rollout_episodes
+from vla_hydra.envs.factory import EnvFactory
+
+log = get_logger(__name__)
+
+
+def is_interactive() -> bool:
+    """A terminal is attached: show a live progress bar; otherwise keep logs to one line per eval."""
+    return sys.stdout.isatty()
+
+
+def progress_bar(refresh_rate: int = 1):
+    """Rich progress bar in a terminal; None (no bar) in non-interactive logs."""
+    if not is_interactive():
+        return None
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    return RichProgressBar(refresh_rate=refresh_rate)
+
+
+class PolicyEvaluation(L.Callback):
+    """Every `every_n_updates` gradient updates, run `episodes` env episodes and log eval/* metrics."""
+
+    def __init__(self, env: EnvFactory, every_n_updates: int = 2000, episodes: int = 10, seed: int = 1000,
+                 at_start: bool = True):
+        self.env, self.every_n_updates, self.episodes, self.seed = env, every_n_updates, episodes, seed
+        self.at_start = at_start
+        self.seconds_spent = 0.0
+        self.history: list[dict] = []
+        self._next_eval = 0
+
+    def _evaluate(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.global_rank != 0:
+            return
+        start = time.perf_counter()
+        was_training = pl_module.training
+        pl_module.eval()
+        result = rollout_episodes(pl_module.act, self.env, self.episodes, self.seed, ref_returns=pl_module.ref_returns)
+        pl_module.train(was_training)
+        metrics = {"eval/return_mean": result.return_mean, "eval/return_std": result.return_std}
+        if result.normalized_score is not None:
+            metrics["eval/normalized_score"] = result.normalized_score
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        self.history.append({"step": trainer.global_step, **metrics})
+        self.seconds_spent += time.perf_counter() - start
+        score = f" (normalized {result.normalized_score:.1f})" if result.normalized_score is not None else ""
+        max_steps = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+        log.info(f"step {trainer.global_step}{max_steps}: eval return {result.return_mean:.1f} "
+                 f"± {result.return_std:.1f}{score}")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._next_eval = trainer.global_step + self.every_n_updates
+        if self.at_start and not trainer.sanity_checking:
+            self._evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self._next_eval:
+            self._evaluate(trainer, pl_module)
+            self._next_eval = trainer.global_step + self.every_n_updates
+
+
+class Throughput(L.Callback):
+    """Launch-to-first-step time and gradient updates/s of the fit loop (evaluation time excluded)."""
+
+    def __init__(self):
+        self.time_to_first_step_s: float | None = None
+        self.updates_per_s: float | None = None
+        self._start_time = self._start_step = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._start_time is None:
+            now = time.time()
+            self.time_to_first_step_s = now - psutil.Process().create_time()
+            self._start_time, self._start_step = time.perf_counter(), trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._start_time is None:
+            return
+        eval_seconds = sum(getattr(cb, "seconds_spent", 0.0) for cb in trainer.callbacks)
+        elapsed = time.perf_counter() - self._start_time - eval_seconds
+        self.updates_per_s = (trainer.global_step - self._start_step) / max(elapsed, 1e-9)
+        for logger in trainer.loggers:
+            logger.log_metrics({"perf/updates_per_s": self.updates_per_s}, step=trainer.global_step)
