@@ -10,6 +10,8 @@ policy on held-out seeds) and stored in the file's metadata.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,21 @@ class CollectionRecipe:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     parallel_envs: int = 50
 
+    def fingerprint(self) -> str:
+        """Identifies what the recipe produces, so a cached file from another recipe is never reused."""
+        policy = self.behavior_policy
+        content = {
+            "env_id": self.env_id,
+            "env_kwargs": dict(self.env_kwargs),
+            "episodes": self.episodes,
+            "action_noise_std": [float(x) for x in self.action_noise_std],
+            "seed": self.seed,
+            "reference_episodes": self.reference_episodes,
+            "policy": f"{type(policy).__module__}.{type(policy).__qualname__}",
+            "policy_params": {k: repr(v) for k, v in sorted(vars(policy).items())},
+        }
+        return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
 
 def _rollout(env_factory, policy, seeds: Sequence[int], noise_std: Sequence[float], rng) -> list[dict]:
     """One episode per seed, in parallel; returns per-episode arrays in seed order."""
@@ -59,14 +76,16 @@ def _rollout(env_factory, policy, seeds: Sequence[int], noise_std: Sequence[floa
     episodes = []
     for i in range(len(seeds)):
         rows = [s for s in steps if s[6][i]]
-        episodes.append({
-            "observations": np.stack([s[0][i] for s in rows]),
-            "actions": np.stack([s[1][i] for s in rows]),
-            "rewards": np.array([s[2][i] for s in rows], dtype=np.float32),
-            "terminals": np.array([s[3][i] for s in rows], dtype=bool),
-            "timeouts": np.array([s[4][i] and not s[3][i] for s in rows], dtype=bool),
-            "next_observations": np.stack([s[5][i] for s in rows]),
-        })
+        episodes.append(
+            {
+                "observations": np.stack([s[0][i] for s in rows]),
+                "actions": np.stack([s[1][i] for s in rows]),
+                "rewards": np.array([s[2][i] for s in rows], dtype=np.float32),
+                "terminals": np.array([s[3][i] for s in rows], dtype=bool),
+                "timeouts": np.array([s[4][i] and not s[3][i] for s in rows], dtype=bool),
+                "next_observations": np.stack([s[5][i] for s in rows]),
+            }
+        )
     return episodes
 
 
@@ -107,6 +126,7 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
         "ref_random_return": float(np.mean([ep["rewards"].sum() for ep in random_eps])),
         "ref_expert_return": float(np.mean([ep["rewards"].sum() for ep in expert_eps])),
         "created_by": "vla_hydra.collect",
+        "recipe_fingerprint": recipe.fingerprint(),
     }
     write_d4rl_hdf5(output, arrays, summary)
     summary["seconds"] = time.perf_counter() - start
@@ -125,9 +145,11 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"data={cfg.data.get('name', '?')}: has no `recipe` to collect from")
     recipe = hydra.utils.instantiate(cfg.data.recipe)
     summary = collect_dataset(recipe, output)
-    print(f"wrote {summary['path']}: {summary['transitions']} transitions, {summary['episodes']} episodes, "
-          f"dataset return {summary['dataset_return_mean']:.1f} (random {summary['ref_random_return']:.1f}, "
-          f"expert {summary['ref_expert_return']:.1f}) in {summary['seconds']:.1f}s")
+    print(
+        f"wrote {summary['path']}: {summary['transitions']} transitions, {summary['episodes']} episodes, "
+        f"dataset return {summary['dataset_return_mean']:.1f} (random {summary['ref_random_return']:.1f}, "
+        f"expert {summary['ref_expert_return']:.1f}) in {summary['seconds']:.1f}s"
+    )
     return summary
 
 

@@ -1,7 +1,7 @@
 """Re-evaluate a checkpoint in its environment; the training config comes from the checkpoint.
 
-    python -m vla_hydra.eval ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
-    python -m vla_hydra.eval ckpt_path=... episodes=50 seed=7
+python -m vla_hydra.eval ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
+python -m vla_hydra.eval ckpt_path=... episodes=50 seed=7
 """
 
 from __future__ import annotations
@@ -34,10 +34,14 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu"):
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise CheckpointError(f"ckpt_path={path}: not a readable torch checkpoint ({type(err).__name__})") from err
+        raise CheckpointError(
+            f"ckpt_path={path}: not a readable torch checkpoint ({type(err).__name__})"
+        ) from err
     meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not meta or not meta.get("config"):
-        raise CheckpointError(f"ckpt_path={path}: no '{CHECKPOINT_KEY}' section; was it written by vla_hydra.train?")
+        raise CheckpointError(
+            f"ckpt_path={path}: no '{CHECKPOINT_KEY}' section; was it written by vla_hydra.train?"
+        )
     config = OmegaConf.create(meta["config"])
     spec = EnvSpec.from_dict(meta["env_spec"])
     algo = instantiate(config.algo, _partial_=True)(spec=spec, model=instantiate(config.model))
@@ -55,13 +59,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     set_torch_threads(cfg.get("torch_threads"))
     algo, env, _ = load_policy(cfg.ckpt_path, cfg.device)
     result = rollout_episodes(algo.act, env, cfg.episodes, cfg.seed, ref_returns=algo.ref_returns)
-    results = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "env": env.id, "seed": int(cfg.seed),
-               **result.to_dict()}
+    results = {
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "env": env.id,
+        "seed": int(cfg.seed),
+        **result.to_dict(),
+    }
     out = Path(cfg.paths.output_dir) / "eval_results.json"
     write_json_atomic(out, results)
     score = results["normalized_score"]
-    print(f"eval return {result.return_mean:.1f} ± {result.return_std:.1f} over {cfg.episodes} episodes"
-          + (f", normalized score {score:.1f}" if score is not None else "") + f"\nresults: {out.resolve()}")
+    print(
+        f"eval return {result.return_mean:.1f} ± {result.return_std:.1f} over {cfg.episodes} episodes"
+        + (f", normalized score {score:.1f}" if score is not None else "")
+        + f"\nresults: {out.resolve()}"
+    )
     return results
 
 

@@ -27,12 +27,13 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     from hydra.utils import instantiate
 
     from vla_hydra.core.io import write_json_atomic
-    from vla_hydra.core.logging import get_logger
+    from vla_hydra.core.logging import get_logger, silence_known_warnings
     from vla_hydra.core.runtime import seed_everything, set_torch_threads
     from vla_hydra.envs.evaluation import rollout_episodes
     from vla_hydra.training.callbacks import PolicyEvaluation, Throughput
 
     log = get_logger(__name__)
+    silence_known_warnings()
     set_torch_threads(cfg.get("torch_threads"))
     seed_everything(cfg.seed)
     output_dir = Path(cfg.paths.output_dir).resolve()
@@ -44,8 +45,9 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     datamodule.setup("fit")
     datamodule.check_compatible(spec)
     obs_mean, obs_std = datamodule.observation_stats()
-    algo = instantiate(cfg.algo, _partial_=True)(spec=spec, model=instantiate(cfg.model),
-                                                  obs_mean=obs_mean, obs_std=obs_std)
+    algo = instantiate(cfg.algo, _partial_=True)(
+        spec=spec, model=instantiate(cfg.model), obs_mean=obs_mean, obs_std=obs_std
+    )
     algo.run_config = OmegaConf.to_container(cfg, resolve=True)
     algo.ref_returns = datamodule.ref_returns or env.ref_returns
 
@@ -77,8 +79,10 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     }
     write_json_atomic(output_dir / "results.json", results)
     score = results["normalized_score"]
-    log.info(f"eval return {final.return_mean:.1f} ± {final.return_std:.1f} over {cfg.eval.episodes} episodes"
-             + (f", normalized score {score:.1f}" if score is not None else ""))
+    log.info(
+        f"eval return {final.return_mean:.1f} ± {final.return_std:.1f} over {cfg.eval.episodes} episodes"
+        + (f", normalized score {score:.1f}" if score is not None else "")
+    )
     log.info(f"run dir:    {output_dir}")
     log.info(f"checkpoint: {results['checkpoint']}")
     log.info(f"results:    {output_dir / 'results.json'}")

@@ -59,8 +59,12 @@ class PolicyAlgorithm(L.LightningModule):
             losses = self.update(tree_map(lambda x, k=k: x[k], block), optimizers)
             for name, value in losses.items():
                 totals[name] = totals[name] + value if name in totals else value
-        self.log_dict({f"train/{name}": v / self.updates_per_step for name, v in totals.items()},
-                      on_step=True, on_epoch=False, prog_bar=True)
+        self.log_dict(
+            {f"train/{name}": v / self.updates_per_step for name, v in totals.items()},
+            on_step=True,
+            on_epoch=False,
+            prog_bar=True,
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {

@@ -14,8 +14,16 @@ def bc_mse_loss(predicted_actions: torch.Tensor, dataset_actions: torch.Tensor) 
 
 
 class BC(PolicyAlgorithm):
-    def __init__(self, spec, model, lr: float = 1e-3, weight_decay: float = 0.0, updates_per_step: int = 50,
-                 obs_mean=None, obs_std=None):
+    def __init__(
+        self,
+        spec,
+        model,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        updates_per_step: int = 50,
+        obs_mean=None,
+        obs_std=None,
+    ):
         super().__init__(spec, updates_per_step, obs_mean, obs_std)
         self.lr, self.weight_decay = lr, weight_decay
         self.actor = model(spec.observation_shape, spec.action_dim)
@@ -33,4 +41,6 @@ class BC(PolicyAlgorithm):
 
     def configure_optimizers(self):
         # foreach: one fused kernel launch per parameter group instead of one per tensor.
-        return torch.optim.Adam(self.actor.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True)
+        return torch.optim.Adam(
+            self.actor.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True
+        )

@@ -24,3 +24,13 @@ def get_logger(name: str) -> logging.Logger:
     if not any(isinstance(f, _RankZeroFilter) for f in logger.filters):
         logger.addFilter(_RankZeroFilter())
     return logger
+
+
+def silence_known_warnings() -> None:
+    """Lightning warnings that do not apply to how vla_hydra trains (checked, intended behaviour)."""
+    import warnings
+
+    # The minibatch stream has a length but never runs in worker processes (num_workers=0).
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
+    # Checkpoints are meant to hold the state after the step's updates (manual optimization).
+    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")

@@ -14,8 +14,14 @@ class PendulumSwingUp:
     theta_dd = (15 - 3 kp) theta - 3 kd theta_d is stable for kp > 5). Mean return ~ -140 over seeds.
     """
 
-    def __init__(self, k_energy: float = 1.0, kp: float = 10.0, kd: float = 2.0, balance_cos: float = 0.85,
-                 max_torque: float = 2.0):
+    def __init__(
+        self,
+        k_energy: float = 1.0,
+        kp: float = 10.0,
+        kd: float = 2.0,
+        balance_cos: float = 0.85,
+        max_torque: float = 2.0,
+    ):
         self.k_energy, self.kp, self.kd = k_energy, kp, kd
         self.balance_cos, self.max_torque = balance_cos, max_torque
 

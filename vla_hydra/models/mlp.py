@@ -10,13 +10,19 @@ from torch import nn
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
-def mlp(in_dim: int, out_dim: int, hidden_dims: Sequence[int], activation: str = "relu",
-        layer_norm: bool = False, dropout: float = 0.0) -> nn.Sequential:
+def mlp(
+    in_dim: int,
+    out_dim: int,
+    hidden_dims: Sequence[int],
+    activation: str = "relu",
+    layer_norm: bool = False,
+    dropout: float = 0.0,
+) -> nn.Sequential:
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation={activation!r}: expected one of {sorted(_ACTIVATIONS)}")
     layers: list[nn.Module] = []
     dims = [in_dim, *hidden_dims]
-    for d_in, d_out in zip(dims[:-1], dims[1:]):
+    for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
         layers.append(nn.Linear(d_in, d_out))
         if layer_norm:
             layers.append(nn.LayerNorm(d_out))
@@ -43,8 +49,15 @@ class FlattenEncoder(nn.Module):
 class DeterministicActor(nn.Module):
     """obs -> action in [-1, 1] (tanh). Actions are rescaled to env bounds outside the network."""
 
-    def __init__(self, observation_shape: Sequence[int], action_dim: int, hidden_dims: Sequence[int] = (256, 256),
-                 activation: str = "relu", layer_norm: bool = False, dropout: float = 0.0):
+    def __init__(
+        self,
+        observation_shape: Sequence[int],
+        action_dim: int,
+        hidden_dims: Sequence[int] = (256, 256),
+        activation: str = "relu",
+        layer_norm: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.encoder = FlattenEncoder(observation_shape)
         self.net = mlp(self.encoder.out_dim, action_dim, hidden_dims, activation, layer_norm, dropout)

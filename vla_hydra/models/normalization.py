@@ -11,8 +11,13 @@ from torch import nn
 class ObservationNormalizer(nn.Module):
     """(obs - mean) / std with dataset statistics; identity when built without statistics."""
 
-    def __init__(self, shape: Sequence[int], mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
-                 eps: float = 1e-3):
+    def __init__(
+        self,
+        shape: Sequence[int],
+        mean: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+        eps: float = 1e-3,
+    ):
         super().__init__()
         mean = torch.zeros(shape) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
         std = torch.ones(shape) if std is None else torch.as_tensor(std, dtype=torch.float32)

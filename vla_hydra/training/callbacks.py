@@ -32,8 +32,14 @@ def progress_bar(refresh_rate: int = 1):
 class PolicyEvaluation(L.Callback):
     """Every `every_n_updates` gradient updates, run `episodes` env episodes and log eval/* metrics."""
 
-    def __init__(self, env: EnvFactory, every_n_updates: int = 2000, episodes: int = 10, seed: int = 1000,
-                 at_start: bool = True):
+    def __init__(
+        self,
+        env: EnvFactory,
+        every_n_updates: int = 2000,
+        episodes: int = 10,
+        seed: int = 1000,
+        at_start: bool = True,
+    ):
         self.env, self.every_n_updates, self.episodes, self.seed = env, every_n_updates, episodes, seed
         self.at_start = at_start
         self.seconds_spent = 0.0
@@ -46,7 +52,9 @@ class PolicyEvaluation(L.Callback):
         start = time.perf_counter()
         was_training = pl_module.training
         pl_module.eval()
-        result = rollout_episodes(pl_module.act, self.env, self.episodes, self.seed, ref_returns=pl_module.ref_returns)
+        result = rollout_episodes(
+            pl_module.act, self.env, self.episodes, self.seed, ref_returns=pl_module.ref_returns
+        )
         pl_module.train(was_training)
         metrics = {"eval/return_mean": result.return_mean, "eval/return_std": result.return_std}
         if result.normalized_score is not None:
@@ -57,8 +65,10 @@ class PolicyEvaluation(L.Callback):
         self.seconds_spent += time.perf_counter() - start
         score = f" (normalized {result.normalized_score:.1f})" if result.normalized_score is not None else ""
         max_steps = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
-        log.info(f"step {trainer.global_step}{max_steps}: eval return {result.return_mean:.1f} "
-                 f"± {result.return_std:.1f}{score}")
+        log.info(
+            f"step {trainer.global_step}{max_steps}: eval return {result.return_mean:.1f} "
+            f"± {result.return_std:.1f}{score}"
+        )
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._next_eval = trainer.global_step + self.every_n_updates

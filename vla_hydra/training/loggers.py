@@ -17,7 +17,9 @@ def wandb_logged_in() -> bool:
         return False
 
 
-def wandb_logger(save_dir: str, project: str = "vla_hydra", name: str | None = None, mode: str = "auto", **kwargs):
+def wandb_logger(
+    save_dir: str, project: str = "vla_hydra", name: str | None = None, mode: str = "auto", **kwargs
+):
     """WandbLogger that runs offline unless the user has logged in (mode=auto);
     mode=online|offline forces it."""
     from lightning.pytorch.loggers import WandbLogger

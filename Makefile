@@ -1,0 +1,45 @@
+# vla_hydra developer commands. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU wheel of torch (pinned so a CPU machine never pulls a multi-GB CUDA build); on a GPU machine
+# set TORCH_SPEC to the build you want, e.g. make install TORCH_SPEC="torch==2.13.0 --index-url ...".
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: help install train test test-full bench format lint clean
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the package with dev tools (idempotent)
+
+train: install ## train BC on the embedded Pendulum dataset (collected on first use), < 1 min on 2 CPU cores
+	$(PY) -m vla_hydra.train $(ARGS)
+
+test: install ## fast test suite (excludes tests marked slow)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-full: install ## every test, including slow ones
+	$(PY) -m pytest $(ARGS)
+
+bench: install ## benchmarks, JSON lines to stdout and benchmarks/results/
+	$(PY) benchmarks/bench_bc.py $(ARGS)
+
+format: install ## auto-format and fix imports
+	$(PY) -m ruff format vla_hydra tests benchmarks
+	$(PY) -m ruff check --fix vla_hydra tests benchmarks
+
+lint: install ## static checks
+	$(PY) -m ruff check vla_hydra tests benchmarks
+
+clean: ## remove caches and run outputs (keeps .venv and data/)
+	rm -rf logs outputs multirun .pytest_cache .ruff_cache benchmarks/results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

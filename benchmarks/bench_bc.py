@@ -1,0 +1,178 @@
+"""BC training throughput through train.py's Lightning path vs a plain PyTorch loop, plus CLI start-up.
+
+Both paths use the same network (conf/model/mlp.yaml), the same dataset tensors, batch size, optimizer
+and thread count, measured alternately in this one process; the ratio is what matters on a noisy box.
+
+    python benchmarks/bench_bc.py [--updates 5000] [--rounds 3] [--threads 1]
+
+Prints JSON lines and appends them to benchmarks/results/bench_bc.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
+from tests.conftest import compose_config  # noqa: E402
+from vla_hydra.algos.bc import bc_mse_loss  # noqa: E402
+from vla_hydra.train import train  # noqa: E402
+
+
+def lightning_config(tmp: Path, data_dir: Path, updates: int, threads: int):
+    cfg = compose_config(
+        "train",
+        [
+            f"trainer.max_steps={updates}",
+            "callbacks.policy_eval=null",
+            "trainer.enable_progress_bar=false",
+            "eval.episodes=2",
+            f"torch_threads={threads}",
+        ],
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp)
+        cfg.paths.data_dir = str(data_dir)
+    return cfg
+
+
+def plain_loop_updates_per_s(cfg, updates: int) -> float:
+    """The same BC update written as a plain PyTorch loop (CORL style), timed end to end."""
+    env = instantiate(cfg.env)
+    spec = env.spec()
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    mean, std = datamodule.observation_stats()
+    algo = instantiate(cfg.algo, _partial_=True)(
+        spec=spec, model=instantiate(cfg.model), obs_mean=mean, obs_std=std
+    )
+    actor, normalize_obs, scaler = algo.actor, algo.obs_normalizer, algo.action_scaler
+    optimizer = torch.optim.Adam(actor.parameters(), lr=cfg.algo.lr, foreach=True)
+    data = datamodule.buffer.data
+    obs, actions = data["observations"], data["actions"]
+    generator = torch.Generator().manual_seed(0)
+    batch = cfg.data.batch_size
+    start = time.perf_counter()
+    for _ in range(updates):
+        idx = torch.randint(len(obs), (batch,), generator=generator)
+        loss = bc_mse_loss(actor(normalize_obs(obs[idx])), scaler.normalize(actions[idx]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return updates / (time.perf_counter() - start)
+
+
+def command_seconds(args: list[str], repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *args], cwd=ROOT, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--updates", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    common = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+    }
+    lines = []
+    work = Path(tempfile.mkdtemp(prefix="vla_bench_"))
+    data_dir = ROOT / "data"
+
+    plain, lightning = [], []
+    for r in range(args.rounds):
+        cfg = lightning_config(work / f"run{r}", data_dir, args.updates, args.threads)
+        plain.append(plain_loop_updates_per_s(cfg, args.updates))
+        lightning.append(train(cfg)[1]["train_updates_per_s"])
+    lines.append(
+        {
+            "bench": "bc_updates_per_s",
+            "batch_size": 256,
+            "updates": args.updates,
+            "rounds": args.rounds,
+            "updates_per_step": int(cfg.algo.updates_per_step),
+            "plain_torch_median": statistics.median(plain),
+            "lightning_median": statistics.median(lightning),
+            "ratio_lightning_over_plain": statistics.median(lightning) / statistics.median(plain),
+            "plain_torch_all": plain,
+            "lightning_all": lightning,
+        }
+    )
+
+    cfg_job = command_seconds(["-m", "vla_hydra.train", "--cfg", "job"], 5)
+    reference = command_seconds(["-c", "import lightning"], 3)
+    lines.append(
+        {
+            "bench": "cli_cfg_job_seconds",
+            "median": statistics.median(cfg_job),
+            "all": cfg_job,
+            "reference_import_lightning_median": statistics.median(reference),
+        }
+    )
+
+    first_steps = []
+    for r in range(3):
+        out = work / f"startup{r}"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vla_hydra.train",
+                "trainer.max_steps=100",
+                "eval.episodes=2",
+                "callbacks.policy_eval=null",
+                f"paths.data_dir={data_dir}",
+                f"hydra.run.dir={out}",
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        first_steps.append(json.loads((out / "results.json").read_text())["time_to_first_step_s"])
+    lines.append(
+        {
+            "bench": "launch_to_first_step_seconds",
+            "median": statistics.median(first_steps),
+            "all": first_steps,
+            "reference_import_lightning_median": statistics.median(reference),
+        }
+    )
+
+    results_dir = ROOT / "benchmarks" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with open(results_dir / "bench_bc.jsonl", "a") as f:
+        for line in lines:
+            text = json.dumps({**common, **line})
+            print(text)
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Shared fixtures: a composed, shrunk training config (compose API) and a session-wide dataset cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+import vla_hydra.core.config  # noqa: F401  (registers resolvers used by the configs)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+
+
+def compose_config(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """Generated datasets are cached here for the whole test session (collected once on first use)."""
+    return tmp_path_factory.mktemp("data")
+
+
+def small_train_config(tmp_path: Path, data_dir: Path, overrides: list[str] | None = None) -> DictConfig:
+    cfg = compose_config(
+        "train",
+        [
+            "trainer.max_steps=200",
+            "eval.episodes=4",
+            "eval.every_n_updates=100",
+            "callbacks.policy_eval.episodes=2",
+            "trainer.enable_progress_bar=false",
+            *(overrides or []),
+        ],
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.data_dir = str(data_dir)
+        cfg.paths.log_dir = str(tmp_path / "logs")
+    return cfg
+
+
+@pytest.fixture
+def cfg_train(tmp_path, data_dir) -> DictConfig:
+    return small_train_config(tmp_path, data_dir)
+
+
+def run_module(
+    module: str, *args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m <module> args...` the way a user does; output captured (no TTY)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )

@@ -1,0 +1,37 @@
+"""`python -m vla_hydra.collect` writes a D4RL-format file with reference returns; it never overwrites silently."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.conftest import run_module
+from vla_hydra.data.d4rl_format import read_d4rl_hdf5
+
+
+def test_collect_cli_writes_mixed_quality_d4rl_file_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "pendulum.hdf5"
+    args = [
+        "data.recipe.episodes=10",
+        "data.recipe.reference_episodes=5",
+        f"output={out}",
+        f"hydra.run.dir={tmp_path}/run",
+    ]
+    proc = run_module("vla_hydra.collect", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stdout
+    arrays, meta = read_d4rl_hdf5(out)
+    assert arrays["observations"].shape == (2000, 3) and arrays["actions"].shape == (2000, 1)
+    assert arrays["timeouts"].sum() == 10 and arrays["terminals"].sum() == 0
+    # next_observations continue the episode: the next row's observation within an episode
+    np.testing.assert_allclose(arrays["next_observations"][:199], arrays["observations"][1:200])
+    assert meta["env_id"] == "Pendulum-v1" and meta["behavior_policy"].endswith("PendulumSwingUp")
+    assert meta["ref_random_return"] < -900 < -300 < meta["ref_expert_return"]
+    returns = arrays["rewards"].reshape(10, 200).sum(axis=1)
+    # noise levels cycle per episode (0.1, 0.5, 1, 2, 4): the noisiest episodes are the worst on average
+    assert returns[[4, 9]].mean() < returns[[0, 5]].mean()
+
+    before = out.read_bytes()
+    again = run_module("vla_hydra.collect", *args)
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"error: output={out}: file exists; pass overwrite=true to replace it"
+    assert out.read_bytes() == before
