@@ -35,10 +35,11 @@ from vla_hydra.algos.bc import bc_mse_loss  # noqa: E402
 from vla_hydra.train import train  # noqa: E402
 
 
-def lightning_config(tmp: Path, data_dir: Path, updates: int, threads: int):
+def lightning_config(tmp: Path, data_dir: Path, updates: int, threads: int, device: str = "cpu"):
     cfg = compose_config(
         "train",
         [
+            "trainer=gpu" if device == "cuda" else "trainer=cpu",
             f"trainer.max_steps={updates}",
             "callbacks.policy_eval=null",
             "trainer.enable_progress_bar=false",
@@ -52,7 +53,7 @@ def lightning_config(tmp: Path, data_dir: Path, updates: int, threads: int):
     return cfg
 
 
-def plain_loop_updates_per_s(cfg, updates: int) -> float:
+def plain_loop_updates_per_s(cfg, updates: int, device: str = "cpu") -> float:
     """The same BC update written as a plain PyTorch loop (CORL style), timed end to end."""
     env = instantiate(cfg.env)
     spec = env.spec()
@@ -63,19 +64,22 @@ def plain_loop_updates_per_s(cfg, updates: int) -> float:
     algo = instantiate(cfg.algo, _partial_=True)(
         spec=spec, model=instantiate(cfg.model), obs_mean=mean, obs_std=std
     )
+    algo.to(device)
     actor, normalize_obs, scaler = algo.actor, algo.obs_normalizer, algo.action_scaler
     optimizer = torch.optim.Adam(actor.parameters(), lr=cfg.algo.lr, foreach=True)
     data = datamodule.buffer.data
-    obs, actions = data["observations"], data["actions"]
-    generator = torch.Generator().manual_seed(0)
+    obs, actions = data["observations"].to(device), data["actions"].to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
     batch = cfg.data.batch_size
     start = time.perf_counter()
     for _ in range(updates):
-        idx = torch.randint(len(obs), (batch,), generator=generator)
+        idx = torch.randint(len(obs), (batch,), generator=generator, device=device)
         loss = bc_mse_loss(actor(normalize_obs(obs[idx])), scaler.normalize(actions[idx]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
     return updates / (time.perf_counter() - start)
 
 
@@ -93,6 +97,8 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--skip-cli", action="store_true", help="only the updates/s comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     common = {
@@ -101,6 +107,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "threads": args.threads,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
     }
     lines = []
     work = Path(tempfile.mkdtemp(prefix="vla_bench_"))
@@ -108,8 +115,8 @@ def main() -> None:
 
     plain, lightning = [], []
     for r in range(args.rounds):
-        cfg = lightning_config(work / f"run{r}", data_dir, args.updates, args.threads)
-        plain.append(plain_loop_updates_per_s(cfg, args.updates))
+        cfg = lightning_config(work / f"run{r}", data_dir, args.updates, args.threads, args.device)
+        plain.append(plain_loop_updates_per_s(cfg, args.updates, args.device))
         lightning.append(train(cfg)[1]["train_updates_per_s"])
     lines.append(
         {
@@ -126,6 +133,8 @@ def main() -> None:
         }
     )
 
+    if args.skip_cli:
+        return _write(lines, common)
     cfg_job = command_seconds(["-m", "vla_hydra.train", "--cfg", "job"], 5)
     reference = command_seconds(["-c", "import lightning"], 3)
     lines.append(
@@ -165,6 +174,10 @@ def main() -> None:
         }
     )
 
+    _write(lines, common)
+
+
+def _write(lines: list[dict], common: dict) -> None:
     results_dir = ROOT / "benchmarks" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     with open(results_dir / "bench_bc.jsonl", "a") as f:

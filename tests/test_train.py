@@ -173,3 +173,14 @@ def test_cached_dataset_from_another_recipe_is_refused(tmp_path, data_dir):
 
     with pytest.raises(DatasetError, match="recipe_fingerprint"):
         train(changed)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (trainer=gpu)")
+def test_train_on_gpu_matches_cpu_pipeline(tmp_path, data_dir):
+    cfg = small_train_config(tmp_path, data_dir, ["trainer=gpu", "trainer.max_steps=1000"])
+    _, results = train(cfg)
+    assert results["train_steps"] == 1000 and results["normalized_score"] > 50
+    from vla_hydra.eval import load_policy
+
+    algo, _, _ = load_policy(results["checkpoint"], device="cuda")
+    assert algo.device.type == "cuda"

@@ -98,6 +98,10 @@ class Throughput(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self._start_time is None:
             return
+        if pl_module.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()  # count queued GPU work in the timing
         eval_seconds = sum(getattr(cb, "seconds_spent", 0.0) for cb in trainer.callbacks)
         elapsed = time.perf_counter() - self._start_time - eval_seconds
         self.updates_per_s = (trainer.global_step - self._start_step) / max(elapsed, 1e-9)

@@ -1,0 +1,102 @@
+"""D4RL-format files: round trip, next_observations derivation, and one-line errors naming the field."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from vla_hydra.core.exceptions import DatasetError
+from vla_hydra.data.buffer import TensorBuffer, transitions_from_d4rl
+from vla_hydra.data.d4rl_format import read_d4rl_hdf5, write_d4rl_hdf5
+
+
+def make_arrays(n_episodes=3, length=5, obs_dim=3, act_dim=1, with_next=True, terminal_last=False):
+    obs, nxt, acts, rews, terms, touts = [], [], [], [], [], []
+    for ep in range(n_episodes):
+        o = np.arange(length + 1, dtype=np.float32)[:, None] * np.ones(obs_dim, np.float32) + 100 * ep
+        obs.append(o[:-1]); nxt.append(o[1:])
+        acts.append(np.full((length, act_dim), ep, np.float32)); rews.append(np.ones(length, np.float32))
+        end = np.zeros(length, bool); end[-1] = True
+        is_terminal = terminal_last and ep == n_episodes - 1
+        terms.append(end & is_terminal); touts.append(end & ~is_terminal)
+    arrays = {"observations": np.concatenate(obs), "actions": np.concatenate(acts),
+              "rewards": np.concatenate(rews), "terminals": np.concatenate(terms), "timeouts": np.concatenate(touts)}
+    if with_next:
+        arrays["next_observations"] = np.concatenate(nxt)
+    return arrays
+
+
+def test_round_trip_keeps_arrays_and_metadata(tmp_path):
+    arrays = make_arrays()
+    path = write_d4rl_hdf5(tmp_path / "d.hdf5", arrays, {"env_id": "Pendulum-v1", "ref_random_return": -1200.5})
+    loaded, meta = read_d4rl_hdf5(path)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(loaded[key], value)
+    assert meta == {"env_id": "Pendulum-v1", "ref_random_return": -1200.5}
+    assert not list(tmp_path.glob("*.tmp")), "atomic write leaves no temp file"
+
+
+def test_next_observations_derived_within_episodes_and_timeout_steps_dropped():
+    with_next = transitions_from_d4rl(make_arrays(with_next=True, terminal_last=True))
+    without = transitions_from_d4rl(make_arrays(with_next=False, terminal_last=True))
+    # episodes 0 and 1 end in timeouts: their last step has no successor row -> dropped (2 rows); the
+    # terminal last step of episode 2 is kept (it never bootstraps).
+    assert len(with_next["observations"]) == 15 and len(without["observations"]) == 13
+    # row 0 -> row 1 within episode 0
+    np.testing.assert_array_equal(without["next_observations"][0], [1, 1, 1])
+    # first row of episode 1 is at index 4 after dropping one row; its successor is obs 101
+    np.testing.assert_array_equal(without["observations"][4], [100, 100, 100])
+    np.testing.assert_array_equal(without["next_observations"][4], [101, 101, 101])
+    assert without["terminals"].sum() == 1 and without["terminals"][-1] == 1
+
+
+def test_buffer_samples_blocks_of_minibatches_from_the_data():
+    data = transitions_from_d4rl(make_arrays())
+    buffer = TensorBuffer(data)
+    import torch
+    gen = torch.Generator().manual_seed(0)
+    block = buffer.sample((4, 8), gen)
+    assert block["observations"].shape == (4, 8, 3) and block["rewards"].shape == (4, 8)
+    # every sampled row is a real row: obs - next_obs differ by exactly -1 in every dim
+    diff = block["next_observations"] - block["observations"]
+    assert torch.all(diff == 1)
+
+
+@pytest.mark.parametrize("case,field,message", [
+    ("missing", None, "file not found"),
+    ("not_hdf5", None, "not an HDF5 file"),
+    ("missing_key", "rewards", "missing required key"),
+    ("nan", "observations", "NaN or inf (first at row 7)"),
+    ("inf_reward", "rewards", "NaN or inf (first at row 2)"),
+    ("length", "actions", "has 14 rows, expected 15"),
+    ("empty", "observations", "empty"),
+    ("cut_episode", "terminals", "neither terminal nor timeout"),
+])
+def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, field, message):
+    path = tmp_path / f"{case}.hdf5"
+    arrays = make_arrays()
+    if case == "not_hdf5":
+        path.write_text("observations,actions\n1,2\n")
+    elif case != "missing":
+        if case == "missing_key":
+            del arrays["rewards"]
+        elif case == "nan":
+            arrays["observations"][7, 1] = np.nan
+        elif case == "inf_reward":
+            arrays["rewards"][2] = np.inf
+        elif case == "length":
+            arrays["actions"] = arrays["actions"][:-1]
+        elif case == "empty":
+            arrays = {k: v[:0] for k, v in arrays.items()}
+        elif case == "cut_episode":
+            arrays["timeouts"][-1] = False
+        with h5py.File(path, "w") as f:
+            for k, v in arrays.items():
+                f.create_dataset(k, data=v)
+    with pytest.raises(DatasetError) as err:
+        read_d4rl_hdf5(path)
+    text = str(err.value)
+    assert "\n" not in text and str(path) in text and message in text
+    if field:
+        assert f"[{field}]" in text

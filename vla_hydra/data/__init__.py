@@ -1,0 +1,1 @@
+"""Datasets, buffers and datamodules."""

@@ -1,0 +1,76 @@
+"""Read and write datasets in D4RL's HDF5 schema with h5py (the `d4rl` package itself is optional).
+
+Schema: top-level `observations` (N, obs...), `actions` (N, act), `rewards` (N,), `terminals` (N,)
+bool (true termination: no bootstrap), `timeouts` (N,) bool (truncation: bootstrap), optionally
+`next_observations` (N, obs...), and a `metadata/` group of scalars (env id, behaviour policy,
+reference returns).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from vla_hydra.core.exceptions import DatasetError
+from vla_hydra.core.io import atomic_path
+
+REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
+FLOAT_KEYS = ("observations", "actions", "rewards", "next_observations")
+
+
+def write_d4rl_hdf5(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> Path:
+    """Write atomically: readers never see a partial file, an existing file is replaced only on success."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for key, value in arrays.items():
+                f.create_dataset(key, data=value, compression=None)
+            group = f.create_group("metadata")
+            for key, value in metadata.items():
+                group.create_dataset(key, data=value)
+    return path
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def read_d4rl_hdf5(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load and validate a D4RL-format file. Every problem raises DatasetError naming file and field."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(path, None, "file not found (make one with `python -m vla_hydra.collect output=<file>`)")
+    if not h5py.is_hdf5(path):
+        raise DatasetError(path, None, "not an HDF5 file")
+    with h5py.File(path, "r") as f:
+        for key in REQUIRED_KEYS:
+            if key not in f:
+                raise DatasetError(path, key, f"missing required key (expected D4RL keys {', '.join(REQUIRED_KEYS)})")
+        arrays = {key: f[key][()] for key in (*REQUIRED_KEYS, "next_observations") if key in f}
+        metadata = {k: _decode(v[()]) for k, v in f["metadata"].items()} if "metadata" in f else {}
+    validate_transitions(path, arrays)
+    return arrays, metadata
+
+
+def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    n = len(arrays["observations"])
+    if n == 0:
+        raise DatasetError(path, "observations", "dataset is empty (0 transitions)")
+    for key, value in arrays.items():
+        if len(value) != n:
+            raise DatasetError(path, key, f"has {len(value)} rows, expected {n} (the length of observations)")
+        if key in FLOAT_KEYS and not np.isfinite(value).all():
+            bad = int(np.flatnonzero(~np.isfinite(value).reshape(n, -1).all(axis=1))[0])
+            raise DatasetError(path, key, f"contains NaN or inf (first at row {bad})")
+    if not (arrays["terminals"][-1] or arrays["timeouts"][-1]):
+        raise DatasetError(path, "terminals", "last transition is neither terminal nor timeout: the final episode is cut")
