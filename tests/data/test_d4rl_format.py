@@ -15,13 +15,22 @@ def make_arrays(n_episodes=3, length=5, obs_dim=3, act_dim=1, with_next=True, te
     obs, nxt, acts, rews, terms, touts = [], [], [], [], [], []
     for ep in range(n_episodes):
         o = np.arange(length + 1, dtype=np.float32)[:, None] * np.ones(obs_dim, np.float32) + 100 * ep
-        obs.append(o[:-1]); nxt.append(o[1:])
-        acts.append(np.full((length, act_dim), ep, np.float32)); rews.append(np.ones(length, np.float32))
-        end = np.zeros(length, bool); end[-1] = True
+        obs.append(o[:-1])
+        nxt.append(o[1:])
+        acts.append(np.full((length, act_dim), ep, np.float32))
+        rews.append(np.ones(length, np.float32))
+        end = np.zeros(length, bool)
+        end[-1] = True
         is_terminal = terminal_last and ep == n_episodes - 1
-        terms.append(end & is_terminal); touts.append(end & ~is_terminal)
-    arrays = {"observations": np.concatenate(obs), "actions": np.concatenate(acts),
-              "rewards": np.concatenate(rews), "terminals": np.concatenate(terms), "timeouts": np.concatenate(touts)}
+        terms.append(end & is_terminal)
+        touts.append(end & ~is_terminal)
+    arrays = {
+        "observations": np.concatenate(obs),
+        "actions": np.concatenate(acts),
+        "rewards": np.concatenate(rews),
+        "terminals": np.concatenate(terms),
+        "timeouts": np.concatenate(touts),
+    }
     if with_next:
         arrays["next_observations"] = np.concatenate(nxt)
     return arrays
@@ -29,7 +38,9 @@ def make_arrays(n_episodes=3, length=5, obs_dim=3, act_dim=1, with_next=True, te
 
 def test_round_trip_keeps_arrays_and_metadata(tmp_path):
     arrays = make_arrays()
-    path = write_d4rl_hdf5(tmp_path / "d.hdf5", arrays, {"env_id": "Pendulum-v1", "ref_random_return": -1200.5})
+    path = write_d4rl_hdf5(
+        tmp_path / "d.hdf5", arrays, {"env_id": "Pendulum-v1", "ref_random_return": -1200.5}
+    )
     loaded, meta = read_d4rl_hdf5(path)
     for key, value in arrays.items():
         np.testing.assert_array_equal(loaded[key], value)
@@ -55,6 +66,7 @@ def test_buffer_samples_blocks_of_minibatches_from_the_data():
     data = transitions_from_d4rl(make_arrays())
     buffer = TensorBuffer(data)
     import torch
+
     gen = torch.Generator().manual_seed(0)
     block = buffer.sample((4, 8), gen)
     assert block["observations"].shape == (4, 8, 3) and block["rewards"].shape == (4, 8)
@@ -63,16 +75,19 @@ def test_buffer_samples_blocks_of_minibatches_from_the_data():
     assert torch.all(diff == 1)
 
 
-@pytest.mark.parametrize("case,field,message", [
-    ("missing", None, "file not found"),
-    ("not_hdf5", None, "not an HDF5 file"),
-    ("missing_key", "rewards", "missing required key"),
-    ("nan", "observations", "NaN or inf (first at row 7)"),
-    ("inf_reward", "rewards", "NaN or inf (first at row 2)"),
-    ("length", "actions", "has 14 rows, expected 15"),
-    ("empty", "observations", "empty"),
-    ("cut_episode", "terminals", "neither terminal nor timeout"),
-])
+@pytest.mark.parametrize(
+    "case,field,message",
+    [
+        ("missing", None, "file not found"),
+        ("not_hdf5", None, "not an HDF5 file"),
+        ("missing_key", "rewards", "missing required key"),
+        ("nan", "observations", "NaN or inf (first at row 7)"),
+        ("inf_reward", "rewards", "NaN or inf (first at row 2)"),
+        ("length", "actions", "has 14 rows, expected 15"),
+        ("empty", "observations", "empty"),
+        ("cut_episode", "terminals", "neither terminal nor timeout"),
+    ],
+)
 def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, field, message):
     path = tmp_path / f"{case}.hdf5"
     arrays = make_arrays()

@@ -35,7 +35,7 @@ class BC(PolicyAlgorithm):
         predicted = self.actor(self.obs_normalizer(batch["observations"]))
         loss = bc_mse_loss(predicted, self.action_scaler.normalize(batch["actions"]))
         optimizers.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self.backprop(loss)
         optimizers.step()
         return {"bc_loss": loss.detach()}
 

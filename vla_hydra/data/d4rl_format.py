@@ -49,13 +49,17 @@ def read_d4rl_hdf5(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict
     """Load and validate a D4RL-format file. Every problem raises DatasetError naming file and field."""
     path = Path(path)
     if not path.exists():
-        raise DatasetError(path, None, "file not found (make one with `python -m vla_hydra.collect output=<file>`)")
+        raise DatasetError(
+            path, None, "file not found (make one with `python -m vla_hydra.collect output=<file>`)"
+        )
     if not h5py.is_hdf5(path):
         raise DatasetError(path, None, "not an HDF5 file")
     with h5py.File(path, "r") as f:
         for key in REQUIRED_KEYS:
             if key not in f:
-                raise DatasetError(path, key, f"missing required key (expected D4RL keys {', '.join(REQUIRED_KEYS)})")
+                raise DatasetError(
+                    path, key, f"missing required key (expected D4RL keys {', '.join(REQUIRED_KEYS)})"
+                )
         arrays = {key: f[key][()] for key in (*REQUIRED_KEYS, "next_observations") if key in f}
         metadata = {k: _decode(v[()]) for k, v in f["metadata"].items()} if "metadata" in f else {}
     validate_transitions(path, arrays)
@@ -73,4 +77,6 @@ def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray])
             bad = int(np.flatnonzero(~np.isfinite(value).reshape(n, -1).all(axis=1))[0])
             raise DatasetError(path, key, f"contains NaN or inf (first at row {bad})")
     if not (arrays["terminals"][-1] or arrays["timeouts"][-1]):
-        raise DatasetError(path, "terminals", "last transition is neither terminal nor timeout: the final episode is cut")
+        raise DatasetError(
+            path, "terminals", "last transition is neither terminal nor timeout: the final episode is cut"
+        )

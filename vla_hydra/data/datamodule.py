@@ -21,9 +21,14 @@ log = get_logger(__name__)
 class _MinibatchBlocks(IterableDataset):
     """Yields dicts of tensors shaped (updates_per_step, batch_size, ...), sampled on the buffer's device."""
 
-    def __init__(self, buffer: TensorBuffer, updates_per_step: int, batch_size: int, steps_per_epoch: int,
-                 seed: int):
-        self.buffer, self.shape, self.steps_per_epoch = buffer, (updates_per_step, batch_size), steps_per_epoch
+    def __init__(
+        self, buffer: TensorBuffer, updates_per_step: int, batch_size: int, steps_per_epoch: int, seed: int
+    ):
+        self.buffer, self.shape, self.steps_per_epoch = (
+            buffer,
+            (updates_per_step, batch_size),
+            steps_per_epoch,
+        )
         self.generator = torch.Generator(device=buffer.device)
         self.generator.manual_seed(seed)
 
@@ -49,9 +54,17 @@ class OfflineDataModule(L.LightningDataModule):
         seed: seed of the minibatch sampler (offset by the process rank under DDP).
     """
 
-    def __init__(self, path: str, batch_size: int = 256, updates_per_step: int = 1, recipe=None,
-                 normalize_observations: bool = True, steps_per_epoch: int = 100, seed: int = 0,
-                 name: str | None = None):
+    def __init__(
+        self,
+        path: str,
+        batch_size: int = 256,
+        updates_per_step: int = 1,
+        recipe=None,
+        normalize_observations: bool = True,
+        steps_per_epoch: int = 100,
+        seed: int = 0,
+        name: str | None = None,
+    ):
         super().__init__()
         self.path = Path(path).expanduser()
         self.name = name or self.path.stem
@@ -67,7 +80,9 @@ class OfflineDataModule(L.LightningDataModule):
 
             log.info(f"dataset {self.path} not found: collecting it from its recipe (once; cached)")
             summary = collect_dataset(self.recipe, self.path)
-            log.info(f"collected {summary['transitions']} transitions in {summary['seconds']:.1f}s -> {self.path}")
+            log.info(
+                f"collected {summary['transitions']} transitions in {summary['seconds']:.1f}s -> {self.path}"
+            )
 
     def setup(self, stage: str | None = None) -> None:
         if self.buffer is not None:
@@ -75,30 +90,41 @@ class OfflineDataModule(L.LightningDataModule):
         arrays, self.metadata = read_d4rl_hdf5(self.path)
         stored = self.metadata.get("recipe_fingerprint")
         if self.recipe is not None and stored is not None and stored != self.recipe.fingerprint():
-            raise DatasetError(self.path, "metadata/recipe_fingerprint",
-                               "file was collected with a different data.recipe; delete it to re-collect, "
-                               "or point data.path at another file")
+            raise DatasetError(
+                self.path,
+                "metadata/recipe_fingerprint",
+                "file was collected with a different data.recipe; delete it to re-collect, "
+                "or point data.path at another file",
+            )
         self.num_raw_transitions = len(arrays["observations"])
         self.buffer = TensorBuffer(transitions_from_d4rl(arrays))
 
     @property
     def ref_returns(self) -> dict[str, float] | None:
         if "ref_random_return" in self.metadata and "ref_expert_return" in self.metadata:
-            return {"random": float(self.metadata["ref_random_return"]),
-                    "expert": float(self.metadata["ref_expert_return"])}
+            return {
+                "random": float(self.metadata["ref_random_return"]),
+                "expert": float(self.metadata["ref_expert_return"]),
+            }
         return None
 
     def check_compatible(self, spec) -> None:
         """Fail early, naming the field, when the file does not fit the env the policy is evaluated in."""
         obs_shape = tuple(self.buffer.data["observations"].shape[1:])
         if obs_shape != tuple(spec.observation_shape):
-            raise DatasetError(self.path, "observations",
-                               f"shape per step {obs_shape} does not match env {spec.env_id} observation shape "
-                               f"{tuple(spec.observation_shape)}")
+            raise DatasetError(
+                self.path,
+                "observations",
+                f"shape per step {obs_shape} does not match env {spec.env_id} observation shape "
+                f"{tuple(spec.observation_shape)}",
+            )
         act_dim = int(np.prod(self.buffer.data["actions"].shape[1:]))
         if act_dim != spec.action_dim:
-            raise DatasetError(self.path, "actions",
-                               f"dimension {act_dim} does not match env {spec.env_id} action dimension {spec.action_dim}")
+            raise DatasetError(
+                self.path,
+                "actions",
+                f"dimension {act_dim} does not match env {spec.env_id} action dimension {spec.action_dim}",
+            )
 
     def observation_stats(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
         if not self.normalize_observations:
@@ -112,7 +138,8 @@ class OfflineDataModule(L.LightningDataModule):
             device, rank = self.trainer.strategy.root_device, self.trainer.global_rank
         if self.buffer.device != device:
             self.buffer = TensorBuffer(self.buffer.data, device)
-        blocks = _MinibatchBlocks(self.buffer, self.updates_per_step, self.batch_size, self.steps_per_epoch,
-                                  self.seed + rank)
+        blocks = _MinibatchBlocks(
+            self.buffer, self.updates_per_step, self.batch_size, self.steps_per_epoch, self.seed + rank
+        )
         # batch_size=None: the dataset already yields whole batches; no collation, no workers.
         return DataLoader(blocks, batch_size=None, num_workers=0)
