@@ -84,3 +84,17 @@ def test_unknown_group_choice_fails_with_valid_choices(tmp_path):
     assert "Could not find 'algo/nope'" in proc.stderr
     assert "Available options" in proc.stderr and "bc" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("script", ["vla-train", "vla-eval", "vla-collect"])
+def test_console_scripts_find_the_config_tree(script):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    executable = Path(sys.executable).parent / script
+    if not executable.exists():
+        pytest.skip(f"{script} not installed next to {sys.executable} (package not pip-installed)")
+    proc = subprocess.run([str(executable), "--help"], capture_output=True, text=True, timeout=120, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert "== Configuration groups ==" in proc.stdout and "paths: default" in proc.stdout

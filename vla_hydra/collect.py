@@ -23,6 +23,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from vla_hydra.cli import run_cli
+from vla_hydra.core.config import CONF_DIR
 
 # Held-out seeds for reference returns, far from the collection seeds.
 _REFERENCE_SEED_OFFSET = 1_000_000
@@ -153,7 +154,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="collect")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="collect")
 def _hydra_main(cfg: DictConfig) -> None:
     run_cli(collect, cfg)
 

@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vla_hydra.cli import run_cli
+from vla_hydra.core.config import CONF_DIR
 
 
 def load_policy(ckpt_path: str | Path, device: str = "cpu"):
@@ -53,11 +54,11 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu"):
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from vla_hydra.core.io import write_json_atomic
-    from vla_hydra.core.runtime import set_torch_threads
+    from vla_hydra.core.runtime import select_device, set_torch_threads
     from vla_hydra.envs.evaluation import rollout_episodes
 
     set_torch_threads(cfg.get("torch_threads"))
-    algo, env, _ = load_policy(cfg.ckpt_path, cfg.device)
+    algo, env, _ = load_policy(cfg.ckpt_path, select_device(cfg.device))
     result = rollout_episodes(algo.act, env, cfg.episodes, cfg.seed, ref_returns=algo.ref_returns)
     results = {
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
@@ -76,7 +77,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
     run_cli(evaluate, cfg)
 

@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vla_hydra.cli import run_cli
-from vla_hydra.core.config import instantiate_dict_values
+from vla_hydra.core.config import CONF_DIR, instantiate_dict_values
 
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
@@ -90,7 +90,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     return metric, results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     metric, _ = run_cli(train, cfg)
     return metric

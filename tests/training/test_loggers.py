@@ -35,3 +35,30 @@ def test_wandb_login_detection(tmp_path, monkeypatch):
     netrc_file.write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")
     os.chmod(netrc_file, 0o600)
     assert wandb_logged_in()
+
+
+def test_terminal_run_shows_progress_bar_with_updates_and_eval_return(tmp_path, data_dir):
+    """Under a pseudo-terminal (`script`) the rich bar shows updates, updates/s and the eval return."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    if shutil.which("script") is None:
+        pytest.skip("needs util-linux `script` to provide a pseudo-terminal")
+    command = (
+        f"{sys.executable} -m vla_hydra.train trainer.max_steps=200 eval.every_n_updates=100 "
+        f"eval.episodes=2 callbacks.policy_eval.episodes=2 paths.data_dir={data_dir} "
+        f"hydra.run.dir={tmp_path}/run"
+    )
+    proc = subprocess.run(
+        ["script", "-q", "-e", "-c", command, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    for text in ["updates/s", "eval_return", "200/200"]:
+        assert text in proc.stdout, text

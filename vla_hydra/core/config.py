@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+# The conf/ tree next to the package (editable install / source checkout). Absolute, so the entry
+# points find it both under `python -m` and as console scripts.
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def register_resolvers() -> None:

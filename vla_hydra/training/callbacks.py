@@ -26,7 +26,30 @@ def progress_bar(refresh_rate: int = 1):
         return None
     from lightning.pytorch.callbacks import RichProgressBar
 
-    return RichProgressBar(refresh_rate=refresh_rate)
+    class TrainingProgressBar(RichProgressBar):
+        """Adds gradient updates, updates/s and the latest eval return to the bar's metrics."""
+
+        def on_train_start(self, trainer, pl_module):
+            super().on_train_start(trainer, pl_module)
+            self._t0, self._step0 = time.perf_counter(), trainer.global_step
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            return f"Epoch {current_epoch}"  # max_epochs is -1: training is bounded by updates
+
+        def get_metrics(self, trainer, pl_module):
+            metrics = super().get_metrics(trainer, pl_module)
+            metrics.pop("v_num", None)
+            total = f"/{trainer.max_steps}" if trainer.max_steps > 0 else ""
+            metrics["updates"] = f"{trainer.global_step}{total}"
+            elapsed = time.perf_counter() - getattr(self, "_t0", time.perf_counter())
+            if elapsed > 0:
+                metrics["updates/s"] = f"{(trainer.global_step - self._step0) / elapsed:.0f}"
+            for callback in trainer.callbacks:
+                if isinstance(callback, PolicyEvaluation) and callback.history:
+                    metrics["eval_return"] = f"{callback.history[-1]['eval/return_mean']:.1f}"
+            return metrics
+
+    return TrainingProgressBar(refresh_rate=refresh_rate)
 
 
 class PolicyEvaluation(L.Callback):
