@@ -60,9 +60,8 @@ def plain_loop_updates_per_s(cfg, updates: int, device: str = "cpu") -> float:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    mean, std = datamodule.observation_stats()
     algo = instantiate(cfg.algo, _partial_=True)(
-        spec=spec, model=instantiate(cfg.model), obs_mean=mean, obs_std=std
+        spec=spec, model=instantiate(cfg.model), stats=datamodule.stats()
     )
     algo.to(device)
     actor, normalize_obs, scaler = algo.actor, algo.obs_normalizer, algo.action_scaler

@@ -35,6 +35,8 @@ class CollectionRecipe:
     behavior_policy: Callable[[np.ndarray], np.ndarray]
     episodes: int = 200
     action_noise_std: Sequence[float] = field(default_factory=lambda: [0.0])
+    # per-episode probability of replacing each action by a uniform-random one (cycled like the noise)
+    random_action_prob: Sequence[float] = field(default_factory=lambda: [0.0])
     seed: int = 0
     reference_episodes: int = 50
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -48,6 +50,7 @@ class CollectionRecipe:
             "env_kwargs": dict(self.env_kwargs),
             "episodes": self.episodes,
             "action_noise_std": [float(x) for x in self.action_noise_std],
+            "random_action_prob": [float(x) for x in self.random_action_prob],
             "seed": self.seed,
             "reference_episodes": self.reference_episodes,
             "policy": f"{type(policy).__module__}.{type(policy).__qualname__}",
@@ -56,11 +59,19 @@ class CollectionRecipe:
         return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _rollout(env_factory, policy, seeds: Sequence[int], noise_std: Sequence[float], rng) -> list[dict]:
+def _rollout(
+    env_factory,
+    policy,
+    seeds: Sequence[int],
+    noise_std: Sequence[float],
+    rng,
+    random_prob: Sequence[float] | None = None,
+) -> list[dict]:
     """One episode per seed, in parallel; returns per-episode arrays in seed order."""
     envs = env_factory.make_vector(len(seeds))
     low, high = envs.single_action_space.low, envs.single_action_space.high
     noise = np.asarray(noise_std, dtype=np.float32)[:, None]
+    random_prob = np.zeros(len(seeds)) if random_prob is None else np.asarray(random_prob, dtype=np.float64)
     try:
         obs, _ = envs.reset(seed=list(seeds))
         running = np.ones(len(seeds), dtype=bool)
@@ -68,6 +79,9 @@ def _rollout(env_factory, policy, seeds: Sequence[int], noise_std: Sequence[floa
         while running.any():
             action = np.asarray(policy(obs), dtype=np.float32).reshape(len(seeds), -1)
             action = np.clip(action + noise * rng.standard_normal(action.shape).astype(np.float32), low, high)
+            if random_prob.any():  # draws only when used, so noise-only recipes keep their random stream
+                replace = rng.random(len(seeds)) < random_prob
+                action[replace] = rng.uniform(low, high, size=(int(replace.sum()), *low.shape))
             next_obs, reward, terminated, truncated, _ = envs.step(action)
             steps.append((obs, action, reward, terminated, truncated, next_obs, running.copy()))
             running &= ~(terminated | truncated)
@@ -99,12 +113,14 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
     start = time.perf_counter()
     env_factory = EnvFactory(id=recipe.env_id, kwargs=dict(recipe.env_kwargs))
     rng = np.random.default_rng(recipe.seed)
-    noise_levels = list(recipe.action_noise_std)
+    noise_levels, random_probs = list(recipe.action_noise_std), list(recipe.random_action_prob)
     episodes: list[dict] = []
     for first in range(0, recipe.episodes, recipe.parallel_envs):
         ids = range(first, min(first + recipe.parallel_envs, recipe.episodes))
         noise = [noise_levels[i % len(noise_levels)] for i in ids]
-        episodes += _rollout(env_factory, recipe.behavior_policy, [recipe.seed + i for i in ids], noise, rng)
+        eps = [random_probs[i % len(random_probs)] for i in ids]
+        seeds = [recipe.seed + i for i in ids]
+        episodes += _rollout(env_factory, recipe.behavior_policy, seeds, noise, rng, eps)
 
     spec = env_factory.spec()
     ref_seeds = [recipe.seed + _REFERENCE_SEED_OFFSET + i for i in range(recipe.reference_episodes)]
@@ -120,6 +136,7 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
         "env_id": recipe.env_id,
         "behavior_policy": f"{type(policy).__module__}.{type(policy).__qualname__}",
         "action_noise_std": np.asarray(noise_levels, dtype=np.float64),
+        "random_action_prob": np.asarray(random_probs, dtype=np.float64),
         "episodes": len(episodes),
         "transitions": len(arrays["rewards"]),
         "seed": recipe.seed,
@@ -132,7 +149,7 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
     write_d4rl_hdf5(output, arrays, summary)
     summary["seconds"] = time.perf_counter() - start
     summary["path"] = str(Path(output).resolve())
-    summary["action_noise_std"] = noise_levels
+    summary["action_noise_std"], summary["random_action_prob"] = noise_levels, random_probs
     return summary
 
 

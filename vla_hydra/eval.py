@@ -59,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     set_torch_threads(cfg.get("torch_threads"))
     algo, env, _ = load_policy(cfg.ckpt_path, select_device(cfg.device))
-    result = rollout_episodes(algo.act, env, cfg.episodes, cfg.seed, ref_returns=algo.ref_returns)
+    result = rollout_episodes(algo, env, cfg.episodes, cfg.seed, ref_returns=algo.ref_returns)
     results = {
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
         "env": env.id,

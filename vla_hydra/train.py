@@ -44,9 +44,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.check_compatible(spec)
-    obs_mean, obs_std = datamodule.observation_stats()
     algo = instantiate(cfg.algo, _partial_=True)(
-        spec=spec, model=instantiate(cfg.model), obs_mean=obs_mean, obs_std=obs_std
+        spec=spec, model=instantiate(cfg.model), stats=datamodule.stats()
     )
     algo.run_config = OmegaConf.to_container(cfg, resolve=True)
     algo.ref_returns = datamodule.ref_returns or env.ref_returns
@@ -58,7 +57,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(algo, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
-    final = rollout_episodes(algo.act, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
+    final = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
     ckpt = output_dir / "checkpoints" / "last.ckpt"
     evals = [cb for cb in callbacks if isinstance(cb, PolicyEvaluation)]
     results = {

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from vla_hydra.data.batch import tree_map
+from vla_hydra.data.stats import DatasetStats
 from vla_hydra.envs.factory import EnvSpec
 from vla_hydra.models.normalization import ActionScaler, ObservationNormalizer
 
@@ -19,12 +20,16 @@ CHECKPOINT_KEY = "vla_hydra"
 class PolicyAlgorithm(L.LightningModule):
     """Subclasses build their networks in __init__ and implement `update` and `normalized_action`.
 
+    Constructor contract (train.py and eval.load_policy call it so): `Algo(spec=EnvSpec, model=<partial
+    from model=>, stats=DatasetStats | None, **algo config)`; stats is None when rebuilding from a
+    checkpoint (the buffers then come from the state dict).
+
     Optimisation is manual so that one Lightning step runs `updates_per_step` gradient updates on the
     block of minibatches the datamodule yields: Lightning's per-step cost (hooks, logging, loop) is
     paid once per block instead of once per update. `trainer.global_step` counts gradient updates.
     """
 
-    def __init__(self, spec: EnvSpec, updates_per_step: int = 1, obs_mean=None, obs_std=None):
+    def __init__(self, spec: EnvSpec, updates_per_step: int = 1, stats: DatasetStats | None = None):
         super().__init__()
         self.automatic_optimization = False
         self.spec = spec
@@ -32,7 +37,8 @@ class PolicyAlgorithm(L.LightningModule):
         # False routes every backward through Lightning (its on_before/after_backward callback hooks).
         self.direct_backward = True
         self._direct_backward = False
-        self.obs_normalizer = ObservationNormalizer(spec.observation_shape, obs_mean, obs_std)
+        stats = stats or DatasetStats()
+        self.obs_normalizer = ObservationNormalizer(spec.observation_shape, stats.obs_mean, stats.obs_std)
         self.action_scaler = ActionScaler(spec.action_low, spec.action_high)
         # Set by train.py, saved into checkpoints: the composed config and the normalized-score references.
         self.run_config: dict[str, Any] | None = None

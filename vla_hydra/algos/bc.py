@@ -21,10 +21,9 @@ class BC(PolicyAlgorithm):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         updates_per_step: int = 50,
-        obs_mean=None,
-        obs_std=None,
+        stats=None,
     ):
-        super().__init__(spec, updates_per_step, obs_mean, obs_std)
+        super().__init__(spec, updates_per_step, stats)
         self.lr, self.weight_decay = lr, weight_decay
         self.actor = model(spec.observation_shape, spec.action_dim)
 

@@ -45,6 +45,9 @@ class TensorBuffer:
         self.data = tree_map(lambda x: torch.as_tensor(x).to(self.device), dict(data))
         self.size = len(self.data["actions"])
 
+    def to(self, device: torch.device | str) -> TensorBuffer:
+        return self if torch.device(device) == self.device else TensorBuffer(self.data, device)
+
     def sample(self, batch_shape: tuple[int, ...], generator: torch.Generator | None = None) -> dict:
         """One gather for the whole (K, B) block of minibatches."""
         idx = torch.randint(self.size, batch_shape, device=self.device, generator=generator)

@@ -80,3 +80,35 @@ def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray])
         raise DatasetError(
             path, "terminals", "last transition is neither terminal nor timeout: the final episode is cut"
         )
+
+
+def d4rl_search_dirs() -> list[Path]:
+    """Where D4RL keeps downloaded files: $D4RL_DATASET_DIR, else ~/.d4rl/datasets (d4rl's default)."""
+    if os.environ.get("D4RL_DATASET_DIR"):
+        return [Path(os.environ["D4RL_DATASET_DIR"]).expanduser()]
+    return [Path("~/.d4rl/datasets").expanduser()]
+
+
+def d4rl_file_names(name: str) -> list[str]:
+    """D4RL names its files after the dataset with '_' for '-' except before the version:
+    hopper-medium-replay-v2 -> hopper_medium_replay-v2.hdf5. The plain name is accepted too."""
+    stem, _, version = name.rpartition("-")
+    names = [f"{stem.replace('-', '_')}-{version}.hdf5", f"{name}.hdf5"] if stem else [f"{name}.hdf5"]
+    return list(dict.fromkeys(names))
+
+
+def resolve_d4rl_path(name: str, path: str | os.PathLike | None = None) -> Path:
+    """`path` if given, else the first existing D4RL file for `name`; the error lists where it looked."""
+    if path:
+        return Path(path).expanduser()
+    candidates = [d / f for d in d4rl_search_dirs() for f in d4rl_file_names(name)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(
+        candidates[0],
+        None,
+        f"D4RL dataset '{name}' not found (looked for {', '.join(str(c) for c in candidates)}); download "
+        f"it on a machine with internet (d4rl.qlearning_dataset or the file from D4RL's dataset URLs) into "
+        f"$D4RL_DATASET_DIR or ~/.d4rl/datasets, or pass data.path=<file>",
+    )

@@ -14,6 +14,7 @@ from vla_hydra.core.exceptions import DatasetError
 from vla_hydra.core.logging import get_logger
 from vla_hydra.data.buffer import TensorBuffer, transitions_from_d4rl
 from vla_hydra.data.d4rl_format import read_d4rl_hdf5
+from vla_hydra.data.stats import DatasetStats, episode_returns
 
 log = get_logger(__name__)
 
@@ -52,6 +53,8 @@ class OfflineDataModule(L.LightningDataModule):
         normalize_observations: compute observation mean/std from the dataset (saved with the model).
         steps_per_epoch: Lightning steps per epoch (epochs only pace checkpoints and logging).
         seed: seed of the minibatch sampler (offset by the process rank under DDP).
+        segment_length: serve trajectory segments of this length (sequence models such as the Decision
+            Transformer set it from their context length) instead of single transitions.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class OfflineDataModule(L.LightningDataModule):
         steps_per_epoch: int = 100,
         seed: int = 0,
         name: str | None = None,
+        segment_length: int | None = None,
     ):
         super().__init__()
         self.path = Path(path).expanduser()
@@ -71,7 +75,8 @@ class OfflineDataModule(L.LightningDataModule):
         self.batch_size, self.updates_per_step = int(batch_size), int(updates_per_step)
         self.recipe, self.normalize_observations = recipe, normalize_observations
         self.steps_per_epoch, self.seed = int(steps_per_epoch), int(seed)
-        self.buffer: TensorBuffer | None = None
+        self.segment_length = int(segment_length) if segment_length else None
+        self.buffer = None  # TensorBuffer of transitions, or TrajectoryBuffer of segments
         self.metadata: dict = {}
 
     def prepare_data(self) -> None:
@@ -96,8 +101,19 @@ class OfflineDataModule(L.LightningDataModule):
                 "file was collected with a different data.recipe; delete it to re-collect, "
                 "or point data.path at another file",
             )
-        self.num_raw_transitions = len(arrays["observations"])
-        self.buffer = TensorBuffer(transitions_from_d4rl(arrays))
+        observations = arrays["observations"]
+        self.num_raw_transitions = len(observations)
+        self.observation_shape = tuple(observations.shape[1:])
+        self.action_dim = int(np.prod(arrays["actions"].shape[1:]))
+        self._obs_mean = torch.as_tensor(observations.mean(axis=0, dtype=np.float64), dtype=torch.float32)
+        self._obs_std = torch.as_tensor(observations.std(axis=0, dtype=np.float64), dtype=torch.float32)
+        self.episode_returns = episode_returns(arrays["rewards"], arrays["terminals"], arrays["timeouts"])
+        if self.segment_length:
+            from vla_hydra.data.trajectories import TrajectoryBuffer
+
+            self.buffer = TrajectoryBuffer(arrays, self.segment_length)
+        else:
+            self.buffer = TensorBuffer(transitions_from_d4rl(arrays))
 
     @property
     def ref_returns(self) -> dict[str, float] | None:
@@ -110,7 +126,7 @@ class OfflineDataModule(L.LightningDataModule):
 
     def check_compatible(self, spec) -> None:
         """Fail early, naming the field, when the file does not fit the env the policy is evaluated in."""
-        obs_shape = tuple(self.buffer.data["observations"].shape[1:])
+        obs_shape = self.observation_shape
         if obs_shape != tuple(spec.observation_shape):
             raise DatasetError(
                 self.path,
@@ -118,7 +134,7 @@ class OfflineDataModule(L.LightningDataModule):
                 f"shape per step {obs_shape} does not match env {spec.env_id} observation shape "
                 f"{tuple(spec.observation_shape)}",
             )
-        act_dim = int(np.prod(self.buffer.data["actions"].shape[1:]))
+        act_dim = self.action_dim
         if act_dim != spec.action_dim:
             raise DatasetError(
                 self.path,
@@ -126,20 +142,30 @@ class OfflineDataModule(L.LightningDataModule):
                 f"dimension {act_dim} does not match env {spec.env_id} action dimension {spec.action_dim}",
             )
 
-    def observation_stats(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
-        if not self.normalize_observations:
-            return None, None
-        obs = self.buffer.data["observations"]
-        return obs.mean(dim=0).cpu(), obs.std(dim=0).cpu()
+    def stats(self) -> DatasetStats:
+        returns = self.episode_returns
+        return DatasetStats(
+            obs_mean=self._obs_mean if self.normalize_observations else None,
+            obs_std=self._obs_std if self.normalize_observations else None,
+            episode_return_min=float(returns.min()),
+            episode_return_max=float(returns.max()),
+            num_transitions=self.num_raw_transitions,
+        )
 
     def train_dataloader(self) -> DataLoader:
         device, rank = torch.device("cpu"), 0
         if self.trainer is not None:
             device, rank = self.trainer.strategy.root_device, self.trainer.global_rank
-        if self.buffer.device != device:
-            self.buffer = TensorBuffer(self.buffer.data, device)
+        self.buffer = self.buffer.to(device)
         blocks = _MinibatchBlocks(
             self.buffer, self.updates_per_step, self.batch_size, self.steps_per_epoch, self.seed + rank
         )
         # batch_size=None: the dataset already yields whole batches; no collation, no workers.
         return DataLoader(blocks, batch_size=None, num_workers=0)
+
+
+def d4rl_datamodule(name: str, path: str | None = None, **kwargs) -> OfflineDataModule:
+    """`data=d4rl`: a D4RL dataset by name (hopper-medium-v2, ...) from the D4RL download dir or `path`."""
+    from vla_hydra.data.d4rl_format import resolve_d4rl_path
+
+    return OfflineDataModule(path=str(resolve_d4rl_path(name, path)), name=name, **kwargs)

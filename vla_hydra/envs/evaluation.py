@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,13 +41,21 @@ class EvalResult:
 
 
 def rollout_episodes(
-    policy: Callable[[np.ndarray], np.ndarray],
+    policy: Callable[[np.ndarray], np.ndarray] | Any,
     env_factory: EnvFactory,
     num_episodes: int,
     seed: int,
     ref_returns: dict[str, float] | None = None,
 ) -> EvalResult:
-    """Run `num_episodes` episodes, episode i reset with seed `seed + i`, all envs stepped together."""
+    """Run `num_episodes` episodes, episode i reset with seed `seed + i`, all envs stepped together.
+
+    `policy` is a callable obs -> action, or an object with `act(obs)`; a stateful policy (e.g. a
+    Decision Transformer keeping context and returns-to-go) may also define `begin_rollout(num_envs)`
+    and `observe_rollout_step(rewards, done)`, called before the first step and after every step.
+    """
+    act = policy.act if hasattr(policy, "act") else policy
+    if hasattr(policy, "begin_rollout"):
+        policy.begin_rollout(num_episodes)
     envs = env_factory.make_vector(num_episodes)
     try:
         obs, _ = envs.reset(seed=[seed + i for i in range(num_episodes)])
@@ -54,11 +63,13 @@ def rollout_episodes(
         lengths = np.zeros(num_episodes, dtype=np.int64)
         running = np.ones(num_episodes, dtype=bool)
         while running.any():
-            actions = policy(obs)
+            actions = act(obs)
             obs, rewards, terminated, truncated, _ = envs.step(actions)
             returns += rewards * running
             lengths += running
             running &= ~(terminated | truncated)
+            if hasattr(policy, "observe_rollout_step"):
+                policy.observe_rollout_step(rewards, ~running)
     finally:
         envs.close()
     return EvalResult(returns=returns, lengths=lengths, ref_returns=ref_returns or env_factory.ref_returns)

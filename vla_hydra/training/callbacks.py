@@ -76,7 +76,7 @@ class PolicyEvaluation(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         result = rollout_episodes(
-            pl_module.act, self.env, self.episodes, self.seed, ref_returns=pl_module.ref_returns
+            pl_module, self.env, self.episodes, self.seed, ref_returns=pl_module.ref_returns
         )
         pl_module.train(was_training)
         metrics = {"eval/return_mean": result.return_mean, "eval/return_std": result.return_std}

@@ -1,0 +1,27 @@
+"""Dataset statistics that algorithms may need (observation normalisation, reward scaling by return range)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class DatasetStats:
+    """Computed once from the dataset; what an algorithm keeps of it travels in its checkpoint buffers."""
+
+    obs_mean: torch.Tensor | None = None
+    obs_std: torch.Tensor | None = None
+    episode_return_min: float | None = None
+    episode_return_max: float | None = None
+    num_transitions: int = 0
+
+
+def episode_returns(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
+    """Sum of rewards per episode, episodes ending at terminal or timeout rows (D4RL files end with one)."""
+    ends = np.flatnonzero(np.asarray(terminals, bool) | np.asarray(timeouts, bool))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    sums = np.concatenate([[0.0], np.cumsum(rewards, dtype=np.float64)])
+    return sums[ends + 1] - sums[starts]
