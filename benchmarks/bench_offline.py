@@ -1,0 +1,143 @@
+"""Gradient updates/s per offline algorithm: train.py's Lightning path vs a plain PyTorch loop running the
+same `update` (same networks, data, batch, optimizers) with no Lightning, measured alternately in one process.
+
+    python benchmarks/bench_offline.py [--algos bc,td3bc,iql,cql,dt] [--updates 2000] [--rounds 3]
+                                       [--data pendulum_mixed] [--device cpu|cuda] [--threads 1]
+
+The plain loop is what a CORL-style script does: sample a random minibatch from device tensors, call the
+update, repeat. JSON lines to stdout, appended to benchmarks/results/bench_offline.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
+from tests.conftest import compose_config  # noqa: E402
+from vla_hydra.train import train  # noqa: E402
+
+
+def config(algo: str, data: str, out: Path, updates: int, threads: int, device: str, extra: list[str]):
+    cfg = compose_config(
+        "train",
+        [
+            f"algo={algo}",
+            f"data={data}",
+            "trainer=gpu" if device == "cuda" else "trainer=cpu",
+            f"trainer.max_steps={updates}",
+            "callbacks.policy_eval=null",
+            "trainer.enable_progress_bar=false",
+            "eval.episodes=2",
+            f"torch_threads={threads}",
+            *extra,
+        ],
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.paths.data_dir = str(ROOT / "data")
+    return cfg
+
+
+def plain_loop_updates_per_s(cfg, updates: int, device: str) -> float:
+    env = instantiate(cfg.env)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    algo = instantiate(cfg.algo, _partial_=True)(
+        spec=env.spec(), model=instantiate(cfg.model), stats=datamodule.stats()
+    )
+    algo.to(device)
+    algo._direct_backward = True  # no trainer: plain loss.backward()
+    optimizers = algo.configure_optimizers()
+    buffer = datamodule.buffer.to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    batch_size = cfg.data.batch_size
+    warmup = 20  # first updates allocate optimizer state; Lightning's figure skips nothing, so keep it small
+    for _ in range(warmup):
+        algo.update(buffer.sample((batch_size,), generator), optimizers)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(updates):
+        algo.update(buffer.sample((batch_size,), generator), optimizers)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return updates / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algos", default="bc,td3bc,iql,cql,dt")
+    parser.add_argument("--data", default="pendulum_mixed")
+    parser.add_argument("--updates", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--override", action="append", default=[], help="extra config override (repeatable)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    available = {p.stem for p in (ROOT / "conf" / "algo").glob("*.yaml")}
+    common = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "data": args.data,
+    }
+    work = Path(tempfile.mkdtemp(prefix="vla_bench_offline_"))
+    results_dir = ROOT / "benchmarks" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for algo in args.algos.split(","):
+        if algo not in available:
+            print(
+                json.dumps(
+                    {**common, "bench": "offline_updates_per_s", "algo": algo, "skipped": "no conf/algo"}
+                )
+            )
+            continue
+        plain, lightning = [], []
+        for r in range(args.rounds):
+            cfg = config(
+                algo, args.data, work / f"{algo}{r}", args.updates, args.threads, args.device, args.override
+            )
+            plain.append(plain_loop_updates_per_s(cfg, args.updates, args.device))
+            lightning.append(train(cfg)[1]["train_updates_per_s"])
+        line = {
+            **common,
+            "bench": "offline_updates_per_s",
+            "algo": algo,
+            "batch_size": int(cfg.data.batch_size),
+            "updates": args.updates,
+            "rounds": args.rounds,
+            "updates_per_step": int(cfg.algo.updates_per_step),
+            "plain_loop_median": statistics.median(plain),
+            "lightning_median": statistics.median(lightning),
+            "ratio_lightning_over_plain": statistics.median(lightning) / statistics.median(plain),
+            "plain_loop_all": plain,
+            "lightning_all": lightning,
+        }
+        print(json.dumps(line), flush=True)
+        with open(results_dir / "bench_offline.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()
