@@ -27,10 +27,18 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def silence_known_warnings() -> None:
-    """Lightning warnings that do not apply to how vla_hydra trains (checked, intended behaviour)."""
+    """Lightning warnings and duplicate log output that do not apply to how vla_hydra trains (checked, intended behaviour)."""
     import warnings
 
     # The minibatch stream has a length but never runs in worker processes (num_workers=0).
     warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
     # Checkpoints are meant to hold the state after the step's updates (manual optimization).
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+    # `lightning` installs its own console handler and also propagates to the root logger: under Hydra
+    # (root already configured) every Lightning message would print twice.
+    root = logging.getLogger()
+    if root.handlers:
+        lightning_logger = logging.getLogger("lightning")
+        for handler in list(lightning_logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                lightning_logger.removeHandler(handler)
