@@ -1,0 +1,247 @@
+"""report.py: a real 3-seed sweep reported by the CLI, grouping/aggregation on hand-written runs, command-line
+reconstruction, and bad inputs as a user meets them on the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_module
+from vla_hydra.report import find_runs, group_runs, learning_curves, sweep_commands, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_cli_on_a_real_three_seed_sweep(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    overrides = [
+        "algo=bc",
+        "seed=0,1,2",
+        "trainer.max_steps=300",
+        "eval.every_n_updates=100",
+        "eval.episodes=2",
+        "callbacks.policy_eval.episodes=2",
+        f"paths.data_dir={data_dir}",
+    ]
+    proc = run_module("vla_hydra.train", "-m", *overrides, f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads((sweep / str(i) / "results.json").read_text()) for i in range(3)]
+    scores = np.array([r["normalized_score"] for r in results])
+    returns = np.array([r["eval_return_mean"] for r in results])
+    assert scores.std() > 0  # the seeds really differ, so a wrong std cannot pass by accident
+    score_cell = f"{scores.mean():.1f} ± {scores.std(ddof=1):.1f}"
+    return_cell = f"{returns.mean():.1f} ± {returns.std(ddof=1):.1f}"
+
+    proc = run_module("vla_hydra.report", str(sweep))
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("pendulum-mixed-v0")]
+    assert len(rows) == 1 and score_cell in rows[0] and return_cell in rows[0] and " 0,1,2 " in rows[0]
+
+    md = (sweep / "report.md").read_text()
+    assert f"| pendulum-mixed-v0 | bc | 3 | 0,1,2 | {score_cell} | {return_cell} | 300 |" in md
+    assert "sample standard deviation (ddof=1)" in md and f"`{sweep.resolve()}`" in md
+    command = "python -m vla_hydra.train -m " + " ".join(map(shlex.quote, overrides))
+    assert command in md
+
+    with open(sweep / "report.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["dataset"], row["algo"], row["n_runs"], row["seeds"]) == (
+        "pendulum-mixed-v0",
+        "bc",
+        "3",
+        "0 1 2",
+    )
+    assert float(row["normalized_score_mean"]) == pytest.approx(scores.mean(), rel=1e-12)
+    assert float(row["normalized_score_std"]) == pytest.approx(scores.std(ddof=1), rel=1e-12)
+    assert float(row["eval_return_std"]) == pytest.approx(returns.std(ddof=1), rel=1e-12)
+    assert float(row["train_steps_mean"]) == 300 and row["commands"] == command
+
+    png = (sweep / "learning_curves.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+
+    # the plotted curve is the per-step mean/std over seeds of each run's eval history
+    curves, _ = learning_curves(group_runs(find_runs([sweep])[0]))
+    key, (curve,) = curves["pendulum-mixed-v0"]
+    assert key == "eval/normalized_score" and curve.steps == [0, 100, 200, 300] and curve.n == 3
+    at_200 = np.array([next(e[key] for e in r["eval_history"] if e["step"] == 200) for r in results])
+    assert curve.mean[2] == pytest.approx(at_200.mean()) and curve.std[2] == pytest.approx(at_200.std(ddof=1))
+
+
+def _write_run(
+    run_dir: Path, algo, dataset, seed, ret, score="absent", history=(), overrides=None, steps=100, wall=1.0
+):
+    run_dir.mkdir(parents=True)
+    results = {
+        "algo": algo,
+        "dataset": dataset,
+        "env": "Pendulum-v1",
+        "seed": seed,
+        "train_steps": steps,
+        "wall_seconds": wall,
+        "eval_return_mean": ret,
+        "eval_history": list(history),
+        "run_dir": str(run_dir),
+    }
+    if score != "absent":
+        results["normalized_score"] = score
+    (run_dir / "results.json").write_text(json.dumps(results))
+    if overrides is not None:
+        (run_dir / ".hydra").mkdir()
+        (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+
+
+def _hist(*points):
+    return [
+        {"step": s, "eval/return_mean": r, "eval/return_std": 0.0, "eval/normalized_score": n}
+        for s, r, n in points
+    ]
+
+
+def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
+    a, b = tmp_path / "sweep_a", tmp_path / "sweep_b"
+    # alpha/x: scores 80, 90, 100 -> mean 90, sample std sqrt((10² + 0² + 10²) / 2) = 10
+    #          returns -300, -200, -100 -> mean -200, std 100; wall 1, 2, 3 -> mean 2
+    for seed, (ret, score) in enumerate([(-300, 80), (-200, 90), (-100, 100)]):
+        extra = [(200, -50, 110)] if seed == 0 else []  # only one run evaluated step 200: not on the curve
+        history = _hist((0, -900, seed * 10), (100, ret, score), *extra)
+        overrides = ["algo=x", f"seed={seed}", "data=alpha"]
+        _write_run(a / str(seed), "x", "alpha", seed, ret, score, history, overrides, wall=seed + 1.0)
+    # alpha/y: scores 60, 66 -> mean 63, std sqrt((3² + 3²) / 1) = 4.243; returns -400, -380 -> -390 ± 14.14
+    # (its two runs also differ in lr: not a grid -> one command each, and a "mixed" note)
+    _write_run(a / "3", "y", "alpha", 0, -400, 60, overrides=["algo=y", "seed=0", "algo.lr=1e-3"], steps=100)
+    _write_run(a / "4", "y", "alpha", 1, -380, 66, overrides=["algo=y", "seed=1", "algo.lr=3e-4"], steps=200)
+    (a / "5" / ".hydra").mkdir(parents=True)  # a training job that never wrote results.json
+    (a / "5" / "train.log").write_text("")
+    (a / "6" / ".hydra").mkdir(parents=True)  # not a training job (e.g. a vla_hydra.eval run): not listed
+    (a / "6" / "eval.log").write_text("")
+    # beta/x: no normalized score (null); returns -10, -14 -> mean -12, std sqrt((2² + 2²) / 1) = 2.828
+    beta_hist = [{"step": 0, "eval/return_mean": -20.0}, {"step": 50, "eval/return_mean": -11.0}]
+    _write_run(b / "deep" / "0", "x", "beta", 0, -10, None, beta_hist)
+    _write_run(b / "deep" / "1", "x", "beta", 1, -14, None, beta_hist)
+    # beta/y: one run, no normalized_score key at all -> return only, no std
+    _write_run(b / "deep" / "2", "y", "beta", 7, -5)
+
+    report = write_report([a, b, a], out=tmp_path / "out")  # a given twice: its runs count once
+    by_key = {(g.dataset, g.algo): g for g in report.groups}
+    assert list(by_key) == [("alpha", "x"), ("alpha", "y"), ("beta", "x"), ("beta", "y")]
+    ax, ay, bx, by = by_key.values()
+    assert (
+        ax.seeds == [0, 1, 2]
+        and ax.score == pytest.approx((90.0, 10.0))
+        and ax.return_ == pytest.approx((-200, 100))
+    )
+    assert ax.wall_seconds_mean == 2.0 and ax.train_steps_mean == 100
+    assert ay.score == pytest.approx((63.0, math.sqrt(18))) and ay.return_ == pytest.approx(
+        (-390, math.sqrt(200))
+    )
+    assert ay.train_steps_mean == 150
+    assert bx.score is None and bx.return_ == pytest.approx((-12.0, math.sqrt(8)))
+    assert by.score is None and by.return_ == (-5.0, None) and by.seeds == [7]
+
+    md = report.files["report.md"].read_text()
+    assert "| alpha | x | 3 | 0,1,2 | 90.0 ± 10.0 | -200.0 ± 100.0 | 100 | 2.0 |" in md
+    assert "| alpha | y | 2 | 0,1 | 63.0 ± 4.2 | -390.0 ± 14.1 | 150 |" in md
+    assert "| beta | x | 2 | 0,1 | — | -12.0 ± 2.8 | 100 |" in md
+    assert "| beta | y | 1 | 7 | — | -5.0 | 100 |" in md
+    assert "Seeds found: 0, 1, 2, 7." in md
+    assert "python -m vla_hydra.train -m algo=x seed=0,1,2 data=alpha\n" in md
+    assert (
+        "python -m vla_hydra.train algo=y seed=0 algo.lr=1e-3\npython -m vla_hydra.train algo=y seed=1 algo.lr=3e-4\n"
+        in md
+    )
+    assert "alpha / y: runs differ in more than the seed (algo.lr=1e-3/3e-4)" in md
+    assert f"skipped {(a / '5').resolve()}: no results.json" in md and f"{(a / '6').resolve()}" not in md
+    assert "(no .hydra/overrides.yaml in its run dirs)" in md  # beta groups
+    assert report.table.splitlines()[2].split() == [
+        "alpha",
+        "x",
+        "3",
+        "0,1,2",
+        "90.0",
+        "±",
+        "10.0",
+        "-200.0",
+        "±",
+        "100.0",
+        "100",
+        "2.0",
+    ]
+
+    with open(report.files["report.csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["dataset"], r["algo"], r["n_runs"]) for r in rows] == [
+        ("alpha", "x", "3"),
+        ("alpha", "y", "2"),
+        ("beta", "x", "2"),
+        ("beta", "y", "1"),
+    ]
+    assert float(rows[1]["normalized_score_std"]) == pytest.approx(math.sqrt(18))
+    assert rows[2]["normalized_score_mean"] == "" and rows[3]["eval_return_std"] == ""
+
+    curves, _ = learning_curves(report.groups)
+    key, (cx,) = curves["alpha"]  # alpha/y wrote no eval history: no curve
+    # alpha/x: step 0 scores 0, 10, 20 -> 10 ± 10; step 100 scores 80, 90, 100 -> 90 ± 10; step 200 dropped
+    assert (
+        key == "eval/normalized_score" and cx.steps == [0, 100] and cx.mean == [10, 90] and cx.std == [10, 10]
+    )
+    key, (bcurve,) = curves["beta"]  # beta/y has no history: no curve; no scores: the return is plotted
+    assert key == "eval/return_mean" and bcurve.mean == [-20, -11] and bcurve.std == [0, 0]
+    assert "alpha / y: no eval_history in its runs, no learning curve" in report.notes
+    assert "beta / y: no eval_history in its runs, no learning curve" in report.notes
+    png = report.files["learning_curves.png"].read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+
+
+def test_sweep_commands_rebuild_a_grid_as_one_multirun_and_quote_for_the_shell():
+    grid = [["a=1", "s=0"], ["a=1", "s=1"], ["a=2", "s=0"], ["a=2", "s=1"]]
+    assert sweep_commands(grid) == ["python -m vla_hydra.train -m a=1,2 s=0,1"]
+    # three of the four grid points: a -m sweep would run a fourth job, so one command per run
+    assert sweep_commands(grid[:3]) == [f"python -m vla_hydra.train {' '.join(o)}" for o in grid[:3]]
+    assert sweep_commands([["model.hidden_dims=[64,64]"]] * 2) == [
+        "python -m vla_hydra.train 'model.hidden_dims=[64,64]'"
+    ]
+    lists = [["x=[1,2]", "seed=0"], ["x=[1,2]", "seed=1"]]
+    assert sweep_commands(lists) == ["python -m vla_hydra.train -m 'x=[1,2]' seed=0,1"]
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("missing_dir", "error: sweep dir {d}: no such directory"),
+        ("no_results", "error: sweep dir {d}: no results.json found in it or any subdirectory"),
+        (
+            "corrupt",
+            "error: {d}/3/results.json: not valid JSON (Expecting ',' delimiter at line 1 column 15)",
+        ),
+        ("not_object", "error: {d}/3/results.json: expected a JSON object, got list"),
+        ("missing_key", "error: {d}/3/results.json: missing key 'dataset'"),
+        ("bad_type", "error: {d}/3/results.json [seed]: expected an integer, got 'zero'"),
+    ],
+)
+def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path, case, expected):
+    d = tmp_path / "sweep"
+    if case != "missing_dir":
+        (d / "0" / "csv").mkdir(parents=True)
+    if case not in ("missing_dir", "no_results"):
+        _write_run(d / "1", "bc", "pendulum", 0, -100.0, 50.0)
+        bad = d / "3" / "results.json"
+        bad.parent.mkdir()
+        bad.write_text(
+            {
+                "corrupt": '{"algo": "bc" "dataset": "p"}',
+                "not_object": "[1, 2]",
+                "missing_key": '{"algo": "bc"}',
+                "bad_type": '{"algo": "bc", "dataset": "p", "seed": "zero"}',
+            }[case]
+        )
+    proc = run_module("vla_hydra.report", str(d))
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected.format(d=d)), proc.stderr
+    assert not (d / "report.md").exists() and not (d / "report.csv").exists()

@@ -1,0 +1,571 @@
+"""Compare sweeps: aggregate the run dirs of one or more sweeps into a table a paper/README can use.
+
+    python -m vla_hydra.report logs/train/multiruns/<time>                  # report into that dir
+    python -m vla_hydra.report <sweep A> <sweep B> --out reports/bc_vs_iql
+
+Every `results.json` under the given dirs (written by `vla_hydra.train`, one per run) is one run;
+runs are grouped by (dataset, algo). Per group: number of runs and their seeds, mean ± sample std
+(ddof=1) over runs of the final normalized score and of the final evaluation return, mean train
+steps and mean wall time. Prints the table and writes, into `--out` (default: the first dir):
+
+    report.md            markdown table, caption, and the command lines that rerun each group
+                         (rebuilt from the runs' .hydra/overrides.yaml)
+    report.csv           one row per group, full precision
+    learning_curves.png  one subplot per dataset, one line per algo: mean over runs of the periodic
+                         evaluations (normalized score, or return when there is none) ± std band
+
+Imports stay light (no torch/lightning); matplotlib is imported only to draw the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vla_hydra.cli import run_cli
+from vla_hydra.core.exceptions import VlaHydraError
+from vla_hydra.core.io import atomic_path
+
+RESULTS_FILE = "results.json"
+ENTRY_POINT = "python -m vla_hydra.train"
+SCORE_KEY, RETURN_KEY = "eval/normalized_score", "eval/return_mean"
+MISSING = "—"
+
+
+@dataclass
+class Run:
+    path: Path  # its results.json
+    dataset: str
+    algo: str
+    env: str | None
+    seed: int
+    train_steps: int
+    wall_seconds: float
+    return_mean: float
+    score: float | None
+    history: list[dict[str, Any]]
+    overrides: list[str] | None  # .hydra/overrides.yaml, None when the run dir has none
+
+
+@dataclass
+class Group:
+    dataset: str
+    algo: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(r.seed for r in self.runs)
+
+    @property
+    def score(self) -> tuple[float, float | None] | None:
+        """Mean and sample std of the normalized score; None unless every run has one."""
+        scores = [r.score for r in self.runs]
+        return mean_std(scores) if all(s is not None for s in scores) else None
+
+    @property
+    def return_(self) -> tuple[float, float | None]:
+        return mean_std([r.return_mean for r in self.runs])
+
+    @property
+    def train_steps_mean(self) -> float:
+        return mean_std([r.train_steps for r in self.runs])[0]
+
+    @property
+    def wall_seconds_mean(self) -> float:
+        return mean_std([r.wall_seconds for r in self.runs])[0]
+
+    @property
+    def commands(self) -> list[str]:
+        known = [r.overrides for r in self.runs if r.overrides is not None]
+        return sweep_commands(known) if known else []
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1, as papers report over seeds); std is None for one value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_KINDS = {
+    "str": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "number": ("a number", _is_number),
+    "list": ("a list", lambda v: isinstance(v, list)),
+}
+
+
+def _field(data: dict, path: Path, key: str, kind: str, optional: bool = False) -> Any:
+    """data[key], checked; an optional key may be absent or null."""
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if key not in data:
+        raise VlaHydraError(f"{path}: missing key '{key}'")
+    expected, check = _KINDS[kind]
+    if not check(value):
+        raise VlaHydraError(f"{path} [{key}]: expected {expected}, got {value!r}")
+    return value
+
+
+def _read_overrides(run_dir: Path) -> list[str] | None:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        overrides = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise VlaHydraError(f"{path}: not readable YAML ({' '.join(str(err).split())})") from err
+    if overrides is None:
+        return []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise VlaHydraError(f"{path}: expected a YAML list of override strings, got {overrides!r}")
+    return overrides
+
+
+def load_run(path: Path) -> Run:
+    """Read and validate one results.json (and its run's overrides); bad files name the file and the problem."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise VlaHydraError(f"{path}: cannot read ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise VlaHydraError(f"{path}: not valid JSON (not UTF-8 text)") from err
+    except json.JSONDecodeError as err:
+        raise VlaHydraError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+        ) from err
+    if not isinstance(data, dict):
+        raise VlaHydraError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    history = _field(data, path, "eval_history", "list", optional=True) or []
+    for i, entry in enumerate(history):
+        if not (
+            isinstance(entry, dict) and _is_number(entry.get("step")) and _is_number(entry.get(RETURN_KEY))
+        ):
+            raise VlaHydraError(
+                f"{path} [eval_history][{i}]: expected an object with numeric 'step' and '{RETURN_KEY}', got {entry!r}"
+            )
+        if entry.get(SCORE_KEY) is not None and not _is_number(entry[SCORE_KEY]):
+            raise VlaHydraError(
+                f"{path} [eval_history][{i}][{SCORE_KEY}]: expected a number, got {entry[SCORE_KEY]!r}"
+            )
+    return Run(
+        path=path,
+        dataset=_field(data, path, "dataset", "str"),
+        algo=_field(data, path, "algo", "str"),
+        env=_field(data, path, "env", "str", optional=True),
+        seed=_field(data, path, "seed", "int"),
+        train_steps=_field(data, path, "train_steps", "int"),
+        wall_seconds=float(_field(data, path, "wall_seconds", "number")),
+        return_mean=float(_field(data, path, "eval_return_mean", "number")),
+        score=_field(data, path, "normalized_score", "number", optional=True),
+        history=history,
+        overrides=_read_overrides(path.parent),
+    )
+
+
+def find_runs(sweep_dirs: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
+    """All runs under the dirs (recursively, each results.json once) and the job dirs that have no results.json
+    (a training job that failed or is still running)."""
+    files: dict[Path, None] = {}
+    incomplete: dict[Path, None] = {}
+    for given in sweep_dirs:
+        root = Path(given).expanduser().absolute()
+        if not root.exists():
+            raise VlaHydraError(f"sweep dir {root}: no such directory")
+        if not root.is_dir():
+            raise VlaHydraError(f"sweep dir {root}: not a directory")
+        found = sorted(p.resolve() for p in root.rglob(RESULTS_FILE) if p.is_file())
+        if not found:
+            raise VlaHydraError(
+                f"sweep dir {root}: no {RESULTS_FILE} found in it or any subdirectory "
+                "(expected run dirs written by vla_hydra.train)"
+            )
+        files.update(dict.fromkeys(found))
+        # a training job dir has .hydra/ and train.log from its start; results.json only at its end
+        for log_file in sorted(root.rglob("train.log")):
+            job_dir = log_file.parent
+            if (job_dir / ".hydra").is_dir() and not (job_dir / RESULTS_FILE).is_file():
+                incomplete[job_dir.resolve()] = None
+    runs = [load_run(p) for p in files]
+    return sorted(runs, key=lambda r: (r.dataset, r.algo, r.seed, str(r.path))), list(incomplete)
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    groups: dict[tuple[str, str], Group] = {}
+    for run in runs:
+        groups.setdefault((run.dataset, run.algo), Group(run.dataset, run.algo)).runs.append(run)
+    return [groups[key] for key in sorted(groups)]
+
+
+# ------------------------------------------------------------------------------------- command lines
+
+
+def _split(override: str) -> tuple[str, str | None]:
+    key, sep, value = override.partition("=")
+    return (key, value) if sep else (override, None)
+
+
+def sweep_commands(override_lists: Sequence[Sequence[str]]) -> list[str]:
+    """The fewest command lines that rerun exactly these runs: one `-m` sweep when the runs are the full
+    grid (cartesian product) of their per-key values, otherwise one command per distinct set of overrides."""
+    distinct = list(dict.fromkeys(tuple(o) for o in override_lists))
+    if len(distinct) == 1:
+        return [" ".join([ENTRY_POINT, *map(shlex.quote, distinct[0])])]
+    parsed = [[_split(o) for o in overrides] for overrides in distinct]
+    keys = [k for k, _ in parsed[0]]
+    same_keys = all([k for k, _ in p] == keys for p in parsed) and len(set(keys)) == len(keys)
+    if same_keys and all(v is not None for p in parsed for _, v in p):
+        values = [list(dict.fromkeys(p[i][1] for p in parsed)) for i in range(len(keys))]
+        grid = {tuple(zip(keys, combo, strict=True)) for combo in itertools.product(*values)}
+        if grid == {tuple(p) for p in parsed}:
+            tokens = [shlex.quote(f"{k}={','.join(vs)}") for k, vs in zip(keys, values, strict=True)]
+            return [" ".join([ENTRY_POINT, "-m", *tokens])]
+    return [" ".join([ENTRY_POINT, *map(shlex.quote, o)]) for o in distinct]
+
+
+def varying_overrides(group: Group) -> dict[str, list[str]]:
+    """Overrides other than the seed whose values differ between a group's runs (a mixed group)."""
+    values: dict[str, dict[str, None]] = {}
+    known = [r.overrides for r in group.runs if r.overrides is not None]
+    for overrides in known:
+        for key, value in map(_split, overrides):
+            values.setdefault(key, {})[str(value)] = None
+    for key in values:  # a key missing from some runs also differs
+        if any(key not in dict(map(_split, o)) for o in known):
+            values[key]["(unset)"] = None
+    return {k: list(v) for k, v in values.items() if k != "seed" and len(v) > 1}
+
+
+# ------------------------------------------------------------------------------------- learning curves
+
+
+@dataclass
+class Curve:
+    algo: str
+    steps: list[float]
+    mean: list[float]
+    std: list[float] | None  # None with a single run
+    n: int
+
+
+def learning_curves(groups: Sequence[Group]) -> tuple[dict[str, tuple[str, list[Curve]]], list[str]]:
+    """Per dataset: the metric plotted (normalized score if every evaluation of every run of the dataset has
+    one, else return) and one curve per algo over the steps that all its runs evaluated; plus notes."""
+    per_dataset: dict[str, tuple[str, list[Curve]]] = {}
+    notes = []
+    for dataset in sorted({g.dataset for g in groups}):
+        members = [g for g in groups if g.dataset == dataset]
+        entries = [e for g in members for r in g.runs for e in r.history]
+        key = SCORE_KEY if entries and all(e.get(SCORE_KEY) is not None for e in entries) else RETURN_KEY
+        curves = []
+        for group in members:
+            # a resumed run can evaluate a step twice: its last evaluation counts
+            series = [{e["step"]: e[key] for e in r.history} for r in group.runs if r.history]
+            if not series:
+                notes.append(f"{dataset} / {group.algo}: no eval_history in its runs, no learning curve")
+                continue
+            steps = sorted(set.intersection(*(set(s) for s in series)))
+            if not steps:
+                notes.append(
+                    f"{dataset} / {group.algo}: its runs share no evaluation step, no learning curve"
+                )
+                continue
+            stats = [mean_std([s[step] for s in series]) for step in steps]
+            stds = [sd for _, sd in stats]
+            curves.append(
+                Curve(
+                    group.algo, steps, [m for m, _ in stats], None if stds[0] is None else stds, len(series)
+                )
+            )
+        per_dataset[dataset] = (key, curves)
+    return per_dataset, notes
+
+
+def plot_learning_curves(curves: dict[str, tuple[str, list[Curve]]], path: Path) -> None:
+    # Figure + Agg canvas directly (no pyplot): no global backend state, works headless and in-process.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    datasets = list(curves) or ["(no runs)"]
+    ncols = min(3, len(datasets))
+    nrows = math.ceil(len(datasets) / ncols)
+    fig = Figure(figsize=(4.8 * ncols, 3.6 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    algos = sorted({c.algo for _, cs in curves.values() for c in cs})
+    colors = {algo: f"C{i % 10}" for i, algo in enumerate(algos)}  # one colour per algo across subplots
+    for i, dataset in enumerate(datasets):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        key, dataset_curves = curves.get(dataset, (RETURN_KEY, []))
+        for c in dataset_curves:
+            ax.plot(
+                c.steps,
+                c.mean,
+                color=colors[c.algo],
+                marker="." if len(c.steps) < 30 else None,
+                label=f"{c.algo} (n={c.n})",
+            )
+            if c.std is not None:
+                low = [m - s for m, s in zip(c.mean, c.std, strict=True)]
+                high = [m + s for m, s in zip(c.mean, c.std, strict=True)]
+                ax.fill_between(c.steps, low, high, color=colors[c.algo], alpha=0.2, linewidth=0)
+        if dataset_curves:
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no evaluation history", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(dataset, fontsize="medium")
+        ax.set_xlabel("gradient updates")
+        ax.set_ylabel("normalized score" if key == SCORE_KEY else "evaluation return")
+        ax.grid(alpha=0.3)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _fmt(stat: tuple[float, float | None] | None) -> str:
+    if stat is None:
+        return MISSING
+    mean, std = stat
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def _fmt_steps(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+COLUMNS = ["dataset", "algo", "n", "seeds", "normalized score", "eval return", "train steps", "wall time (s)"]
+NUMERIC = {"n", "normalized score", "eval return", "train steps", "wall time (s)"}
+
+
+def table_rows(groups: Sequence[Group]) -> list[list[str]]:
+    return [
+        [
+            g.dataset,
+            g.algo,
+            str(len(g.runs)),
+            ",".join(map(str, g.seeds)),
+            _fmt(g.score),
+            _fmt(g.return_),
+            _fmt_steps(g.train_steps_mean),
+            f"{g.wall_seconds_mean:.1f}",
+        ]
+        for g in groups
+    ]
+
+
+def text_table(groups: Sequence[Group]) -> str:
+    rows = [COLUMNS, *table_rows(groups)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+
+    def line(row):
+        cells = [
+            c.rjust(w) if COLUMNS[i] in NUMERIC else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(rows[0]), "  ".join("-" * w for w in widths), *map(line, rows[1:])])
+
+
+def caption(groups: Sequence[Group], sweep_dirs: Sequence[Path]) -> str:
+    seeds = sorted({s for g in groups for s in g.seeds})
+    return (
+        "Final evaluation of each run (its `results.json`): normalized score "
+        "(100 · (return − random) / (expert − random), D4RL's convention; "
+        f"{MISSING} where the dataset has no reference returns) and evaluation return (mean over the run's "
+        "final evaluation episodes), reported as mean ± sample standard deviation (ddof=1) over the n runs "
+        "(seeds) of each (dataset, algo) group; a single run shows no std. Train steps are gradient updates; "
+        "wall time is per run (mean). "
+        f"Sweep dirs: {', '.join(f'`{d}`' for d in sweep_dirs)}. "
+        f"Seeds found: {', '.join(map(str, seeds))}."
+    )
+
+
+def markdown(groups, sweep_dirs, notes, png_name: str) -> str:
+    rows = table_rows(groups)
+    align = ["---:" if c in NUMERIC else "---" for c in COLUMNS]
+    lines = [
+        "# Sweep report",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join(align) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+        caption(groups, sweep_dirs),
+        "",
+        "## Commands",
+        "",
+        "Rebuilt from each run's `.hydra/overrides.yaml` (Hydra's own `hydra.*` overrides such as "
+        "`hydra.sweep.dir` are left out).",
+        "",
+    ]
+    for g in groups:
+        lines.append(f"**{g.dataset} / {g.algo}** ({len(g.runs)} run{'s' if len(g.runs) != 1 else ''}):")
+        lines.append("")
+        lines += (
+            ["```bash", *g.commands, "```"] if g.commands else ["(no .hydra/overrides.yaml in its run dirs)"]
+        )
+        lines.append("")
+    if notes:
+        lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]
+    lines += [
+        "## Learning curves",
+        "",
+        f"![learning curves]({png_name})",
+        "",
+        "Mean over a group's runs of its periodic evaluations (normalized score, or return where the dataset "
+        "has no reference returns) at the steps all its runs evaluated; band: ± sample std (ddof=1).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+CSV_FIELDS = [
+    "dataset",
+    "algo",
+    "env",
+    "n_runs",
+    "seeds",
+    "normalized_score_mean",
+    "normalized_score_std",
+    "eval_return_mean",
+    "eval_return_std",
+    "train_steps_mean",
+    "wall_seconds_mean",
+    "commands",
+    "run_dirs",
+]
+
+
+def csv_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
+    def blank(x):
+        return "" if x is None else repr(float(x))
+
+    rows = []
+    for g in groups:
+        score = g.score or (None, None)
+        envs = sorted({r.env for r in g.runs if r.env})
+        rows.append(
+            {
+                "dataset": g.dataset,
+                "algo": g.algo,
+                "env": " ".join(envs),
+                "n_runs": len(g.runs),
+                "seeds": " ".join(map(str, g.seeds)),
+                "normalized_score_mean": blank(score[0]),
+                "normalized_score_std": blank(score[1]),
+                "eval_return_mean": blank(g.return_[0]),
+                "eval_return_std": blank(g.return_[1]),
+                "train_steps_mean": blank(g.train_steps_mean),
+                "wall_seconds_mean": blank(g.wall_seconds_mean),
+                "commands": "; ".join(g.commands),
+                "run_dirs": ";".join(str(r.path.parent) for r in g.runs),
+            }
+        )
+    return rows
+
+
+@dataclass
+class Report:
+    groups: list[Group]
+    notes: list[str]
+    table: str
+    files: dict[str, Path]
+
+
+def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None) -> Report:
+    """Read the sweeps, write report.md / report.csv / learning_curves.png into `out` (default: first dir)."""
+    if not sweep_dirs:
+        raise VlaHydraError("no sweep dir given")
+    runs, incomplete = find_runs(sweep_dirs)
+    groups = group_runs(runs)
+    dirs = [Path(d).expanduser().resolve() for d in sweep_dirs]
+    out_dir = Path(out).expanduser().resolve() if out is not None else dirs[0]
+
+    notes = []
+    for g in groups:
+        varying = varying_overrides(g)
+        if varying:
+            detail = ", ".join(f"{k}={'/'.join(v)}" for k, v in varying.items())
+            notes.append(
+                f"{g.dataset} / {g.algo}: runs differ in more than the seed ({detail}); its mean ± std mixes configurations"
+            )
+        missing = sum(r.score is None for r in g.runs)
+        if 0 < missing < len(g.runs):
+            notes.append(
+                f"{g.dataset} / {g.algo}: {missing} of {len(g.runs)} runs have no normalized_score; return only"
+            )
+    for job_dir in incomplete:
+        notes.append(f"skipped {job_dir}: no {RESULTS_FILE} (the job failed or is still running)")
+    curves, curve_notes = learning_curves(groups)
+    notes += curve_notes
+
+    files = {name: out_dir / name for name in ("report.md", "report.csv", "learning_curves.png")}
+    try:
+        with atomic_path(files["report.md"]) as tmp:
+            tmp.write_text(markdown(groups, dirs, notes, files["learning_curves.png"].name))
+        with atomic_path(files["report.csv"]) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(csv_rows(groups))
+        plot_learning_curves(curves, files["learning_curves.png"])
+    except OSError as err:
+        where = err.filename or out_dir
+        raise VlaHydraError(f"--out {out_dir}: cannot write {where} ({err.strerror or err})") from err
+    return Report(groups=groups, notes=notes, table=text_table(groups), files=files)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vla_hydra.report",
+        description="Aggregate the run dirs of one or more sweeps (every results.json below them) into a "
+        "table grouped by (dataset, algo): mean ± sample std (ddof=1) over seeds. Writes report.md, "
+        "report.csv and learning_curves.png.",
+    )
+    parser.add_argument(
+        "sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="sweep or run dirs, searched recursively"
+    )
+    parser.add_argument("--out", default=None, help="output dir (default: the first SWEEP_DIR)")
+    return parser
+
+
+def _report(args: argparse.Namespace) -> Report:
+    report = write_report(args.sweep_dirs, args.out)
+    print(report.table)
+    print()
+    print("mean ± sample std (ddof=1) over the n runs (seeds) of each (dataset, algo); final evaluations")
+    for note in report.notes:
+        print(f"note: {note}")
+    for path in report.files.values():
+        print(f"wrote {path}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_cli(_report, build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
