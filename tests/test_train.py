@@ -184,3 +184,18 @@ def test_train_on_gpu_matches_cpu_pipeline(tmp_path, data_dir):
 
     algo, _, _ = load_policy(results["checkpoint"], device="cuda")
     assert algo.device.type == "cuda"
+
+
+def test_missing_d4rl_dataset_is_one_line_saying_where_it_looked(tmp_path):
+    proc = run_module(
+        "vla_hydra.train",
+        "data=d4rl",
+        "data.name=hopper-medium-v2",
+        "env=hopper",
+        f"hydra.run.dir={tmp_path}/run",
+        env={"D4RL_DATASET_DIR": str(tmp_path / "d4rl")},
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"looked for {tmp_path}/d4rl/hopper_medium-v2.hdf5" in lines[0] and "data.path=" in lines[0]

@@ -14,9 +14,15 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run `task(cfg)`; a VlaHydraError or a bad config value prints `error: <one line>` and exits 1."""
     from vla_hydra.core.exceptions import VlaHydraError
 
+    from hydra.errors import InstantiationException
+
     try:
         return task(cfg)
-    except (VlaHydraError, OmegaConfBaseException) as err:
-        message = " ".join(str(err).split())
+    except (VlaHydraError, OmegaConfBaseException, InstantiationException) as err:
+        # Hydra wraps errors raised while building a `_target_`: report the user-facing cause.
+        cause = err.__cause__ if isinstance(err, InstantiationException) else err
+        if isinstance(err, InstantiationException) and not isinstance(cause, VlaHydraError):
+            raise
+        message = " ".join(str(cause).split())
         print(f"error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

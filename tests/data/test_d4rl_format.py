@@ -115,3 +115,15 @@ def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, fi
     assert "\n" not in text and str(path) in text and message in text
     if field:
         assert f"[{field}]" in text
+
+
+def test_cut_final_episode_is_refused_or_truncated_on_request(tmp_path):
+    arrays = make_arrays(with_next=False)
+    arrays["timeouts"][-1] = False  # collection stopped mid-episode, as in some D4RL files
+    path = write_d4rl_hdf5(tmp_path / "cut.hdf5", arrays, {})
+    with pytest.raises(DatasetError, match="cut_final_episode=truncate"):
+        read_d4rl_hdf5(path)
+    loaded, _ = read_d4rl_hdf5(path, cut_final_episode="truncate")
+    assert loaded["timeouts"][-1] and not loaded["terminals"][-1]
+    # the cut step has no successor in the file, so it is dropped like any timeout-final step
+    assert len(transitions_from_d4rl(loaded)["observations"]) == len(arrays["observations"]) - 3

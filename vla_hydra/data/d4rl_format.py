@@ -45,8 +45,14 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def read_d4rl_hdf5(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Load and validate a D4RL-format file. Every problem raises DatasetError naming file and field."""
+def read_d4rl_hdf5(
+    path: str | os.PathLike, cut_final_episode: str = "error"
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load and validate a D4RL-format file. Every problem raises DatasetError naming file and field.
+
+    cut_final_episode: what to do when the last row is neither terminal nor timeout (collection stopped
+    mid-episode): "error", or "truncate" to treat the cut as a time limit, as d4rl.qlearning_dataset does.
+    """
     path = Path(path)
     if not path.exists():
         raise DatasetError(
@@ -61,7 +67,12 @@ def read_d4rl_hdf5(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict
                     path, key, f"missing required key (expected D4RL keys {', '.join(REQUIRED_KEYS)})"
                 )
         arrays = {key: f[key][()] for key in (*REQUIRED_KEYS, "next_observations") if key in f}
-        metadata = {k: _decode(v[()]) for k, v in f["metadata"].items()} if "metadata" in f else {}
+        # real D4RL files nest the behaviour policy's weights in sub-groups (metadata/policy/fc0/...):
+        # only the group's own datasets are metadata here
+        group = f["metadata"] if "metadata" in f else {}
+        metadata = {k: _decode(v[()]) for k, v in group.items() if isinstance(v, h5py.Dataset)}
+    if cut_final_episode == "truncate" and len(arrays["timeouts"]) and not arrays["terminals"][-1]:
+        arrays["timeouts"][-1] = True
     validate_transitions(path, arrays)
     return arrays, metadata
 
@@ -78,7 +89,10 @@ def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray])
             raise DatasetError(path, key, f"contains NaN or inf (first at row {bad})")
     if not (arrays["terminals"][-1] or arrays["timeouts"][-1]):
         raise DatasetError(
-            path, "terminals", "last transition is neither terminal nor timeout: the final episode is cut"
+            path,
+            "terminals",
+            "last transition is neither terminal nor timeout: the final episode is cut "
+            "(data.cut_final_episode=truncate treats the cut as a time limit)",
         )
 
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -55,6 +57,11 @@ class OfflineDataModule(L.LightningDataModule):
         seed: seed of the minibatch sampler (offset by the process rank under DDP).
         segment_length: serve trajectory segments of this length (sequence models such as the Decision
             Transformer set it from their context length) instead of single transitions.
+        cut_final_episode: "error" (default) or "truncate": a file whose last episode was cut mid-way
+            (no terminal/timeout on the last row) is refused, or the cut is treated as a time limit.
+        arrays_loader: for datasets that are not D4RL files (Minari, ...): a callable returning the same
+            validated `(arrays, metadata)` as `read_d4rl_hdf5`, called in setup() instead of reading
+            `path` (which then only names the dataset's location in errors and results).
     """
 
     def __init__(
@@ -68,6 +75,8 @@ class OfflineDataModule(L.LightningDataModule):
         seed: int = 0,
         name: str | None = None,
         segment_length: int | None = None,
+        arrays_loader: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]] | None = None,
+        cut_final_episode: str = "error",
     ):
         super().__init__()
         self.path = Path(path).expanduser()
@@ -76,6 +85,8 @@ class OfflineDataModule(L.LightningDataModule):
         self.recipe, self.normalize_observations = recipe, normalize_observations
         self.steps_per_epoch, self.seed = int(steps_per_epoch), int(seed)
         self.segment_length = int(segment_length) if segment_length else None
+        self.arrays_loader = arrays_loader
+        self.cut_final_episode = cut_final_episode
         self.buffer = None  # TensorBuffer of transitions, or TrajectoryBuffer of segments
         self.metadata: dict = {}
 
@@ -92,7 +103,9 @@ class OfflineDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.buffer is not None:
             return
-        arrays, self.metadata = read_d4rl_hdf5(self.path)
+        arrays, self.metadata = (
+            self.arrays_loader() if self.arrays_loader else read_d4rl_hdf5(self.path, self.cut_final_episode)
+        )
         stored = self.metadata.get("recipe_fingerprint")
         if self.recipe is not None and stored is not None and stored != self.recipe.fingerprint():
             raise DatasetError(
@@ -127,19 +140,22 @@ class OfflineDataModule(L.LightningDataModule):
     def check_compatible(self, spec) -> None:
         """Fail early, naming the field, when the file does not fit the env the policy is evaluated in."""
         obs_shape = self.observation_shape
+        # the env the data came from, when the dataset records it, tells the user which env= to pick
+        source = self.metadata.get("env_id")
+        hint = f" (the dataset was collected in {source})" if source and source != spec.env_id else ""
         if obs_shape != tuple(spec.observation_shape):
             raise DatasetError(
                 self.path,
                 "observations",
                 f"shape per step {obs_shape} does not match env {spec.env_id} observation shape "
-                f"{tuple(spec.observation_shape)}",
+                f"{tuple(spec.observation_shape)}{hint}",
             )
         act_dim = self.action_dim
         if act_dim != spec.action_dim:
             raise DatasetError(
                 self.path,
                 "actions",
-                f"dimension {act_dim} does not match env {spec.env_id} action dimension {spec.action_dim}",
+                f"dimension {act_dim} does not match env {spec.env_id} action dimension {spec.action_dim}{hint}",
             )
 
     def stats(self) -> DatasetStats:
@@ -169,3 +185,21 @@ def d4rl_datamodule(name: str, path: str | None = None, **kwargs) -> OfflineData
     from vla_hydra.data.d4rl_format import resolve_d4rl_path
 
     return OfflineDataModule(path=str(resolve_d4rl_path(name, path)), name=name, **kwargs)
+
+
+def minari_datamodule(dataset_id: str, **kwargs) -> OfflineDataModule:
+    """`data=minari`: a local Minari dataset by id (namespace/name-v0), converted to D4RL-style arrays.
+
+    Found, read and validated in setup() (the loader), so a missing dataset fails as a one-line
+    DatasetError there rather than inside Hydra's instantiate.
+    """
+    from functools import partial
+
+    from vla_hydra.data.minari_format import load_minari_arrays, minari_data_path
+
+    return OfflineDataModule(
+        path=str(minari_data_path(dataset_id)),
+        name=dataset_id,
+        arrays_loader=partial(load_minari_arrays, dataset_id),
+        **kwargs,
+    )
