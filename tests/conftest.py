@@ -14,6 +14,10 @@ from omegaconf import DictConfig, open_dict
 
 import vla_hydra.core.config  # noqa: F401  (registers resolvers used by the configs)
 
+# Before anything imports torch: OMP_WAIT_POLICY=PASSIVE (set by this module) keeps small-model ops from
+# collapsing under OpenMP spin-waiting on a shared 2-core machine.
+import vla_hydra.core.runtime  # noqa: F401  (first torch import of the session: sets OMP_WAIT_POLICY)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 

@@ -199,3 +199,14 @@ def test_missing_d4rl_dataset_is_one_line_saying_where_it_looked(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert f"looked for {tmp_path}/d4rl/hopper_medium-v2.hdf5" in lines[0] and "data.path=" in lines[0]
+
+
+def test_rerun_into_same_dir_keeps_earlier_checkpoint(tmp_path, data_dir):
+    first = small_train_config(tmp_path, data_dir, ["trainer.max_steps=100"])
+    _, a = train(first)
+    before = Path(a["checkpoint"]).read_bytes()
+    second = small_train_config(tmp_path, data_dir, ["trainer.max_steps=150"])
+    _, b = train(second)
+    assert a["checkpoint"] != b["checkpoint"]  # Lightning versions the name instead of overwriting
+    assert Path(a["checkpoint"]).read_bytes() == before
+    assert torch.load(b["checkpoint"], weights_only=False)["global_step"] == 150

@@ -12,9 +12,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run `task(cfg)`; a VlaHydraError or a bad config value prints `error: <one line>` and exits 1."""
-    from vla_hydra.core.exceptions import VlaHydraError
-
     from hydra.errors import InstantiationException
+
+    from vla_hydra.core.exceptions import VlaHydraError
 
     try:
         return task(cfg)

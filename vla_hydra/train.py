@@ -25,6 +25,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Fit the configured algorithm, evaluate it, write results.json; return (optimized metric, results)."""
     start = time.perf_counter()
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from vla_hydra.core.io import write_json_atomic
     from vla_hydra.core.logging import get_logger, silence_known_warnings
@@ -58,7 +59,9 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     trainer.fit(algo, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     final = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
-    ckpt = output_dir / "checkpoints" / "last.ckpt"
+    # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
+    checkpointing = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
+    last_ckpt = checkpointing[0].last_model_path if checkpointing else ""
     evals = [cb for cb in callbacks if isinstance(cb, PolicyEvaluation)]
     results = {
         "algo": type(algo).__name__.lower(),
@@ -73,7 +76,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         "time_to_first_step_s": throughput.time_to_first_step_s,
         **final.to_dict(),
         "eval_history": evals[0].history if evals else [],
-        "checkpoint": str(ckpt) if ckpt.exists() else None,
+        "checkpoint": str(Path(last_ckpt).resolve()) if last_ckpt else None,
         "run_dir": str(output_dir),
     }
     write_json_atomic(output_dir / "results.json", results)

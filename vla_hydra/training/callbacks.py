@@ -7,6 +7,7 @@ import time
 
 import lightning as L
 import psutil
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vla_hydra.core.logging import get_logger
 from vla_hydra.envs.evaluation import rollout_episodes
@@ -102,6 +103,41 @@ class PolicyEvaluation(L.Callback):
         if trainer.global_step >= self._next_eval:
             self._evaluate(trainer, pl_module)
             self._next_eval = trainer.global_step + self.every_n_updates
+
+
+class UpdateCheckpoint(ModelCheckpoint):
+    """Saves `last.ckpt` every `every_n_updates` gradient updates and once more when training ends.
+
+    Lightning's every_n_train_steps tests `global_step % n == 0`, but one Lightning step here runs
+    `updates_per_step` updates, so global_step jumps and most multiples are never hit; and nothing saves
+    the final state when max_steps is not such a multiple. This fires whenever a multiple is crossed.
+    """
+
+    def __init__(self, every_n_updates: int = 1000, **kwargs):
+        super().__init__(save_last=True, save_top_k=0, every_n_train_steps=0, every_n_epochs=0, **kwargs)
+        self.every_n_updates = every_n_updates
+        self._next_save = every_n_updates
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._next_save = (trainer.global_step // self.every_n_updates + 1) * self.every_n_updates
+
+    def _save_last_now(self, trainer) -> None:
+        if (
+            trainer.sanity_checking
+            or trainer.fast_dev_run
+            or self._last_global_step_saved == trainer.global_step
+        ):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self._next_save:
+            self._save_last_now(trainer)
+            self._next_save = (trainer.global_step // self.every_n_updates + 1) * self.every_n_updates
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save_last_now(trainer)
 
 
 class Throughput(L.Callback):

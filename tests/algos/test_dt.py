@@ -1,0 +1,227 @@
+"""Decision Transformer: loss and warm-up against hand-computed numbers, the stateful rollout interface
+against direct forward passes, and a short real run that learns, conditions on the target return and
+survives a checkpoint round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import small_train_config
+from vla_hydra.algos.dt import DecisionTransformer, dt_action_loss, warmup_lr
+from vla_hydra.data.stats import DatasetStats
+from vla_hydra.data.trajectories import TrajectoryBuffer
+from vla_hydra.envs.evaluation import rollout_episodes
+from vla_hydra.envs.factory import EnvSpec
+from vla_hydra.eval import load_policy
+from vla_hydra.train import train
+
+SPEC = EnvSpec("Pendulum-v1", (3,), 1, [-2.0], [2.0])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Small ops on a 2-core shared machine: with 2 OpenMP threads (busy-waiting unless
+    # vla_hydra.core.runtime was imported before torch) they can run 50x slower. train() sets 1 as well.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_dt_action_loss_hand_computed_with_padding():
+    predicted = torch.tensor([[[0.5, -1.0], [0.0, 0.25], [9.0, 9.0]], [[1.0, 0.0], [5.0, 5.0], [5.0, 5.0]]])
+    target = torch.tensor([[[1.0, -1.0], [-0.5, 0.75], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    # real steps: (0.25 + 0) + (0.25 + 0.25) + (1 + 0) = 1.75 over 3 real steps * 2 action dims = 6
+    # (the padded squared errors 81, 81, 25, 25, 25, 25 are ignored) -> 0.291666...
+    assert dt_action_loss(predicted, target, mask).item() == pytest.approx(1.75 / 6)
+    # an all-padding batch is 0, not NaN
+    assert dt_action_loss(predicted, target, torch.zeros(2, 3)).item() == 0.0
+
+
+def test_warmup_lr_is_linear_then_constant():
+    # base 1e-4 over 1000 updates: update k uses 1e-4 * (k + 1) / 1000
+    assert warmup_lr(1e-4, 0, 1000) == pytest.approx(1e-7)
+    assert warmup_lr(1e-4, 499, 1000) == pytest.approx(5e-5)
+    assert warmup_lr(1e-4, 999, 1000) == pytest.approx(1e-4)
+    assert warmup_lr(1e-4, 50_000, 1000) == pytest.approx(1e-4)
+
+
+def _tiny_dt(**kwargs) -> DecisionTransformer:
+    torch.manual_seed(0)
+    stats = DatasetStats(obs_mean=torch.tensor([0.5, -0.5, 1.0]), obs_std=torch.tensor([2.0, 1.0, 4.0]))
+    defaults = dict(context_length=4, embedding_dim=16, num_layers=2, target_return=-100.0, return_scale=0.01)
+    return DecisionTransformer(SPEC, stats=stats, **{**defaults, **kwargs})
+
+
+def _segments(segment_length: int = 4) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(0)
+    n = 30  # episodes of 12, 5 (terminal) and 13 steps: segments of 4 are often padded
+    arrays = {
+        "observations": rng.normal(size=(n, 3)).astype(np.float32),
+        "actions": rng.uniform(-2, 2, size=(n, 1)).astype(np.float32),
+        "rewards": rng.uniform(-10, 0, size=n).astype(np.float32),
+        "terminals": np.isin(np.arange(n), [16]),
+        "timeouts": np.isin(np.arange(n), [11, 29]),
+    }
+    return TrajectoryBuffer(arrays, segment_length).sample((32,), torch.Generator().manual_seed(0))
+
+
+def test_padded_steps_do_not_change_the_loss():
+    algo = _tiny_dt().eval()  # no dropout, so the loss is a function of the batch
+    batch = _segments()
+    padding = batch["mask"] == 0
+    assert padding.any() and (~padding).any()
+    garbage = {k: v.clone() for k, v in batch.items()}
+    garbage["observations"][padding] = 100.0
+    garbage["actions"][padding] = -2.0
+    garbage["returns_to_go"][padding] = 5000.0
+    garbage["timesteps"][padding] = 7
+    torch.testing.assert_close(algo.segment_loss(garbage), algo.segment_loss(batch), rtol=0, atol=1e-6)
+    # while real steps do change it
+    garbage["actions"][~padding] = -2.0
+    assert (algo.segment_loss(garbage) - algo.segment_loss(batch)).abs() > 1e-3
+
+
+def test_update_warms_up_the_lr_clips_gradients_and_reduces_the_loss():
+    algo = _tiny_dt(lr=1e-3, warmup_updates=4, grad_clip=0.25)
+    algo._direct_backward = True  # no trainer: plain loss.backward(), as in the benchmark's loop
+    optimizer = algo.configure_optimizers()
+    batch = _segments()
+    first = algo.update(batch, optimizer)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 1 / 4)
+    clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in algo.transformer.parameters()]))
+    assert first["grad_norm"] > 0.25 and clipped.item() == pytest.approx(0.25, rel=1e-4)
+    for _ in range(3):
+        algo.update(batch, optimizer)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3) and algo.num_updates == 4
+    for _ in range(40):
+        last = algo.update(batch, optimizer)
+    assert last["dt_loss"] < 0.5 * first["dt_loss"]
+    assert not last["dt_loss"].requires_grad
+
+
+def test_rollout_context_returns_to_go_and_timesteps():
+    algo = _tiny_dt(context_length=3)
+    algo.train()  # act must still be deterministic (dropout off) and leave the mode as it was
+    rng = np.random.default_rng(1)
+    observations = rng.normal(size=(5, 2, 3)).astype(np.float32)
+    rewards = np.array([[-3.0, -5.0], [-1.0, -2.0], [-4.0, -4.0], [-2.0, -1.0]])
+    done = np.array([[False, False], [False, True], [False, True], [False, True]])
+    algo.begin_rollout(2)
+    actions = []
+    for step in range(5):
+        actions.append(algo.act(observations[step]))
+        if step < 4:
+            algo.observe_rollout_step(rewards[step], done[step])
+    assert algo.training and algo.transformer.training
+
+    def expected_action(env, steps, rtg, timesteps):
+        states = algo.obs_normalizer(torch.from_numpy(observations[steps, env]))[None]
+        past = [algo.action_scaler.normalize(torch.from_numpy(actions[s][env])) for s in steps[:-1]]
+        acts = torch.stack([*past, torch.zeros(1)])[None]
+        with torch.no_grad():
+            out = algo.eval().predict(states, acts, torch.tensor([rtg]), torch.tensor([timesteps]))
+        algo.train()
+        return algo.action_scaler.unnormalize(out[0, -1]).numpy()
+
+    # env 0 runs throughout: returns-to-go -100, +3 -> -97, +1 -> -96, +4 -> -92, +2 -> -90; the context
+    # keeps the last 3 steps
+    np.testing.assert_allclose(actions[0][0], expected_action(0, [0], [-100.0], [0]), atol=1e-6)
+    np.testing.assert_allclose(actions[1][0], expected_action(0, [0, 1], [-100.0, -97.0], [0, 1]), atol=1e-6)
+    np.testing.assert_allclose(
+        actions[4][0], expected_action(0, [2, 3, 4], [-96.0, -92.0, -90.0], [2, 3, 4]), atol=1e-6
+    )
+    # env 1 finished after its second step (reward -2 not subtracted, timestep frozen at 1)
+    np.testing.assert_allclose(
+        actions[4][1], expected_action(1, [2, 3, 4], [-95.0, -95.0, -95.0], [1, 1, 1]), atol=1e-6
+    )
+    # a new rollout starts again from target_return at timestep 0
+    algo.begin_rollout(2)
+    np.testing.assert_allclose(algo.act(observations[0]), actions[0], atol=1e-6)
+
+
+def test_normalized_action_without_context_explains_the_stateful_interface():
+    with pytest.raises(NotImplementedError, match="begin_rollout"):
+        _tiny_dt().normalized_action(torch.zeros(1, 3))
+
+
+@pytest.fixture(scope="module")
+def dt_run(tmp_path_factory, data_dir):
+    # Small transformer, batch 64 and a high lr so a CPU run of a few hundred updates learns (~15-25 s).
+    cfg = small_train_config(
+        tmp_path_factory.mktemp("dt"),
+        data_dir,
+        [
+            "algo=dt",
+            "data.batch_size=64",
+            "algo.embedding_dim=64",
+            "algo.num_layers=1",
+            "algo.context_length=10",
+            "algo.lr=1e-3",
+            "algo.warmup_updates=50",
+            "trainer.max_steps=600",
+            "eval.every_n_updates=300",
+        ],
+    )
+    _, results = train(cfg)
+    return cfg, results
+
+
+def test_short_dt_run_learns(dt_run):
+    cfg, results = dt_run
+    assert results["algo"] == "decisiontransformer" and results["train_steps"] == 600
+    history = results["eval_history"]
+    assert history[0]["step"] == 0 and history[-1]["step"] == 600
+    # the untrained transformer scores ~-1450; a few hundred updates reach ~-450
+    start = history[0]["eval/return_mean"]
+    assert history[-1]["eval/return_mean"] > start + 400
+    assert results["eval_return_mean"] > start + 400
+    assert results["eval_return_mean"] > results["ref_returns"]["random"] + 400
+    checkpoint = torch.load(results["checkpoint"], weights_only=False)
+    assert checkpoint["dt_num_updates"] == 600 and checkpoint["global_step"] == 600
+
+
+def test_checkpoint_round_trip_reproduces_the_final_evaluation(dt_run):
+    cfg, results = dt_run
+    algo, env, _ = load_policy(results["checkpoint"])
+    assert isinstance(algo, DecisionTransformer) and algo.context_length == 10
+    evaluated = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed)
+    assert evaluated.return_mean == pytest.approx(results["eval_return_mean"], rel=1e-6)
+
+
+def test_target_return_conditions_the_trained_policy(dt_run):
+    cfg, results = dt_run
+    algo, env, _ = load_policy(results["checkpoint"])
+    obs = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    actions, returns = {}, {}
+    for target in (-150.0, -1500.0):
+        algo.target_return = target
+        algo.begin_rollout(16)
+        actions[target] = algo.act(obs)
+        returns[target] = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed).returns
+    # same weights, same observations, same env seeds: only the conditioning differs
+    assert np.abs(actions[-150.0] - actions[-1500.0]).max() > 1e-2
+    assert not np.allclose(returns[-150.0], returns[-1500.0])
+
+
+def test_resume_continues_the_warmup(tmp_path, data_dir):
+    tiny = [
+        "algo=dt",
+        "callbacks.policy_eval=null",
+        "data.batch_size=8",
+        "algo.embedding_dim=16",
+        "algo.num_layers=1",
+        "algo.lr=1e-3",
+        "algo.warmup_updates=100",
+        "eval.episodes=1",
+    ]
+    _, first = train(small_train_config(tmp_path / "a", data_dir, [*tiny, "trainer.max_steps=20"]))
+    resume = [*tiny, "trainer.max_steps=40", f"ckpt_path={first['checkpoint']}"]
+    _, resumed = train(small_train_config(tmp_path / "b", data_dir, resume))
+    checkpoint = torch.load(resumed["checkpoint"], weights_only=False)
+    assert checkpoint["dt_num_updates"] == 40
+    # the 40th update used lr 1e-3 * 40 / 100 (a restarted warm-up would have given 2e-4)
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(4e-4)

@@ -1,0 +1,177 @@
+"""Decision Transformer (Chen et al. 2021): offline RL as sequence modelling. A causal transformer reads
+trajectory segments (return-to-go, state, action) and regresses each action; at evaluation it is
+conditioned on a target return, decremented by the rewards received. Defaults follow CORL's DT."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.models.transformer import DecisionTransformerNet
+
+
+def dt_action_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked MSE over (B, T, action_dim): sum of squared errors at real steps / (real steps * action_dim).
+
+    Padded steps (mask 0) contribute nothing; the max(., 1) only guards an all-padding batch.
+    """
+    squared = (predicted - target).square().sum(-1) * mask
+    return squared.sum() / (mask.sum() * predicted.shape[-1]).clamp(min=1.0)
+
+
+def warmup_lr(base_lr: float, updates_done: int, warmup_updates: int) -> float:
+    """Linear warm-up: base_lr * (updates_done + 1) / warmup_updates, then constant (CORL's DT schedule)."""
+    return base_lr * min(1.0, (updates_done + 1) / max(warmup_updates, 1))
+
+
+class DecisionTransformer(PolicyAlgorithm):
+    """`algo=dt`. The transformer is configured by the algo keys (its context length must match the
+    datamodule's segment length, which the data configs read from `algo.context_length`); the `model=`
+    group (an MLP actor) is accepted for the constructor contract and not used.
+
+    Evaluation is stateful: `begin_rollout(num_envs)`, then per step `act(obs)` and
+    `observe_rollout_step(rewards, done)` (what `rollout_episodes` calls). `act` without a preceding
+    `begin_rollout` (or with a different number of envs) starts a new rollout.
+    """
+
+    def __init__(
+        self,
+        spec,
+        model=None,
+        context_length: int = 20,
+        embedding_dim: int = 128,
+        num_layers: int = 3,
+        num_heads: int = 1,
+        dropout: float = 0.1,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 1e-4,
+        warmup_updates: int = 1000,
+        grad_clip: float = 0.25,
+        target_return: float = -150.0,
+        return_scale: float = 0.001,
+        max_episode_steps: int = 1000,
+        updates_per_step: int = 10,
+        stats=None,
+    ):
+        super().__init__(spec, updates_per_step, stats)
+        self.context_length = int(context_length)
+        self.lr, self.betas, self.weight_decay = float(lr), tuple(betas), float(weight_decay)
+        self.warmup_updates, self.grad_clip = int(warmup_updates), float(grad_clip)
+        self.target_return, self.return_scale = float(target_return), float(return_scale)
+        self.transformer = DecisionTransformerNet(
+            state_dim=int(np.prod(spec.observation_shape)),
+            action_dim=spec.action_dim,
+            max_episode_steps=max_episode_steps,
+            embedding_dim=embedding_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            dropout=dropout,
+        )
+        # A python int (no host sync per update) that drives the warm-up; saved in checkpoints for resume.
+        self.num_updates = 0
+        self._rollout: dict[str, torch.Tensor] | None = None
+
+    # -- training --------------------------------------------------------------------------------
+    def predict(self, normalized_states, normalized_actions, returns_to_go, timesteps) -> torch.Tensor:
+        """Actions in [-1, 1] for every step of (B, T) segments; returns-to-go in env units."""
+        return self.transformer(
+            normalized_states, normalized_actions, returns_to_go * self.return_scale, timesteps
+        )
+
+    def segment_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Masked action MSE of a batch of (B, T) segments from the TrajectoryBuffer."""
+        actions = self.action_scaler.normalize(batch["actions"])
+        predicted = self.predict(
+            self.obs_normalizer(batch["observations"]), actions, batch["returns_to_go"], batch["timesteps"]
+        )
+        return dt_action_loss(predicted, actions, batch["mask"])
+
+    def update(self, batch, optimizers):
+        loss = self.segment_loss(batch)
+        lr = warmup_lr(self.lr, self.num_updates, self.warmup_updates)
+        for group in optimizers.param_groups:
+            group["lr"] = lr
+        optimizers.zero_grad(set_to_none=True)
+        self.backprop(loss)
+        # returns the pre-clip norm as a tensor; clipping itself needs no host sync
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.transformer.parameters(), self.grad_clip, foreach=True
+        )
+        optimizers.step()
+        self.num_updates += 1
+        return {"dt_loss": loss.detach(), "grad_norm": grad_norm.detach()}
+
+    def configure_optimizers(self):
+        # AdamW: CORL's DT optimiser (decoupled weight decay); the lr is set per update by the warm-up.
+        return torch.optim.AdamW(
+            self.transformer.parameters(),
+            lr=self.lr,
+            betas=self.betas,
+            weight_decay=self.weight_decay,
+            foreach=True,
+        )
+
+    def on_save_checkpoint(self, checkpoint) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["dt_num_updates"] = self.num_updates
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        self.num_updates = int(checkpoint.get("dt_num_updates", checkpoint.get("global_step", 0)))
+
+    # -- acting: stateful, batched over envs -----------------------------------------------------
+    def normalized_action(self, normalized_obs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(
+            "DecisionTransformer acts from a context of past steps: use begin_rollout(num_envs), "
+            "act(obs) and observe_rollout_step(rewards, done) (vla_hydra.envs.evaluation.rollout_episodes)"
+        )
+
+    def begin_rollout(self, num_envs: int) -> None:
+        """Empty context per env; each env's return-to-go starts at `target_return`, its timestep at 0."""
+        obs_dim, act_dim = int(np.prod(self.spec.observation_shape)), self.spec.action_dim
+        self._rollout = {
+            "states": torch.zeros(num_envs, 0, obs_dim, device=self.device),
+            "actions": torch.zeros(num_envs, 0, act_dim, device=self.device),
+            "returns_to_go": torch.zeros(num_envs, 0, device=self.device),
+            "timesteps": torch.zeros(num_envs, 0, dtype=torch.long, device=self.device),
+            "return_to_go": torch.full((num_envs,), self.target_return, device=self.device),
+            "timestep": torch.zeros(num_envs, dtype=torch.long, device=self.device),
+        }
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Append this step to each env's context, predict from the last `context_length` steps."""
+        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        num_envs = obs_t.shape[0]
+        if self._rollout is None or self._rollout["states"].shape[0] != num_envs:
+            self.begin_rollout(num_envs)
+        r, keep = self._rollout, self.context_length
+
+        def push(history: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+            return torch.cat([history, value.unsqueeze(1)], dim=1)[:, -keep:]
+
+        r["states"] = push(r["states"], self.obs_normalizer(obs_t).reshape(num_envs, -1))
+        # the current action is unknown; its token comes after s_t, so causal attention never reads it
+        r["actions"] = push(r["actions"], torch.zeros(num_envs, self.spec.action_dim, device=self.device))
+        r["returns_to_go"] = push(r["returns_to_go"], r["return_to_go"])
+        r["timesteps"] = push(r["timesteps"], r["timestep"])
+        # deterministic acting even when called in training mode (e.g. right after fit): no dropout
+        was_training = self.transformer.training
+        self.transformer.eval()
+        try:
+            action = self.predict(r["states"], r["actions"], r["returns_to_go"], r["timesteps"])[:, -1]
+        finally:
+            self.transformer.train(was_training)
+        r["actions"][:, -1] = action
+        return self.action_scaler.unnormalize(action).cpu().numpy()
+
+    def observe_rollout_step(self, rewards: np.ndarray, done: np.ndarray) -> None:
+        """Returns-to-go -= rewards, timesteps += 1, for envs still running (finished envs stay frozen)."""
+        if self._rollout is None:
+            return
+        r = self._rollout
+        running = ~torch.as_tensor(np.asarray(done, dtype=bool), device=self.device)
+        rewards_t = torch.as_tensor(np.asarray(rewards, dtype=np.float32), device=self.device)
+        r["return_to_go"] = torch.where(running, r["return_to_go"] - rewards_t, r["return_to_go"])
+        r["timestep"] = torch.where(running, r["timestep"] + 1, r["timestep"])
