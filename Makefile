@@ -30,8 +30,10 @@ test: install ## fast test suite (excludes tests marked slow)
 test-full: install ## every test, including slow ones
 	$(PY) -m pytest $(ARGS)
 
-bench: install ## benchmarks, JSON lines to stdout and benchmarks/results/
-	$(PY) benchmarks/bench_bc.py $(ARGS)
+bench: install ## benchmarks, JSON lines to stdout and benchmarks/results/ (~15 min on 2 CPU cores)
+	$(PY) benchmarks/bench_bc.py
+	$(PY) benchmarks/bench_load.py
+	$(PY) benchmarks/bench_offline.py $(ARGS)
 
 format: install ## auto-format and fix imports
 	$(PY) -m ruff format vla_hydra tests benchmarks

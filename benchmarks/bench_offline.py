@@ -81,11 +81,16 @@ def plain_loop_updates_per_s(cfg, updates: int, device: str) -> float:
     return updates / (time.perf_counter() - start)
 
 
+# Default updates per timed run on a 2-core CPU: enough Lightning steps to amortise start-up, small enough
+# that the slow algorithms (CQL ~5 updates/s, DT ~1 update/s at batch 256) finish in minutes.
+DEFAULT_UPDATES = {"bc": 2000, "td3bc": 2000, "iql": 1500, "cql": 150, "dt": 60}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", default="bc,td3bc,iql,cql,dt")
     parser.add_argument("--data", default="pendulum_mixed")
-    parser.add_argument("--updates", type=int, default=2000)
+    parser.add_argument("--updates", type=int, default=None, help="per run; default per algo (CPU-sized)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -113,19 +118,20 @@ def main() -> None:
                 )
             )
             continue
+        updates = args.updates or DEFAULT_UPDATES.get(algo, 1000)
         plain, lightning = [], []
         for r in range(args.rounds):
             cfg = config(
-                algo, args.data, work / f"{algo}{r}", args.updates, args.threads, args.device, args.override
+                algo, args.data, work / f"{algo}{r}", updates, args.threads, args.device, args.override
             )
-            plain.append(plain_loop_updates_per_s(cfg, args.updates, args.device))
+            plain.append(plain_loop_updates_per_s(cfg, updates, args.device))
             lightning.append(train(cfg)[1]["train_updates_per_s"])
         line = {
             **common,
             "bench": "offline_updates_per_s",
             "algo": algo,
             "batch_size": int(cfg.data.batch_size),
-            "updates": args.updates,
+            "updates": updates,
             "rounds": args.rounds,
             "updates_per_step": int(cfg.algo.updates_per_step),
             "plain_loop_median": statistics.median(plain),
