@@ -28,6 +28,15 @@ def compose_config(config_name: str = "train", overrides: list[str] | None = Non
         return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Small-model tests on a shared 2-core machine are fastest and steadiest with 1 thread (train()
+    sets `torch_threads: 1` too)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """Generated datasets are cached here for the whole test session (collected once on first use)."""

@@ -20,16 +20,6 @@ from vla_hydra.train import train
 SPEC = EnvSpec("Pendulum-v1", (3,), 1, [-2.0], [2.0])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Small ops on a 2-core shared machine: with 2 OpenMP threads (busy-waiting unless
-    # vla_hydra.core.runtime was imported before torch) they can run 50x slower. train() sets 1 as well.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_dt_action_loss_hand_computed_with_padding():
     predicted = torch.tensor([[[0.5, -1.0], [0.0, 0.25], [9.0, 9.0]], [[1.0, 0.0], [5.0, 5.0], [5.0, 5.0]]])
     target = torch.tensor([[[1.0, -1.0], [-0.5, 0.75], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])

@@ -10,16 +10,6 @@ from vla_hydra.models.transformer import CausalSelfAttention, DecisionTransforme
 B, T, STATE_DIM, ACTION_DIM = 3, 6, 4, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Small ops on a 2-core shared machine: with 2 OpenMP threads (busy-waiting unless
-    # vla_hydra.core.runtime was imported before torch) they can run 50x slower. train() sets 1 as well.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _inputs(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return [
