@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -30,6 +28,7 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
+from benchmarks.common import emit, run_header  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402
 from vla_hydra.algos.bc import bc_mse_loss  # noqa: E402
 from vla_hydra.train import train  # noqa: E402
@@ -100,14 +99,7 @@ def main() -> None:
     parser.add_argument("--skip-cli", action="store_true", help="only the updates/s comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    common = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.node(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-    }
+    common = run_header(args.threads, args.device)
     lines = []
     work = Path(tempfile.mkdtemp(prefix="vla_bench_"))
     data_dir = ROOT / "data"
@@ -133,7 +125,7 @@ def main() -> None:
     )
 
     if args.skip_cli:
-        return _write(lines, common)
+        return _emit_all(lines, common)
     cfg_job = command_seconds(["-m", "vla_hydra.train", "--cfg", "job"], 5)
     reference = command_seconds(["-c", "import lightning"], 3)
     lines.append(
@@ -173,17 +165,12 @@ def main() -> None:
         }
     )
 
-    _write(lines, common)
+    _emit_all(lines, common)
 
 
-def _write(lines: list[dict], common: dict) -> None:
-    results_dir = ROOT / "benchmarks" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with open(results_dir / "bench_bc.jsonl", "a") as f:
-        for line in lines:
-            text = json.dumps({**common, **line})
-            print(text)
-            f.write(text + "\n")
+def _emit_all(lines: list[dict], common: dict) -> None:
+    for line in lines:
+        emit("bench_bc", {**common, **line})
 
 
 if __name__ == "__main__":

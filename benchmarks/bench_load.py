@@ -17,15 +17,12 @@ Prints JSON lines and appends them to benchmarks/results/bench_load.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -36,6 +33,7 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import emit, run_header  # noqa: E402
 from vla_hydra.data.buffer import TensorBuffer, transitions_from_d4rl  # noqa: E402
 from vla_hydra.data.d4rl_format import read_d4rl_hdf5, write_d4rl_hdf5  # noqa: E402
 from vla_hydra.data.datamodule import OfflineDataModule  # noqa: E402
@@ -134,16 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    common = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.node(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "h5py": h5py.__version__,
-        "threads": args.threads,
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-    }
+    common = run_header(args.threads, args.device, numpy=np.__version__, h5py=h5py.__version__)
     work = Path(tempfile.mkdtemp(prefix="vla_bench_load_"))
     lines = []
     try:
@@ -185,17 +174,8 @@ def main() -> None:
             path.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _write(lines, common)
-
-
-def _write(lines: list[dict], common: dict) -> None:
-    results_dir = ROOT / "benchmarks" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with open(results_dir / "bench_load.jsonl", "a") as f:
-        for line in lines:
-            text = json.dumps({**common, **line})
-            print(text)
-            f.write(text + "\n")
+    for line in lines:
+        emit("bench_load", {**common, **line})
 
 
 if __name__ == "__main__":

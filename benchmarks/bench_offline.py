@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -29,6 +27,7 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
+from benchmarks.common import emit, run_header  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402
 from vla_hydra.train import train  # noqa: E402
 
@@ -98,18 +97,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     available = {p.stem for p in (ROOT / "conf" / "algo").glob("*.yaml")}
-    common = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.node(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-        "data": args.data,
-    }
+    common = run_header(args.threads, args.device, data=args.data)
     work = Path(tempfile.mkdtemp(prefix="vla_bench_offline_"))
-    results_dir = ROOT / "benchmarks" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
     for algo in args.algos.split(","):
         if algo not in available:
             print(
@@ -140,9 +129,7 @@ def main() -> None:
             "plain_loop_all": plain,
             "lightning_all": lightning,
         }
-        print(json.dumps(line), flush=True)
-        with open(results_dir / "bench_offline.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
+        emit("bench_offline", line)
 
 
 if __name__ == "__main__":

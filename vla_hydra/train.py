@@ -64,7 +64,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     last_ckpt = checkpointing[0].last_model_path if checkpointing else ""
     evals = [cb for cb in callbacks if isinstance(cb, PolicyEvaluation)]
     results = {
-        "algo": type(algo).__name__.lower(),
+        "algo": algo.name or type(algo).__name__.lower(),
         "env": spec.env_id,
         "dataset": datamodule.name,
         "dataset_path": str(datamodule.path.resolve()),

@@ -29,6 +29,9 @@ class PolicyAlgorithm(L.LightningModule):
     paid once per block instead of once per update. `trainer.global_step` counts gradient updates.
     """
 
+    # short name in results/reports; defaults to the lower-cased class name
+    name: str | None = None
+
     def __init__(self, spec: EnvSpec, updates_per_step: int = 1, stats: DatasetStats | None = None):
         super().__init__()
         self.automatic_optimization = False
@@ -98,7 +101,7 @@ class PolicyAlgorithm(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
             "format_version": 1,
-            "algo": type(self).__name__,
+            "algo": self.name or type(self).__name__.lower(),
             "env_spec": self.spec.to_dict(),
             "obs_mean": self.obs_normalizer.mean.cpu().tolist(),
             "obs_std": self.obs_normalizer.std.cpu().tolist(),

@@ -35,6 +35,8 @@ class DecisionTransformer(PolicyAlgorithm):
     `begin_rollout` (or with a different number of envs) starts a new rollout.
     """
 
+    name = "dt"
+
     def __init__(
         self,
         spec,

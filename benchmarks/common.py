@@ -1,0 +1,35 @@
+"""What every benchmark shares: the run header (date, machine, versions, threads, device) and the
+JSON-lines output (stdout + benchmarks/results/<name>.jsonl)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def run_header(threads: int, device: str = "cpu", **extra) -> dict:
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": threads,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        **extra,
+    }
+
+
+def emit(name: str, line: dict) -> None:
+    """Print one JSON line and append it to benchmarks/results/<name>.jsonl."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(line)
+    print(text, flush=True)
+    with open(RESULTS_DIR / f"{name}.jsonl", "a") as f:
+        f.write(text + "\n")
