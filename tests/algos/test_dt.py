@@ -162,7 +162,7 @@ def dt_run(tmp_path_factory, data_dir):
 
 def test_short_dt_run_learns(dt_run):
     cfg, results = dt_run
-    assert results["algo"] == "decisiontransformer" and results["train_steps"] == 600
+    assert results["algo"] == "dt" and results["train_steps"] == 600
     history = results["eval_history"]
     assert history[0]["step"] == 0 and history[-1]["step"] == 600
     # the untrained transformer scores ~-1450; a few hundred updates reach ~-450
