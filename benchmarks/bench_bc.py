@@ -26,30 +26,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from omegaconf import open_dict  # noqa: E402
 
-from benchmarks.common import emit, run_header  # noqa: E402
-from tests.conftest import compose_config  # noqa: E402
+from benchmarks.common import bench_config, emit, run_header  # noqa: E402
 from vla_hydra.algos.bc import bc_mse_loss  # noqa: E402
 from vla_hydra.train import train  # noqa: E402
 
 
 def lightning_config(tmp: Path, data_dir: Path, updates: int, threads: int, device: str = "cpu"):
-    cfg = compose_config(
-        "train",
-        [
-            "trainer=gpu" if device == "cuda" else "trainer=cpu",
-            f"trainer.max_steps={updates}",
-            "callbacks.policy_eval=null",
-            "trainer.enable_progress_bar=false",
-            "eval.episodes=2",
-            f"torch_threads={threads}",
-        ],
-    )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp)
-        cfg.paths.data_dir = str(data_dir)
-    return cfg
+    return bench_config("bc", tmp, data_dir, updates, threads, device)
 
 
 def plain_loop_updates_per_s(cfg, updates: int, device: str = "cpu") -> float:

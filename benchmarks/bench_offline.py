@@ -25,32 +25,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from omegaconf import open_dict  # noqa: E402
 
-from benchmarks.common import emit, run_header  # noqa: E402
-from tests.conftest import compose_config  # noqa: E402
+from benchmarks.common import bench_config, emit, run_header  # noqa: E402
 from vla_hydra.train import train  # noqa: E402
 
 
 def config(algo: str, data: str, out: Path, updates: int, threads: int, device: str, extra: list[str]):
-    cfg = compose_config(
-        "train",
-        [
-            f"algo={algo}",
-            f"data={data}",
-            "trainer=gpu" if device == "cuda" else "trainer=cpu",
-            f"trainer.max_steps={updates}",
-            "callbacks.policy_eval=null",
-            "trainer.enable_progress_bar=false",
-            "eval.episodes=2",
-            f"torch_threads={threads}",
-            *extra,
-        ],
-    )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.paths.data_dir = str(ROOT / "data")
-    return cfg
+    return bench_config(algo, out, ROOT / "data", updates, threads, device, data=data, extra=extra)
 
 
 def plain_loop_updates_per_s(cfg, updates: int, device: str) -> float:

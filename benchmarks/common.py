@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from omegaconf import open_dict
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -33,3 +34,36 @@ def emit(name: str, line: dict) -> None:
     print(text, flush=True)
     with open(RESULTS_DIR / f"{name}.jsonl", "a") as f:
         f.write(text + "\n")
+
+
+def bench_config(
+    algo: str,
+    out: Path,
+    data_dir: Path,
+    updates: int,
+    threads: int,
+    device: str = "cpu",
+    data: str = "pendulum_mixed",
+    extra: list[str] | None = None,
+):
+    """The training config a benchmark times: `updates` gradient updates, periodic env evaluation off."""
+    from tests.conftest import compose_config
+
+    cfg = compose_config(
+        "train",
+        [
+            f"algo={algo}",
+            f"data={data}",
+            "trainer=gpu" if device == "cuda" else "trainer=cpu",
+            f"trainer.max_steps={updates}",
+            "callbacks.policy_eval=null",
+            "trainer.enable_progress_bar=false",
+            "eval.episodes=2",
+            f"torch_threads={threads}",
+            *(extra or []),
+        ],
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.paths.data_dir = str(data_dir)
+    return cfg

@@ -80,3 +80,17 @@ def run_module(
         timeout=timeout,
         env=full_env,
     )
+
+
+def random_pendulum_batch(n: int) -> dict:
+    """A minibatch shaped like the datamodule's for Pendulum-v1 (obs 3, torque in [-2, 2]), for update tests."""
+    import torch
+
+    return {
+        "observations": torch.randn(n, 3),
+        "actions": torch.rand(n, 1) * 4 - 2,
+        "rewards": -torch.rand(n),
+        "next_observations": torch.randn(n, 3),
+        "terminals": torch.zeros(n),
+        "timeouts": torch.zeros(n),
+    }

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import compose_config, small_train_config
+from tests.conftest import compose_config, random_pendulum_batch, small_train_config
 from vla_hydra.algos.cql import CQL, cql_conservative_penalty, sac_alpha_loss
 from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.envs.evaluation import rollout_episodes
@@ -62,14 +62,7 @@ def test_cql_update_routes_each_loss_to_its_own_parameters():
     )
     algo._direct_backward = True  # no Trainer here: plain backward
     optimizer = algo.configure_optimizers()
-    batch = {
-        "observations": torch.randn(8, 3),
-        "actions": torch.rand(8, 1) * 4 - 2,
-        "rewards": -torch.rand(8),
-        "next_observations": torch.randn(8, 3),
-        "terminals": torch.zeros(8),
-        "timeouts": torch.zeros(8),
-    }
+    batch = random_pendulum_batch(8)
     target_before = [p.clone() for p in algo.target_critic.parameters()]
     losses = algo.update(batch, optimizer)
     assert {"critic_loss", "actor_loss", "alpha", "cql_penalty", "q_mean"} <= set(losses)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import small_train_config
+from tests.conftest import random_pendulum_batch, small_train_config
 from vla_hydra.algos.td3bc import TD3BC, smoothed_target_action, td3bc_actor_loss
 from vla_hydra.envs.evaluation import rollout_episodes
 from vla_hydra.envs.factory import EnvSpec
@@ -47,14 +47,7 @@ def test_actor_and_targets_update_every_second_update_only():
     algo = TD3BC(spec, lambda s, d: DeterministicActor(s, d, hidden_dims=(16,)), critic_hidden_dims=(16,))
     algo._direct_backward = True  # no Trainer here: plain backward
     optimizer = algo.configure_optimizers()
-    batch = {
-        "observations": torch.randn(32, 3),
-        "actions": torch.rand(32, 1) * 4 - 2,
-        "rewards": -torch.rand(32),
-        "next_observations": torch.randn(32, 3),
-        "terminals": torch.zeros(32),
-        "timeouts": torch.zeros(32),
-    }
+    batch = random_pendulum_batch(32)
 
     def snapshot():
         return [
