@@ -67,18 +67,29 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         "algo": algo.name or type(algo).__name__.lower(),
         "env": spec.env_id,
         "dataset": datamodule.name,
-        "dataset_path": str(datamodule.path.resolve()),
+        "dataset_path": str(datamodule.path.resolve()) if datamodule.path else None,
         "dataset_transitions": datamodule.num_raw_transitions,
         "seed": int(cfg.seed),
         "train_steps": int(trainer.global_step),
+        "env_steps": int(algo.env_steps) if hasattr(algo, "env_steps") else None,
         "wall_seconds": time.perf_counter() - start,
         "train_updates_per_s": throughput.updates_per_s,
+        "train_env_steps_per_s": throughput.env_steps_per_s,
         "time_to_first_step_s": throughput.time_to_first_step_s,
         **final.to_dict(),
         "eval_history": evals[0].history if evals else [],
+        "train_episodes": getattr(algo, "episode_log", []),
         "checkpoint": str(Path(last_ckpt).resolve()) if last_ckpt else None,
         "run_dir": str(output_dir),
     }
+    if cfg.eval.get("video"):
+        from vla_hydra.envs.video import record_video
+
+        video = record_video(
+            algo, env, output_dir / "videos" / "eval.mp4", cfg.eval.video_episodes, cfg.eval.seed
+        )
+        results["video"] = video["path"]
+        log.info(f"video:      {video['path']}")
     write_json_atomic(output_dir / "results.json", results)
     score = results["normalized_score"]
     log.info(

@@ -9,6 +9,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from vla_hydra.core.exceptions import ConfigError
+from vla_hydra.core.runtime import get_rng_states, set_rng_states
 from vla_hydra.data.batch import tree_map
 from vla_hydra.data.stats import DatasetStats
 from vla_hydra.envs.factory import EnvSpec
@@ -31,9 +33,16 @@ class PolicyAlgorithm(L.LightningModule):
 
     # short name in results/reports; defaults to the lower-cased class name
     name: str | None = None
+    # whether the algorithm handles Discrete action spaces (class-index actions)
+    supports_discrete: bool = False
 
     def __init__(self, spec: EnvSpec, updates_per_step: int = 1, stats: DatasetStats | None = None):
         super().__init__()
+        if spec.discrete and not self.supports_discrete:
+            raise ConfigError(
+                f"algo={self.name or type(self).__name__.lower()}: env {spec.env_id} has a discrete action "
+                "space; this algorithm needs continuous (Box) actions"
+            )
         self.automatic_optimization = False
         self.spec = spec
         self.updates_per_step = int(updates_per_step)
@@ -108,3 +117,9 @@ class PolicyAlgorithm(L.LightningModule):
             "ref_returns": self.ref_returns,
             "config": self.run_config,
         }
+        # a resumed run continues the same random streams (exploration noise, minibatch sampling)
+        checkpoint["rng_states"] = get_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])

@@ -35,3 +35,20 @@ def set_torch_threads(num_threads: int | None) -> None:
     """Intra-op threads for torch; None keeps torch's default."""
     if num_threads:
         torch.set_num_threads(int(num_threads))
+
+
+def get_rng_states() -> dict:
+    """Python, NumPy and torch (CPU and CUDA) RNG states, for checkpoints."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what `get_rng_states` returned."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"].cpu() if hasattr(states["torch"], "cpu") else states["torch"])
+    if "torch_cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch_cuda"])

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vla_hydra.models.mlp import _ACTIVATIONS, FlattenEncoder, mlp
+from vla_hydra.models.mlp import _ACTIVATIONS, FlattenEncoder, mlp, orthogonal_init_
 
 
 @torch.no_grad()
@@ -176,7 +176,7 @@ class EnsembleQNetwork(nn.Module):
 
 
 class ValueNetwork(nn.Module):
-    """V(s) -> scalar (IQL's state value)."""
+    """V(s) -> scalar (IQL's state value, PPO's critic with orthogonal_init=True)."""
 
     def __init__(
         self,
@@ -184,10 +184,13 @@ class ValueNetwork(nn.Module):
         hidden_dims: Sequence[int] = (256, 256),
         activation: str = "relu",
         layer_norm: bool = False,
+        orthogonal_init: bool = False,
     ):
         super().__init__()
         self.encoder = FlattenEncoder(observation_shape)
         self.net = mlp(self.encoder.out_dim, 1, hidden_dims, activation, layer_norm)
+        if orthogonal_init:
+            orthogonal_init_(self.net, output_gain=1.0)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(self.encoder(obs)).squeeze(-1)

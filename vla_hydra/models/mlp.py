@@ -64,3 +64,13 @@ class DeterministicActor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(self.encoder(obs)))
+
+
+def orthogonal_init_(net: nn.Sequential, hidden_gain: float = 2**0.5, output_gain: float = 1.0) -> nn.Sequential:
+    """Orthogonal weights, zero biases (the on-policy convention of PPO implementations): hidden layers
+    with gain sqrt(2), the output layer with `output_gain` (0.01 for policy logits/means, 1 for values)."""
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    for i, layer in enumerate(linears):
+        nn.init.orthogonal_(layer.weight, gain=output_gain if i == len(linears) - 1 else hidden_gain)
+        nn.init.zeros_(layer.bias)
+    return net

@@ -42,3 +42,66 @@ class ActionScaler(nn.Module):
 
     def unnormalize(self, action: torch.Tensor) -> torch.Tensor:
         return self.low + (action.clamp(-1.0, 1.0) + 1.0) * 0.5 * (self.high - self.low)
+
+
+class RunningObservationNormalizer(ObservationNormalizer):
+    """Observation normalisation with statistics updated from the experience an online agent collects.
+
+    Same interface as ObservationNormalizer (mean/std buffers, so checkpoints and inference treat both
+    alike); `update(batch)` merges a batch into the running mean/variance (parallel-variance formula)
+    and outputs are clipped to +-clip, as in CleanRL's/SB3's NormalizeObservation(+clip 10).
+    """
+
+    def __init__(self, shape: Sequence[int], clip: float = 10.0, eps: float = 1e-8):
+        super().__init__(shape, eps=0.0)
+        self.clip, self.eps = clip, eps
+        self.register_buffer("var", torch.ones(shape))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, obs: torch.Tensor) -> None:
+        obs = obs.reshape(-1, *self.mean.shape).to(self.mean)
+        batch_mean, batch_var, n = obs.mean(0), obs.var(0, unbiased=False), obs.shape[0]
+        total = self.count + n
+        delta = batch_mean - self.mean
+        weight = float(n / total)
+        new_mean = self.mean + delta * weight
+        m2 = self.var * float(self.count) + batch_var * n + delta.square() * float(self.count) * weight
+        self.mean.copy_(new_mean)
+        self.var.copy_(m2 / float(total))
+        self.count.copy_(total)
+        self.std.copy_(torch.sqrt(self.var + self.eps))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return super().forward(obs).clamp(-self.clip, self.clip)
+
+
+class RewardScaler(nn.Module):
+    """Divides rewards by the running std of the discounted return (CleanRL/SB3 NormalizeReward), then
+    clips. Learning signal only: evaluation returns are always raw env rewards."""
+
+    def __init__(self, num_envs: int, gamma: float, clip: float = 10.0, eps: float = 1e-8):
+        super().__init__()
+        self.gamma, self.clip, self.eps = gamma, clip, eps
+        self.register_buffer("return_var", torch.ones((), dtype=torch.float64))
+        self.register_buffer("return_mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+        # per-env discounted return so far; not saved (envs restart on resume)
+        self.register_buffer(
+            "discounted_return", torch.zeros(num_envs, dtype=torch.float64), persistent=False
+        )
+
+    @torch.no_grad()
+    def forward(self, rewards: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        """Scaled rewards of one vector step; `done` (terminated or truncated) restarts the return."""
+        ret = self.discounted_return * self.gamma + rewards.to(torch.float64)
+        batch_mean, batch_var, n = ret.mean(), ret.var(unbiased=False), ret.numel()
+        total = self.count + n
+        delta = batch_mean - self.return_mean
+        m2 = self.return_var * self.count + batch_var * n + delta.square() * self.count * n / total
+        self.return_mean += delta * n / total
+        self.return_var.copy_(m2 / total)
+        self.count.copy_(total)
+        self.discounted_return.copy_(ret * (~done).to(torch.float64))
+        scaled = rewards / torch.sqrt(self.return_var + self.eps).to(rewards.dtype)
+        return scaled.clamp(-self.clip, self.clip)

@@ -45,6 +45,8 @@ def progress_bar(refresh_rate: int = 1):
             elapsed = time.perf_counter() - getattr(self, "_t0", time.perf_counter())
             if elapsed > 0:
                 metrics["updates/s"] = f"{(trainer.global_step - self._step0) / elapsed:.0f}"
+            if hasattr(pl_module, "env_steps"):
+                metrics["env_steps"] = f"{int(pl_module.env_steps)}/{pl_module.total_timesteps}"
             for callback in trainer.callbacks:
                 if isinstance(callback, PolicyEvaluation) and callback.history:
                     metrics["eval_return"] = f"{callback.history[-1]['eval/return_mean']:.1f}"
@@ -85,7 +87,8 @@ class PolicyEvaluation(L.Callback):
             metrics["eval/normalized_score"] = result.normalized_score
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        self.history.append({"step": trainer.global_step, **metrics})
+        env_steps = {"env_steps": int(pl_module.env_steps)} if hasattr(pl_module, "env_steps") else {}
+        self.history.append({"step": trainer.global_step, **env_steps, **metrics})
         self.seconds_spent += time.perf_counter() - start
         score = f" (normalized {result.normalized_score:.1f})" if result.normalized_score is not None else ""
         max_steps = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
@@ -141,18 +144,21 @@ class UpdateCheckpoint(ModelCheckpoint):
 
 
 class Throughput(L.Callback):
-    """Launch-to-first-step time and gradient updates/s of the fit loop (evaluation time excluded)."""
+    """Launch-to-first-step time, gradient updates/s and (online algorithms) env steps/s of the fit loop
+    (evaluation time excluded)."""
 
     def __init__(self):
         self.time_to_first_step_s: float | None = None
         self.updates_per_s: float | None = None
-        self._start_time = self._start_step = None
+        self.env_steps_per_s: float | None = None
+        self._start_time = self._start_step = self._start_env_steps = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._start_time is None:
             now = time.time()
             self.time_to_first_step_s = now - psutil.Process().create_time()
             self._start_time, self._start_step = time.perf_counter(), trainer.global_step
+            self._start_env_steps = int(getattr(pl_module, "env_steps", 0))
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._start_time is None:
@@ -164,5 +170,9 @@ class Throughput(L.Callback):
         eval_seconds = sum(getattr(cb, "seconds_spent", 0.0) for cb in trainer.callbacks)
         elapsed = time.perf_counter() - self._start_time - eval_seconds
         self.updates_per_s = (trainer.global_step - self._start_step) / max(elapsed, 1e-9)
+        metrics = {"perf/updates_per_s": self.updates_per_s}
+        if hasattr(pl_module, "env_steps"):
+            self.env_steps_per_s = (int(pl_module.env_steps) - self._start_env_steps) / max(elapsed, 1e-9)
+            metrics["perf/env_steps_per_s"] = self.env_steps_per_s
         for logger in trainer.loggers:
-            logger.log_metrics({"perf/updates_per_s": self.updates_per_s}, step=trainer.global_step)
+            logger.log_metrics(metrics, step=trainer.global_step)

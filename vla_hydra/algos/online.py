@@ -1,0 +1,153 @@
+"""What online algorithms (PPO, SAC, GRPO, DAgger, GAIL) share on top of PolicyAlgorithm: the
+training envs, the env-step budget, running observation statistics and episode bookkeeping.
+
+The Lightning pattern is the offline one with rollouts as the data: the datamodule (`data=rollouts`)
+only paces the loop, and each Lightning step runs `train_iteration`, which collects experience from
+`env.num_envs` vectorised envs and does its gradient updates. Training ends when the env-step budget
+`algo.total_timesteps` is spent (`trainer.should_stop`), so online algo configs set `max_updates: -1`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.data.stats import DatasetStats
+from vla_hydra.envs.factory import EnvFactory, EnvSpec
+from vla_hydra.models.normalization import RunningObservationNormalizer
+
+
+def final_observations(next_obs: np.ndarray, done: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
+    """The true next observations of a same-step-autoreset vector step: for envs whose episode just
+    ended, the env returned the *next* episode's first observation; the last one is in info["final_obs"].
+    Needed to bootstrap values through time-limit truncations."""
+    real_next = next_obs.copy()
+    if done.any() and "final_obs" in infos:
+        for i in np.flatnonzero(infos.get("_final_obs", done)):
+            real_next[i] = infos["final_obs"][i]
+    return real_next
+
+
+class OnlineAlgorithm(PolicyAlgorithm):
+    """Base of algorithms that learn from their own interaction with `env`.
+
+    Args:
+        env: the `env=` EnvFactory (algo configs pass `env: ${env}`); its num_envs/vectorization set the
+            training envs.
+        total_timesteps: env-step budget, summed over the parallel envs (shared by all online algos).
+        normalize_observations: keep running observation mean/std from collected experience (saved in
+            checkpoints; inference normalises with the final statistics).
+        seed: seeds the training envs' first reset.
+        max_updates: gradient-update limit, read by trainer.max_steps (conf/trainer/default.yaml);
+            -1 = none, the env-step budget ends training.
+    """
+
+    def __init__(
+        self,
+        spec: EnvSpec,
+        env: EnvFactory,
+        total_timesteps: int,
+        normalize_observations: bool = False,
+        seed: int = 0,
+        max_updates: int = -1,
+        updates_per_step: int = 1,
+        stats: DatasetStats | None = None,
+    ):
+        super().__init__(spec, updates_per_step, stats)
+        self.max_updates = int(max_updates)
+        self.env_factory = env
+        self.total_timesteps = int(total_timesteps)
+        self.seed = int(seed)
+        self.normalize_observations = normalize_observations
+        if normalize_observations:
+            self.obs_normalizer = RunningObservationNormalizer(spec.observation_shape)
+        # saved in checkpoints: the budget continues where it stopped after a resume
+        self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))
+        self.envs = None
+        self.obs: np.ndarray | None = None
+        # finished training episodes: [{"env_steps", "return", "length"}] (for curves and the progress bar)
+        self.episode_log: list[dict[str, float]] = []
+
+    # -- what subclasses provide ---------------------------------------------------------------
+    def train_iteration(self, optimizers) -> dict[str, torch.Tensor]:
+        """Collect experience and update; returns scalar losses (tensors, no host sync needed)."""
+        raise NotImplementedError
+
+    # -- environment interaction ---------------------------------------------------------------
+    @property
+    def num_envs(self) -> int:
+        return int(self.env_factory.num_envs)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self.envs = self.env_factory.make_training_vector()
+        # after a resume, a different first-reset seed: the resumed run should not replay its start
+        first_seed = self.seed + int(self.env_steps)
+        self.obs, _ = self.envs.reset(seed=[first_seed + i for i in range(self.num_envs)])
+
+    def on_fit_end(self) -> None:
+        if self.envs is not None:
+            self.envs.close()
+            self.envs = None
+
+    def obs_tensor(self, obs: np.ndarray, update_stats: bool = False) -> torch.Tensor:
+        """Raw env observations -> normalised tensor on the module's device (optionally updating the
+        running statistics first, as NormalizeObservation does for every observation it sees)."""
+        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        if update_stats and self.normalize_observations:
+            self.obs_normalizer.update(obs_t)
+        return self.obs_normalizer(obs_t)
+
+    def env_actions(self, normalized_actions: torch.Tensor) -> np.ndarray:
+        """Policy outputs -> what env.step takes: class indices, or actions rescaled from [-1, 1]."""
+        if self.spec.discrete:
+            return normalized_actions.long().cpu().numpy()
+        return self.action_scaler.unnormalize(normalized_actions).cpu().numpy()
+
+    def step_envs(self, actions: np.ndarray):
+        """One vector step; counts env steps and records finished episodes.
+
+        Returns (next_obs, rewards, terminated, truncated, real_next_obs); next_obs already starts new
+        episodes where one ended, real_next_obs holds the final observation there (for bootstrapping)."""
+        next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
+        self.env_steps += self.num_envs
+        done = terminated | truncated
+        if "episode" in infos:
+            finished = infos.get("_episode", done)
+            for i in np.flatnonzero(finished):
+                self.episode_log.append(
+                    {
+                        "env_steps": int(self.env_steps),
+                        "return": float(infos["episode"]["r"][i]),
+                        "length": int(infos["episode"]["l"][i]),
+                    }
+                )
+        real_next = final_observations(next_obs, done, infos)
+        self.obs = next_obs
+        return next_obs, rewards.astype(np.float32), terminated, truncated, real_next
+
+    # -- acting ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor) -> np.ndarray:
+        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        return self.env_actions(self.normalized_action(self.obs_normalizer(obs_t)))
+
+    # -- the Lightning step --------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        seen = len(self.episode_log)
+        losses = self.train_iteration(self.optimizers())
+        metrics = {f"train/{name}": value for name, value in losses.items()}
+        recent = self.episode_log[seen:]
+        if recent:
+            metrics["rollout/episode_return"] = float(np.mean([e["return"] for e in recent]))
+        metrics["rollout/env_steps"] = float(self.env_steps)
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True)
+        if int(self.env_steps) >= self.total_timesteps:
+            self.trainer.should_stop = True
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        # a resumed run whose budget is already spent does no further iteration
+        return -1 if int(self.env_steps) >= self.total_timesteps else None

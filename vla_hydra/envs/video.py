@@ -1,0 +1,65 @@
+"""mp4 videos of policy episodes (`eval.video=true`), rendered headless.
+
+MuJoCo renders through EGL without a display (MUJOCO_GL=egl, set here unless the user chose a backend);
+classic-control envs render with pygame's software surface. Frames are encoded with the ffmpeg binary
+that the imageio-ffmpeg wheel ships, so no system ffmpeg is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_hydra.core.io import atomic_path
+from vla_hydra.envs.factory import EnvFactory
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def record_video(
+    policy: Any,
+    env_factory: EnvFactory,
+    path: str | Path,
+    episodes: int = 1,
+    seed: int = 0,
+    fps: int | None = None,
+) -> dict[str, Any]:
+    """Roll out `episodes` episodes one after another (episode i reset with seed + i) and write them
+    as one mp4. Returns {"path", "frames", "returns"}."""
+    import imageio.v2 as imageio
+
+    act = policy.act if hasattr(policy, "act") else policy
+    env = env_factory.make(render_mode="rgb_array")
+    fps = fps or int(env.metadata.get("render_fps", 30))
+    frames, returns = [], []
+    try:
+        for episode in range(episodes):
+            if hasattr(policy, "begin_rollout"):
+                policy.begin_rollout(1)
+            obs, _ = env.reset(seed=seed + episode)
+            frames.append(env.render())
+            done, total = False, 0.0
+            while not done:
+                action = act(obs[None])[0]
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                done = terminated or truncated
+                frames.append(env.render())
+                if hasattr(policy, "observe_rollout_step"):
+                    policy.observe_rollout_step(np.array([reward]), np.array([done]))
+            returns.append(total)
+    finally:
+        env.close()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        # macro_block_size=1: keep the env's frame size (e.g. 500x500) instead of padding to 16
+        with imageio.get_writer(
+            tmp, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1, output_params=["-f", "mp4"]
+        ) as writer:
+            for frame in frames:
+                writer.append_data(np.asarray(frame, dtype=np.uint8))
+    return {"path": str(path.resolve()), "frames": len(frames), "returns": returns}
