@@ -21,7 +21,10 @@ ALGOS = sorted(p.stem for p in (CONF_DIR / "algo").glob("*.yaml"))
 def test_fast_dev_run(tmp_path, data_dir, algo):
     cfg = small_train_config(tmp_path, data_dir, [f"algo={algo}", "debug=fdr"])
     _, results = train(cfg)
-    assert results["train_steps"] == cfg.algo.updates_per_step  # one Lightning step of K updates
+    if results["env_steps"] is None:  # offline: one Lightning step of K updates
+        assert results["train_steps"] == cfg.algo.updates_per_step
+    else:  # online: one iteration of collection (+ its updates) in env.num_envs envs
+        assert results["env_steps"] > 0 and results["env_steps"] % cfg.env.num_envs == 0
     assert np.isfinite(results["eval_return_mean"])
 
 
