@@ -66,6 +66,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "seed": int(cfg.seed),
         **result.to_dict(),
     }
+    if cfg.get("video"):
+        from vla_hydra.envs.video import record_video
+
+        video = record_video(
+            algo, env, Path(cfg.paths.output_dir) / "videos" / "eval.mp4", cfg.video_episodes, cfg.seed
+        )
+        results["video"] = video["path"]
+        print(f"video: {video['path']}")
     out = Path(cfg.paths.output_dir) / "eval_results.json"
     write_json_atomic(out, results)
     score = results["normalized_score"]

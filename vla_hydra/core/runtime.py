@@ -38,8 +38,11 @@ def set_torch_threads(num_threads: int | None) -> None:
 
 
 def get_rng_states() -> dict:
-    """Python, NumPy and torch (CPU and CUDA) RNG states, for checkpoints."""
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, NumPy and torch (CPU and CUDA) RNG states, for checkpoints (plain types and tensors only,
+    so `torch.load(weights_only=True)`, Lightning's default, accepts them)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["torch_cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -48,7 +51,8 @@ def get_rng_states() -> dict:
 def set_rng_states(states: dict) -> None:
     """Restore what `get_rng_states` returned."""
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"].cpu() if hasattr(states["torch"], "cpu") else states["torch"])
     if "torch_cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch_cuda"])

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from vla_hydra.core.io import atomic_path
 from vla_hydra.envs.factory import EnvFactory
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -55,11 +54,15 @@ def record_video(
         env.close()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    # written next to the target, then renamed: an interrupted run never leaves a truncated video
+    # (the temporary name keeps the .mp4 suffix, which the writer needs to pick its container)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
         # macro_block_size=1: keep the env's frame size (e.g. 500x500) instead of padding to 16
-        with imageio.get_writer(
-            tmp, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1, output_params=["-f", "mp4"]
-        ) as writer:
+        with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1) as writer:
             for frame in frames:
                 writer.append_data(np.asarray(frame, dtype=np.uint8))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return {"path": str(path.resolve()), "frames": len(frames), "returns": returns}
