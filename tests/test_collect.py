@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.conftest import run_module
 from vla_hydra.data.d4rl_format import read_d4rl_hdf5
@@ -35,3 +36,36 @@ def test_collect_cli_writes_mixed_quality_d4rl_file_and_refuses_to_overwrite(tmp
     assert again.returncode == 1
     assert again.stderr.strip() == f"error: output={out}: file exists; pass overwrite=true to replace it"
     assert out.read_bytes() == before
+
+
+def test_collect_rolls_out_a_trained_checkpoint_in_its_own_env(tmp_path, data_dir):
+    import json
+
+    from tests.conftest import small_train_config
+    from vla_hydra.envs.evaluation import rollout_episodes
+    from vla_hydra.eval import load_policy
+    from vla_hydra.train import train
+
+    _, results = train(small_train_config(tmp_path, data_dir, ["trainer.max_steps=300"]))
+    out = tmp_path / "from-ckpt.hdf5"
+    proc = run_module(
+        "vla_hydra.collect",
+        "data=checkpoint_rollouts",
+        f"data.recipe.behavior_policy.ckpt_path={results['checkpoint']}",
+        "data.recipe.episodes=6",
+        "data.recipe.reference_episodes=4",
+        "data.recipe.seed=5",
+        f"output={out}",
+        f"hydra.run.dir={tmp_path}/collect",
+    )
+    assert proc.returncode == 0, proc.stderr
+    arrays, meta = read_d4rl_hdf5(out)
+    assert meta["env_id"] == "Pendulum-v1"  # taken from the checkpoint, not given
+    assert meta["behavior_policy"].endswith("CheckpointPolicy")
+    assert json.loads(meta["behavior_policy_params"])["ckpt_path"] == results["checkpoint"]
+    # noise 0: the dataset's episodes are exactly the policy's evaluation episodes on the same seeds
+    algo, env, _ = load_policy(results["checkpoint"])
+    expected = rollout_episodes(algo, env, 6, seed=5)
+    returns = arrays["rewards"].reshape(6, 200).sum(axis=1)
+    np.testing.assert_allclose(returns, expected.returns, rtol=1e-4)
+    assert meta["dataset_return_mean"] == pytest.approx(expected.return_mean, rel=1e-4)

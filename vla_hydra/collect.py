@@ -31,7 +31,10 @@ _REFERENCE_SEED_OFFSET = 1_000_000
 
 @dataclass
 class CollectionRecipe:
-    env_id: str
+    """What to roll out. `env_id` may be null when the behaviour policy knows its env (a
+    vla_hydra.eval.CheckpointPolicy does)."""
+
+    env_id: str | None
     behavior_policy: Callable[[np.ndarray], np.ndarray]
     episodes: int = 200
     action_noise_std: Sequence[float] = field(default_factory=lambda: [0.0])
@@ -41,6 +44,14 @@ class CollectionRecipe:
     reference_episodes: int = 50
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     parallel_envs: int = 50
+
+    def __post_init__(self) -> None:
+        if self.env_id is None:
+            self.env_id = getattr(self.behavior_policy, "env_id", None)
+        if self.env_id is None:
+            from vla_hydra.core.exceptions import ConfigError
+
+            raise ConfigError("data.recipe.env_id: required unless the behaviour policy is a checkpoint")
 
     def fingerprint(self) -> str:
         """Identifies what the recipe produces, so a cached file from another recipe is never reused."""
@@ -54,7 +65,8 @@ class CollectionRecipe:
             "seed": self.seed,
             "reference_episodes": self.reference_episodes,
             "policy": f"{type(policy).__module__}.{type(policy).__qualname__}",
-            "policy_params": {k: repr(v) for k, v in sorted(vars(policy).items())},
+            # public attributes only: a CheckpointPolicy is identified by its path and weights hash
+            "policy_params": {k: repr(v) for k, v in sorted(vars(policy).items()) if not k.startswith("_")},
         }
         return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -135,6 +147,13 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
     summary = {
         "env_id": recipe.env_id,
         "behavior_policy": f"{type(policy).__module__}.{type(policy).__qualname__}",
+        "behavior_policy_params": json.dumps(
+            {
+                k: v
+                for k, v in vars(policy).items()
+                if not k.startswith("_") and isinstance(v, str | int | float)
+            }
+        ),
         "action_noise_std": np.asarray(noise_levels, dtype=np.float64),
         "random_action_prob": np.asarray(random_probs, dtype=np.float64),
         "episodes": len(episodes),

@@ -52,6 +52,27 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu"):
     return algo, instantiate(config.env), config
 
 
+class CheckpointPolicy:
+    """A trained checkpoint as a plain obs -> env-action callable, e.g. the behaviour policy of
+    `vla_hydra.collect` recipes or an expert for DAgger. `env_id` is the env it was trained in."""
+
+    def __init__(self, ckpt_path: str, device: str = "cpu"):
+        self.ckpt_path, self.device = str(ckpt_path), device
+        if not Path(self.ckpt_path).is_file():
+            from vla_hydra.core.exceptions import CheckpointError
+
+            raise CheckpointError(f"ckpt_path={self.ckpt_path}: file not found")
+        import hashlib
+
+        # identifies the weights in dataset fingerprints/metadata (a retrained file makes a new dataset)
+        self.sha1 = hashlib.sha1(Path(self.ckpt_path).read_bytes()).hexdigest()[:16]
+        self._algo, env, _ = load_policy(self.ckpt_path, device)
+        self.env_id = env.id
+
+    def __call__(self, obs):
+        return self._algo.act(obs)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from vla_hydra.core.io import write_json_atomic
     from vla_hydra.core.runtime import select_device, set_torch_threads

@@ -11,11 +11,15 @@ from omegaconf import DictConfig, OmegaConf
 # The conf/ tree next to the package (editable install / source checkout). Absolute, so the entry
 # points find it both under `python -m` and as console scripts.
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# Files shipped inside the package (e.g. behaviour-policy checkpoints): `${vla.asset:<relative path>}`.
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 
 
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("vla.isatty"):
         OmegaConf.register_new_resolver("vla.isatty", lambda: sys.stdout.isatty())
+    if not OmegaConf.has_resolver("vla.asset"):
+        OmegaConf.register_new_resolver("vla.asset", lambda relative: str(ASSETS_DIR / relative))
 
 
 register_resolvers()
