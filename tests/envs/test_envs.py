@@ -40,3 +40,31 @@ def test_unknown_env_id_is_a_config_error():
 
     with pytest.raises(ConfigError, match="env.id='NoSuchEnv-v0'"):
         EnvFactory(id="NoSuchEnv-v0").spec()
+
+
+def test_configured_wrappers_apply_to_every_env_and_the_spec(tmp_path):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config(
+        "train",
+        [
+            "env=pendulum",
+            "env.max_episode_steps=30",
+            "env.wrappers=[{_target_: gymnasium.wrappers.FrameStackObservation, _partial_: true, stack_size: 4}]",
+        ],
+    )
+    factory = instantiate(cfg.env)
+    assert factory.spec().observation_shape == (4, 3)
+    envs = factory.make_training_vector()
+    obs, _ = envs.reset(seed=0)
+    assert obs.shape == (1, 4, 3)
+    steps = 0
+    done = False
+    while not done:
+        obs, _, terminated, truncated, _ = envs.step(np.zeros((1, 1), dtype=np.float32))
+        steps += 1
+        done = bool(terminated[0] or truncated[0])
+    assert steps == 30  # the time limit from env.max_episode_steps
+    envs.close()

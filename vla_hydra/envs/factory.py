@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,8 @@ class EnvFactory:
         vectorization: "sync" (envs stepped in this process; ~8x faster than async for cheap envs on a
             small CPU) or "async" (one subprocess per env; pays off for expensive envs on many cores).
         max_episode_steps: time limit overriding the env's registered one (None keeps it).
+        wrappers: callables env -> env applied in order to every env made (training, evaluation,
+            video), e.g. `{_target_: gymnasium.wrappers.FrameStackObservation, _partial_: true, stack_size: 4}`.
     """
 
     id: str
@@ -68,6 +71,7 @@ class EnvFactory:
     num_envs: int = 1
     vectorization: str = "sync"
     max_episode_steps: int | None = None
+    wrappers: list[Callable[[gym.Env], gym.Env]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # plain containers (Hydra hands over DictConfigs), so results and checkpoints serialise them
@@ -86,9 +90,12 @@ class EnvFactory:
         if self.max_episode_steps is not None:
             kwargs.setdefault("max_episode_steps", int(self.max_episode_steps))
         try:
-            return gym.make(self.id, **kwargs)
+            env = gym.make(self.id, **kwargs)
         except gym.error.Error as err:
             raise ConfigError(f"env.id={self.id!r}: gymnasium cannot make it ({err})") from err
+        for wrap in self.wrappers or []:
+            env = wrap(env)
+        return env
 
     def make_vector(
         self, num_envs: int | None = None, vectorization: str = "sync", autoreset_mode: str = "NextStep"
