@@ -1,0 +1,100 @@
+"""Hydra launchers over submitit (cluster=slurm, cluster=submitit_local) that wait for every job.
+
+hydra-submitit-launcher stops at the first job whose process died (e.g. a bad option exits with
+`error: ...` before Hydra records a result) and leaves the others unreported. These subclasses submit
+the same job array, wait for all jobs, log one line per job (run dir or the job's error line) and hand
+Hydra a failed JobReturn for each failure, so Hydra reports the first error after the sweep ends.
+Everything else (parameters, the job-side `__call__`, requeue via `checkpoint`) is the plugin's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from omegaconf import OmegaConf
+
+from vla_hydra.core.exceptions import VlaHydraError
+from vla_hydra.core.logging import get_logger
+
+log = get_logger(__name__)
+
+# executor-level settings (the rest are per-job resources)
+_EXECUTOR_KEYS = {"max_num_timeout"}
+
+
+class JobFailed(VlaHydraError):
+    """A sweep job ended without a result."""
+
+
+def job_error_line(job: Any, error: Exception) -> str:
+    """The job's own one-line `error: ...` if it printed one, else the last line of its stderr or the
+    scheduler's message."""
+    try:
+        stderr = job.stderr() or ""
+    except OSError:
+        stderr = ""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error:"):
+            return line
+    if lines:
+        return lines[-1]
+    return " ".join(str(error).split())[:500]
+
+
+class WaitForAllJobs(BaseSubmititLauncher):
+    """Subclassed in hydra_plugins.vla_hydra_cluster.launchers (Hydra loads launchers from there only)."""
+
+    def _executor(self):
+        import submitit
+
+        params = dict(self.params)
+        folder = params.pop("submitit_folder")
+        executor_args = {f"{self._EXECUTOR}_{key}": params.pop(key) for key in _EXECUTOR_KEYS if key in params}
+        executor = submitit.AutoExecutor(folder=folder, cluster=self._EXECUTOR, **executor_args)
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(
+            **{key if key in shared else f"{self._EXECUTOR}_{key}": value for key, value in params.items()}
+        )
+        return executor
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info(f"submitit '{self._EXECUTOR}': {len(job_overrides)} job(s), sweep dir {sweep_dir}")
+        numbers = [initial_job_idx + i for i in range(len(job_overrides))]
+        for num, overrides in zip(numbers, job_overrides):
+            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+        state = Singleton.get_state()
+        jobs = self._executor().map_array(
+            self,
+            [list(overrides) for overrides in job_overrides],
+            ["hydra.sweep.dir"] * len(numbers),
+            numbers,
+            [f"job_id_for_{num}" for num in numbers],
+            [state] * len(numbers),
+        )
+        returns: list[JobReturn] = []
+        for num, overrides, job in zip(numbers, job_overrides, jobs):
+            try:
+                returned = job.results()[0]
+            except Exception as err:  # noqa: BLE001 - the job died before Hydra recorded a result
+                returned = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+                returned.return_value = JobFailed(
+                    f"job #{num} ({' '.join(filter_overrides(overrides))}), SLURM/submitit id {job.job_id}: "
+                    f"{job_error_line(job, err)}"
+                )
+            if returned.status == JobStatus.COMPLETED:
+                run_dir = OmegaConf.select(returned.hydra_cfg or {}, "hydra.runtime.output_dir", default="")
+                log.info(f"\t#{num} completed (job {job.job_id}): {run_dir}")
+            else:
+                log.error(f"\t#{num} failed (job {job.job_id}): {returned._return_value}")
+            returns.append(returned)
+        return returns
