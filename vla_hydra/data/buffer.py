@@ -55,3 +55,83 @@ class TensorBuffer:
 
     def __len__(self) -> int:
         return self.size
+
+
+class ReplayBuffer:
+    """Fixed-capacity ring of transitions held as device tensors (off-policy RL: SAC).
+
+    `fields` maps each key to its per-transition shape, e.g. {"observations": (3,), "rewards": ()}.
+    Storage is allocated once (torch.empty: pages are only touched as the ring fills); `add` writes a
+    block of transitions at the write position, wrapping around and overwriting the oldest once full;
+    `sample` is one uniform random gather over the filled part, as CleanRL/SB3 sample theirs.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        fields: Mapping[str, tuple[int, ...]],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        if int(capacity) < 1:
+            raise ValueError(f"capacity={capacity}: expected a positive integer")
+        self.capacity = int(capacity)
+        self.device = torch.device(device)
+        self.data = {
+            key: torch.empty((self.capacity, *shape), dtype=dtype, device=self.device)
+            for key, shape in fields.items()
+        }
+        self.position = 0  # next write index
+        self.size = 0  # filled entries, <= capacity
+
+    def add(self, transitions: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+        """Append a block of n transitions (every field with leading dim n)."""
+        block = {key: torch.as_tensor(transitions[key]) for key in self.data}
+        n = len(next(iter(block.values())))
+        if n > self.capacity:  # only the newest `capacity` would survive anyway
+            block = {key: value[-self.capacity :] for key, value in block.items()}
+            n = self.capacity
+        end = self.position + n
+        for key, value in block.items():
+            store = self.data[key]
+            value = value.to(device=self.device, dtype=store.dtype).reshape(n, *store.shape[1:])
+            if end <= self.capacity:
+                store[self.position : end] = value
+            else:  # wrap around
+                first = self.capacity - self.position
+                store[self.position :] = value[:first]
+                store[: n - first] = value[first:]
+        self.position = end % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_shape: tuple[int, ...], generator: torch.Generator | None = None) -> dict:
+        """A batch of uniformly drawn stored transitions, each field shaped (*batch_shape, ...)."""
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        idx = torch.randint(self.size, batch_shape, device=self.device, generator=generator)
+        return {key: value[idx] for key, value in self.data.items()}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def state_dict(self) -> dict:
+        """The filled part (on CPU) and the ring position: what a resumed run needs."""
+        return {
+            "capacity": self.capacity,
+            "position": self.position,
+            "size": self.size,
+            "data": {key: value[: self.size].cpu() for key, value in self.data.items()},
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if int(state["size"]) > self.capacity:
+            raise ValueError(
+                f"replay buffer state holds {state['size']} transitions, more than capacity {self.capacity}"
+            )
+        if set(state["data"]) != set(self.data):
+            raise ValueError(f"replay buffer fields {sorted(state['data'])} != {sorted(self.data)}")
+        self.size = int(state["size"])
+        # a ring that is not full has written exactly `size` entries from index 0
+        self.position = int(state["position"]) % self.capacity if self.size == self.capacity else self.size
+        for key, value in state["data"].items():
+            self.data[key][: self.size] = value.to(self.device, self.data[key].dtype)

@@ -1,0 +1,272 @@
+"""Soft Actor-Critic (Haarnoja et al. 2018), defaults as CleanRL's sac_continuous_action.py.
+
+One Lightning step = `updates_per_step` vector env steps, each followed by one update round once
+`learning_starts` env steps are done (uniform random actions until then), so Lightning's per-step
+cost is paid once per block of env steps. The transitions live in a device-tensor ring buffer
+(data/buffer.py ReplayBuffer) sampled uniformly.
+
+An update round is CleanRL's: a critic step; every `policy_frequency`-th round also `policy_frequency`
+actor and temperature steps (the TD3 delay, compensated so the actor gets one step per env step on
+average); a Polyak target update every `target_network_frequency` rounds. One Adam with a parameter
+group per network (actor, critics, log_alpha), so `trainer.global_step` counts optimizer steps: the
+critic step and the first actor step of a round share one (one backward of the summed losses; the actor
+loss goes through the critics with detached critic parameters, so each loss trains only its own
+network), and the extra actor steps are steps of their own. Unlike CleanRL, that first actor step sees
+the critics from before this round's critic step (as TD3BC here).
+
+Bootstrapping: targets cut at terminations only; a time-limit truncation bootstraps from the episode's
+real final observation (`real_next` from step_envs), as CleanRL does.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from vla_hydra.algos.online import OnlineAlgorithm
+from vla_hydra.data.buffer import ReplayBuffer
+from vla_hydra.envs.factory import EnvFactory, EnvSpec
+from vla_hydra.models.critics import EnsembleQNetwork, soft_update
+
+REPLAY_BUFFER_KEY = "replay_buffer"
+
+
+def sac_critic_target(
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    next_q: torch.Tensor,
+    next_log_pi: torch.Tensor,
+    alpha: torch.Tensor | float,
+    gamma: float,
+) -> torch.Tensor:
+    """Soft Bellman target r + gamma * (1 - terminated) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')),
+    a' ~ pi(.|s'); `next_q` is (num_critics, B) from the target critics."""
+    soft_value = next_q.min(0).values - alpha * next_log_pi
+    return rewards + gamma * (1.0 - terminated) * soft_value
+
+
+def sac_critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over critics of MSE(Q_i(s, a), target); q is (num_critics, B) (CleanRL: qf1_loss + qf2_loss)."""
+    return (q - target).square().mean(-1).sum()
+
+
+def sac_actor_loss(q_pi: torch.Tensor, log_pi: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    """mean(alpha * log pi(a|s) - min_i Q_i(s, a)) for reparameterised a ~ pi(.|s); q_pi is (num_critics, B)."""
+    return (alpha * log_pi - q_pi.min(0).values).mean()
+
+
+def sac_temperature_loss(
+    log_alpha: torch.Tensor, log_pi: torch.Tensor, target_entropy: float
+) -> torch.Tensor:
+    """CleanRL's automatic entropy tuning: -mean(exp(log_alpha) * (log pi + target_entropy)), log pi
+    detached. (CQL's sac_alpha_loss, as CORL, scales by log_alpha instead; same fixed point, the
+    gradient here is alpha times that one.)"""
+    return -(log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+
+
+class SAC(OnlineAlgorithm):
+    """Soft Actor-Critic for continuous (Box) actions; the actor comes from `model=` (tanh_gaussian).
+
+    Args (defaults = CleanRL sac_continuous_action.py):
+        buffer_size: replay capacity (capped at total_timesteps: a larger ring would never fill).
+        batch_size, gamma, tau: minibatch size, discount, Polyak rate of the target critics.
+        learning_starts: env steps of uniform random actions before the first update.
+        policy_lr, q_lr: Adam learning rates of actor and critics (the temperature uses q_lr, as CleanRL).
+        policy_frequency: actor/temperature steps happen every this many rounds, this many at a time.
+        target_network_frequency: rounds between target-critic updates.
+        autotune: learn alpha towards `target_entropy` (None = -action_dim); else alpha is fixed.
+        updates_per_step: env steps (each with its update round) per Lightning step.
+        checkpoint_replay_buffer: save the filled replay buffer in checkpoints (resume continues on the
+            same data; costs (2 * obs + act + 2) * 4 bytes per stored transition). Without it a resumed
+            run refills the buffer with `batch_size` fresh transitions before updating again.
+    """
+
+    name = "sac"
+
+    def __init__(
+        self,
+        spec: EnvSpec,
+        model,
+        env: EnvFactory,
+        total_timesteps: int = 1_000_000,
+        buffer_size: int = 1_000_000,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        batch_size: int = 256,
+        learning_starts: int = 5000,
+        policy_lr: float = 3e-4,
+        q_lr: float = 1e-3,
+        policy_frequency: int = 2,
+        target_network_frequency: int = 1,
+        autotune: bool = True,
+        alpha: float = 0.2,
+        target_entropy: float | None = None,
+        critic_hidden_dims: tuple[int, ...] = (256, 256),
+        updates_per_step: int = 50,
+        normalize_observations: bool = False,
+        checkpoint_replay_buffer: bool = False,
+        seed: int = 0,
+        max_updates: int = -1,
+        stats=None,
+    ):
+        super().__init__(
+            spec, env, total_timesteps, normalize_observations, seed, max_updates, updates_per_step, stats
+        )
+        self.buffer_size, self.batch_size = int(buffer_size), int(batch_size)
+        self.gamma, self.tau, self.learning_starts = gamma, tau, int(learning_starts)
+        self.policy_lr, self.q_lr = policy_lr, q_lr
+        self.policy_frequency = int(policy_frequency)
+        self.target_network_frequency = int(target_network_frequency)
+        self.autotune = autotune
+        self.target_entropy = float(-spec.action_dim if target_entropy is None else target_entropy)
+        self.checkpoint_replay_buffer = checkpoint_replay_buffer
+        self.actor = model(spec.observation_shape, spec.action_dim)
+        self.critic = EnsembleQNetwork(spec.observation_shape, spec.action_dim, critic_hidden_dims)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        if autotune:
+            self.log_alpha = nn.Parameter(torch.zeros(()))  # alpha starts at 1 (CleanRL)
+        else:
+            self.register_buffer("log_alpha", torch.tensor(math.log(alpha)))
+        # update rounds done: the buffer travels in checkpoints (policy-delay phase after a resume),
+        # the int drives the loop without reading a tensor
+        self.register_buffer("update_rounds", torch.zeros((), dtype=torch.long))
+        self._rounds = 0
+        self.replay_buffer: ReplayBuffer | None = None
+        self._restored_buffer: dict | None = None
+        self._last_actor_losses: dict[str, torch.Tensor] = {}
+
+    def normalized_action(self, normalized_obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(normalized_obs)
+
+    def configure_optimizers(self):
+        groups = [
+            {"params": self.actor.parameters(), "lr": self.policy_lr},
+            {"params": self.critic.parameters(), "lr": self.q_lr},
+        ]
+        if self.autotune:
+            groups.append({"params": [self.log_alpha], "lr": self.q_lr})
+        return torch.optim.Adam(groups, foreach=True)
+
+    # -- replay buffer ---------------------------------------------------------------------------
+    def make_replay_buffer(self) -> ReplayBuffer:
+        obs_shape, act_shape = tuple(self.spec.observation_shape), (self.spec.action_dim,)
+        fields = {
+            "observations": obs_shape,
+            "actions": act_shape,
+            "rewards": (),
+            "next_observations": obs_shape,
+            "terminals": (),
+        }
+        capacity = min(self.buffer_size, max(self.total_timesteps, self.batch_size))
+        return ReplayBuffer(capacity, fields, self.device)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._rounds = int(self.update_rounds)
+        self.replay_buffer = self.make_replay_buffer()
+        if self._restored_buffer is not None:
+            self.replay_buffer.load_state_dict(self._restored_buffer)
+            self._restored_buffer = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.checkpoint_replay_buffer and self.replay_buffer is not None:
+            checkpoint[REPLAY_BUFFER_KEY] = self.replay_buffer.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        # the buffer is built in on_fit_start (on the training device); fill it there
+        self._restored_buffer = checkpoint.get(REPLAY_BUFFER_KEY) if self.checkpoint_replay_buffer else None
+
+    # -- interaction and updates -----------------------------------------------------------------
+    @torch.no_grad()
+    def explore_step(self, random_actions: bool) -> None:
+        """One vector env step (uniform random or sampled policy actions) into the replay buffer."""
+        obs = self.obs_tensor(self.obs, update_stats=True)  # stats see every observation once
+        raw_obs = torch.as_tensor(self.obs, dtype=torch.float32)
+        if random_actions:
+            actions = torch.rand(self.num_envs, self.spec.action_dim, device=self.device) * 2.0 - 1.0
+        else:
+            actions = self.actor.sample(obs)[0]
+        _, rewards, terminated, _, real_next = self.step_envs(self.env_actions(actions))
+        self.replay_buffer.add(
+            {
+                "observations": raw_obs,
+                "actions": actions,
+                "rewards": torch.as_tensor(rewards),
+                "next_observations": torch.as_tensor(real_next, dtype=torch.float32),
+                "terminals": torch.as_tensor(terminated, dtype=torch.float32),
+            }
+        )
+
+    def update(self, batch: dict[str, torch.Tensor], optimizers) -> dict[str, torch.Tensor]:
+        """One update round on one minibatch (raw observations, actions in [-1, 1])."""
+        optimizer = optimizers
+        obs = self.obs_normalizer(batch["observations"])
+        next_obs = self.obs_normalizer(batch["next_observations"])
+        self._rounds += 1
+        self.update_rounds += 1
+        actor_steps = self.policy_frequency if self._rounds % self.policy_frequency == 0 else 0
+        alpha = self.log_alpha.detach().exp()
+
+        with torch.no_grad():
+            next_actions, next_log_pi = self.actor.sample(next_obs)
+            target = sac_critic_target(
+                batch["rewards"],
+                batch["terminals"],
+                self.target_critic(next_obs, next_actions),
+                next_log_pi,
+                alpha,
+                self.gamma,
+            )
+        q = self.critic(obs, batch["actions"])
+        critic_loss = sac_critic_loss(q, target)
+        loss = critic_loss
+        for step in range(max(actor_steps, 1)):
+            if actor_steps:
+                if step > 0:
+                    alpha = self.log_alpha.detach().exp()
+                actions, log_pi = self.actor.sample(obs)
+                q_pi = self.critic(obs, actions, detach_params=True)
+                actor_loss = sac_actor_loss(q_pi, log_pi, alpha)
+                loss = loss + actor_loss
+                self._last_actor_losses = {
+                    "actor_loss": actor_loss.detach(),
+                    "entropy": -log_pi.detach().mean(),
+                }
+                if self.autotune:
+                    loss = loss + sac_temperature_loss(self.log_alpha, log_pi, self.target_entropy)
+            # set_to_none: a network without a loss term this step keeps grad None, and Adam skips it
+            optimizer.zero_grad(set_to_none=True)
+            self.backprop(loss)
+            optimizer.step()
+            loss = 0.0
+        if self._rounds % self.target_network_frequency == 0:
+            soft_update(self.target_critic, self.critic, self.tau)
+        # the latest actor figures every round, so block averages are not diluted by the delay
+        return {
+            "critic_loss": critic_loss.detach(),
+            "q_mean": q.detach().mean(),
+            "alpha": alpha,
+            **self._last_actor_losses,
+        }
+
+    def train_iteration(self, optimizers) -> dict[str, torch.Tensor]:
+        env_steps = int(self.env_steps)
+        totals: dict[str, torch.Tensor] = {}
+        rounds = 0
+        for _ in range(self.updates_per_step):
+            if env_steps >= self.total_timesteps:
+                break
+            self.explore_step(random_actions=env_steps < self.learning_starts)
+            env_steps += self.num_envs
+            if env_steps > self.learning_starts and len(self.replay_buffer) >= self.batch_size:
+                losses = self.update(self.replay_buffer.sample((self.batch_size,)), optimizers)
+                for name, value in losses.items():
+                    totals[name] = totals[name] + value if name in totals else value
+                rounds += 1
+        return {name: value / rounds for name, value in totals.items()}
