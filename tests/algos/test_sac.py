@@ -1,0 +1,191 @@
+"""SAC: loss pieces against hand-computed numbers, what the replay buffer stores at terminations and
+time limits, the policy delay, a short real Pendulum run that learns, and resume (env steps, replay
+buffer)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from tests.conftest import compose_config, small_train_config
+from vla_hydra.algos.sac import (
+    REPLAY_BUFFER_KEY,
+    sac_actor_loss,
+    sac_critic_loss,
+    sac_critic_target,
+    sac_temperature_loss,
+)
+from vla_hydra.envs.evaluation import rollout_episodes
+from vla_hydra.eval import load_policy
+from vla_hydra.train import train
+
+# small nets and early learning keep the real runs to seconds
+SMALL = [
+    "algo=sac",
+    "env=pendulum",
+    "trainer.max_steps=-1",
+    "algo.critic_hidden_dims=[64,64]",
+    "model.hidden_dims=[64,64]",
+]
+
+
+def test_critic_target_uses_min_of_target_critics_entropy_bonus_and_cuts_at_terminations():
+    rewards, terminated = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.0])
+    next_q = torch.tensor([[3.0, 5.0], [4.0, 1.0]])  # (critics, batch): min per column = [3, 1]
+    next_log_pi = torch.tensor([-1.0, 0.5])
+    # soft value = [3 - 0.5 * -1, 1 - 0.5 * 0.5] = [3.5, 0.75]; the terminated row keeps only its reward
+    target = sac_critic_target(rewards, terminated, next_q, next_log_pi, alpha=0.5, gamma=0.9)
+    torch.testing.assert_close(target, torch.tensor([1.0 + 0.9 * 3.5, 2.0]))
+
+
+def test_critic_loss_sums_the_critics_mse():
+    q = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    loss = sac_critic_loss(q, torch.tensor([1.0, 1.0]))
+    # critic 1: (0 + 1) / 2 = 0.5; critic 2: (4 + 9) / 2 = 6.5
+    assert loss.item() == pytest.approx(7.0)
+    loss.backward()
+    torch.testing.assert_close(q.grad, torch.tensor([[0.0, 1.0], [2.0, 3.0]]))  # 2 (q - y) / B
+
+
+def test_actor_loss_takes_the_pessimistic_critic():
+    q_pi = torch.tensor([[1.0, 4.0], [2.0, 3.0]])  # min per column = [1, 3]
+    log_pi = torch.tensor([-1.0, 2.0], requires_grad=True)
+    # mean([0.5 * -1 - 1, 0.5 * 2 - 3]) = mean([-1.5, -2]) = -1.75
+    loss = sac_actor_loss(q_pi, log_pi, alpha=0.5)
+    assert loss.item() == pytest.approx(-1.75)
+    loss.backward()
+    torch.testing.assert_close(log_pi.grad, torch.tensor([0.25, 0.25]))  # alpha / B
+
+
+def test_temperature_loss_pushes_alpha_towards_the_target_entropy():
+    log_alpha = torch.tensor(math.log(2.0), requires_grad=True)
+    log_pi = torch.tensor([-1.0, -3.0], requires_grad=True)
+    # -(2 * mean([-1 - 2, -3 - 2])) = -(2 * -4) = 8
+    loss = sac_temperature_loss(log_alpha, log_pi, target_entropy=-2.0)
+    assert loss.item() == pytest.approx(8.0)
+    loss.backward()
+    # d/dlog_alpha = -alpha * mean(log pi + H) = 8 > 0: entropy (4) above target (2) -> alpha shrinks
+    assert log_alpha.grad.item() == pytest.approx(8.0)
+    assert log_pi.grad is None or torch.all(log_pi.grad == 0)  # log pi is a constant here
+
+
+def _bare_sac(overrides: list[str]):
+    """A SAC module with its training envs and replay buffer, outside any Trainer."""
+    cfg = compose_config("train", [*SMALL, *overrides])
+    env = instantiate(cfg.env)
+    algo = instantiate(cfg.algo, _partial_=True)(spec=env.spec(), model=instantiate(cfg.model), stats=None)
+    algo._direct_backward = True
+    algo.envs = env.make_training_vector()
+    algo.obs, _ = algo.envs.reset(seed=[0])
+    algo.replay_buffer = algo.make_replay_buffer()
+    return algo
+
+
+def test_buffer_bootstraps_through_time_limits_but_not_terminations():
+    torch.manual_seed(0)
+    # Hopper falls within ~tens of random steps (terminations); a 30-step limit adds truncations
+    algo = _bare_sac(["env=hopper", "env.max_episode_steps=30"])
+    for _ in range(300):
+        algo.explore_step(random_actions=True)
+    data = {k: v[: len(algo.replay_buffer)].numpy() for k, v in algo.replay_buffer.data.items()}
+    lengths = [e["length"] for e in algo.episode_log]
+    ends = np.cumsum(lengths) - 1  # buffer index of each episode's last step
+    truncated_ends = [i for i, n in zip(ends, lengths, strict=True) if n == 30]
+    terminated_ends = [i for i, n in zip(ends, lengths, strict=True) if n < 30]
+    assert truncated_ends and terminated_ends
+    assert data["terminals"][terminated_ends].tolist() == [1.0] * len(terminated_ends)
+    assert data["terminals"].sum() == len(terminated_ends)  # truncations are not terminal
+    # next_observations is the episode's real last observation, not the next episode's first one
+    for i in ends[ends < 299]:
+        assert not np.allclose(data["next_observations"][i], data["observations"][i + 1])
+    inside = np.setdiff1d(np.arange(299), ends)
+    np.testing.assert_array_equal(data["next_observations"][inside], data["observations"][inside + 1])
+    algo.envs.close()
+
+
+def test_actor_and_temperature_step_policy_frequency_times_every_policy_frequency_rounds():
+    torch.manual_seed(0)
+    algo = _bare_sac([])
+    for _ in range(300):
+        algo.explore_step(random_actions=True)
+    optimizer = algo.configure_optimizers()
+
+    def params():
+        return [
+            torch.cat([p.detach().flatten().clone() for p in m.parameters()])
+            for m in (algo.actor, algo.critic, algo.target_critic)
+        ] + [algo.log_alpha.detach().clone()]
+
+    batch = algo.replay_buffer.sample((64,))
+    before = params()
+    losses = algo.update(batch, optimizer)
+    first = params()
+    assert "actor_loss" not in losses
+    # round 1: critic step and target update only
+    assert [torch.equal(x, y) for x, y in zip(before, first, strict=True)] == [True, False, False, True]
+    losses = algo.update(batch, optimizer)
+    assert {"actor_loss", "entropy", "alpha", "critic_loss"} <= set(losses)
+    assert not any(torch.equal(x, y) for x, y in zip(first, params(), strict=True))
+    # round 2: one shared critic + actor step, one actor-only step (2 actor steps, CleanRL's compensation)
+    steps = {id(p): s["step"] for p, s in optimizer.state.items()}
+    assert steps[id(next(algo.critic.parameters()))] == 2
+    assert steps[id(next(algo.actor.parameters()))] == 2
+    assert algo.log_alpha.item() < 0  # entropy above target at init (std ~1): alpha went down
+    algo.envs.close()
+
+
+def test_short_sac_run_on_pendulum_learns_and_checkpoint_reproduces_it(tmp_path, data_dir):
+    cfg = small_train_config(
+        tmp_path,
+        data_dir,
+        [*SMALL, "algo.total_timesteps=3000", "algo.learning_starts=500", "eval.every_n_updates=100000"],
+    )
+    _, results = train(cfg)
+    assert results["env_steps"] == 3000
+    start = results["eval_history"][0]
+    assert start["env_steps"] == 0
+    assert results["eval_return_mean"] > start["eval/return_mean"] + 500, results["eval_history"]
+    assert results["eval_return_mean"] > -700
+    # the checkpoint alone rebuilds the policy: same deterministic actions, same evaluation
+    algo, env, _ = load_policy(results["checkpoint"])
+    again = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed)
+    assert again.return_mean == pytest.approx(results["eval_return_mean"], rel=1e-5)
+
+
+@pytest.mark.parametrize("save_buffer", [True, False])
+def test_resume_continues_env_steps_and_replay_buffer(tmp_path, data_dir, save_buffer):
+    common = [
+        *SMALL,
+        "algo.learning_starts=100",
+        "algo.batch_size=64",
+        f"algo.checkpoint_replay_buffer={str(save_buffer).lower()}",
+    ]
+    first = small_train_config(tmp_path / "a", data_dir, [*common, "algo.total_timesteps=400"])
+    _, results = train(first)
+    ckpt = torch.load(results["checkpoint"], map_location="cpu", weights_only=False)
+    state = ckpt["state_dict"]
+    assert int(state["env_steps"]) == 400 and int(state["update_rounds"]) == 300
+    assert (REPLAY_BUFFER_KEY in ckpt) == save_buffer
+
+    second = small_train_config(
+        tmp_path / "b", data_dir, [*common, "algo.total_timesteps=600", f"ckpt_path={results['checkpoint']}"]
+    )
+    _, resumed = train(second)
+    assert resumed["env_steps"] == 600
+    ckpt2 = torch.load(resumed["checkpoint"], map_location="cpu", weights_only=False)
+    # learning had started: every resumed env step did an update round (no new warm-up)
+    if save_buffer:
+        assert int(ckpt2["state_dict"]["update_rounds"]) == 500
+        buffer = ckpt2[REPLAY_BUFFER_KEY]
+        assert buffer["size"] == 600
+        # the first 400 transitions are the first run's
+        torch.testing.assert_close(
+            buffer["data"]["observations"][:400], ckpt[REPLAY_BUFFER_KEY]["data"]["observations"]
+        )
+    else:
+        # an empty buffer refills batch_size (64) transitions before updating again
+        assert int(ckpt2["state_dict"]["update_rounds"]) == 300 + 200 - 63

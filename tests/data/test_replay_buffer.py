@@ -1,0 +1,70 @@
+"""ReplayBuffer: ring semantics (wrap-around, overwrite oldest), sampling only stored entries, and the
+state a checkpoint carries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vla_hydra.data.buffer import ReplayBuffer
+
+
+def _block(values) -> dict:
+    v = torch.as_tensor(values, dtype=torch.float32)
+    return {"observations": torch.stack([v, -v], dim=-1), "rewards": v}
+
+
+def _ring(capacity: int) -> ReplayBuffer:
+    return ReplayBuffer(capacity, {"observations": (2,), "rewards": ()})
+
+
+def test_ring_wraps_around_and_overwrites_the_oldest():
+    buffer = _ring(5)
+    buffer.add(_block([0, 1, 2]))
+    assert (len(buffer), buffer.position) == (3, 3)
+    buffer.add(_block([3, 4, 5, 6]))  # 3, 4 fill the end; 5, 6 overwrite 0, 1
+    assert (len(buffer), buffer.position) == (5, 2)
+    assert buffer.data["rewards"].tolist() == [5, 6, 2, 3, 4]
+    assert buffer.data["observations"][:, 1].tolist() == [-5, -6, -2, -3, -4]
+    # a block longer than the ring: only its newest `capacity` entries are kept, from the write position
+    buffer.add(_block(range(10, 17)))
+    assert buffer.data["rewards"].tolist() == [15, 16, 12, 13, 14]
+    assert buffer.position == 2
+
+
+def test_sample_draws_only_stored_transitions_uniformly():
+    buffer = _ring(100)
+    buffer.add(_block([7, 8, 9]))
+    generator = torch.Generator().manual_seed(0)
+    batch = buffer.sample((4, 3000), generator)
+    assert batch["rewards"].shape == (4, 3000) and batch["observations"].shape == (4, 3000, 2)
+    # fields stay paired row by row
+    assert torch.equal(batch["observations"][..., 1], -batch["rewards"])
+    counts = torch.stack([(batch["rewards"] == v).sum() for v in (7, 8, 9)])
+    assert counts.sum() == 12000 and counts.min() > 3700  # ~4000 each; nothing from the unfilled part
+    with pytest.raises(ValueError, match="empty"):
+        _ring(3).sample((2,))
+
+
+@pytest.mark.parametrize("stored", [[1, 2], [1, 2, 3, 4, 5, 6, 7]])
+def test_state_dict_round_trip_keeps_contents_and_write_position(stored):
+    buffer = _ring(4)
+    buffer.add(_block(stored))
+    state = buffer.state_dict()
+    assert len(state["data"]["rewards"]) == len(buffer)  # only the filled part is saved
+
+    restored = _ring(4)
+    restored.load_state_dict(state)
+    assert (len(restored), restored.position) == (len(buffer), buffer.position)
+    assert torch.equal(restored.data["rewards"][: len(buffer)], buffer.data["rewards"][: len(buffer)])
+    # both continue identically: the next write overwrites the same slot
+    buffer.add(_block([100]))
+    restored.add(_block([100]))
+    n = len(buffer)
+    assert n == len(restored) and torch.equal(restored.data["rewards"][:n], buffer.data["rewards"][:n])
+
+
+def test_state_of_another_layout_is_refused():
+    state = _ring(4).state_dict()
+    with pytest.raises(ValueError, match="fields"):
+        ReplayBuffer(4, {"observations": (2,)}).load_state_dict(state)
