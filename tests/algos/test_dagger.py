@@ -1,6 +1,6 @@
-"""DAgger: mixing schedule, action mixing, the discrete loss and the growing aggregate against hand-computed
-values; a short real Pendulum run whose dataset grows every iteration and whose policy beats its BC start;
-a trained checkpoint as the expert."""
+"""DAgger: mixing schedule, action mixing and the discrete loss against hand-computed values; a short
+real Pendulum run whose dataset grows every iteration and whose policy beats its BC start; resume keeps
+the aggregate dataset; a trained checkpoint as the expert."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import torch
 
 from tests.conftest import small_train_config
 from vla_hydra.algos.dagger import (
-    AggregatedDataset,
     discrete_imitation_loss,
     expert_mixing_probability,
     mix_actions,
@@ -41,17 +40,6 @@ def test_discrete_imitation_loss_is_cross_entropy():
     # -(log .5 + log .25) / 2
     loss = discrete_imitation_loss(torch.log(torch.tensor([0.5, 0.25])))
     assert loss.item() == pytest.approx((math.log(2) + math.log(4)) / 2)
-
-
-def test_aggregated_dataset_grows_past_its_capacity_and_keeps_everything():
-    data = AggregatedDataset((2,), (1,), "cpu", capacity=2)
-    data.extend(torch.tensor([[0.0, 0], [1, 1], [2, 2]]), torch.tensor([[0.0], [1], [2]]))
-    data.extend(torch.tensor([[3.0, 3], [4, 4]]), torch.tensor([[3.0], [4]]))
-    assert len(data) == 5 and len(data.observations) == 8
-    assert data.state()["labels"].squeeze(-1).tolist() == [0, 1, 2, 3, 4]
-    obs, labels = data.sample(64)
-    # every sampled pair is a stored pair (obs row i has label i)
-    assert torch.equal(obs[:, 0], labels[:, 0]) and labels.max() <= 4
 
 
 def _dagger_cfg(tmp_path, data_dir, extra=()):
@@ -88,6 +76,19 @@ def test_dagger_dataset_grows_each_iteration_and_beats_its_bc_start(tmp_path, da
     # two DAgger iterations later the policy does (expert about -140)
     assert results["eval_return_mean"] > bc_start + 300
     assert results["eval_return_mean"] > -500
+
+
+def test_resume_continues_with_the_aggregate_dataset(tmp_path, data_dir):
+    _, first = train(_dagger_cfg(tmp_path / "a", data_dir, ["algo.total_timesteps=400"]))
+    saved = torch.load(first["checkpoint"], weights_only=False)["dagger_dataset"]
+    assert saved["size"] == 400
+    _, resumed = train(_dagger_cfg(tmp_path / "b", data_dir, [f"ckpt_path={first['checkpoint']}"]))
+    # one more iteration (beta .25) on top of the restored 400 pairs
+    assert resumed["env_steps"] == 600 and resumed["train_steps"] == 900
+    final = torch.load(resumed["checkpoint"], weights_only=False)["dagger_dataset"]
+    assert final["size"] == 600
+    assert torch.equal(final["data"]["observations"][:400], saved["data"]["observations"])
+    assert torch.equal(final["data"]["labels"][:400], saved["data"]["labels"])
 
 
 def test_a_trained_checkpoint_is_the_expert(tmp_path, data_dir):

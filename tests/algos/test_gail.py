@@ -102,6 +102,28 @@ def test_discriminator_separates_expert_from_random_transitions(tmp_path, data_d
     assert discriminator_reward(d_expert.logit()).mean() > 3 * discriminator_reward(d_random.logit()).mean()
 
 
+def test_step_loss_adds_the_weighted_penalty_on_joint_inputs(tmp_path, data_dir):
+    cfg = small_train_config(tmp_path, data_dir, ["algo=gail", "algo.gradient_penalty_coef=2.0"])
+    algo = instantiate(cfg.algo, _partial_=True)(
+        spec=instantiate(cfg.env).spec(), model=instantiate(cfg.model)
+    )
+    expert_obs, policy_obs = torch.randn(8, 3), torch.randn(8, 3)
+    expert_act, policy_act = torch.rand(8, 1) * 2 - 1, torch.rand(8, 1) * 2 - 1
+    torch.manual_seed(3)
+    loss, _ = algo.discriminator_step_loss(expert_obs, expert_act, policy_obs, policy_act)
+    torch.manual_seed(3)
+    mix = torch.rand(8, 1)  # the interpolation weights the step drew
+    penalty = gradient_penalty(
+        lambda x: algo.discriminator.net(x).squeeze(-1),
+        torch.cat([expert_obs, expert_act], -1),
+        torch.cat([policy_obs, policy_act], -1),
+        mix,
+    )
+    bce = discriminator_loss(algo.logits(expert_obs, expert_act), algo.logits(policy_obs, policy_act))
+    assert penalty.item() > 0
+    assert loss.item() == pytest.approx(bce.item() + 2.0 * penalty.item(), rel=1e-5)
+
+
 def test_gail_without_expert_data_is_a_clear_error(tmp_path, data_dir):
     cfg = small_train_config(tmp_path, data_dir, ["algo=gail", "data=rollouts", "debug=fdr"])
     with pytest.raises(ConfigError, match="algo=gail: needs expert transitions from data="):

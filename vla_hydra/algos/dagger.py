@@ -26,6 +26,7 @@ import torch
 from vla_hydra.algos.bc import bc_mse_loss
 from vla_hydra.algos.online import OnlineAlgorithm
 from vla_hydra.core.exceptions import ConfigError
+from vla_hydra.data.buffer import ReplayBuffer
 from vla_hydra.envs.factory import EnvFactory, EnvSpec
 
 _DATASET_KEY = "dagger_dataset"
@@ -47,39 +48,6 @@ def mix_actions(
 def discrete_imitation_loss(log_probs_of_expert_actions: torch.Tensor) -> torch.Tensor:
     """Cross-entropy to the expert's class: -mean log pi(a_expert | s)."""
     return -log_probs_of_expert_actions.mean()
-
-
-class AggregatedDataset:
-    """DAgger's D: (raw observation, expert label) pairs as device tensors; grows by doubling its storage."""
-
-    def __init__(
-        self, observation_shape: tuple[int, ...], label_shape: tuple[int, ...], device, capacity: int = 1024
-    ):
-        self.observations = torch.zeros((capacity, *observation_shape), device=device)
-        self.labels = torch.zeros((capacity, *label_shape), device=device)
-        self.size = 0
-
-    def extend(self, observations: torch.Tensor, labels: torch.Tensor) -> None:
-        n = len(observations)
-        while self.size + n > len(self.observations):
-            self.observations = torch.cat([self.observations, torch.zeros_like(self.observations)])
-            self.labels = torch.cat([self.labels, torch.zeros_like(self.labels)])
-        self.observations[self.size : self.size + n] = observations
-        self.labels[self.size : self.size + n] = labels
-        self.size += n
-
-    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(self.size, (batch_size,), device=self.observations.device)
-        return self.observations[idx], self.labels[idx]
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {
-            "observations": self.observations[: self.size].cpu(),
-            "labels": self.labels[: self.size].cpu(),
-        }
-
-    def __len__(self) -> int:
-        return self.size
 
 
 class DAgger(OnlineAlgorithm):
@@ -132,9 +100,15 @@ class DAgger(OnlineAlgorithm):
                 )
         else:
             self.actor = model(spec.observation_shape, spec.action_dim)
-        label_shape = () if spec.discrete else (spec.action_dim,)
-        self.dataset = AggregatedDataset(tuple(spec.observation_shape), label_shape, "cpu")
+        self.dataset = self._new_dataset("cpu")
         self._expert_act: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def _new_dataset(self, device) -> ReplayBuffer:
+        """DAgger's aggregate D: (raw observation, expert label) pairs. A ring that never wraps: every
+        env step adds one pair, so the env-step budget (+ one vector step of slack) bounds its size."""
+        label_shape = () if self.spec.discrete else (self.spec.action_dim,)
+        fields = {"observations": tuple(self.spec.observation_shape), "labels": label_shape}
+        return ReplayBuffer(self.total_timesteps + self.num_envs, fields, device)
 
     def normalized_action(self, normalized_obs: torch.Tensor) -> torch.Tensor:
         return self.actor(normalized_obs)
@@ -175,8 +149,10 @@ class DAgger(OnlineAlgorithm):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self._expert_act = self._load_expert()
-        self.dataset.observations = self.dataset.observations.to(self.device)
-        self.dataset.labels = self.dataset.labels.to(self.device)
+        if self.dataset.device != self.device:  # keeps what a resumed checkpoint restored
+            restored = self.dataset.state_dict()
+            self.dataset = self._new_dataset(self.device)
+            self.dataset.load_state_dict(restored)
 
     # -- one iteration -------------------------------------------------------------------------
     @property
@@ -199,7 +175,7 @@ class DAgger(OnlineAlgorithm):
             )
             observations.append(torch.as_tensor(np.asarray(raw_obs, dtype=np.float32), device=self.device))
             labels.append(self._label_tensor(expert_actions))
-        self.dataset.extend(torch.cat(observations), torch.cat(labels))
+        self.dataset.add({"observations": torch.cat(observations), "labels": torch.cat(labels)})
 
     def _label_tensor(self, expert_actions: np.ndarray) -> torch.Tensor:
         actions = torch.as_tensor(np.asarray(expert_actions, dtype=np.float32), device=self.device)
@@ -218,7 +194,8 @@ class DAgger(OnlineAlgorithm):
         self.collect(min(self.steps_per_iteration, remaining), beta)
         loss = torch.zeros((), device=self.device)
         for _ in range(self.updates_per_iteration):
-            loss = self.imitation_loss(*self.dataset.sample(self.batch_size))
+            batch = self.dataset.sample((self.batch_size,))
+            loss = self.imitation_loss(batch["observations"], batch["labels"])
             optimizer.zero_grad(set_to_none=True)
             self.backprop(loss)
             optimizer.step()
@@ -231,13 +208,9 @@ class DAgger(OnlineAlgorithm):
     # -- resume: the aggregate dataset travels in the checkpoint (not in the state_dict that inference loads)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint[_DATASET_KEY] = self.dataset.state()
+        checkpoint[_DATASET_KEY] = self.dataset.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if _DATASET_KEY in checkpoint:
-            saved = checkpoint[_DATASET_KEY]
-            self.dataset.size = 0
-            self.dataset.extend(
-                saved["observations"].to(self.dataset.observations), saved["labels"].to(self.dataset.labels)
-            )
+            self.dataset.load_state_dict(checkpoint[_DATASET_KEY])
