@@ -16,7 +16,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, data_dir):
     _, straight = train(small_train_config(tmp_path / "straight", data_dir, steps))
 
     _, first = train(small_train_config(tmp_path / "split", data_dir, ["trainer.max_steps=150", *steps[1:]]))
-    resumed_cfg = small_train_config(tmp_path / "resumed", data_dir, [*steps, f"ckpt_path={first['checkpoint']}"])
+    resumed_cfg = small_train_config(
+        tmp_path / "resumed", data_dir, [*steps, f"ckpt_path={first['checkpoint']}"]
+    )
     _, resumed = train(resumed_cfg)
 
     assert resumed["train_steps"] == straight["train_steps"] == 400

@@ -9,6 +9,7 @@ Everything else (parameters, the job-side `__call__`, requeue via `checkpoint`) 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from vla_hydra.core.logging import get_logger
 
 log = get_logger(__name__)
 
+# seconds between scheduler status queries while waiting for a sweep
+STATUS_POLL_S = 5.0
+# seconds to wait for the result file of a job the scheduler reports finished
+RESULT_FILE_GRACE_S = 3
 # executor-level settings (the rest are per-job resources)
 _EXECUTOR_KEYS = {"max_num_timeout"}
 
@@ -56,7 +61,9 @@ class WaitForAllJobs(BaseSubmititLauncher):
 
         params = dict(self.params)
         folder = params.pop("submitit_folder")
-        executor_args = {f"{self._EXECUTOR}_{key}": params.pop(key) for key in _EXECUTOR_KEYS if key in params}
+        executor_args = {
+            f"{self._EXECUTOR}_{key}": params.pop(key) for key in _EXECUTOR_KEYS if key in params
+        }
         executor = submitit.AutoExecutor(folder=folder, cluster=self._EXECUTOR, **executor_args)
         shared = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(
@@ -70,7 +77,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"submitit '{self._EXECUTOR}': {len(job_overrides)} job(s), sweep dir {sweep_dir}")
         numbers = [initial_job_idx + i for i in range(len(job_overrides))]
-        for num, overrides in zip(numbers, job_overrides):
+        for num, overrides in zip(numbers, job_overrides, strict=True):
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         state = Singleton.get_state()
         jobs = self._executor().map_array(
@@ -81,20 +88,39 @@ class WaitForAllJobs(BaseSubmititLauncher):
             [f"job_id_for_{num}" for num in numbers],
             [state] * len(numbers),
         )
-        returns: list[JobReturn] = []
-        for num, overrides, job in zip(numbers, job_overrides, jobs):
-            try:
-                returned = job.results()[0]
-            except Exception as err:  # noqa: BLE001 - the job died before Hydra recorded a result
-                returned = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
-                returned.return_value = JobFailed(
-                    f"job #{num} ({' '.join(filter_overrides(overrides))}), SLURM/submitit id {job.job_id}: "
-                    f"{job_error_line(job, err)}"
-                )
-            if returned.status == JobStatus.COMPLETED:
-                run_dir = OmegaConf.select(returned.hydra_cfg or {}, "hydra.runtime.output_dir", default="")
-                log.info(f"\t#{num} completed (job {job.job_id}): {run_dir}")
-            else:
-                log.error(f"\t#{num} failed (job {job.job_id}): {returned._return_value}")
-            returns.append(returned)
-        return returns
+        returns: dict[int, JobReturn] = {}
+        pending = dict(zip(numbers, zip(job_overrides, jobs, strict=True), strict=True))
+        last_poll = time.monotonic()
+        while pending:
+            # a finished job is seen from its result file; one that died without one only from the
+            # scheduler: ask it (one sacct call for all jobs) every STATUS_POLL_S instead of submitit's
+            # back-off of up to a minute
+            watcher = getattr(jobs[0], "watcher", None)
+            if watcher is not None and time.monotonic() - last_poll > STATUS_POLL_S:
+                watcher.update()
+                last_poll = time.monotonic()
+            for num in [num for num, (_, job) in pending.items() if job.done()]:
+                overrides, job = pending.pop(num)
+                returns[num] = self._collect(num, overrides, job)
+            if pending:
+                time.sleep(0.5)
+        return [returns[num] for num in numbers]
+
+    def _collect(self, num: int, overrides: Sequence[str], job: Any) -> JobReturn:
+        # submitit waits 15 s for a missing result file (shared-filesystem lag) even when the scheduler
+        # already says the job died; a few seconds keep a failed sweep from stalling per failure
+        job._results_timeout_s = RESULT_FILE_GRACE_S
+        try:
+            returned = job.results()[0]
+        except Exception as err:  # noqa: BLE001 - the job died before Hydra recorded a result
+            returned = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+            returned.return_value = JobFailed(
+                f"job #{num} ({' '.join(filter_overrides(overrides))}), SLURM/submitit id {job.job_id}: "
+                f"{job_error_line(job, err)}"
+            )
+        if returned.status == JobStatus.COMPLETED:
+            run_dir = OmegaConf.select(returned.hydra_cfg or {}, "hydra.runtime.output_dir", default="")
+            log.info(f"\t#{num} completed (job {job.job_id}): {run_dir}")
+        else:
+            log.error(f"\t#{num} failed (job {job.job_id}): {returned._return_value}")
+        return returned

@@ -76,7 +76,9 @@ class PreemptionCheckpoint(L.Callback):
             return
         self.received = self.received or self.signum
         path = self._save(trainer)
-        log.info(f"pre-emption signal {signal.Signals(self.received).name}: saved {path} at step {trainer.global_step}")
+        log.info(
+            f"pre-emption signal {signal.Signals(self.received).name}: saved {path} at step {trainer.global_step}"
+        )
         self._uninstall()
         self._hand_on()
 

@@ -1,0 +1,212 @@
+"""Sweeps on a real local SLURM through cluster=slurm, as a user runs them: completion, a failing job,
+pre-emption with requeue and exact resume, an Optuna search."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_module
+
+
+def small_job_args(root: Path, data_dir: Path, steps: int = 100) -> list[str]:
+    return [
+        f"paths.root_dir={root}",
+        f"paths.data_dir={data_dir}",
+        f"trainer.max_steps={steps}",
+        "eval.episodes=2",
+        "callbacks.policy_eval.episodes=2",
+        f"eval.every_n_updates={max(steps // 4, 50)}",
+        "cluster.time_min=15",
+        "cluster.signal_delay_s=10",
+    ]
+
+
+def sweep_dirs(root: Path, task: str = "train") -> list[Path]:
+    return sorted((root / "logs" / task / "multiruns").glob("*"))
+
+
+def wait_until(condition, timeout: float, what: str, poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def test_two_job_sweep_completes_with_both_results(slurm, pendulum_data, tmp_path):
+    proc = run_module(
+        "vla_hydra.train",
+        "-m",
+        "cluster=slurm",
+        "seed=0,1",
+        *small_job_args(tmp_path, pendulum_data),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = sweep_dirs(tmp_path)
+    results = [json.loads((sweep / str(i) / "results.json").read_text()) for i in (0, 1)]
+    assert [r["seed"] for r in results] == [0, 1]
+    assert all(r["train_steps"] == 100 for r in results)
+    # each job ran under SLURM (submitit's per-job folder holds the sbatch script and logs)
+    scripts = list((sweep / ".submitit").glob("*/*_submission.sh"))
+    assert scripts and "#SBATCH --array=0-1%" in scripts[0].read_text()
+    assert (proc.stdout + proc.stderr).count("completed (job") == 2
+
+
+def test_failing_job_reports_its_error_and_the_other_succeeds(slurm, pendulum_data, tmp_path):
+    proc = run_module(
+        "vla_hydra.train",
+        "-m",
+        "cluster=slurm",
+        "env.id=Pendulum-v1,NoSuchEnv-v0",
+        *small_job_args(tmp_path, pendulum_data),
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    # the job's own one-line error reaches the user, naming the job and the bad option
+    output = proc.stdout + proc.stderr
+    assert "#1 failed" in output and "error: env.id='NoSuchEnv-v0'" in output, output[-3000:]
+    (sweep,) = sweep_dirs(tmp_path)
+    assert json.loads((sweep / "0" / "results.json").read_text())["train_steps"] == 100
+    assert not (sweep / "1" / "results.json").exists()
+
+
+def _array_task(sweep: Path, task: int) -> str:
+    # submitit's folder per job is named after the SLURM id: <array job id>_<task>
+    found = wait_until(lambda: list((sweep / ".submitit").glob(f"*_{task}")), 60, "the job's submitit folder")
+    return found[0].name
+
+
+def _job_field(job: str, field: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    return next((w.split("=", 1)[1] for w in out.split() if w.startswith(f"{field}=")), "")
+
+
+def _release_requeued(job: str, proc: subprocess.Popen) -> None:
+    """SLURM holds a requeued job for ~2 min (BeginTime); release it so the test need not wait."""
+
+    def running_again() -> bool:
+        if _job_field(job, "JobState") == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        return proc.poll() is not None or (
+            _job_field(job, "Restarts") == "1" and _job_field(job, "JobState") in ("RUNNING", "COMPLETED")
+        )
+
+    wait_until(running_again, 150, "the requeued job to run again", poll=1.0)
+
+
+def test_preempted_job_checkpoints_requeues_and_matches_uninterrupted_twin(slurm, pendulum_data, tmp_path):
+    steps = 4000
+    args = [*small_job_args(tmp_path, pendulum_data, steps), "eval.every_n_updates=500", "+twin=0,1"]
+    sweep_cmd = [sys.executable, "-m", "vla_hydra.train", "-m", "cluster=slurm", *args]
+    proc = subprocess.Popen(
+        sweep_cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        sweep = wait_until(lambda: (sweep_dirs(tmp_path) or [None])[0], 60, "the sweep dir")
+        log = sweep / "0" / "train.log"
+        wait_until(lambda: log.is_file() and f"step 500/{steps}" in log.read_text(), 180, "training to start")
+        job = _array_task(sweep, 0)
+        # what SLURM does before a time limit or pre-emption (sbatch --signal=USR2@...), sent now
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        wait_until(lambda: "pre-emption signal SIGUSR2: saved" in log.read_text(), 60, "the checkpoint")
+        _release_requeued(job, proc)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+
+    text = log.read_text()
+    saved_at = int(text.split("pre-emption signal SIGUSR2: saved")[1].split("at step ")[1].split()[0])
+    assert 0 < saved_at < steps
+    assert "resuming the requeued job from" in text and str(sweep / "0" / "checkpoints" / "last.ckpt") in text
+    preempted, twin = (json.loads((sweep / str(i) / "results.json").read_text()) for i in (0, 1))
+    assert preempted["train_steps"] == twin["train_steps"] == steps
+    # exact resume: same batches and RNG after the requeue -> the same final policy and evaluation
+    assert preempted["eval_return_mean"] == twin["eval_return_mean"]
+    assert preempted["normalized_score"] == twin["normalized_score"]
+
+
+def _study_trials(db: Path, study: str) -> list[str]:
+    import optuna
+
+    loaded = optuna.load_study(study_name=study, storage=f"sqlite:///{db}")
+    return [t.state.name for t in loaded.trials]
+
+
+def test_optuna_search_on_slurm_is_stored_and_resumable(slurm, pendulum_data, tmp_path):
+    args = [
+        "hparams_search=bc_optuna",
+        "cluster=slurm",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        *small_job_args(tmp_path, pendulum_data),
+    ]
+    proc = run_module("vla_hydra.train", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    db = tmp_path / "logs" / "bc_optuna" / "optuna" / "bc_optuna.db"
+    assert _study_trials(db, "bc_optuna") == ["COMPLETE"] * 4
+    (sweep,) = sweep_dirs(tmp_path, "bc_optuna")
+    best = (sweep / "optimization_results.yaml").read_text()
+    scores = [json.loads((sweep / str(i) / "results.json").read_text())["normalized_score"] for i in range(4)]
+    assert f"best_value: {max(scores)}" in best
+
+    # the same command again continues the stored study
+    again = run_module("vla_hydra.train", *args[:2], "hydra.sweeper.n_trials=2", *args[3:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _study_trials(db, "bc_optuna") == ["COMPLETE"] * 6
+
+
+@pytest.mark.slow
+def test_admin_requeue_resumes_from_last_periodic_checkpoint(slurm, pendulum_data, tmp_path):
+    """`scontrol requeue` kills the job without warning: it restarts from the last periodic last.ckpt."""
+    steps = 4000
+    args = [*small_job_args(tmp_path, pendulum_data, steps), "eval.every_n_updates=500"]
+    args += ["callbacks.model_checkpoint.every_n_updates=500"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vla_hydra.train", "-m", "cluster=slurm", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        sweep = wait_until(lambda: (sweep_dirs(tmp_path) or [None])[0], 60, "the sweep dir")
+        log = sweep / "0" / "train.log"
+        wait_until(lambda: log.is_file() and f"step 1000/{steps}" in log.read_text(), 180, "training")
+        job = _array_task(sweep, 0)
+        subprocess.run(["scontrol", "requeue", job], check=True)
+        _release_requeued(job, proc)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    assert "resuming the requeued job" in log.read_text()
+    assert json.loads((sweep / "0" / "results.json").read_text())["train_steps"] == steps
+
+
+def test_cluster_settings_flow_into_the_trainer_and_launcher():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            ["cluster=slurm", "cluster.nodes=2", "cluster.tasks_per_node=4", "cluster.partition=gpu"],
+            return_hydra_config=True,
+        )
+    assert cfg.trainer.num_nodes == 2 and cfg.trainer.devices == 4
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.partition) == (2, 4, "gpu")
+    assert launcher.max_num_timeout == 3 and cfg.hydra.mode.name == "MULTIRUN"
+    # only submitit requeues: Lightning's SLURM plugin is told not to
+    assert cfg.trainer.plugins[0].auto_requeue is False
