@@ -98,7 +98,7 @@ def main() -> None:
         mine = [r for r in rows if r["algo"] == algo]
         returns = [r["eval_return_mean"] for r in mine]
         spread = statistics.stdev(returns) if len(returns) > 1 else 0.0
-        env_steps = mine[0]["env_steps"] or 0
+        env_steps = mine[0]["env_steps"] or "0 (offline)"
         per_seed = ", ".join(f"{x:.1f}" for x in returns)
         print(
             f"| {algo} | {200 * args.episodes} | {env_steps} | {per_seed} | {statistics.mean(returns):.1f} ± {spread:.1f} |"
