@@ -35,6 +35,16 @@ SETUPS = {
     "pendulum": [("PPO", "ppo_continuous", 640), ("GRPO", "grpo", 160)],
 }
 ENV_TITLES = {"cartpole": "CartPole-v1", "pendulum": "Pendulum-v1"}
+# what the measured curves showed (2026-11-25, seeds 0-2, 200k steps each); revisit after a rerun
+READING = [
+    "Reading (2026-11-25 measurement): both learn both tasks. On CartPole GRPO trails PPO for the first",
+    "~60k steps (one return per episode, given to every one of its steps, is a noisier signal than PPO's",
+    "per-step GAE advantages) and then holds 500 on every seed from ~120k steps, where PPO wobbles just",
+    "below. On Pendulum PPO's learned critic pays off: it is at about -250 after 60k steps, GRPO only",
+    "after ~160k; both end near -200. GRPO's wall time is a fraction of PPO's here: no critic, fewer",
+    "gradient updates per env step (Pendulum: 160 per 6400 steps vs PPO's 320 per 2048), and its 32 envs",
+    "are stepped in lock-step with one batched policy call per step.",
+]
 
 
 def run_dir(runs: Path, env: str, algo: str, seed: int) -> Path:
@@ -74,17 +84,26 @@ def eval_at(history: list[dict], grid: np.ndarray) -> np.ndarray:
 def collect_curves(runs: Path, env: str, seeds: list[int], grid: np.ndarray) -> dict[str, dict]:
     curves = {}
     for label, algo, _ in SETUPS[env]:
-        per_seed, finals, walls = [], [], []
+        per_seed, fine, finals, walls = [], [], [], []
+        # the figure follows every evaluation; the table samples the coarse grid
+        fine_grid = np.linspace(grid[0], grid[-1], 201)
         for seed in seeds:
             path = run_dir(runs, env, algo, seed) / "results.json"
             if not path.exists():
                 continue
             results = json.loads(path.read_text())
             per_seed.append(eval_at(results["eval_history"], grid))
+            fine.append(eval_at(results["eval_history"], fine_grid))
             finals.append((results["env_steps"], results["eval_return_mean"]))
             walls.append(results["wall_seconds"])
         if per_seed:
-            curves[label] = {"algo": algo, "returns": np.stack(per_seed), "finals": finals, "walls": walls}
+            curves[label] = {
+                "algo": algo,
+                "returns": np.stack(per_seed),
+                "fine": {"grid": fine_grid, "returns": np.stack(fine)},
+                "finals": finals,
+                "walls": walls,
+            }
     return curves
 
 
@@ -94,14 +113,17 @@ def plot(all_curves: dict[str, tuple[np.ndarray, dict]], path: Path) -> None:
 
     fig = Figure(figsize=(5 * len(all_curves), 3.6))
     FigureCanvasAgg(fig)
-    for i, (env, (grid, curves)) in enumerate(all_curves.items()):
+    for i, (env, (_, curves)) in enumerate(all_curves.items()):
         ax = fig.add_subplot(1, len(all_curves), i + 1)
         for label, curve in curves.items():
-            mean, std = np.nanmean(curve["returns"], 0), np.nanstd(curve["returns"], 0)
-            ax.plot(grid, mean, label=f"{label} ({curve['algo']}, {len(curve['returns'])} seeds)")
-            ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+            fine = curve["fine"]
+            mean, std = np.nanmean(fine["returns"], 0), np.nanstd(fine["returns"], 0)
+            ax.plot(
+                fine["grid"] / 1e3, mean, label=f"{label} ({curve['algo']}, {len(fine['returns'])} seeds)"
+            )
+            ax.fill_between(fine["grid"] / 1e3, mean - std, mean + std, alpha=0.2)
         ax.set_title(ENV_TITLES[env])
-        ax.set_xlabel("env steps")
+        ax.set_xlabel("env steps (thousands)")
         ax.set_ylabel("eval return (deterministic, 10 episodes)")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
@@ -125,6 +147,8 @@ def markdown_section(all_curves: dict[str, tuple[np.ndarray, dict]], seeds: list
         f"Reproduce: `{command}` (one run at a time; figure: `docs/grpo_vs_ppo.png`).",
         "",
         "![GRPO vs PPO](grpo_vs_ppo.png)",
+        "",
+        *READING,
         "",
     ]
     for env, (grid, curves) in all_curves.items():
