@@ -62,6 +62,9 @@ class OfflineDataModule(L.LightningDataModule):
         arrays_loader: for datasets that are not D4RL files (Minari, ...): a callable returning the same
             validated `(arrays, metadata)` as `read_d4rl_hdf5`, called in setup() instead of reading
             `path` (which then only names the dataset's location in errors and results).
+        file_ref_returns: use the reference returns stored in a generated file for normalized scores
+            (default). False falls back to the env's published ones (e.g. D4RL's for MuJoCo), so
+            scores on generated MuJoCo data are comparable with D4RL papers.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class OfflineDataModule(L.LightningDataModule):
         segment_length: int | None = None,
         arrays_loader: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]] | None = None,
         cut_final_episode: str = "error",
+        file_ref_returns: bool = True,
     ):
         super().__init__()
         self.path = Path(path).expanduser()
@@ -87,6 +91,7 @@ class OfflineDataModule(L.LightningDataModule):
         self.segment_length = int(segment_length) if segment_length else None
         self.arrays_loader = arrays_loader
         self.cut_final_episode = cut_final_episode
+        self.file_ref_returns = file_ref_returns
         self.buffer = None  # TensorBuffer of transitions, or TrajectoryBuffer of segments
         self.metadata: dict = {}
 
@@ -130,6 +135,8 @@ class OfflineDataModule(L.LightningDataModule):
 
     @property
     def ref_returns(self) -> dict[str, float] | None:
+        if not self.file_ref_returns:
+            return None
         if "ref_random_return" in self.metadata and "ref_expert_return" in self.metadata:
             return {
                 "random": float(self.metadata["ref_random_return"]),
