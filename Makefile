@@ -35,6 +35,7 @@ bench: install ## benchmarks, JSON lines to stdout and benchmarks/results/ (~15 
 	$(PY) benchmarks/bench_load.py
 	$(PY) benchmarks/bench_offline.py $(ARGS)
 	$(PY) benchmarks/bench_ppo.py
+	$(PY) benchmarks/bench_cluster.py
 
 format: install ## auto-format and fix imports
 	$(PY) -m ruff format vla_hydra tests benchmarks

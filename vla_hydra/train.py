@@ -27,6 +27,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from vla_hydra.cluster.resume import resume_checkpoint
     from vla_hydra.core.io import write_json_atomic
     from vla_hydra.core.logging import get_logger, silence_known_warnings
     from vla_hydra.core.runtime import seed_everything, set_torch_threads
@@ -56,7 +57,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     callbacks.append(throughput)
     loggers = instantiate_dict_values(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(algo, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(algo, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, output_dir))
 
     final = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
     # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
