@@ -81,8 +81,12 @@ def test_failing_job_reports_its_error_and_the_other_succeeds(slurm, pendulum_da
 
 def _array_task(sweep: Path, task: int) -> str:
     # submitit's folder per job is named after the SLURM id: <array job id>_<task>
-    found = wait_until(lambda: list((sweep / ".submitit").glob(f"*_{task}")), 60, "the job's submitit folder")
-    return found[0].name
+    # (a one-job sweep is a plain job: <job id>)
+    def folder():
+        names = [p.name for p in (sweep / ".submitit").glob("*") if p.is_dir()]
+        return [n for n in names if n.endswith(f"_{task}") or (task == 0 and n.isdigit())]
+
+    return wait_until(folder, 60, "the job's submitit folder")[0]
 
 
 def _job_field(job: str, field: str) -> str:
