@@ -107,27 +107,35 @@ def _release_requeued(job: str, proc: subprocess.Popen) -> None:
     wait_until(running_again, 150, "the requeued job to run again", poll=1.0)
 
 
-def test_preempted_job_checkpoints_requeues_and_matches_uninterrupted_twin(slurm, pendulum_data, tmp_path):
-    steps = 4000
-    args = [*small_job_args(tmp_path, pendulum_data, steps), "eval.every_n_updates=500", "+twin=0,1"]
-    sweep_cmd = [sys.executable, "-m", "vla_hydra.train", "-m", "cluster=slurm", *args]
-    proc = subprocess.Popen(
-        sweep_cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+def interrupted_sweep(tmp_path: Path, args: list[str], at_step: str, interrupt) -> tuple[str, Path, Path]:
+    """Start a cluster=slurm sweep, wait until job 0's log shows `at_step`, call `interrupt(job id, log)`,
+    release the requeued job and wait for the sweep; returns (sweep output, sweep dir, job 0's log)."""
+    cmd = [sys.executable, "-m", "vla_hydra.train", "-m", "cluster=slurm", *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         sweep = wait_until(lambda: (sweep_dirs(tmp_path) or [None])[0], 60, "the sweep dir")
         log = sweep / "0" / "train.log"
-        wait_until(lambda: log.is_file() and f"step 500/{steps}" in log.read_text(), 180, "training to start")
+        wait_until(lambda: log.is_file() and at_step in log.read_text(), 180, "training to reach " + at_step)
         job = _array_task(sweep, 0)
-        # what SLURM does before a time limit or pre-emption (sbatch --signal=USR2@...), sent now
-        subprocess.run(["scancel", "--signal=USR2", job], check=True)
-        wait_until(lambda: "pre-emption signal SIGUSR2: saved" in log.read_text(), 60, "the checkpoint")
+        interrupt(job, log)
         _release_requeued(job, proc)
         output, _ = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 0, output[-3000:]
+    return output, sweep, log
 
+
+def test_preempted_job_checkpoints_requeues_and_matches_uninterrupted_twin(slurm, pendulum_data, tmp_path):
+    steps = 4000
+    args = [*small_job_args(tmp_path, pendulum_data, steps), "eval.every_n_updates=500", "+twin=0,1"]
+
+    def preempt(job: str, log: Path) -> None:
+        # what SLURM does before a time limit or pre-emption (sbatch --signal=USR2@...), sent now
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        wait_until(lambda: "pre-emption signal SIGUSR2: saved" in log.read_text(), 60, "the checkpoint")
+
+    _, sweep, log = interrupted_sweep(tmp_path, args, f"step 500/{steps}", preempt)
     text = log.read_text()
     saved_at = int(text.split("pre-emption signal SIGUSR2: saved")[1].split("at step ")[1].split()[0])
     assert 0 < saved_at < steps
@@ -175,24 +183,8 @@ def test_admin_requeue_resumes_from_last_periodic_checkpoint(slurm, pendulum_dat
     steps = 4000
     args = [*small_job_args(tmp_path, pendulum_data, steps), "eval.every_n_updates=500"]
     args += ["callbacks.model_checkpoint.every_n_updates=500"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vla_hydra.train", "-m", "cluster=slurm", *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        sweep = wait_until(lambda: (sweep_dirs(tmp_path) or [None])[0], 60, "the sweep dir")
-        log = sweep / "0" / "train.log"
-        wait_until(lambda: log.is_file() and f"step 1000/{steps}" in log.read_text(), 180, "training")
-        job = _array_task(sweep, 0)
-        subprocess.run(["scontrol", "requeue", job], check=True)
-        _release_requeued(job, proc)
-        output, _ = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, output[-3000:]
+    requeue = lambda job, log: subprocess.run(["scontrol", "requeue", job], check=True)  # noqa: E731
+    _, sweep, log = interrupted_sweep(tmp_path, args, f"step 1000/{steps}", requeue)
     assert "resuming the requeued job" in log.read_text()
     assert json.loads((sweep / "0" / "results.json").read_text())["train_steps"] == steps
 
