@@ -59,6 +59,9 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(algo, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, output_dir))
 
+    if trainer.global_rank != 0:
+        return None, {}  # DDP: rank 0 alone evaluates and writes results (the weights are identical)
+
     final = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
     # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
     checkpointing = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]

@@ -34,6 +34,9 @@ def silence_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
     # Checkpoints are meant to hold the state after the step's updates (manual optimization).
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+    # A machine with SLURM installed (e.g. a login node, or this project's local SLURM) is not a
+    # SLURM job; cluster=slurm launches through submitit, which sets up the job environment itself.
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
     # `lightning` installs its own console handler and also propagates to the root logger: under Hydra
     # (root already configured) every Lightning message would print twice.
     root = logging.getLogger()
