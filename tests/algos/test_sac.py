@@ -19,6 +19,7 @@ from vla_hydra.algos.sac import (
     sac_critic_target,
     sac_temperature_loss,
 )
+from vla_hydra.core.config import ASSETS_DIR
 from vla_hydra.envs.evaluation import rollout_episodes
 from vla_hydra.eval import load_policy
 from vla_hydra.train import train
@@ -189,3 +190,20 @@ def test_resume_continues_env_steps_and_replay_buffer(tmp_path, data_dir, save_b
     else:
         # an empty buffer refills batch_size (64) transitions before updating again
         assert int(ckpt2["state_dict"]["update_rounds"]) == 300 + 200 - 63
+
+
+BEHAVIOR_POLICIES = ASSETS_DIR / "behavior_policies"
+
+
+@pytest.mark.parametrize(
+    "env_name, env_id",
+    [("hopper", "Hopper-v5"), ("halfcheetah", "HalfCheetah-v5"), ("walker2d", "Walker2d-v5")],
+)
+def test_shipped_behavior_policy_loads_and_beats_random_clearly(env_name, env_id):
+    path = BEHAVIOR_POLICIES / f"{env_name}_sac.ckpt"
+    assert path.stat().st_size < 3_000_000  # inference checkpoint: no optimizer state
+    algo, env, config = load_policy(path)
+    assert env.id == env_id and config.algo._target_ == "vla_hydra.algos.sac.SAC"
+    result = rollout_episodes(algo, env, 3, seed=100000)
+    # D4RL-normalised: random policy = 0; the README records each policy's 20-episode score
+    assert result.normalized_score > 15, result.returns
