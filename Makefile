@@ -30,11 +30,12 @@ test: install ## fast test suite (excludes tests marked slow)
 test-full: install ## every test, including slow ones
 	$(PY) -m pytest $(ARGS)
 
-bench: install ## benchmarks, JSON lines to stdout and benchmarks/results/ (~15 min on 2 CPU cores)
+bench: install ## benchmarks, JSON lines to stdout and benchmarks/results/ (~45 min on 2 CPU cores)
 	$(PY) benchmarks/bench_bc.py
 	$(PY) benchmarks/bench_load.py
 	$(PY) benchmarks/bench_offline.py $(ARGS)
 	$(PY) benchmarks/bench_ppo.py
+	$(PY) benchmarks/bench_online.py --rounds 3 --sac-steps 2000
 	$(PY) benchmarks/bench_cluster.py
 
 format: install ## auto-format and fix imports

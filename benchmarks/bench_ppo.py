@@ -43,7 +43,7 @@ def config(out: Path, steps: int, threads: int, extra: list[str] | None = None):
     )
 
 
-def plain_loop_env_steps_per_s(cfg) -> float:
+def plain_loop_env_steps_per_s(cfg) -> tuple[float, float]:
     """The PPO iteration driven by a bare Python loop: envs, optimizer and iterations, nothing else."""
     env = instantiate(cfg.env)
     algo = instantiate(cfg.algo, _partial_=True)(spec=env.spec(), model=instantiate(cfg.model))
@@ -53,10 +53,11 @@ def plain_loop_env_steps_per_s(cfg) -> float:
     algo.obs, _ = algo.envs.reset(seed=[cfg.seed + i for i in range(env.num_envs)])
     try:
         algo.train_iteration(optimizer)  # warm-up iteration (allocations), not timed
-        start_steps, start = int(algo.env_steps), time.perf_counter()
+        start_steps, start, start_cpu = int(algo.env_steps), time.perf_counter(), time.process_time()
         while int(algo.env_steps) < algo.total_timesteps:
             algo.train_iteration(optimizer)
-        return (int(algo.env_steps) - start_steps) / (time.perf_counter() - start)
+        steps = int(algo.env_steps) - start_steps
+        return steps / (time.perf_counter() - start), steps / (time.process_time() - start_cpu)
     finally:
         algo.envs.close()
 
@@ -93,7 +94,7 @@ def steps_to_solve(results: dict) -> int | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50_000, help="env steps per timed run")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--solve-seeds", type=int, default=1, help="seeds of the 500k-step solve run (0 = skip)"
     )
@@ -101,24 +102,33 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     header = run_header(args.threads, bench="ppo_cartpole")
-    lightning, plain = [], []
+    lightning, plain, lightning_cpu, plain_cpu = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             cfg = config(Path(tmp) / f"l{r}", args.steps, args.threads, ["callbacks.model_checkpoint=null"])
             _, results = train(cfg)
             lightning.append(results["train_env_steps_per_s"])
-            plain.append(plain_loop_env_steps_per_s(config(Path(tmp) / f"p{r}", args.steps, args.threads)))
-        line = {
-            **header,
-            "metric": "env_steps_per_s",
-            "env_steps": args.steps,
-            "lightning_median": statistics.median(lightning),
-            "plain_median": statistics.median(plain),
-            "ratio": statistics.median(lightning) / statistics.median(plain),
-            "lightning_runs": lightning,
-            "plain_runs": plain,
-        }
-        emit("bench_ppo", line)
+            lightning_cpu.append(results["train_env_steps_per_cpu_s"])
+            wall, cpu = plain_loop_env_steps_per_s(config(Path(tmp) / f"p{r}", args.steps, args.threads))
+            plain.append(wall)
+            plain_cpu.append(cpu)
+        for metric, ours, reference in (
+            ("env_steps_per_s", lightning, plain),
+            ("env_steps_per_cpu_s", lightning_cpu, plain_cpu),
+        ):
+            emit(
+                "bench_ppo",
+                {
+                    **header,
+                    "metric": metric,
+                    "env_steps": args.steps,
+                    "lightning_median": statistics.median(ours),
+                    "plain_median": statistics.median(reference),
+                    "ratio": statistics.median(ours) / statistics.median(reference),
+                    "lightning_runs": ours,
+                    "plain_runs": reference,
+                },
+            )
         for seed in range(args.solve_seeds):
             _, results = train(solve_config(Path(tmp) / f"solve{seed}", seed, args.threads))
             emit(

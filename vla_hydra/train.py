@@ -79,6 +79,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         "wall_seconds": time.perf_counter() - start,
         "train_updates_per_s": throughput.updates_per_s,
         "train_env_steps_per_s": throughput.env_steps_per_s,
+        "train_env_steps_per_cpu_s": throughput.env_steps_per_cpu_s,
         "time_to_first_step_s": throughput.time_to_first_step_s,
         **final.to_dict(),
         "eval_history": evals[0].history if evals else [],

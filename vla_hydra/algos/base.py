@@ -93,6 +93,18 @@ class PolicyAlgorithm(L.LightningModule):
         else:
             self.manual_backward(loss)
 
+    def step_optimizer(self, optimizer) -> None:
+        """optimizer.step() for `update`: on plain fp32 single-device training, the wrapped torch
+        optimizer steps directly and only Lightning's step counter advances (global_step counts
+        updates); its strategy/precision path adds ~0.2 ms of hooks per update, ~5% of a small-MLP
+        PPO iteration. Anything else goes through Lightning's optimizer.step()."""
+        if self._direct_backward and hasattr(optimizer, "_on_before_step"):
+            optimizer._on_before_step()
+            optimizer.optimizer.step()
+            optimizer._on_after_step()
+        else:
+            optimizer.step()
+
     def training_step(self, block: dict[str, torch.Tensor], batch_idx: int) -> None:
         optimizers = self.optimizers()
         totals: dict[str, torch.Tensor] = {}
@@ -100,12 +112,19 @@ class PolicyAlgorithm(L.LightningModule):
             losses = self.update(tree_map(lambda x, k=k: x[k], block), optimizers)
             for name, value in losses.items():
                 totals[name] = totals[name] + value if name in totals else value
-        self.log_dict(
-            {f"train/{name}": v / self.updates_per_step for name, v in totals.items()},
-            on_step=True,
-            on_epoch=False,
-            prog_bar=True,
-        )
+        if self.logging_this_step():
+            self.log_dict(
+                {f"train/{name}": v / self.updates_per_step for name, v in totals.items()},
+                on_step=True,
+                on_epoch=False,
+                prog_bar=True,
+            )
+
+    def logging_this_step(self) -> bool:
+        """Whether Lightning writes logs after this step (every trainer.log_every_n_steps). Each
+        self.log call costs ~1 ms of bookkeeping, ~5% of a PPO iteration, and values logged on other
+        steps are discarded anyway, so training steps log only when they will be written."""
+        return self.trainer._logger_connector.should_update_logs
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {

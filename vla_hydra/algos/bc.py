@@ -35,7 +35,7 @@ class BC(PolicyAlgorithm):
         loss = bc_mse_loss(predicted, self.action_scaler.normalize(batch["actions"]))
         optimizers.zero_grad(set_to_none=True)
         self.backprop(loss)
-        optimizers.step()
+        self.step_optimizer(optimizers)
         return {"bc_loss": loss.detach()}
 
     def configure_optimizers(self):

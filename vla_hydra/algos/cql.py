@@ -133,7 +133,7 @@ class CQL(PolicyAlgorithm):
 
         optimizers.zero_grad(set_to_none=True)
         self.backprop(critic_loss + actor_loss + alpha_loss)
-        optimizers.step()
+        self.step_optimizer(optimizers)
         soft_update(self.target_critic, self.critic, self.tau)
         return {
             "critic_loss": critic_loss.detach(),

@@ -198,7 +198,7 @@ class DAgger(OnlineAlgorithm):
             loss = self.imitation_loss(batch["observations"], batch["labels"])
             optimizer.zero_grad(set_to_none=True)
             self.backprop(loss)
-            optimizer.step()
+            self.step_optimizer(optimizer)
         return {
             "imitation_loss": loss.detach(),
             "beta": torch.tensor(beta),

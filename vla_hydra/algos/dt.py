@@ -101,7 +101,7 @@ class DecisionTransformer(PolicyAlgorithm):
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.transformer.parameters(), self.grad_clip, foreach=True
         )
-        optimizers.step()
+        self.step_optimizer(optimizers)
         self.num_updates += 1
         return {"dt_loss": loss.detach(), "grad_norm": grad_norm.detach()}
 

@@ -171,7 +171,7 @@ class GAIL(PPO):
             )
             optimizer.zero_grad(set_to_none=True)
             self.backprop(loss)
-            optimizer.step()
+            self.step_optimizer(optimizer)
         return stats
 
     def discriminator_step_loss(self, expert_obs, expert_actions, policy_obs, policy_actions):

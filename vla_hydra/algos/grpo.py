@@ -261,7 +261,7 @@ class GRPO(OnlineAlgorithm):
                 optimizer.zero_grad(set_to_none=True)
                 self.backprop(loss)
                 nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
-                optimizer.step()
+                self.step_optimizer(optimizer)
                 stats["policy_loss"] = pg_loss.detach()
         stats["group_return"] = rollout["returns"].mean()
         return stats

@@ -123,7 +123,7 @@ class IQL(PolicyAlgorithm):
         optimizers.param_groups[2]["lr"] = lr
         optimizers.zero_grad(set_to_none=True)
         self.backprop(value_loss + critic_loss + actor_loss)
-        optimizers.step()
+        self.step_optimizer(optimizers)
         soft_update(self.target_critic, self.critic, self.tau)
         self._num_updates += 1
         self.num_updates += 1

@@ -70,6 +70,7 @@ class OnlineAlgorithm(PolicyAlgorithm):
         self.obs: np.ndarray | None = None
         # finished training episodes: [{"env_steps", "return", "length"}] (for curves and the progress bar)
         self.episode_log: list[dict[str, float]] = []
+        self._episodes_logged = 0
 
     # -- what subclasses provide ---------------------------------------------------------------
     def train_iteration(self, optimizers) -> dict[str, torch.Tensor]:
@@ -137,14 +138,16 @@ class OnlineAlgorithm(PolicyAlgorithm):
 
     # -- the Lightning step --------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        seen = len(self.episode_log)
         losses = self.train_iteration(self.optimizers())
-        metrics = {f"train/{name}": value for name, value in losses.items()}
-        recent = self.episode_log[seen:]
-        if recent:
-            metrics["rollout/episode_return"] = float(np.mean([e["return"] for e in recent]))
-        metrics["rollout/env_steps"] = float(self.env_steps)
-        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True)
+        if self.logging_this_step():
+            metrics = {f"train/{name}": value for name, value in losses.items()}
+            # episodes finished since the last logged step
+            recent = self.episode_log[self._episodes_logged :]
+            self._episodes_logged = len(self.episode_log)
+            if recent:
+                metrics["rollout/episode_return"] = float(np.mean([e["return"] for e in recent]))
+            metrics["rollout/env_steps"] = float(self.env_steps)
+            self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True)
         if int(self.env_steps) >= self.total_timesteps:
             self.trainer.should_stop = True
 

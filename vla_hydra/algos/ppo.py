@@ -210,7 +210,7 @@ class PPO(OnlineAlgorithm):
                 optimizer.zero_grad(set_to_none=True)
                 self.backprop(loss)
                 nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
-                optimizer.step()
+                self.step_optimizer(optimizer)
                 stats = {
                     "policy_loss": pg_loss.detach(),
                     "value_loss": v_loss.detach(),

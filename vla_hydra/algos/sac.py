@@ -243,7 +243,7 @@ class SAC(OnlineAlgorithm):
             # set_to_none: a network without a loss term this step keeps grad None, and Adam skips it
             optimizer.zero_grad(set_to_none=True)
             self.backprop(loss)
-            optimizer.step()
+            self.step_optimizer(optimizer)
             loss = 0.0
         if self._rounds % self.target_network_frequency == 0:
             soft_update(self.target_critic, self.critic, self.tau)

@@ -99,7 +99,7 @@ class TD3BC(PolicyAlgorithm):
 
         optimizers.zero_grad(set_to_none=True)  # actor grads stay None off-delay: Adam skips them
         self.backprop(loss)
-        optimizers.step()
+        self.step_optimizer(optimizers)
         if update_actor:
             soft_update(self.target_critic, self.critic, self.tau)
             soft_update(self.target_actor, self.actor, self.tau)

@@ -66,7 +66,9 @@ class DeterministicActor(nn.Module):
         return torch.tanh(self.net(self.encoder(obs)))
 
 
-def orthogonal_init_(net: nn.Sequential, hidden_gain: float = 2**0.5, output_gain: float = 1.0) -> nn.Sequential:
+def orthogonal_init_(
+    net: nn.Sequential, hidden_gain: float = 2**0.5, output_gain: float = 1.0
+) -> nn.Sequential:
     """Orthogonal weights, zero biases (the on-policy convention of PPO implementations): hidden layers
     with gain sqrt(2), the output layer with `output_gain` (0.01 for policy logits/means, 1 for values)."""
     linears = [m for m in net if isinstance(m, nn.Linear)]

@@ -69,13 +69,14 @@ class PolicyEvaluation(L.Callback):
         self.env, self.every_n_updates, self.episodes, self.seed = env, every_n_updates, episodes, seed
         self.at_start = at_start
         self.seconds_spent = 0.0
+        self.cpu_seconds_spent = 0.0
         self.history: list[dict] = []
         self._next_eval = 0
 
     def _evaluate(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.global_rank != 0:
             return
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         was_training = pl_module.training
         pl_module.eval()
         result = rollout_episodes(
@@ -90,6 +91,7 @@ class PolicyEvaluation(L.Callback):
         env_steps = {"env_steps": int(pl_module.env_steps)} if hasattr(pl_module, "env_steps") else {}
         self.history.append({"step": trainer.global_step, **env_steps, **metrics})
         self.seconds_spent += time.perf_counter() - start
+        self.cpu_seconds_spent += time.process_time() - cpu_start
         score = f" (normalized {result.normalized_score:.1f})" if result.normalized_score is not None else ""
         max_steps = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
         log.info(
@@ -151,14 +153,28 @@ class Throughput(L.Callback):
         self.time_to_first_step_s: float | None = None
         self.updates_per_s: float | None = None
         self.env_steps_per_s: float | None = None
+        # per second of this process's CPU time: robust to other load on a shared machine
+        self.updates_per_cpu_s: float | None = None
+        self.env_steps_per_cpu_s: float | None = None
         self._start_time = self._start_step = self._start_env_steps = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.time_to_first_step_s is None:
+            self.time_to_first_step_s = time.time() - psutil.Process().create_time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # the rates are steady-state: timed from the end of the first step, whose one-off costs
+        # (lazy imports, optimizer state allocation) are part of time_to_first_step instead
         if self._start_time is None:
-            now = time.time()
-            self.time_to_first_step_s = now - psutil.Process().create_time()
             self._start_time, self._start_step = time.perf_counter(), trainer.global_step
             self._start_env_steps = int(getattr(pl_module, "env_steps", 0))
+            self._eval_seconds_at_start = self._eval_seconds(trainer)
+            self._start_cpu = time.process_time()
+            self._eval_cpu_seconds_at_start = self._eval_seconds(trainer, "cpu_seconds_spent")
+
+    @staticmethod
+    def _eval_seconds(trainer, attribute: str = "seconds_spent") -> float:
+        return sum(getattr(cb, attribute, 0.0) for cb in trainer.callbacks)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._start_time is None:
@@ -167,12 +183,18 @@ class Throughput(L.Callback):
             import torch
 
             torch.cuda.synchronize()  # count queued GPU work in the timing
-        eval_seconds = sum(getattr(cb, "seconds_spent", 0.0) for cb in trainer.callbacks)
+        eval_seconds = self._eval_seconds(trainer) - self._eval_seconds_at_start
         elapsed = time.perf_counter() - self._start_time - eval_seconds
-        self.updates_per_s = (trainer.global_step - self._start_step) / max(elapsed, 1e-9)
+        cpu = time.process_time() - self._start_cpu
+        cpu -= self._eval_seconds(trainer, "cpu_seconds_spent") - self._eval_cpu_seconds_at_start
+        updates = trainer.global_step - self._start_step
+        self.updates_per_s = updates / max(elapsed, 1e-9)
+        self.updates_per_cpu_s = updates / max(cpu, 1e-9)
         metrics = {"perf/updates_per_s": self.updates_per_s}
         if hasattr(pl_module, "env_steps"):
-            self.env_steps_per_s = (int(pl_module.env_steps) - self._start_env_steps) / max(elapsed, 1e-9)
+            env_steps = int(pl_module.env_steps) - self._start_env_steps
+            self.env_steps_per_s = env_steps / max(elapsed, 1e-9)
+            self.env_steps_per_cpu_s = env_steps / max(cpu, 1e-9)
             metrics["perf/env_steps_per_s"] = self.env_steps_per_s
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
