@@ -39,3 +39,31 @@ def test_hopper_medium_recipe_rolls_out_the_shipped_policy_and_trains(tmp_path):
     assert arrays["observations"].shape[1] == 11 and arrays["terminals"].sum() + arrays["timeouts"].sum() == 3
     # scores use D4RL's Hopper constants, not the file's own references
     assert results["ref_returns"] == pytest.approx(D4RL_HOPPER)
+
+
+@pytest.mark.parametrize(
+    "choice,env_id,behaviour",
+    [
+        ("hopper_random", "Hopper-v5", "UniformRandomPolicy"),
+        ("halfcheetah_random", "HalfCheetah-v5", "UniformRandomPolicy"),
+        ("walker2d_random", "Walker2d-v5", "UniformRandomPolicy"),
+        ("halfcheetah_sac_medium", "HalfCheetah-v5", "CheckpointPolicy"),
+        ("walker2d_sac_medium", "Walker2d-v5", "CheckpointPolicy"),
+        ("hopper_sac_medium_expert_mix", "Hopper-v5", "CheckpointPolicy"),
+    ],
+)
+def test_every_mujoco_recipe_collects_from_its_own_env_and_policy(tmp_path, choice, env_id, behaviour):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+    from vla_hydra.collect import collect_dataset
+
+    cfg = compose_config(
+        "collect", [f"data={choice}", "data.recipe.episodes=2", "data.recipe.reference_episodes=2"]
+    )
+    summary = collect_dataset(instantiate(cfg.data.recipe), tmp_path / "d.hdf5")
+    _, meta = read_d4rl_hdf5(tmp_path / "d.hdf5")
+    assert meta["env_id"] == env_id and meta["behavior_policy"].endswith(behaviour)
+    assert summary["episodes"] == 2
+    if behaviour == "CheckpointPolicy":  # a trained policy beats uniform-random actions clearly
+        assert summary["ref_expert_return"] > summary["ref_random_return"] + 500
