@@ -96,6 +96,9 @@ def test_ppo_resume_continues_env_step_budget(tmp_path, data_dir):
     )  # 2 iterations x 4 epochs x 4 minibatches
     _, resumed = train(_ppo_cfg(tmp_path / "b", data_dir, 2048, [f"ckpt_path={first['checkpoint']}"]))
     assert resumed["env_steps"] == 2048 and resumed["train_steps"] == 4 * 16
+    # the training curve continues across the resume
+    assert resumed["train_episodes"][: len(first["train_episodes"])] == first["train_episodes"]
+    assert resumed["train_episodes"][-1]["env_steps"] > 1024
     ckpt = torch.load(resumed["checkpoint"], map_location="cpu", weights_only=False)
     assert int(ckpt["state_dict"]["env_steps"]) == 2048 and "rng_states" in ckpt
     assert ckpt["vla_hydra"]["env_spec"]["discrete"] is True

@@ -130,6 +130,17 @@ class OnlineAlgorithm(PolicyAlgorithm):
         self.obs = next_obs
         return next_obs, rewards.astype(np.float32), terminated, truncated, real_next
 
+    # -- checkpoints -------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # the training curve so far, so a resumed run's results.json holds the whole curve
+        checkpoint["episode_log"] = list(self.episode_log)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.episode_log = list(checkpoint.get("episode_log", []))
+        self._episodes_logged = len(self.episode_log)
+
     # -- acting ------------------------------------------------------------------------------
     @torch.no_grad()
     def act(self, obs: np.ndarray | torch.Tensor) -> np.ndarray:
