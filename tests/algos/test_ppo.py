@@ -100,7 +100,8 @@ def test_ppo_resume_continues_env_step_budget(tmp_path, data_dir):
     assert resumed["train_episodes"][: len(first["train_episodes"])] == first["train_episodes"]
     assert resumed["train_episodes"][-1]["env_steps"] > 1024
     ckpt = torch.load(resumed["checkpoint"], map_location="cpu", weights_only=False)
-    assert int(ckpt["state_dict"]["env_steps"]) == 2048 and "rng_states" in ckpt
+    assert int(ckpt["state_dict"]["env_steps"]) == 2048
+    assert any("ResumeState" in key for key in ckpt["callbacks"])  # RNG states travel with it
     assert ckpt["vla_hydra"]["env_spec"]["discrete"] is True
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from vla_hydra.core.exceptions import ConfigError
-from vla_hydra.core.runtime import get_rng_states, set_rng_states
 from vla_hydra.data.batch import tree_map
 from vla_hydra.data.stats import DatasetStats
 from vla_hydra.envs.factory import EnvSpec
@@ -136,9 +135,8 @@ class PolicyAlgorithm(L.LightningModule):
             "ref_returns": self.ref_returns,
             "config": self.run_config,
         }
-        # a resumed run continues the same random streams (exploration noise, minibatch sampling)
-        checkpoint["rng_states"] = get_rng_states()
+        # RNG states and the sampler position travel in the same checkpoint through the ResumeState
+        # callback (vla_hydra/cluster/resume.py), so a resumed run continues the same random streams
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "rng_states" in checkpoint:
-            set_rng_states(checkpoint["rng_states"])
+        """Subclasses restore what they add in on_save_checkpoint (replay buffers, curves)."""

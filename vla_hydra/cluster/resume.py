@@ -10,17 +10,16 @@ what training consumed.
 
 from __future__ import annotations
 
-import random
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from vla_hydra.core.logging import get_logger
+from vla_hydra.core.runtime import get_rng_states, set_rng_states
 
 log = get_logger(__name__)
 
@@ -69,13 +68,7 @@ class ResumeState(L.Callback):
         self.batches_consumed += 1
 
     def state_dict(self) -> dict[str, Any]:
-        # plain types only: Lightning loads checkpoints with weights_only=True
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        numpy_state = [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
-        rng = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"batches_consumed": self.batches_consumed, "rng": rng}
+        return {"batches_consumed": self.batches_consumed, "rng": get_rng_states()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = state_dict
@@ -95,9 +88,4 @@ class ResumeState(L.Callback):
         if self._restored is None:
             return
         rng, self._restored = self._restored["rng"], None
-        torch.set_rng_state(rng["torch"])
-        name, keys, pos, has_gauss, cached = rng["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-        random.setstate(rng["python"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_states(rng)

@@ -43,7 +43,7 @@ def get_rng_states() -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
     states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available():
         states["torch_cuda"] = torch.cuda.get_rng_state_all()
     return states
 
