@@ -105,13 +105,23 @@ def main() -> None:
     lightning, plain, lightning_cpu, plain_cpu = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            cfg = config(Path(tmp) / f"l{r}", args.steps, args.threads, ["callbacks.model_checkpoint=null"])
-            _, results = train(cfg)
-            lightning.append(results["train_env_steps_per_s"])
-            lightning_cpu.append(results["train_env_steps_per_cpu_s"])
-            wall, cpu = plain_loop_env_steps_per_s(config(Path(tmp) / f"p{r}", args.steps, args.threads))
-            plain.append(wall)
-            plain_cpu.append(cpu)
+
+            def run_lightning(r=r):
+                cfg = config(
+                    Path(tmp) / f"l{r}", args.steps, args.threads, ["callbacks.model_checkpoint=null"]
+                )
+                _, results = train(cfg)
+                lightning.append(results["train_env_steps_per_s"])
+                lightning_cpu.append(results["train_env_steps_per_cpu_s"])
+
+            def run_plain(r=r):
+                wall, cpu = plain_loop_env_steps_per_s(config(Path(tmp) / f"p{r}", args.steps, args.threads))
+                plain.append(wall)
+                plain_cpu.append(cpu)
+
+            # alternate which path goes first, so neither always runs on a warmer (or busier) machine
+            for run in (run_lightning, run_plain) if r % 2 == 0 else (run_plain, run_lightning):
+                run()
         for metric, ours, reference in (
             ("env_steps_per_s", lightning, plain),
             ("env_steps_per_cpu_s", lightning_cpu, plain_cpu),
