@@ -137,6 +137,3 @@ class PolicyAlgorithm(L.LightningModule):
         }
         # RNG states and the sampler position travel in the same checkpoint through the ResumeState
         # callback (vla_hydra/cluster/resume.py), so a resumed run continues the same random streams
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Subclasses restore what they add in on_save_checkpoint (replay buffers, curves)."""

@@ -12,8 +12,8 @@ The algorithm only touches the policy through `sample(obs) -> (action, log_prob)
 action)`, `entropy(obs)` and `forward(obs)` (the deterministic action), so any policy with that
 interface (models/policies.py StochasticPolicy, later VLA policies) can be trained with it.
 
-Envs: GRPO steps `group_size * num_groups` envs in lock-step (its own vector env, built from
-`env=` with the configured vectorization; `env.num_envs` is not used). Each env runs exactly one
+Envs: GRPO steps `group_size * num_groups` envs in lock-step (its `num_envs`, which sizes the training
+vector env built from `env=`; `env.num_envs` is not used). Each env runs exactly one
 episode per iteration; once an env's episode has ended, its later steps (taken only because the
 vector env steps every env together) are masked out and not counted: `env_steps` counts the steps
 of the collected episodes, the experience the update learns from.
@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla_hydra.algos.base import PolicyAlgorithm
 from vla_hydra.algos.online import OnlineAlgorithm
 from vla_hydra.algos.ppo import approx_kl, clipped_surrogate_loss
 from vla_hydra.core.exceptions import ConfigError
@@ -161,12 +160,6 @@ class GRPO(OnlineAlgorithm):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.policy.parameters(), lr=self.lr, eps=1e-5, foreach=True)
-
-    def on_fit_start(self) -> None:
-        PolicyAlgorithm.on_fit_start(self)  # not OnlineAlgorithm's: it would build env.num_envs envs
-        self.envs = self.env_factory.make_vector(
-            self.num_envs, self.env_factory.vectorization, autoreset_mode="SameStep"
-        )
 
     def group_seeds(self, iteration: int) -> list[int]:
         """Reset seeds of the envs for one iteration: one fresh seed per group, repeated group_size

@@ -80,11 +80,12 @@ class OnlineAlgorithm(PolicyAlgorithm):
     # -- environment interaction ---------------------------------------------------------------
     @property
     def num_envs(self) -> int:
+        """Parallel training envs; an algorithm that needs another count (GRPO's groups) overrides it."""
         return int(self.env_factory.num_envs)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        self.envs = self.env_factory.make_training_vector()
+        self.envs = self.env_factory.make_training_vector(self.num_envs)
         # after a resume, a different first-reset seed: the resumed run should not replay its start
         first_seed = self.seed + int(self.env_steps)
         self.obs, _ = self.envs.reset(seed=[first_seed + i for i in range(self.num_envs)])

@@ -108,12 +108,13 @@ class EnvFactory:
         vector_cls = gym.vector.AsyncVectorEnv if vectorization == "async" else gym.vector.SyncVectorEnv
         return vector_cls(make_fns, autoreset_mode=gym.vector.AutoresetMode(autoreset_mode))
 
-    def make_training_vector(self) -> gym.vector.VectorEnv:
-        """The online-RL training envs: `num_envs` copies, `vectorization` mode, episode statistics.
+    def make_training_vector(self, num_envs: int | None = None) -> gym.vector.VectorEnv:
+        """The online-RL training envs: `num_envs` copies (default: the configured number),
+        `vectorization` mode, episode statistics.
 
         Same-step autoreset: a step that ends an episode returns the next episode's first observation
         and the final one in info["final_obs"], so every step is a real transition (no dummy steps)."""
-        envs = self.make_vector(self.num_envs, self.vectorization, autoreset_mode="SameStep")
+        envs = self.make_vector(num_envs or self.num_envs, self.vectorization, autoreset_mode="SameStep")
         return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
     def spec(self) -> EnvSpec:

@@ -44,6 +44,22 @@ class ActionScaler(nn.Module):
         return self.low + (action.clamp(-1.0, 1.0) + 1.0) * 0.5 * (self.high - self.low)
 
 
+@torch.no_grad()
+def merge_running_moments(
+    mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor, batch: torch.Tensor
+) -> None:
+    """Merge a batch (rows along dim 0) into running mean/variance/count, in place (Chan et al.'s
+    parallel formula: exact for any split of the data into batches)."""
+    n = batch.shape[0]
+    batch_mean, batch_var = batch.mean(0), batch.var(0, unbiased=False)
+    total = count + n
+    delta = batch_mean.to(mean) - mean
+    m2 = var * count.to(var) + batch_var.to(var) * n + delta.square() * (count * n / total).to(var)
+    mean.add_(delta * (n / total).to(mean))
+    var.copy_(m2 / total.to(var))
+    count.copy_(total)
+
+
 class RunningObservationNormalizer(ObservationNormalizer):
     """Observation normalisation with statistics updated from the experience an online agent collects.
 
@@ -61,15 +77,7 @@ class RunningObservationNormalizer(ObservationNormalizer):
     @torch.no_grad()
     def update(self, obs: torch.Tensor) -> None:
         obs = obs.reshape(-1, *self.mean.shape).to(self.mean)
-        batch_mean, batch_var, n = obs.mean(0), obs.var(0, unbiased=False), obs.shape[0]
-        total = self.count + n
-        delta = batch_mean - self.mean
-        weight = float(n / total)
-        new_mean = self.mean + delta * weight
-        m2 = self.var * float(self.count) + batch_var * n + delta.square() * float(self.count) * weight
-        self.mean.copy_(new_mean)
-        self.var.copy_(m2 / float(total))
-        self.count.copy_(total)
+        merge_running_moments(self.mean, self.var, self.count, obs)
         self.std.copy_(torch.sqrt(self.var + self.eps))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -95,13 +103,9 @@ class RewardScaler(nn.Module):
     def forward(self, rewards: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
         """Scaled rewards of one vector step; `done` (terminated or truncated) restarts the return."""
         ret = self.discounted_return * self.gamma + rewards.to(torch.float64)
-        batch_mean, batch_var, n = ret.mean(), ret.var(unbiased=False), ret.numel()
-        total = self.count + n
-        delta = batch_mean - self.return_mean
-        m2 = self.return_var * self.count + batch_var * n + delta.square() * self.count * n / total
-        self.return_mean += delta * n / total
-        self.return_var.copy_(m2 / total)
-        self.count.copy_(total)
+        merge_running_moments(
+            self.return_mean, self.return_var, self.count, ret.reshape(-1, *self.return_mean.shape)
+        )
         self.discounted_return.copy_(ret * (~done).to(torch.float64))
         scaled = rewards / torch.sqrt(self.return_var + self.eps).to(rewards.dtype)
         return scaled.clamp(-self.clip, self.clip)
