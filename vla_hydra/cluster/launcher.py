@@ -99,7 +99,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
             if watcher is not None and time.monotonic() - last_poll > STATUS_POLL_S:
                 watcher.update()
                 last_poll = time.monotonic()
-            for num in [num for num, (_, job) in pending.items() if job.done()]:
+            for num in [num for num, (_, job) in pending.items() if job.done() and not _requeued(job)]:
                 overrides, job = pending.pop(num)
                 returns[num] = self._collect(num, overrides, job)
             if pending:
@@ -124,3 +124,20 @@ class WaitForAllJobs(BaseSubmititLauncher):
         else:
             log.error(f"\t#{num} failed (job {job.job_id}): {returned._return_value}")
         return returned
+
+
+def _requeued(job: Any) -> bool:
+    """A job that looks finished but has no result file may have been requeued (pre-emption): for a
+    moment SLURM accounting reports the killed run as ended while the job waits in the queue again.
+    Such a job is still listed by squeue; a job that really ended is not."""
+    if job.paths.result_pickle.exists() or getattr(job, "_cancel_command", "") != "scancel":
+        return False
+    import subprocess
+
+    try:
+        listed = subprocess.run(
+            ["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(listed)
