@@ -18,8 +18,10 @@ from vla_hydra.algos.sac import (
     sac_critic_loss,
     sac_critic_target,
     sac_temperature_loss,
+    write_replay_dataset,
 )
 from vla_hydra.core.config import ASSETS_DIR
+from vla_hydra.data.d4rl_format import read_d4rl_hdf5
 from vla_hydra.envs.evaluation import rollout_episodes
 from vla_hydra.eval import load_policy
 from vla_hydra.train import train
@@ -81,7 +83,7 @@ def _bare_sac(overrides: list[str]):
     algo = instantiate(cfg.algo, _partial_=True)(spec=env.spec(), model=instantiate(cfg.model), stats=None)
     algo._direct_backward = True
     algo.envs = env.make_training_vector()
-    algo.obs, _ = algo.envs.reset(seed=[0])
+    algo.obs, _ = algo.envs.reset(seed=list(range(algo.num_envs)))
     algo.replay_buffer = algo.make_replay_buffer()
     return algo
 
@@ -106,6 +108,29 @@ def test_buffer_bootstraps_through_time_limits_but_not_terminations():
     inside = np.setdiff1d(np.arange(299), ends)
     np.testing.assert_array_equal(data["next_observations"][inside], data["observations"][inside + 1])
     algo.envs.close()
+
+
+def test_replay_dataset_file_keeps_each_envs_episodes_contiguous_and_marks_cut_ones(tmp_path):
+    torch.manual_seed(0)
+    # two envs; Hopper terminates within tens of random steps, a 30-step limit adds truncations
+    algo = _bare_sac(["env=hopper", "env.max_episode_steps=30", "env.num_envs=2"])
+    for _ in range(150):
+        algo.explore_step(random_actions=True)
+    algo.envs.close()
+    metadata = write_replay_dataset(tmp_path / "replay.hdf5", algo.replay_buffer, 2, "Hopper-v5")
+    arrays, stored = read_d4rl_hdf5(tmp_path / "replay.hdf5")  # validates: no NaN, last row ends an episode
+    assert stored["env_id"] == "Hopper-v5" and stored["transitions"] == 300
+    ends = arrays["terminals"] | arrays["timeouts"]
+    # inside an episode the next row continues it: both envs' steps were regrouped into runs
+    inside = np.flatnonzero(~ends)
+    np.testing.assert_array_equal(arrays["next_observations"][inside], arrays["observations"][inside + 1])
+    finished = algo.episode_log
+    assert int(arrays["terminals"].sum()) == sum(e["length"] < 30 for e in finished)
+    cut = len(np.flatnonzero(ends)) - len(finished)  # each env's episode still running when training ended
+    assert cut in (1, 2) and metadata["episodes"] == len(finished) + cut
+    assert metadata["dataset_return_mean"] == pytest.approx(
+        np.mean([e["return"] for e in finished]), rel=1e-5
+    )
 
 
 def test_actor_and_temperature_step_policy_frequency_times_every_policy_frequency_rounds():
@@ -143,10 +168,19 @@ def test_short_sac_run_on_pendulum_learns_and_checkpoint_reproduces_it(tmp_path,
     cfg = small_train_config(
         tmp_path,
         data_dir,
-        [*SMALL, "algo.total_timesteps=3000", "algo.learning_starts=500", "eval.every_n_updates=100000"],
+        [
+            *SMALL,
+            "algo.total_timesteps=3000",
+            "algo.learning_starts=500",
+            "eval.every_n_updates=100000",
+            f"algo.replay_dataset_path={tmp_path / 'replay.hdf5'}",
+        ],
     )
     _, results = train(cfg)
     assert results["env_steps"] == 3000
+    # the whole run as a D4RL-format file: 15 Pendulum episodes of 200 steps, each ended by its time limit
+    replay, _ = read_d4rl_hdf5(tmp_path / "replay.hdf5")
+    assert len(replay["rewards"]) == 3000 and replay["timeouts"].sum() == 15 and not replay["terminals"].any()
     start = results["eval_history"][0]
     assert start["env_steps"] == 0
     assert results["eval_return_mean"] > start["eval/return_mean"] + 500, results["eval_history"]

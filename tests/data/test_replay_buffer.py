@@ -68,3 +68,19 @@ def test_state_of_another_layout_is_refused():
     state = _ring(4).state_dict()
     with pytest.raises(ValueError, match="fields"):
         ReplayBuffer(4, {"observations": (2,)}).load_state_dict(state)
+
+
+def test_chronological_puts_each_streams_rows_together_oldest_first():
+    buffer = _ring(6)
+    for step in range(4):  # two envs: env 0 adds even values, env 1 odd ones; the 4th step wraps
+        buffer.add(_block([2 * step, 2 * step + 1]))
+    assert buffer.data["rewards"].tolist() == [6, 7, 2, 3, 4, 5]
+    rows = buffer.chronological(num_streams=2)
+    assert rows["rewards"].tolist() == [2, 4, 6, 3, 5, 7]
+    assert rows["observations"][:, 1].tolist() == [-2, -4, -6, -3, -5, -7]
+    # a partly filled ring starts at row 0
+    partial = _ring(6)
+    partial.add(_block([0, 1]))
+    assert partial.chronological(2)["rewards"].tolist() == [0, 1]
+    with pytest.raises(ValueError, match="multiple of num_streams=4"):
+        buffer.chronological(num_streams=4)

@@ -24,15 +24,18 @@ import copy
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from vla_hydra.algos.online import OnlineAlgorithm
+from vla_hydra.core.logging import get_logger
 from vla_hydra.data.buffer import ReplayBuffer
 from vla_hydra.envs.factory import EnvFactory, EnvSpec
 from vla_hydra.models.critics import EnsembleQNetwork, soft_update
 
 REPLAY_BUFFER_KEY = "replay_buffer"
+log = get_logger(__name__)
 
 
 def sac_critic_target(
@@ -68,6 +71,41 @@ def sac_temperature_loss(
     return -(log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
 
 
+def write_replay_dataset(path: str, buffer: ReplayBuffer, num_envs: int, env_id: str) -> dict[str, Any]:
+    """Write a replay buffer as a D4RL-format file, each env's steps contiguous and oldest first.
+
+    Each env's last stored step ends an episode that training cut off: it is marked a timeout (as D4RL
+    does at the end of its files), so readers bootstrap there and see no episode run into the next env's.
+    Returns the metadata written (env id, transitions, episodes, mean return of the complete episodes).
+    """
+    from vla_hydra.data.d4rl_format import write_d4rl_hdf5
+    from vla_hydra.data.stats import episode_returns
+
+    rows = buffer.chronological(num_envs)
+    terminals, timeouts = rows["terminals"] > 0.5, rows["timeouts"] > 0.5
+    stream_ends = np.cumsum([len(rows["rewards"]) // num_envs] * num_envs) - 1
+    cut = np.zeros_like(timeouts)
+    cut[stream_ends] = ~(terminals[stream_ends] | timeouts[stream_ends])
+    timeouts |= cut
+    arrays = {**rows, "terminals": terminals, "timeouts": timeouts}
+    ends_cut = cut[np.flatnonzero(terminals | timeouts)]
+    complete = episode_returns(rows["rewards"], terminals, timeouts)[~ends_cut]
+    metadata = {
+        "env_id": env_id,
+        "behavior_policy": "vla_hydra.algos.sac.SAC replay buffer (random warm-up to final policy)",
+        "transitions": len(rows["rewards"]),
+        "episodes": int((terminals | timeouts).sum()),
+        "dataset_return_mean": float(complete.mean()) if len(complete) else float("nan"),
+        "created_by": "vla_hydra.algos.sac (replay_dataset_path)",
+    }
+    write_d4rl_hdf5(path, arrays, metadata)
+    log.info(
+        f"replay dataset -> {path}: {metadata['transitions']} transitions, {metadata['episodes']} episodes, "
+        f"mean return of complete episodes {metadata['dataset_return_mean']:.1f}"
+    )
+    return metadata
+
+
 class SAC(OnlineAlgorithm):
     """Soft Actor-Critic for continuous (Box) actions; the actor comes from `model=` (tanh_gaussian).
 
@@ -81,8 +119,11 @@ class SAC(OnlineAlgorithm):
         autotune: learn alpha towards `target_entropy` (None = -action_dim); else alpha is fixed.
         updates_per_step: env steps (each with its update round) per Lightning step.
         checkpoint_replay_buffer: save the filled replay buffer in checkpoints (resume continues on the
-            same data; costs (2 * obs + act + 2) * 4 bytes per stored transition). Without it a resumed
+            same data; costs (2 * obs + act + 3) * 4 bytes per stored transition). Without it a resumed
             run refills the buffer with `batch_size` fresh transitions before updating again.
+        replay_dataset_path: at the end of training, write the replay buffer as a D4RL-format file (a
+            "medium-replay"-style dataset: every transition of the run, from random to final policy,
+            when buffer_size >= total_timesteps). null = don't.
     """
 
     name = "sac"
@@ -109,6 +150,7 @@ class SAC(OnlineAlgorithm):
         updates_per_step: int = 50,
         normalize_observations: bool = False,
         checkpoint_replay_buffer: bool = False,
+        replay_dataset_path: str | None = None,
         seed: int = 0,
         max_updates: int = -1,
         stats=None,
@@ -124,6 +166,7 @@ class SAC(OnlineAlgorithm):
         self.autotune = autotune
         self.target_entropy = float(-spec.action_dim if target_entropy is None else target_entropy)
         self.checkpoint_replay_buffer = checkpoint_replay_buffer
+        self.replay_dataset_path = replay_dataset_path
         self.actor = model(spec.observation_shape, spec.action_dim)
         self.critic = EnsembleQNetwork(spec.observation_shape, spec.action_dim, critic_hidden_dims)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
@@ -160,8 +203,11 @@ class SAC(OnlineAlgorithm):
             "rewards": (),
             "next_observations": obs_shape,
             "terminals": (),
+            "timeouts": (),  # truncated and not terminated: only for writing episode-ordered files
         }
         capacity = min(self.buffer_size, max(self.total_timesteps, self.batch_size))
+        # a multiple of num_envs, so each env's rows stay on one residue class (ReplayBuffer.chronological)
+        capacity = max(capacity - capacity % self.num_envs, self.num_envs)
         return ReplayBuffer(capacity, fields, self.device)
 
     def on_fit_start(self) -> None:
@@ -171,6 +217,13 @@ class SAC(OnlineAlgorithm):
         if self._restored_buffer is not None:
             self.replay_buffer.load_state_dict(self._restored_buffer)
             self._restored_buffer = None
+
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
+        if self.replay_dataset_path and self.replay_buffer is not None and self.trainer.is_global_zero:
+            write_replay_dataset(
+                self.replay_dataset_path, self.replay_buffer, self.num_envs, self.spec.env_id
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -192,7 +245,7 @@ class SAC(OnlineAlgorithm):
             actions = torch.rand(self.num_envs, self.spec.action_dim, device=self.device) * 2.0 - 1.0
         else:
             actions = self.actor.sample(obs)[0]
-        _, rewards, terminated, _, real_next = self.step_envs(self.env_actions(actions))
+        _, rewards, terminated, truncated, real_next = self.step_envs(self.env_actions(actions))
         self.replay_buffer.add(
             {
                 "observations": raw_obs,
@@ -200,6 +253,7 @@ class SAC(OnlineAlgorithm):
                 "rewards": torch.as_tensor(rewards),
                 "next_observations": torch.as_tensor(real_next, dtype=torch.float32),
                 "terminals": torch.as_tensor(terminated, dtype=torch.float32),
+                "timeouts": torch.as_tensor(truncated & ~terminated, dtype=torch.float32),
             }
         )
 

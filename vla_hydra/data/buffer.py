@@ -114,6 +114,23 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
+    def chronological(self, num_streams: int = 1) -> dict[str, np.ndarray]:
+        """The stored transitions as numpy arrays, oldest first, grouped by stream.
+
+        A vector env adds one row per env each step, so with a capacity that is a multiple of
+        `num_streams` row i always belongs to env i % num_streams; grouping keeps each env's steps
+        contiguous, as an episode-ordered (D4RL-style) file needs.
+        """
+        if self.capacity % num_streams:
+            raise ValueError(f"capacity {self.capacity} is not a multiple of num_streams={num_streams}")
+        # a full ring's oldest row is at the write position; a partial one starts at 0
+        order = np.arange(self.size)
+        if self.size == self.capacity:
+            order = np.roll(order, -self.position)
+        order = np.concatenate([order[order % num_streams == k] for k in range(num_streams)])
+        index = torch.as_tensor(order, device=self.device)
+        return {key: value[index].cpu().numpy() for key, value in self.data.items()}
+
     def state_dict(self) -> dict:
         """The filled part (on CPU) and the ring position: what a resumed run needs."""
         return {
