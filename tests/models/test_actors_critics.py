@@ -185,3 +185,21 @@ def test_ensemble_q_orthogonal_init():
 def test_value_network_shape():
     value = ValueNetwork((3,), hidden_dims=(8,))
     assert value(torch.randn(7, 3)).shape == (7,)
+
+
+def test_discrete_stochastic_policy_samples_its_softmax_and_returns_matching_log_probs():
+    from vla_hydra.models.policies import StochasticPolicy
+
+    torch.manual_seed(0)
+    policy = StochasticPolicy((2,), 3, discrete=True)
+    with torch.no_grad():
+        policy.net[-1].bias.copy_(torch.tensor([1.0, 0.0, -1.0]))  # distinct class probabilities
+    obs = torch.zeros(200_000, 2)
+    with torch.no_grad():
+        action, log_prob = policy.sample(obs)
+        probs = torch.softmax(policy._head(obs[:1]), -1)[0]
+        frequencies = torch.bincount(action, minlength=3).double() / len(action)
+    assert action.dtype == torch.long and action.shape == (200_000,)
+    # Gumbel-max sampling: frequencies match the softmax (e^1 : e^0 : e^-1 ~ 0.665 : 0.245 : 0.090)
+    torch.testing.assert_close(frequencies, probs.double(), atol=0.005, rtol=0)
+    torch.testing.assert_close(log_prob, policy.log_prob(obs, action))

@@ -64,6 +64,8 @@ class OnlineAlgorithm(PolicyAlgorithm):
         self.normalize_observations = normalize_observations
         if normalize_observations:
             self.obs_normalizer = RunningObservationNormalizer(spec.observation_shape)
+        # neither running nor dataset statistics: obs_normalizer keeps mean 0, std 1
+        self._identity_normalizer = not normalize_observations and stats is None
         # saved in checkpoints: the budget continues where it stopped after a resume
         self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))
         self.envs = None
@@ -99,6 +101,8 @@ class OnlineAlgorithm(PolicyAlgorithm):
         """Raw env observations -> normalised tensor on the module's device (optionally updating the
         running statistics first, as NormalizeObservation does for every observation it sees)."""
         obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        if self._identity_normalizer:
+            return obs_t  # skip the normalizer's two tensor ops per env step
         if update_stats and self.normalize_observations:
             self.obs_normalizer.update(obs_t)
         return self.obs_normalizer(obs_t)

@@ -9,6 +9,7 @@ being treated as terminal (the env's same-step autoreset keeps that observation 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -145,34 +146,45 @@ class PPO(OnlineAlgorithm):
 
     @torch.no_grad()
     def collect_rollout(self) -> dict[str, torch.Tensor]:
-        """`num_steps` vector steps with the current policy -> (T, N, ...) tensors incl. advantages."""
-        T, N, dev = self.num_steps, self.num_envs, self.device
-        obs_buf = torch.zeros((T, N, *self.spec.observation_shape), device=dev)
-        next_obs_buf = torch.zeros_like(obs_buf)
-        action_shape = () if self.spec.discrete else (self.spec.action_dim,)
-        actions = torch.zeros((T, N, *action_shape), device=dev)
-        log_probs, rewards = torch.zeros((T, N), device=dev), torch.zeros((T, N), device=dev)
-        terminated, done = torch.zeros((T, N), device=dev), torch.zeros((T, N), device=dev)
-        for t in range(T):
-            obs_buf[t] = self.obs_tensor(self.obs, update_stats=True)
-            action, log_prob = self.actor.sample(obs_buf[t])
-            actions[t], log_probs[t] = action, log_prob
+        """`num_steps` vector steps with the current policy -> (T, N, ...) tensors incl. advantages.
+
+        Per step only what the policy needs is converted; env outputs are stacked once at the end
+        (per-step tensor writes cost about as much as the policy's forward pass on a small MLP)."""
+        dev = self.device
+        obs_steps, actions, log_probs, next_obs_steps = [], [], [], []
+        rewards, terminated, truncated = [], [], []
+        for _ in range(self.num_steps):
+            obs = self.obs_tensor(self.obs, update_stats=True)
+            action, log_prob = self.actor.sample(obs)
             _, reward, term, trunc, real_next = self.step_envs(self.env_actions(action))
-            reward_t = torch.as_tensor(reward, device=dev)
-            done_t = torch.as_tensor(term | trunc, device=dev)
-            if self.reward_scaler is not None:
-                reward_t = self.reward_scaler(reward_t, done_t)
-            rewards[t], terminated[t], done[t] = reward_t, torch.as_tensor(term, device=dev), done_t
-            next_obs_buf[t] = self.obs_tensor(real_next)
+            obs_steps.append(obs)
+            actions.append(action)
+            log_probs.append(log_prob)
+            rewards.append(reward)
+            terminated.append(term)
+            truncated.append(trunc)
+            # normalised with the statistics of this step, as a NormalizeObservation wrapper would
+            next_obs_steps.append(self.obs_tensor(real_next) if self.normalize_observations else real_next)
+        obs_buf = torch.stack(obs_steps)
+        if self.normalize_observations:
+            next_obs_buf = torch.stack(next_obs_steps)
+        else:
+            next_obs_buf = self.obs_tensor(np.stack(next_obs_steps))
+        terminated_np = np.stack(terminated)
+        done = torch.as_tensor(terminated_np | np.stack(truncated), device=dev)
+        terminated_t = torch.as_tensor(terminated_np, dtype=torch.float32, device=dev)
+        rewards_t = torch.as_tensor(np.stack(rewards), device=dev)
+        if self.reward_scaler is not None:  # a running filter: applied step by step, in order
+            rewards_t = torch.stack([self.reward_scaler(r, d) for r, d in zip(rewards_t, done, strict=True)])
         values = self.critic(obs_buf)
         next_values = self.critic(next_obs_buf)
         advantages = generalized_advantages(
-            rewards, values, next_values, terminated, done, self.gamma, self.gae_lambda
+            rewards_t, values, next_values, terminated_t, done, self.gamma, self.gae_lambda
         )
         return {
             "obs": obs_buf.flatten(0, 1),
-            "actions": actions.flatten(0, 1),
-            "log_probs": log_probs.flatten(),
+            "actions": torch.stack(actions).flatten(0, 1),
+            "log_probs": torch.stack(log_probs).flatten(),
             "values": values.flatten(),
             "advantages": advantages.flatten(),
             "returns": (advantages + values).flatten(),
