@@ -4,6 +4,8 @@ survives a checkpoint round trip."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from vla_hydra.data.trajectories import TrajectoryBuffer
 from vla_hydra.envs.evaluation import rollout_episodes
 from vla_hydra.envs.factory import EnvSpec
 from vla_hydra.eval import load_policy
+from vla_hydra.models.transformer import DecisionTransformerNet
 from vla_hydra.train import train
 
 SPEC = EnvSpec("Pendulum-v1", (3,), 1, [-2.0], [2.0])
@@ -42,8 +45,9 @@ def test_warmup_lr_is_linear_then_constant():
 def _tiny_dt(**kwargs) -> DecisionTransformer:
     torch.manual_seed(0)
     stats = DatasetStats(obs_mean=torch.tensor([0.5, -0.5, 1.0]), obs_std=torch.tensor([2.0, 1.0, 4.0]))
-    defaults = dict(context_length=4, embedding_dim=16, num_layers=2, target_return=-100.0, return_scale=0.01)
-    return DecisionTransformer(SPEC, stats=stats, **{**defaults, **kwargs})
+    defaults = dict(context_length=4, target_return=-100.0, return_scale=0.01)
+    model = partial(DecisionTransformerNet, embedding_dim=16, num_layers=2)
+    return DecisionTransformer(SPEC, model, stats=stats, **{**defaults, **kwargs})
 
 
 def _segments(segment_length: int = 4) -> dict[str, torch.Tensor]:
@@ -147,8 +151,8 @@ def dt_run(tmp_path_factory, data_dir):
         [
             "algo=dt",
             "data.batch_size=64",
-            "algo.embedding_dim=64",
-            "algo.num_layers=1",
+            "model.embedding_dim=64",
+            "model.num_layers=1",
             "algo.context_length=10",
             "algo.lr=1e-3",
             "algo.warmup_updates=50",
@@ -202,8 +206,8 @@ def test_resume_continues_the_warmup(tmp_path, data_dir):
         "algo=dt",
         "callbacks.policy_eval=null",
         "data.batch_size=8",
-        "algo.embedding_dim=16",
-        "algo.num_layers=1",
+        "model.embedding_dim=16",
+        "model.num_layers=1",
         "algo.lr=1e-3",
         "algo.warmup_updates=100",
         "eval.episodes=1",
@@ -215,3 +219,11 @@ def test_resume_continues_the_warmup(tmp_path, data_dir):
     assert checkpoint["dt_num_updates"] == 40
     # the 40th update used lr 1e-3 * 40 / 100 (a restarted warm-up would have given 2e-4)
     assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(4e-4)
+
+
+def test_dt_refuses_a_model_that_is_not_a_sequence_model(tmp_path, data_dir):
+    from vla_hydra.core.exceptions import ConfigError
+
+    cfg = small_train_config(tmp_path, data_dir, ["algo=dt", "model=mlp", "debug=fdr"])
+    with pytest.raises(ConfigError, match="algo=dt: model= built a DeterministicActor"):
+        train(cfg)

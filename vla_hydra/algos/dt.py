@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.models.transformer import DecisionTransformerNet
 
 
@@ -26,9 +27,9 @@ def warmup_lr(base_lr: float, updates_done: int, warmup_updates: int) -> float:
 
 
 class DecisionTransformer(PolicyAlgorithm):
-    """`algo=dt`. The transformer is configured by the algo keys (its context length must match the
-    datamodule's segment length, which the data configs read from `algo.context_length`); the `model=`
-    group (an MLP actor) is accepted for the constructor contract and not used.
+    """`algo=dt`. The transformer comes from `model=decision_transformer` (its algo config selects it);
+    `algo.context_length` sets both the training segments (the data configs read it) and the evaluation
+    context window.
 
     Evaluation is stateful: `begin_rollout(num_envs)`, then per step `act(obs)` and
     `observe_rollout_step(rewards, done)` (what `rollout_episodes` calls). `act` without a preceding
@@ -40,12 +41,8 @@ class DecisionTransformer(PolicyAlgorithm):
     def __init__(
         self,
         spec,
-        model=None,
+        model,
         context_length: int = 20,
-        embedding_dim: int = 128,
-        num_layers: int = 3,
-        num_heads: int = 1,
-        dropout: float = 0.1,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 1e-4,
@@ -53,7 +50,6 @@ class DecisionTransformer(PolicyAlgorithm):
         grad_clip: float = 0.25,
         target_return: float = -150.0,
         return_scale: float = 0.001,
-        max_episode_steps: int = 1000,
         updates_per_step: int = 10,
         stats=None,
     ):
@@ -62,15 +58,12 @@ class DecisionTransformer(PolicyAlgorithm):
         self.lr, self.betas, self.weight_decay = float(lr), tuple(betas), float(weight_decay)
         self.warmup_updates, self.grad_clip = int(warmup_updates), float(grad_clip)
         self.target_return, self.return_scale = float(target_return), float(return_scale)
-        self.transformer = DecisionTransformerNet(
-            state_dim=int(np.prod(spec.observation_shape)),
-            action_dim=spec.action_dim,
-            max_episode_steps=max_episode_steps,
-            embedding_dim=embedding_dim,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            dropout=dropout,
-        )
+        self.transformer = model(spec.observation_shape, spec.action_dim)
+        if not isinstance(self.transformer, DecisionTransformerNet):
+            raise ConfigError(
+                f"algo=dt: model= built a {type(self.transformer).__name__}; DT needs a sequence model "
+                "(model=decision_transformer, the algo's default)"
+            )
         # A python int (no host sync per update) that drives the warm-up; saved in checkpoints for resume.
         self.num_updates = 0
         self._rollout: dict[str, torch.Tensor] | None = None

@@ -3,6 +3,9 @@ network (Chen et al. 2021; sizes and initialisation as in CORL's DT)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,7 +69,7 @@ class DecisionTransformerNet(nn.Module):
 
     def __init__(
         self,
-        state_dim: int,
+        observation_shape: int | Sequence[int],
         action_dim: int,
         max_episode_steps: int = 1000,
         embedding_dim: int = 128,
@@ -75,7 +78,11 @@ class DecisionTransformerNet(nn.Module):
         dropout: float = 0.1,
     ):
         super().__init__()
-        self.state_dim, self.action_dim = int(state_dim), int(action_dim)
+        # `model=` builds every network as model(observation_shape, action_dim); states are flattened
+        self.state_dim = math.prod(
+            (observation_shape,) if isinstance(observation_shape, int) else observation_shape
+        )
+        self.action_dim = int(action_dim)
         self.max_episode_steps = int(max_episode_steps)
         self.timestep_embedding = nn.Embedding(self.max_episode_steps, embedding_dim)
         self.return_embedding = nn.Linear(1, embedding_dim)
