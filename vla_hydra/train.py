@@ -85,6 +85,11 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         "eval_history": evals[0].history if evals else [],
         "train_episodes": getattr(algo, "episode_log", []),
         "checkpoint": str(Path(last_ckpt).resolve()) if last_ckpt else None,
+        # the best periodic evaluation and its policy (callbacks.policy_eval.best_checkpoint)
+        "best_eval": evals[0].best if evals and evals[0].best_checkpoint else None,
+        "best_checkpoint": str(Path(evals[0].best_checkpoint).resolve())
+        if evals and evals[0].best and evals[0].best_checkpoint
+        else None,
         "run_dir": str(output_dir),
     }
     if cfg.eval.get("video"):

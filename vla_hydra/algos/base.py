@@ -125,8 +125,9 @@ class PolicyAlgorithm(L.LightningModule):
         steps are discarded anyway, so training steps log only when they will be written."""
         return self.trainer._logger_connector.should_update_logs
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """What inference needs besides the weights (vla_hydra.eval.load_policy reads it)."""
+        return {
             "format_version": 1,
             "algo": self.name or type(self).__name__.lower(),
             "env_spec": self.spec.to_dict(),
@@ -135,5 +136,17 @@ class PolicyAlgorithm(L.LightningModule):
             "ref_returns": self.ref_returns,
             "config": self.run_config,
         }
+
+    def inference_checkpoint(self, global_step: int) -> dict[str, Any]:
+        """A checkpoint for load_policy/eval/collect only: weights and metadata, no optimizer, loop or
+        RNG state (a fraction of a resumable checkpoint's size)."""
+        return {
+            "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
+            CHECKPOINT_KEY: self.checkpoint_metadata(),
+            "global_step": int(global_step),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.checkpoint_metadata()
         # RNG states and the sampler position travel in the same checkpoint through the ResumeState
         # callback (vla_hydra/cluster/resume.py), so a resumed run continues the same random streams

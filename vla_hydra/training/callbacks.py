@@ -56,7 +56,14 @@ def progress_bar(refresh_rate: int = 1):
 
 
 class PolicyEvaluation(L.Callback):
-    """Every `every_n_updates` gradient updates, run `episodes` env episodes and log eval/* metrics."""
+    """Every `every_n_updates` gradient updates, run `episodes` env episodes and log eval/* metrics.
+
+    best_checkpoint: if set, a path where the policy with the highest periodic eval return so far is
+        saved (an inference checkpoint: weights + metadata, loadable by vla_hydra.eval/collect). RL
+        policies often get worse again later in training (SAC on Hopper swings by thousands), and the
+        best one is what a behaviour or expert policy should be. The best return so far is saved in
+        the training checkpoint, so a resumed run only replaces the file with a better policy.
+    """
 
     def __init__(
         self,
@@ -65,13 +72,34 @@ class PolicyEvaluation(L.Callback):
         episodes: int = 10,
         seed: int = 1000,
         at_start: bool = True,
+        best_checkpoint: str | None = None,
     ):
         self.env, self.every_n_updates, self.episodes, self.seed = env, every_n_updates, episodes, seed
         self.at_start = at_start
+        self.best_checkpoint = best_checkpoint
+        self.best: dict | None = None  # the history entry of the best evaluation so far
         self.seconds_spent = 0.0
         self.cpu_seconds_spent = 0.0
         self.history: list[dict] = []
         self._next_eval = 0
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict.get("best")
+
+    def _save_if_best(self, trainer: L.Trainer, pl_module, entry: dict) -> None:
+        if self.best is not None and entry["eval/return_mean"] <= self.best["eval/return_mean"]:
+            return
+        import torch
+
+        from vla_hydra.core.io import atomic_path
+
+        with atomic_path(self.best_checkpoint) as tmp:
+            torch.save(pl_module.inference_checkpoint(trainer.global_step), tmp)
+        self.best = entry
+        log.info(f"best eval return so far -> {self.best_checkpoint}")
 
     def _evaluate(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.global_rank != 0:
@@ -90,6 +118,8 @@ class PolicyEvaluation(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
         env_steps = {"env_steps": int(pl_module.env_steps)} if hasattr(pl_module, "env_steps") else {}
         self.history.append({"step": trainer.global_step, **env_steps, **metrics})
+        if self.best_checkpoint and not trainer.sanity_checking and not trainer.fast_dev_run:
+            self._save_if_best(trainer, pl_module, self.history[-1])
         self.seconds_spent += time.perf_counter() - start
         self.cpu_seconds_spent += time.process_time() - cpu_start
         score = f" (normalized {result.normalized_score:.1f})" if result.normalized_score is not None else ""

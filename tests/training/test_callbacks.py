@@ -1,0 +1,51 @@
+"""PolicyEvaluation's best-policy checkpoint: written only on improvement, loadable like any checkpoint,
+and its best-so-far survives a resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import small_train_config
+from vla_hydra.envs.evaluation import rollout_episodes
+from vla_hydra.eval import load_policy
+from vla_hydra.train import train
+
+
+def _config(run_root, data_dir, best, extra: list[str]):
+    overrides = [
+        "trainer.max_steps=300",
+        "eval.every_n_updates=50",
+        "callbacks.policy_eval.episodes=3",
+        f"callbacks.policy_eval.best_checkpoint={best}",
+        *extra,
+    ]
+    return small_train_config(run_root, data_dir, overrides)
+
+
+def test_best_checkpoint_holds_the_best_evaluated_policy_and_survives_resume(tmp_path, data_dir):
+    # outside the run dirs: the first run and its resumed continuation share it
+    best = tmp_path / "best.ckpt"
+    cfg = _config(tmp_path / "a", data_dir, best, [])
+    _, results = train(cfg)
+    history = results["eval_history"]
+    top = max(history, key=lambda entry: entry["eval/return_mean"])
+    assert results["best_eval"] == top and results["best_checkpoint"] == str(best)
+    # an inference checkpoint: weights + metadata, no optimizer state; it replays the best evaluation
+    saved = torch.load(best, weights_only=False)
+    assert saved["global_step"] == top["step"] and "optimizer_states" not in saved
+    algo, env, _ = load_policy(best)
+    replay = rollout_episodes(algo, env, 3, cfg.callbacks.policy_eval.seed)
+    assert replay.return_mean == pytest.approx(top["eval/return_mean"], rel=1e-5)
+
+    # resumed for more updates: the best so far comes back from the checkpoint, and the file changes
+    # only if a later evaluation beats it
+    before = best.read_bytes()
+    resume = [f"ckpt_path={results['checkpoint']}", "trainer.max_steps=400"]
+    _, resumed = train(_config(tmp_path / "b", data_dir, best, resume))
+    later = [e for e in resumed["eval_history"] if e["step"] > 300]
+    assert later
+    if max(e["eval/return_mean"] for e in later) > top["eval/return_mean"]:
+        assert resumed["best_eval"]["step"] > 300
+    else:
+        assert resumed["best_eval"] == top and best.read_bytes() == before
