@@ -37,13 +37,13 @@ SETUPS = {
 ENV_TITLES = {"cartpole": "CartPole-v1", "pendulum": "Pendulum-v1"}
 # what the measured curves showed (2026-11-25, seeds 0-2, 200k steps each); revisit after a rerun
 READING = [
-    "Reading (2026-11-25 measurement): both learn both tasks. On CartPole GRPO trails PPO for the first",
-    "~60k steps (one return per episode, given to every one of its steps, is a noisier signal than PPO's",
-    "per-step GAE advantages) and then holds 500 on every seed from ~120k steps, where PPO wobbles just",
-    "below. On Pendulum PPO's learned critic pays off: it is at about -250 after 60k steps, GRPO only",
-    "after ~160k; both end near -200. GRPO's wall time is a fraction of PPO's here: no critic, fewer",
-    "gradient updates per env step (Pendulum: 160 per 6400 steps vs PPO's 320 per 2048), and its 32 envs",
-    "are stepped in lock-step with one batched policy call per step.",
+    "Reading (2026-11-25 measurement): both learn both tasks. On CartPole GRPO trails PPO until ~120k",
+    "steps (one return per episode, given to every one of its steps, is a noisier signal than PPO's",
+    "per-step GAE advantages); from ~140k both are within noise of each other near 490 (at 200k: PPO",
+    "484.7 ± 11.0, GRPO 482.0 ± 22.7). On Pendulum PPO's learned critic pays off: it is at about -250",
+    "after 60k steps, GRPO only after ~160k; both end near -200. GRPO's wall time is a fraction of",
+    "PPO's here: no critic, fewer gradient updates per env step (Pendulum: 160 per 6400 steps vs PPO's",
+    "320 per 2048), and its 32 envs are stepped in lock-step with one batched policy call per step.",
 ]
 
 
