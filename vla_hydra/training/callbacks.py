@@ -118,8 +118,6 @@ class PolicyEvaluation(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
         env_steps = {"env_steps": int(pl_module.env_steps)} if hasattr(pl_module, "env_steps") else {}
         self.history.append({"step": trainer.global_step, **env_steps, **metrics})
-        if self.best_checkpoint and not trainer.sanity_checking and not trainer.fast_dev_run:
-            self._save_if_best(trainer, pl_module, self.history[-1])
         self.seconds_spent += time.perf_counter() - start
         self.cpu_seconds_spent += time.process_time() - cpu_start
         score = f" (normalized {result.normalized_score:.1f})" if result.normalized_score is not None else ""
@@ -128,6 +126,8 @@ class PolicyEvaluation(L.Callback):
             f"step {trainer.global_step}{max_steps}: eval return {result.return_mean:.1f} "
             f"± {result.return_std:.1f}{score}"
         )
+        if self.best_checkpoint and not trainer.sanity_checking and not trainer.fast_dev_run:
+            self._save_if_best(trainer, pl_module, self.history[-1])
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._next_eval = trainer.global_step + self.every_n_updates
