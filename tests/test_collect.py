@@ -69,3 +69,32 @@ def test_collect_rolls_out_a_trained_checkpoint_in_its_own_env(tmp_path, data_di
     returns = arrays["rewards"].reshape(6, 200).sum(axis=1)
     np.testing.assert_allclose(returns, expected.returns, rtol=1e-4)
     assert meta["dataset_return_mean"] == pytest.approx(expected.return_mean, rel=1e-4)
+
+
+def test_a_list_of_behaviour_policies_takes_turns_per_episode(tmp_path):
+    """A D4RL-style medium-expert mix from the command line: episode i comes from policy i % 2."""
+    out = tmp_path / "mix.hdf5"
+    policies = (
+        "[{_target_: vla_hydra.envs.controllers.PendulumSwingUp},"
+        "{_target_: vla_hydra.envs.controllers.UniformRandomPolicy, low: [-2.0], high: [2.0], seed: 0}]"
+    )
+    args = [
+        "~data.recipe.behavior_policy",  # replace the single policy (a dict) by a list
+        f"+data.recipe.behavior_policy={policies}",
+        "data.recipe.episodes=6",
+        "data.recipe.action_noise_std=[0.1]",
+        "data.recipe.reference_episodes=4",
+        f"output={out}",
+        f"hydra.run.dir={tmp_path}/run",
+    ]
+    proc = run_module("vla_hydra.collect", *args)
+    assert proc.returncode == 0, proc.stderr
+    arrays, meta = read_d4rl_hdf5(out)
+    returns = arrays["rewards"].reshape(6, 200).sum(axis=1)
+    # controller episodes (0, 2, 4) swing up; uniform-random ones (1, 3, 5) do not
+    assert returns[0::2].min() > -600 > -900 > returns[1::2].max()
+    assert meta["behavior_policy"].endswith(
+        "PendulumSwingUp + vla_hydra.envs.controllers.UniformRandomPolicy"
+    )
+    # the expert reference is the better policy's noiseless return
+    assert meta["ref_expert_return"] > -600 and meta["ref_random_return"] < -900

@@ -29,13 +29,27 @@ from vla_hydra.core.config import CONF_DIR
 _REFERENCE_SEED_OFFSET = 1_000_000
 
 
+def _policy_name(policy) -> str:
+    return f"{type(policy).__module__}.{type(policy).__qualname__}"
+
+
+def _policy_params(policy) -> dict[str, Any]:
+    """Public scalar attributes: a CheckpointPolicy is identified by its path and weights hash."""
+    return {
+        k: v for k, v in vars(policy).items() if not k.startswith("_") and isinstance(v, str | int | float)
+    }
+
+
 @dataclass
 class CollectionRecipe:
     """What to roll out. `env_id` may be null when the behaviour policy knows its env (a
-    vla_hydra.eval.CheckpointPolicy does)."""
+    vla_hydra.eval.CheckpointPolicy does).
+
+    `behavior_policy` may be a list: episode i is then collected by policy i % len(list) (cycled like
+    the noise levels), e.g. a medium and an expert checkpoint for D4RL-style "medium-expert" data."""
 
     env_id: str | None
-    behavior_policy: Callable[[np.ndarray], np.ndarray]
+    behavior_policy: Callable[[np.ndarray], np.ndarray] | Sequence[Callable[[np.ndarray], np.ndarray]]
     episodes: int = 200
     action_noise_std: Sequence[float] = field(default_factory=lambda: [0.0])
     # per-episode probability of replacing each action by a uniform-random one (cycled like the noise)
@@ -46,16 +60,30 @@ class CollectionRecipe:
     parallel_envs: int = 50
 
     def __post_init__(self) -> None:
+        if not callable(self.behavior_policy):  # a list (or Hydra ListConfig) of policies
+            self.behavior_policy = list(self.behavior_policy)
         if self.env_id is None:
-            self.env_id = getattr(self.behavior_policy, "env_id", None)
+            self.env_id = getattr(self.policies[0], "env_id", None)
         if self.env_id is None:
             from vla_hydra.core.exceptions import ConfigError
 
             raise ConfigError("data.recipe.env_id: required unless the behaviour policy is a checkpoint")
 
+    @property
+    def policies(self) -> list[Callable[[np.ndarray], np.ndarray]]:
+        return self.behavior_policy if isinstance(self.behavior_policy, list) else [self.behavior_policy]
+
     def fingerprint(self) -> str:
         """Identifies what the recipe produces, so a cached file from another recipe is never reused."""
-        policy = self.behavior_policy
+        described = [
+            (
+                _policy_name(policy),
+                {k: repr(v) for k, v in sorted(vars(policy).items()) if not k.startswith("_")},
+            )
+            for policy in self.policies
+        ]
+        # one policy: the form files cached before lists were allowed carry
+        names, params = zip(*described, strict=True)
         content = {
             "env_id": self.env_id,
             "env_kwargs": dict(self.env_kwargs),
@@ -64,9 +92,9 @@ class CollectionRecipe:
             "random_action_prob": [float(x) for x in self.random_action_prob],
             "seed": self.seed,
             "reference_episodes": self.reference_episodes,
-            "policy": f"{type(policy).__module__}.{type(policy).__qualname__}",
+            "policy": names[0] if len(names) == 1 else list(names),
             # public attributes only: a CheckpointPolicy is identified by its path and weights hash
-            "policy_params": {k: repr(v) for k, v in sorted(vars(policy).items()) if not k.startswith("_")},
+            "policy_params": params[0] if len(params) == 1 else list(params),
         }
         return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -126,33 +154,38 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
     env_factory = EnvFactory(id=recipe.env_id, kwargs=dict(recipe.env_kwargs))
     rng = np.random.default_rng(recipe.seed)
     noise_levels, random_probs = list(recipe.action_noise_std), list(recipe.random_action_prob)
-    episodes: list[dict] = []
+    policies = recipe.policies
+    by_id: dict[int, dict] = {}
     for first in range(0, recipe.episodes, recipe.parallel_envs):
-        ids = range(first, min(first + recipe.parallel_envs, recipe.episodes))
-        noise = [noise_levels[i % len(noise_levels)] for i in ids]
-        eps = [random_probs[i % len(random_probs)] for i in ids]
-        seeds = [recipe.seed + i for i in ids]
-        episodes += _rollout(env_factory, recipe.behavior_policy, seeds, noise, rng, eps)
+        chunk = range(first, min(first + recipe.parallel_envs, recipe.episodes))
+        for k, policy in enumerate(policies):  # episode i is collected by policy i % len(policies)
+            ids = [i for i in chunk if i % len(policies) == k]
+            if not ids:
+                continue
+            noise = [noise_levels[i % len(noise_levels)] for i in ids]
+            eps = [random_probs[i % len(random_probs)] for i in ids]
+            seeds = [recipe.seed + i for i in ids]
+            by_id.update(zip(ids, _rollout(env_factory, policy, seeds, noise, rng, eps), strict=True))
+    episodes = [by_id[i] for i in range(recipe.episodes)]
 
     spec = env_factory.spec()
     ref_seeds = [recipe.seed + _REFERENCE_SEED_OFFSET + i for i in range(recipe.reference_episodes)]
     random_policy = UniformRandomPolicy(spec.action_low, spec.action_high, seed=recipe.seed)
     zero_noise = [0.0] * len(ref_seeds)
     random_eps = _rollout(env_factory, random_policy, ref_seeds, zero_noise, rng)
-    expert_eps = _rollout(env_factory, recipe.behavior_policy, ref_seeds, zero_noise, rng)
+    # the expert reference: the best noiseless behaviour policy
+    policy_returns = [
+        float(np.mean([ep["rewards"].sum() for ep in _rollout(env_factory, p, ref_seeds, zero_noise, rng)]))
+        for p in policies
+    ]
 
     arrays = {key: np.concatenate([ep[key] for ep in episodes]) for key in episodes[0]}
     returns = np.array([ep["rewards"].sum() for ep in episodes])
-    policy = recipe.behavior_policy
     summary = {
         "env_id": recipe.env_id,
-        "behavior_policy": f"{type(policy).__module__}.{type(policy).__qualname__}",
+        "behavior_policy": " + ".join(_policy_name(p) for p in policies),
         "behavior_policy_params": json.dumps(
-            {
-                k: v
-                for k, v in vars(policy).items()
-                if not k.startswith("_") and isinstance(v, str | int | float)
-            }
+            _policy_params(policies[0]) if len(policies) == 1 else [_policy_params(p) for p in policies]
         ),
         "action_noise_std": np.asarray(noise_levels, dtype=np.float64),
         "random_action_prob": np.asarray(random_probs, dtype=np.float64),
@@ -161,7 +194,7 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
         "seed": recipe.seed,
         "dataset_return_mean": float(returns.mean()),
         "ref_random_return": float(np.mean([ep["rewards"].sum() for ep in random_eps])),
-        "ref_expert_return": float(np.mean([ep["rewards"].sum() for ep in expert_eps])),
+        "ref_expert_return": max(policy_returns),
         "created_by": "vla_hydra.collect",
         "recipe_fingerprint": recipe.fingerprint(),
     }
