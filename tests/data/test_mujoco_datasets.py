@@ -49,7 +49,7 @@ def test_hopper_medium_recipe_rolls_out_the_shipped_policy_and_trains(tmp_path):
         ("walker2d_random", "Walker2d-v5", "UniformRandomPolicy"),
         ("halfcheetah_sac_medium", "HalfCheetah-v5", "CheckpointPolicy"),
         ("walker2d_sac_medium", "Walker2d-v5", "CheckpointPolicy"),
-        ("hopper_sac_medium_expert_mix", "Hopper-v5", "CheckpointPolicy"),
+        ("hopper_sac_mixed", "Hopper-v5", "CheckpointPolicy"),
         ("hopper_sac_medium_replay", "Hopper-v5", "CheckpointPolicy"),
         ("halfcheetah_sac_medium_replay", "HalfCheetah-v5", "CheckpointPolicy"),
         ("walker2d_sac_medium_replay", "Walker2d-v5", "CheckpointPolicy"),
