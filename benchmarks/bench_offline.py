@@ -75,6 +75,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--override", action="append", default=[], help="extra config override (repeatable)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time train.py with algo.compile_losses=true (algos that support it), same rounds",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     available = {p.stem for p in (ROOT / "conf" / "algo").glob("*.yaml")}
@@ -89,13 +94,26 @@ def main() -> None:
             )
             continue
         updates = args.updates or DEFAULT_UPDATES.get(algo, 1000)
-        plain, lightning = [], []
+        plain, lightning, compiled = [], [], []
         for r in range(args.rounds):
             cfg = config(
                 algo, args.data, work / f"{algo}{r}", updates, args.threads, args.device, args.override
             )
             plain.append(plain_loop_updates_per_s(cfg, updates, args.device))
             lightning.append(train(cfg)[1]["train_updates_per_s"])
+            if args.compile and "compile_losses" in cfg.algo:
+                compiled_overrides = [*args.override, "algo.compile_losses=true"]
+                cfg_compiled = config(
+                    algo,
+                    args.data,
+                    work / f"{algo}{r}c",
+                    updates,
+                    args.threads,
+                    args.device,
+                    compiled_overrides,
+                )
+                # throughput is timed from the end of the first Lightning step: compilation is excluded
+                compiled.append(train(cfg_compiled)[1]["train_updates_per_s"])
         line = {
             **common,
             "bench": "offline_updates_per_s",
@@ -110,6 +128,10 @@ def main() -> None:
             "plain_loop_all": plain,
             "lightning_all": lightning,
         }
+        if compiled:
+            line["lightning_compiled_median"] = statistics.median(compiled)
+            line["ratio_compiled_over_plain"] = statistics.median(compiled) / statistics.median(plain)
+            line["lightning_compiled_all"] = compiled
         emit("bench_offline", line)
 
 

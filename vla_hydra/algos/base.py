@@ -35,7 +35,13 @@ class PolicyAlgorithm(L.LightningModule):
     # whether the algorithm handles Discrete action spaces (class-index actions)
     supports_discrete: bool = False
 
-    def __init__(self, spec: EnvSpec, updates_per_step: int = 1, stats: DatasetStats | None = None):
+    def __init__(
+        self,
+        spec: EnvSpec,
+        updates_per_step: int = 1,
+        stats: DatasetStats | None = None,
+        compile_losses: bool = False,
+    ):
         super().__init__()
         if spec.discrete and not self.supports_discrete:
             raise ConfigError(
@@ -43,6 +49,8 @@ class PolicyAlgorithm(L.LightningModule):
                 "space; this algorithm needs continuous (Box) actions"
             )
         self.automatic_optimization = False
+        self.compile_losses = compile_losses
+        self._compiled_losses = None
         self.spec = spec
         self.updates_per_step = int(updates_per_step)
         # False routes every backward through Lightning (its on_before/after_backward callback hooks).
@@ -84,6 +92,21 @@ class PolicyAlgorithm(L.LightningModule):
             and type(strategy) is SingleDeviceStrategy
             and type(strategy.precision_plugin) is Precision
         )
+
+    def losses(self, batch: dict[str, torch.Tensor], *args) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss to backpropagate, detached figures to log) for one minibatch: the forward half of an
+        update, which algorithms that support `compile_losses` implement (BC, TD3+BC, IQL)."""
+        raise NotImplementedError
+
+    def loss_fn(self):
+        """`self.losses`, or with `compile_losses` its torch.compile'd version (built once; the first
+        call compiles: ~10-20 s on a 2-core CPU; benchmarks/README.md has the measured speed-ups).
+        Optimizer steps stay eager: compiled Adam needs capturable state, which CPUs do not support."""
+        if not self.compile_losses:
+            return self.losses
+        if self._compiled_losses is None:
+            self._compiled_losses = torch.compile(self.losses)
+        return self._compiled_losses
 
     def backprop(self, loss: torch.Tensor) -> None:
         """Backward pass for `update`: direct when that is equivalent, else Lightning's manual_backward."""

@@ -21,22 +21,27 @@ class BC(PolicyAlgorithm):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         updates_per_step: int = 50,
+        compile_losses: bool = False,
         stats=None,
     ):
-        super().__init__(spec, updates_per_step, stats)
+        super().__init__(spec, updates_per_step, stats, compile_losses)
         self.lr, self.weight_decay = lr, weight_decay
         self.actor = model(spec.observation_shape, spec.action_dim)
 
     def normalized_action(self, normalized_obs: torch.Tensor) -> torch.Tensor:
         return self.actor(normalized_obs)
 
-    def update(self, batch, optimizers):
+    def losses(self, batch):
         predicted = self.actor(self.obs_normalizer(batch["observations"]))
         loss = bc_mse_loss(predicted, self.action_scaler.normalize(batch["actions"]))
+        return loss, {"bc_loss": loss.detach()}
+
+    def update(self, batch, optimizers):
+        loss, figures = self.loss_fn()(batch)
         optimizers.zero_grad(set_to_none=True)
         self.backprop(loss)
         self.step_optimizer(optimizers)
-        return {"bc_loss": loss.detach()}
+        return figures
 
     def configure_optimizers(self):
         # foreach: one fused kernel launch per parameter group instead of one per tensor.

@@ -70,9 +70,10 @@ class IQL(PolicyAlgorithm):
         normalize_reward: bool = True,
         reward_norm_scale: float = 1000.0,
         updates_per_step: int = 50,
+        compile_losses: bool = False,
         stats=None,
     ):
-        super().__init__(spec, updates_per_step, stats)
+        super().__init__(spec, updates_per_step, stats, compile_losses)
         self.actor_lr, self.critic_lr, self.value_lr = actor_lr, critic_lr, value_lr
         self.discount, self.tau, self.expectile = discount, tau, expectile
         self.beta, self.max_weight, self.max_updates = beta, max_weight, int(max_updates)
@@ -96,7 +97,9 @@ class IQL(PolicyAlgorithm):
         super().on_train_start()
         self._num_updates = int(self.num_updates)  # resumed runs continue the lr schedule
 
-    def update(self, batch, optimizers):
+    def losses(self, batch):
+        """Value (expectile), critic (TD to r + gamma V(s')) and actor (advantage-weighted) losses, summed:
+        each network's parameters get gradients from their own term only."""
         obs = self.obs_normalizer(batch["observations"])
         next_obs = self.obs_normalizer(batch["next_observations"])
         actions = self.action_scaler.normalize(batch["actions"])
@@ -118,16 +121,7 @@ class IQL(PolicyAlgorithm):
             actor_loss = -(weights * self.actor.log_prob(obs, actions)).mean()
         else:
             actor_loss = (weights * (self.actor(obs) - actions).square().sum(-1)).mean()
-
-        lr = cosine_lr(self.actor_lr, self._num_updates, self.max_updates)
-        optimizers.param_groups[2]["lr"] = lr
-        optimizers.zero_grad(set_to_none=True)
-        self.backprop(value_loss + critic_loss + actor_loss)
-        self.step_optimizer(optimizers)
-        soft_update(self.target_critic, self.critic, self.tau)
-        self._num_updates += 1
-        self.num_updates += 1
-        return {
+        figures = {
             "value_loss": value_loss.detach(),
             "critic_loss": critic_loss.detach(),
             "actor_loss": actor_loss.detach(),
@@ -135,6 +129,19 @@ class IQL(PolicyAlgorithm):
             "advantage_mean": advantage.detach().mean(),
             "weight_mean": weights.mean(),
         }
+        return value_loss + critic_loss + actor_loss, figures
+
+    def update(self, batch, optimizers):
+        loss, figures = self.loss_fn()(batch)
+        lr = cosine_lr(self.actor_lr, self._num_updates, self.max_updates)
+        optimizers.param_groups[2]["lr"] = lr
+        optimizers.zero_grad(set_to_none=True)
+        self.backprop(loss)
+        self.step_optimizer(optimizers)
+        soft_update(self.target_critic, self.critic, self.tau)
+        self._num_updates += 1
+        self.num_updates += 1
+        return figures
 
     def configure_optimizers(self):
         # one Adam, a parameter group per network (lr per group; group 2's lr follows the schedule)

@@ -49,9 +49,10 @@ class TD3BC(PolicyAlgorithm):
         noise_clip: float = 0.5,
         policy_freq: int = 2,
         updates_per_step: int = 50,
+        compile_losses: bool = False,
         stats=None,
     ):
-        super().__init__(spec, updates_per_step, stats)
+        super().__init__(spec, updates_per_step, stats, compile_losses)
         self.actor_lr, self.critic_lr = actor_lr, critic_lr
         self.discount, self.tau, self.alpha = discount, tau, alpha
         self.policy_noise, self.noise_clip, self.policy_freq = policy_noise, noise_clip, int(policy_freq)
@@ -71,14 +72,11 @@ class TD3BC(PolicyAlgorithm):
         super().on_train_start()
         self._num_updates = int(self.num_updates)  # resumed runs keep the policy-delay phase
 
-    def update(self, batch, optimizers):
+    def losses(self, batch, update_actor: bool):
+        """Critic TD loss, plus the actor's TD3+BC loss on policy-delay updates; figures to log."""
         obs = self.obs_normalizer(batch["observations"])
         next_obs = self.obs_normalizer(batch["next_observations"])
         actions = self.action_scaler.normalize(batch["actions"])
-        self._num_updates += 1
-        self.num_updates += 1
-        update_actor = self._num_updates % self.policy_freq == 0  # CORL: iterations 2, 4, ...
-
         with torch.no_grad():
             next_actions = smoothed_target_action(
                 self.target_actor(next_obs), self.policy_noise, self.noise_clip
@@ -90,25 +88,31 @@ class TD3BC(PolicyAlgorithm):
         # sum of the two critics' MSEs (CORL)
         critic_loss = F.mse_loss(q, q_target.expand_as(q)) * q.shape[0]
         loss = critic_loss
+        figures = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
         if update_actor:
             pi = self.actor(obs)
             q_pi = self.critic(obs, pi, detach_params=True, critic=0)  # TD3 uses the first critic
             actor_loss = td3bc_actor_loss(q_pi, pi, actions, self.alpha)
             loss = loss + actor_loss
-            self._last_actor_loss = actor_loss.detach()
+            figures["actor_loss"] = actor_loss.detach()
+        return loss, figures
 
+    def update(self, batch, optimizers):
+        self._num_updates += 1
+        self.num_updates += 1
+        update_actor = self._num_updates % self.policy_freq == 0  # CORL: iterations 2, 4, ...
+        loss, figures = self.loss_fn()(batch, update_actor)
         optimizers.zero_grad(set_to_none=True)  # actor grads stay None off-delay: Adam skips them
         self.backprop(loss)
         self.step_optimizer(optimizers)
         if update_actor:
             soft_update(self.target_critic, self.critic, self.tau)
             soft_update(self.target_actor, self.actor, self.tau)
-
-        losses = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+            self._last_actor_loss = figures["actor_loss"]
         if self._last_actor_loss is not None:
             # the latest actor loss every update, so per-step averages are not diluted by the delay
-            losses["actor_loss"] = self._last_actor_loss
-        return losses
+            figures["actor_loss"] = self._last_actor_loss
+        return figures
 
     def configure_optimizers(self):
         # one Adam, a parameter group per network: one optimizer step per gradient update
