@@ -198,6 +198,19 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
 
 
+def test_online_runs_are_grouped_by_their_env(tmp_path):
+    for seed, ret in enumerate([-200.0, -180.0]):
+        _write_run(tmp_path / str(seed), "sac", "online", seed, ret)
+        path = tmp_path / str(seed) / "results.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "env_steps": 20000}))
+    _write_run(tmp_path / "2", "bc", "pendulum-mixed-v0", 0, -300.0)  # offline: keeps its dataset
+    report = write_report([tmp_path], out=tmp_path / "out")
+    assert [(g.dataset, g.algo, len(g.runs)) for g in report.groups] == [
+        ("Pendulum-v1 (online)", "sac", 2),
+        ("pendulum-mixed-v0", "bc", 1),
+    ]
+
+
 def test_sweep_commands_rebuild_a_grid_as_one_multirun_and_quote_for_the_shell():
     grid = [["a=1", "s=0"], ["a=1", "s=1"], ["a=2", "s=0"], ["a=2", "s=1"]]
     assert sweep_commands(grid) == ["python -m vla_hydra.train -m a=1,2 s=0,1"]

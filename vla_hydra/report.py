@@ -169,11 +169,16 @@ def load_run(path: Path) -> Run:
             raise VlaHydraError(
                 f"{path} [eval_history][{i}][{SCORE_KEY}]: expected a number, got {entry[SCORE_KEY]!r}"
             )
+    env = _field(data, path, "env", "str", optional=True)
+    dataset = _field(data, path, "dataset", "str")
+    if data.get("env_steps") is not None and env:
+        # online runs learn from their own experience (data=rollouts): group and title them by env
+        dataset = f"{env} (online)"
     return Run(
         path=path,
-        dataset=_field(data, path, "dataset", "str"),
+        dataset=dataset,
         algo=_field(data, path, "algo", "str"),
-        env=_field(data, path, "env", "str", optional=True),
+        env=env,
         seed=_field(data, path, "seed", "int"),
         train_steps=_field(data, path, "train_steps", "int"),
         wall_seconds=float(_field(data, path, "wall_seconds", "number")),

@@ -72,7 +72,10 @@ def test_every_mujoco_recipe_collects_from_its_own_env_and_policy(tmp_path, choi
     assert summary["episodes"] == 2
     if choice == "hopper_sac_medium_expert":  # episodes alternate: the medium policy, then the expert
         params = json.loads(meta["behavior_policy_params"])
-        assert [p["ckpt_path"].rsplit("/", 1)[1] for p in params] == ["hopper_sac.ckpt", "hopper_sac_expert.ckpt"]
+        assert [p["ckpt_path"].rsplit("/", 1)[1] for p in params] == [
+            "hopper_sac.ckpt",
+            "hopper_sac_expert.ckpt",
+        ]
     if choice.endswith("medium_replay"):  # the quality spread: from all-random to the policy's own actions
         assert meta["random_action_prob"] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.0])
     if behaviour == "CheckpointPolicy":  # a trained policy beats uniform-random actions clearly
