@@ -4,7 +4,7 @@
     python -m vla_hydra.report <sweep A> <sweep B> --out reports/bc_vs_iql
 
 Every `results.json` under the given dirs (written by `vla_hydra.train`, one per run) is one run;
-runs are grouped by (dataset, algo). Per group: number of runs and their seeds, mean ± sample std
+runs are grouped by (dataset, algo), an online run's dataset being "<env id> (online)". Per group: number of runs and their seeds, mean ± sample std
 (ddof=1) over runs of the final normalized score and of the final evaluation return, mean train
 steps and mean wall time. Prints the table and writes, into `--out` (default: the first dir):
 
