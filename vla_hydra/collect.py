@@ -60,13 +60,17 @@ class CollectionRecipe:
     parallel_envs: int = 50
 
     def __post_init__(self) -> None:
+        from vla_hydra.core.exceptions import ConfigError
+
         if not callable(self.behavior_policy):  # a list (or Hydra ListConfig) of policies
             self.behavior_policy = list(self.behavior_policy)
+            if not self.behavior_policy:
+                raise ConfigError(
+                    "data.recipe.behavior_policy: empty list; expected a policy or a list of them"
+                )
         if self.env_id is None:
             self.env_id = getattr(self.policies[0], "env_id", None)
         if self.env_id is None:
-            from vla_hydra.core.exceptions import ConfigError
-
             raise ConfigError("data.recipe.env_id: required unless the behaviour policy is a checkpoint")
 
     @property
