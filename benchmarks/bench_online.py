@@ -13,6 +13,10 @@ SAC (Pendulum-v1, CleanRL defaults unless noted):
   latter is what to compare on a machine shared with other jobs). The plain loop is CleanRL's shape: act, step the env,
   store in the replay buffer, one update round per env step, using the module's own `explore_step`
   and `update` with no Trainer around them.
+- `sac_env_steps_per_s_vs_cleanrl_style`: the same Lightning runs against SAC written as a plain
+  script (CleanRL's loop structure: NumPy replay buffer, separate twin-Q MLPs, three optimizers,
+  per-parameter Polyak updates) on the same actor, env and hyper-parameters; the three paths rotate
+  which goes first per round.
 - `sac_steps_to_solve`: the default config (learning_starts 5000) evaluated every `--solve-eval-every`
   updates (10 episodes); stops at the first evaluation with mean return >= -250 (budget 20k steps).
 """
@@ -112,6 +116,109 @@ def sac_plain_loop_env_steps_per_s(cfg, device: str) -> float:
     return steps / elapsed, steps / cpu
 
 
+def sac_cleanrl_style_env_steps_per_s(cfg) -> tuple[float, float]:
+    """SAC written as a plain script usually is (CleanRL sac_continuous_action.py's loop): separate
+    twin-Q MLPs and target copies, a NumPy replay buffer sampled into new tensors each update, three
+    Adam optimizers, an actor-only backward per policy step, the temperature's own forward/backward,
+    parameter-by-parameter Polyak updates and `.item()` logging every 100 steps. Same actor network,
+    env and hyper-parameters as `cfg`; CPU only. Returns (env steps/s, env steps per CPU-second)."""
+    import numpy as np
+    import torch.nn.functional as F
+    from torch import nn
+
+    env = instantiate(cfg.env)
+    algo = instantiate(cfg.algo, _partial_=True)(spec=env.spec(), model=instantiate(cfg.model), stats=None)
+    actor, spec, hp = algo.actor, algo.spec, algo
+    obs_dim, act_dim = int(np.prod(spec.observation_shape)), spec.action_dim
+    hidden = list(cfg.algo.critic_hidden_dims)
+
+    def q_network() -> nn.Module:
+        dims, layers = [obs_dim + act_dim, *hidden], []
+        for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+            layers += [nn.Linear(d_in, d_out), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(dims[-1], 1))
+
+    qf1, qf2 = q_network(), q_network()
+    qf1_target, qf2_target = q_network(), q_network()
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=hp.q_lr)
+    actor_optimizer = torch.optim.Adam(list(actor.parameters()), lr=hp.policy_lr)
+    log_alpha = torch.zeros(1, requires_grad=True)
+    a_optimizer = torch.optim.Adam([log_alpha], lr=hp.q_lr)
+    alpha = log_alpha.exp().item()
+    low, high = np.asarray(spec.action_low, np.float32), np.asarray(spec.action_high, np.float32)
+    capacity = hp.total_timesteps
+    rb = {
+        "obs": np.zeros((capacity, obs_dim), np.float32),
+        "next_obs": np.zeros((capacity, obs_dim), np.float32),
+        "actions": np.zeros((capacity, act_dim), np.float32),
+        "rewards": np.zeros(capacity, np.float32),
+        "dones": np.zeros(capacity, np.float32),
+    }
+    envs = env.make_training_vector(1)
+    obs, _ = envs.reset(seed=[cfg.seed])
+    actor_loss = torch.zeros(())
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for global_step in range(hp.total_timesteps):
+        if global_step < hp.learning_starts:
+            actions = np.random.uniform(-1.0, 1.0, (1, act_dim)).astype(np.float32)
+        else:
+            actions, _ = actor.sample(torch.Tensor(obs))
+            actions = actions.detach().cpu().numpy()
+        next_obs, rewards, terminations, truncations, infos = envs.step(
+            low + (actions + 1.0) * 0.5 * (high - low)
+        )
+        real_next_obs = next_obs.copy()
+        if "final_obs" in infos:
+            for i in np.flatnonzero(infos["_final_obs"]):
+                real_next_obs[i] = infos["final_obs"][i]
+        rb["obs"][global_step], rb["next_obs"][global_step] = obs[0], real_next_obs[0]
+        rb["actions"][global_step], rb["rewards"][global_step] = actions[0], rewards[0]
+        rb["dones"][global_step] = terminations[0]
+        obs = next_obs
+        if global_step > hp.learning_starts:
+            idx = np.random.randint(0, global_step + 1, size=hp.batch_size)
+            b_obs, b_next = torch.tensor(rb["obs"][idx]), torch.tensor(rb["next_obs"][idx])
+            b_act, b_rew = torch.tensor(rb["actions"][idx]), torch.tensor(rb["rewards"][idx])
+            b_done = torch.tensor(rb["dones"][idx])
+            with torch.no_grad():
+                next_actions, next_log_pi = actor.sample(b_next)
+                next_in = torch.cat([b_next, next_actions], 1)
+                min_next = torch.min(qf1_target(next_in), qf2_target(next_in)).view(-1) - alpha * next_log_pi
+                next_q = b_rew + (1 - b_done) * hp.gamma * min_next
+            sa = torch.cat([b_obs, b_act], 1)
+            qf1_a, qf2_a = qf1(sa).view(-1), qf2(sa).view(-1)
+            qf_loss = F.mse_loss(qf1_a, next_q) + F.mse_loss(qf2_a, next_q)
+            q_optimizer.zero_grad()
+            qf_loss.backward()
+            q_optimizer.step()
+            if global_step % hp.policy_frequency == 0:
+                for _ in range(hp.policy_frequency):
+                    pi, log_pi = actor.sample(b_obs)
+                    spi = torch.cat([b_obs, pi], 1)
+                    actor_loss = (alpha * log_pi - torch.min(qf1(spi), qf2(spi)).view(-1)).mean()
+                    actor_optimizer.zero_grad()
+                    actor_loss.backward()
+                    actor_optimizer.step()
+                    with torch.no_grad():
+                        _, log_pi = actor.sample(b_obs)
+                    alpha_loss = (-log_alpha.exp() * (log_pi + hp.target_entropy)).mean()
+                    a_optimizer.zero_grad()
+                    alpha_loss.backward()
+                    a_optimizer.step()
+                    alpha = log_alpha.exp().item()
+            if global_step % hp.target_network_frequency == 0:
+                for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
+                    for param, target_param in zip(net.parameters(), target.parameters(), strict=True):
+                        target_param.data.copy_(hp.tau * param.data + (1 - hp.tau) * target_param.data)
+            if global_step % 100 == 0:
+                _ = (qf_loss.item(), qf1_a.mean().item(), actor_loss.item(), alpha)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    envs.close()
+    return hp.total_timesteps / elapsed, hp.total_timesteps / cpu
+
+
 def bench_sac(args, common: dict, work: Path) -> None:
     extra = [
         f"algo.total_timesteps={args.sac_steps}",
@@ -119,16 +226,33 @@ def bench_sac(args, common: dict, work: Path) -> None:
         *args.override,
     ]
     extra.append("+callbacks.process_time._target_=benchmarks.bench_online.ProcessTime")
-    plain, lightning, plain_cpu, lightning_cpu = [], [], [], []
+    # the plain loops write no checkpoints; neither does the timed Lightning path (as in bench_ppo.py)
+    extra.append("callbacks.model_checkpoint=null")
+    plain, lightning, plain_cpu, lightning_cpu, cleanrl, cleanrl_cpu = [], [], [], [], [], []
     for r in range(args.rounds):
         cfg = online_config("sac", "pendulum", work / f"sac{r}", args.threads, args.device, extra)
-        wall, cpu = sac_plain_loop_env_steps_per_s(cfg, args.device)
-        plain.append(wall)
-        plain_cpu.append(cpu)
-        lightning.append(train(cfg)[1]["train_env_steps_per_s"])
-        # Hydra instantiated benchmarks.bench_online.ProcessTime, not this script's __main__ copy
-        timed = importlib.import_module("benchmarks.bench_online").ProcessTime
-        lightning_cpu.append(timed.env_steps / timed.seconds)
+
+        def run_plain(cfg=cfg):
+            wall, cpu = sac_plain_loop_env_steps_per_s(cfg, args.device)
+            plain.append(wall)
+            plain_cpu.append(cpu)
+
+        def run_cleanrl(cfg=cfg):
+            if args.device == "cpu":
+                wall, cpu = sac_cleanrl_style_env_steps_per_s(cfg)
+                cleanrl.append(wall)
+                cleanrl_cpu.append(cpu)
+
+        def run_lightning(cfg=cfg):
+            lightning.append(train(cfg)[1]["train_env_steps_per_s"])
+            # Hydra instantiated benchmarks.bench_online.ProcessTime, not this script's __main__ copy
+            timed = importlib.import_module("benchmarks.bench_online").ProcessTime
+            lightning_cpu.append(timed.env_steps / timed.seconds)
+
+        # rotate which path goes first, so none always runs on a warmer (or busier) machine
+        paths = [run_lightning, run_plain, run_cleanrl]
+        for run in paths[r % 3 :] + paths[: r % 3]:
+            run()
     emit(
         NAME,
         {
@@ -154,6 +278,28 @@ def bench_sac(args, common: dict, work: Path) -> None:
             "lightning_cpu_all": lightning_cpu,
         },
     )
+    if cleanrl:
+        emit(
+            NAME,
+            {
+                **common,
+                "bench": "sac_env_steps_per_s_vs_cleanrl_style",
+                "env": cfg.env.id,
+                "env_steps": args.sac_steps,
+                "learning_starts": args.sac_learning_starts,
+                "rounds": args.rounds,
+                "cleanrl_style_median": statistics.median(cleanrl),
+                "lightning_median": statistics.median(lightning),
+                "ratio_lightning_over_cleanrl_style": statistics.median(lightning)
+                / statistics.median(cleanrl),
+                "cleanrl_style_cpu_median": statistics.median(cleanrl_cpu),
+                "lightning_cpu_median": statistics.median(lightning_cpu),
+                "ratio_cpu_lightning_over_cleanrl_style": statistics.median(lightning_cpu)
+                / statistics.median(cleanrl_cpu),
+                "cleanrl_style_all": cleanrl,
+                "cleanrl_style_cpu_all": cleanrl_cpu,
+            },
+        )
     if args.skip_solve:
         return
     cfg = online_config(
