@@ -245,5 +245,5 @@ def test_shipped_behavior_policy_loads_and_scores_as_recorded(file, env_id, min_
     assert env.id == env_id and config.algo._target_ == "vla_hydra.algos.sac.SAC"
     result = rollout_episodes(algo, env, 3, seed=100000)
     # D4RL-normalised: random policy = 0, D4RL's expert = 100; the README records each policy's
-    # 20-episode score (medium policies 31-51, the expert 99.3)
+    # 20-episode score (medium policies 43-51, the expert 99.3)
     assert result.normalized_score > min_score, result.returns
