@@ -98,3 +98,14 @@ def test_a_list_of_behaviour_policies_takes_turns_per_episode(tmp_path):
     )
     # the expert reference is the better policy's noiseless return
     assert meta["ref_expert_return"] > -600 and meta["ref_random_return"] < -900
+
+
+def test_collecting_from_a_discrete_env_is_a_one_line_error(tmp_path):
+    out = tmp_path / "cartpole.hdf5"
+    args = ["data.recipe.env_id=CartPole-v1", f"output={out}", f"hydra.run.dir={tmp_path}/run"]
+    proc = run_module("vla_hydra.collect", *args)
+    assert proc.returncode == 1 and not out.exists()
+    assert proc.stderr.strip() == (
+        "error: data.recipe.env_id=CartPole-v1: discrete action space; datasets are collected for "
+        "continuous (Box) actions only (noise, clipping and the D4RL action arrays assume them)"
+    )

@@ -156,6 +156,14 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
 
     start = time.perf_counter()
     env_factory = EnvFactory(id=recipe.env_id, kwargs=dict(recipe.env_kwargs))
+    spec = env_factory.spec()
+    if spec.discrete:
+        from vla_hydra.core.exceptions import ConfigError
+
+        raise ConfigError(
+            f"data.recipe.env_id={recipe.env_id}: discrete action space; datasets are collected for "
+            "continuous (Box) actions only (noise, clipping and the D4RL action arrays assume them)"
+        )
     rng = np.random.default_rng(recipe.seed)
     noise_levels, random_probs = list(recipe.action_noise_std), list(recipe.random_action_prob)
     policies = recipe.policies
@@ -172,7 +180,6 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
             by_id.update(zip(ids, _rollout(env_factory, policy, seeds, noise, rng, eps), strict=True))
     episodes = [by_id[i] for i in range(recipe.episodes)]
 
-    spec = env_factory.spec()
     ref_seeds = [recipe.seed + _REFERENCE_SEED_OFFSET + i for i in range(recipe.reference_episodes)]
     random_policy = UniformRandomPolicy(spec.action_low, spec.action_high, seed=recipe.seed)
     zero_noise = [0.0] * len(ref_seeds)
