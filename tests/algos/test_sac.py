@@ -21,6 +21,7 @@ from vla_hydra.algos.sac import (
     write_replay_dataset,
 )
 from vla_hydra.core.config import ASSETS_DIR
+from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.data.d4rl_format import read_d4rl_hdf5
 from vla_hydra.envs.evaluation import rollout_episodes
 from vla_hydra.eval import load_policy
@@ -181,6 +182,14 @@ def test_short_sac_run_on_pendulum_learns_and_checkpoint_reproduces_it(tmp_path,
     # the whole run as a D4RL-format file: 15 Pendulum episodes of 200 steps, each ended by its time limit
     replay, _ = read_d4rl_hdf5(tmp_path / "replay.hdf5")
     assert len(replay["rewards"]) == 3000 and replay["timeouts"].sum() == 15 and not replay["terminals"].any()
+    # a second run never overwrites that file: it stops before training, naming the option
+    before = (tmp_path / "replay.hdf5").read_bytes()
+    again = small_train_config(
+        tmp_path / "again", data_dir, [*SMALL, f"algo.replay_dataset_path={tmp_path / 'replay.hdf5'}"]
+    )
+    with pytest.raises(ConfigError, match=r"algo.replay_dataset_path=.*replay.hdf5: file exists"):
+        train(again)
+    assert (tmp_path / "replay.hdf5").read_bytes() == before
     start = results["eval_history"][0]
     assert start["env_steps"] == 0
     assert results["eval_return_mean"] > start["eval/return_mean"] + 500, results["eval_history"]

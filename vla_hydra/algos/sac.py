@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from vla_hydra.algos.online import OnlineAlgorithm
+from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.core.logging import get_logger
 from vla_hydra.data.buffer import ReplayBuffer
 from vla_hydra.envs.factory import EnvFactory, EnvSpec
@@ -211,6 +213,11 @@ class SAC(OnlineAlgorithm):
         return ReplayBuffer(capacity, fields, self.device)
 
     def on_fit_start(self) -> None:
+        if self.replay_dataset_path and Path(self.replay_dataset_path).exists():
+            # checked before training, not after it: never overwrite a dataset, never waste a run
+            raise ConfigError(
+                f"algo.replay_dataset_path={self.replay_dataset_path}: file exists; delete it or choose another path"
+            )
         super().on_fit_start()
         self._rounds = int(self.update_rounds)
         self.replay_buffer = self.make_replay_buffer()
