@@ -67,6 +67,9 @@ def test_all_training_shrunk_runs_one_algorithm_of_each_family(tmp_path, data_di
 def test_whole_experiment_sweep_shrunk_runs(tmp_path, data_dir, experiment):
     results = _run_sweep(tmp_path, data_dir, f"experiment={experiment}", "seed=0", *SHRINK)
     assert len(results) == len(SWEEPS[experiment])
+    if experiment == "online_rl":  # keeps each run's best periodic policy next to last.ckpt
+        assert all(Path(r["best_checkpoint"]).name == "best.ckpt" for r in results)
+        assert all(Path(r["best_checkpoint"]).parent == Path(r["checkpoint"]).parent for r in results)
 
 
 def test_eval_experiment_reproduces_the_runs_final_evaluation(tmp_path, data_dir):
