@@ -61,11 +61,13 @@ def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_
     expected = torch.tanh(algo_copy.actor.net(normalized)) * 2.0
     np.testing.assert_allclose(algo.act(obs), expected.detach().numpy(), rtol=1e-5, atol=1e-6)
 
+    exported = tmp_path / "policy.ckpt"
     proc = run_module(
         "vla_hydra.eval",
         f"ckpt_path={results['checkpoint']}",
         f"episodes={cfg.eval.episodes}",
         f"seed={cfg.eval.seed}",
+        f"export={exported}",
         f"hydra.run.dir={tmp_path}/eval",
     )
     assert proc.returncode == 0, proc.stderr
@@ -74,6 +76,24 @@ def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_
     assert evaluated["eval_return_mean"] == pytest.approx(results["eval_return_mean"], rel=1e-6)
     assert evaluated["normalized_score"] == pytest.approx(results["normalized_score"], rel=1e-6)
     assert "results:" in proc.stdout
+
+    # export=: a smaller inference-only checkpoint that evaluates the same
+    small = torch.load(exported, weights_only=False)
+    assert "optimizer_states" not in small and small["global_step"] == 300
+    assert exported.stat().st_size < Path(results["checkpoint"]).stat().st_size / 2
+    again = run_module(
+        "vla_hydra.eval",
+        f"ckpt_path={exported}",
+        f"episodes={cfg.eval.episodes}",
+        f"seed={cfg.eval.seed}",
+        f"export={exported}",  # exists: refused before anything is written
+        f"hydra.run.dir={tmp_path}/eval2",
+    )
+    assert again.returncode == 1 and again.stderr.strip() == (
+        f"error: export={exported}: file exists; delete it or choose another path"
+    )
+    algo_small, _, _ = load_policy(exported)
+    np.testing.assert_allclose(algo_small.act(obs), algo.act(obs), rtol=0, atol=0)
 
 
 def test_eval_cli_bad_checkpoint_is_one_line_error(tmp_path):

@@ -2,6 +2,7 @@
 
 python -m vla_hydra.eval ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
 python -m vla_hydra.eval ckpt_path=... episodes=50 seed=7
+python -m vla_hydra.eval ckpt_path=... export=policy.ckpt   # also write a small inference checkpoint
 """
 
 from __future__ import annotations
@@ -48,8 +49,29 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu"):
     algo = instantiate(config.algo, _partial_=True)(spec=spec, model=instantiate(config.model))
     algo.load_state_dict(checkpoint["state_dict"])
     algo.ref_returns = meta.get("ref_returns")
+    algo.run_config = meta["config"]  # a checkpoint saved from it again (export=) stays loadable
     algo.to(device).eval()
     return algo, instantiate(config.env), config
+
+
+def export_policy(ckpt_path: str | Path, output: str | Path, algo=None) -> Path:
+    """Write the inference checkpoint of a training checkpoint (weights + what load_policy needs, no
+    optimizer, loop or RNG state: about a third of the size) to `output`, atomically; an existing
+    file is refused. `algo`: the already loaded policy, to skip loading it again."""
+    import torch
+
+    from vla_hydra.core.exceptions import ConfigError
+    from vla_hydra.core.io import atomic_path
+
+    output = Path(output)
+    if output.exists():
+        raise ConfigError(f"export={output}: file exists; delete it or choose another path")
+    if algo is None:
+        algo, _, _ = load_policy(ckpt_path)
+    step = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("global_step", 0)
+    with atomic_path(output) as tmp:
+        torch.save(algo.inference_checkpoint(step), tmp)
+    return output.resolve()
 
 
 class CheckpointPolicy:
@@ -79,6 +101,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from vla_hydra.envs.evaluation import rollout_episodes
 
     set_torch_threads(cfg.get("torch_threads"))
+    if cfg.get("export") and Path(cfg.export).exists():  # before any work: nothing is overwritten
+        from vla_hydra.core.exceptions import ConfigError
+
+        raise ConfigError(f"export={cfg.export}: file exists; delete it or choose another path")
     algo, env, _ = load_policy(cfg.ckpt_path, select_device(cfg.device))
     result = rollout_episodes(algo, env, cfg.episodes, cfg.seed, ref_returns=algo.ref_returns)
     results = {
@@ -95,6 +121,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
         results["video"] = video["path"]
         print(f"video: {video['path']}")
+    if cfg.get("export"):
+        results["exported"] = str(export_policy(cfg.ckpt_path, cfg.export, algo))
+        print(f"exported: {results['exported']}")
     out = Path(cfg.paths.output_dir) / "eval_results.json"
     write_json_atomic(out, results)
     score = results["normalized_score"]
