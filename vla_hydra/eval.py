@@ -50,28 +50,27 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu"):
     algo.load_state_dict(checkpoint["state_dict"])
     algo.ref_returns = meta.get("ref_returns")
     algo.run_config = meta["config"]  # a checkpoint saved from it again (export=) stays loadable
+    algo.trained_steps = int(checkpoint.get("global_step", 0))
     algo.to(device).eval()
     return algo, instantiate(config.env), config
+
+
+def _refuse_existing_export(output: str | Path) -> None:
+    if Path(output).exists():
+        from vla_hydra.core.exceptions import ConfigError
+
+        raise ConfigError(f"export={output}: file exists; delete it or choose another path")
 
 
 def export_policy(ckpt_path: str | Path, output: str | Path, algo=None) -> Path:
     """Write the inference checkpoint of a training checkpoint (weights + what load_policy needs, no
     optimizer, loop or RNG state: about a third of the size) to `output`, atomically; an existing
-    file is refused. `algo`: the already loaded policy, to skip loading it again."""
-    import torch
-
-    from vla_hydra.core.exceptions import ConfigError
-    from vla_hydra.core.io import atomic_path
-
-    output = Path(output)
-    if output.exists():
-        raise ConfigError(f"export={output}: file exists; delete it or choose another path")
+    file is refused. `algo`: the policy load_policy already returned for `ckpt_path`."""
+    _refuse_existing_export(output)
     if algo is None:
         algo, _, _ = load_policy(ckpt_path)
-    step = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("global_step", 0)
-    with atomic_path(output) as tmp:
-        torch.save(algo.inference_checkpoint(step), tmp)
-    return output.resolve()
+    algo.save_inference_checkpoint(output, algo.trained_steps)
+    return Path(output).resolve()
 
 
 class CheckpointPolicy:
@@ -101,10 +100,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from vla_hydra.envs.evaluation import rollout_episodes
 
     set_torch_threads(cfg.get("torch_threads"))
-    if cfg.get("export") and Path(cfg.export).exists():  # before any work: nothing is overwritten
-        from vla_hydra.core.exceptions import ConfigError
-
-        raise ConfigError(f"export={cfg.export}: file exists; delete it or choose another path")
+    if cfg.get("export"):
+        _refuse_existing_export(cfg.export)  # before any work, not after the evaluation
     algo, env, _ = load_policy(cfg.ckpt_path, select_device(cfg.device))
     result = rollout_episodes(algo, env, cfg.episodes, cfg.seed, ref_returns=algo.ref_returns)
     results = {

@@ -169,6 +169,13 @@ class PolicyAlgorithm(L.LightningModule):
             "global_step": int(global_step),
         }
 
+    def save_inference_checkpoint(self, path, global_step: int) -> None:
+        """Write `inference_checkpoint` to `path` atomically (best-policy files, eval export=)."""
+        from vla_hydra.core.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(self.inference_checkpoint(global_step), tmp)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.checkpoint_metadata()
         # RNG states and the sampler position travel in the same checkpoint through the ResumeState

@@ -92,12 +92,7 @@ class PolicyEvaluation(L.Callback):
     def _save_if_best(self, trainer: L.Trainer, pl_module, entry: dict) -> None:
         if self.best is not None and entry["eval/return_mean"] <= self.best["eval/return_mean"]:
             return
-        import torch
-
-        from vla_hydra.core.io import atomic_path
-
-        with atomic_path(self.best_checkpoint) as tmp:
-            torch.save(pl_module.inference_checkpoint(trainer.global_step), tmp)
+        pl_module.save_inference_checkpoint(self.best_checkpoint, trainer.global_step)
         self.best = entry
         log.info(f"best eval return so far -> {self.best_checkpoint}")
 
