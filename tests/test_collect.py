@@ -100,12 +100,78 @@ def test_a_list_of_behaviour_policies_takes_turns_per_episode(tmp_path):
     assert meta["ref_expert_return"] > -600 and meta["ref_random_return"] < -900
 
 
-def test_collecting_from_a_discrete_env_is_a_one_line_error(tmp_path):
+def test_gaussian_noise_on_a_discrete_env_is_a_one_line_error(tmp_path):
     out = tmp_path / "cartpole.hdf5"
+    # pendulum_mixed's recipe with CartPole: its action_noise_std levels cannot apply to class indices
     args = ["data.recipe.env_id=CartPole-v1", f"output={out}", f"hydra.run.dir={tmp_path}/run"]
     proc = run_module("vla_hydra.collect", *args)
     assert proc.returncode == 1 and not out.exists()
     assert proc.stderr.strip() == (
-        "error: data.recipe.env_id=CartPole-v1: discrete action space; datasets are collected for "
-        "continuous (Box) actions only (noise, clipping and the D4RL action arrays assume them)"
+        "error: data.recipe.action_noise_std=[0.1, 0.5, 1.0, 2.0, 4.0]: env CartPole-v1 has discrete "
+        "actions, which take no Gaussian noise; use data.recipe.random_action_prob (epsilon-random "
+        "actions) instead"
     )
+
+
+def test_discrete_actions_collect_train_bc_and_roll_out_the_checkpoint(tmp_path, data_dir):
+    """CartPole end to end: class-index data from a scripted controller with epsilon-random actions,
+    BC (cross-entropy) trained on it through train(), and its checkpoint rolled out by collect."""
+    from tests.conftest import small_train_config
+    from vla_hydra.envs.evaluation import rollout_episodes
+    from vla_hydra.eval import load_policy
+    from vla_hydra.train import train
+
+    recipe = ["data=cartpole_mixed", "data.recipe.episodes=20", "data.recipe.reference_episodes=5"]
+    # collected by a subprocess into the cache train() reads: the recipe fingerprint stored in the file
+    # must equal the one computed in this process
+    out = data_dir / "cartpole-mixed-v0.hdf5"
+    proc = run_module("vla_hydra.collect", *recipe, f"output={out}", f"hydra.run.dir={tmp_path}/c1")
+    assert proc.returncode == 0, proc.stderr
+    arrays, meta = read_d4rl_hdf5(out)
+    actions = arrays["actions"]
+    assert actions.dtype == np.int64 and actions.ndim == 1 and set(np.unique(actions)) == {0, 1}
+    assert meta["env_id"] == "CartPole-v1" and meta["ref_expert_return"] == 500.0
+    assert 15 < meta["ref_random_return"] < 30
+    ends = np.flatnonzero(arrays["terminals"] | arrays["timeouts"])
+    returns = np.diff(np.concatenate([[-1], ends]))  # reward 1 per step: return = episode length
+    # epsilon cycles 0, 0.2, 0.4, 0.6, 1.0 per episode: the controller alone holds all 500 steps,
+    # fully random episodes fall within a few dozen
+    assert (returns[0::5] == 500).all() and returns[4::5].max() < 100
+
+    cfg = small_train_config(
+        tmp_path, data_dir, ["algo=bc", "env=cartpole", *recipe, "trainer.max_steps=300"]
+    )
+    _, results = train(cfg)
+    assert results["eval_return_mean"] > 300  # random: ~22
+    assert results["train_steps"] == 300
+
+    rolled = tmp_path / "from-bc.hdf5"
+    args = [
+        "data=checkpoint_rollouts",
+        f"data.recipe.behavior_policy.ckpt_path={results['checkpoint']}",
+        "data.recipe.episodes=4",
+        "data.recipe.reference_episodes=2",
+        "data.recipe.seed=7",
+        f"output={rolled}",
+        f"hydra.run.dir={tmp_path}/c2",
+    ]
+    proc = run_module("vla_hydra.collect", *args)
+    assert proc.returncode == 0, proc.stderr
+    arrays, meta = read_d4rl_hdf5(rolled)
+    assert arrays["actions"].dtype == np.int64 and meta["env_id"] == "CartPole-v1"
+    # no epsilon: the episodes are exactly the checkpoint's evaluation episodes on the same seeds
+    algo, env, _ = load_policy(results["checkpoint"])
+    assert meta["dataset_return_mean"] == pytest.approx(rollout_episodes(algo, env, 4, seed=7).return_mean)
+
+
+def test_recipe_fingerprint_is_the_same_for_the_same_recipe():
+    """A cached file is reused only when the fingerprint matches: it must not depend on the process
+    (a uniform-random policy's numpy Generator has an address in its repr)."""
+    from vla_hydra.collect import CollectionRecipe
+    from vla_hydra.envs.controllers import UniformRandomPolicy
+
+    def recipe(seed: int) -> CollectionRecipe:
+        return CollectionRecipe(env_id="Hopper-v5", behavior_policy=UniformRandomPolicy([-1.0], [1.0], seed))
+
+    assert recipe(0).fingerprint() == recipe(0).fingerprint()
+    assert recipe(0).fingerprint() != recipe(1).fingerprint()

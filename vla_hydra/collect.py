@@ -36,7 +36,23 @@ def _policy_name(policy) -> str:
 def _policy_params(policy) -> dict[str, Any]:
     """Public scalar attributes: a CheckpointPolicy is identified by its path and weights hash."""
     return {
-        k: v for k, v in vars(policy).items() if not k.startswith("_") and isinstance(v, str | int | float)
+        k: v
+        for k, v in vars(policy).items()
+        if not k.startswith("_") and isinstance(v, str | int | float | tuple | list)
+    }
+
+
+# attribute types whose repr is the same in every process (a Generator's repr holds its address)
+_STABLE_TYPES = (str, int, float, bool, tuple, list, np.ndarray)
+
+
+def _policy_state(policy) -> dict[str, str]:
+    """What identifies a behaviour policy in a recipe fingerprint: its public, process-independent
+    attributes (a CheckpointPolicy's path and weights hash, a controller's gains)."""
+    return {
+        k: repr(v)
+        for k, v in sorted(vars(policy).items())
+        if not k.startswith("_") and isinstance(v, _STABLE_TYPES)
     }
 
 
@@ -79,13 +95,7 @@ class CollectionRecipe:
 
     def fingerprint(self) -> str:
         """Identifies what the recipe produces, so a cached file from another recipe is never reused."""
-        described = [
-            (
-                _policy_name(policy),
-                {k: repr(v) for k, v in sorted(vars(policy).items()) if not k.startswith("_")},
-            )
-            for policy in self.policies
-        ]
+        described = [(_policy_name(policy), _policy_state(policy)) for policy in self.policies]
         # one policy: the form files cached before lists were allowed carry
         names, params = zip(*described, strict=True)
         content = {
@@ -111,9 +121,15 @@ def _rollout(
     rng,
     random_prob: Sequence[float] | None = None,
 ) -> list[dict]:
-    """One episode per seed, in parallel; returns per-episode arrays in seed order."""
+    """One episode per seed, in parallel; returns per-episode arrays in seed order.
+
+    Box actions: float32 (n, act_dim) with Gaussian noise, clipped to the bounds; Discrete(n) actions:
+    int64 class indices (n,), where only `random_prob` (epsilon-random actions) perturbs them."""
+    import gymnasium as gym
+
     envs = env_factory.make_vector(len(seeds))
-    low, high = envs.single_action_space.low, envs.single_action_space.high
+    space = envs.single_action_space
+    discrete = isinstance(space, gym.spaces.Discrete)
     noise = np.asarray(noise_std, dtype=np.float32)[:, None]
     random_prob = np.zeros(len(seeds)) if random_prob is None else np.asarray(random_prob, dtype=np.float64)
     try:
@@ -121,11 +137,20 @@ def _rollout(
         running = np.ones(len(seeds), dtype=bool)
         steps: list[tuple] = []
         while running.any():
-            action = np.asarray(policy(obs), dtype=np.float32).reshape(len(seeds), -1)
-            action = np.clip(action + noise * rng.standard_normal(action.shape).astype(np.float32), low, high)
+            if discrete:
+                action = np.asarray(policy(obs)).astype(np.int64).reshape(len(seeds))
+            else:
+                action = np.asarray(policy(obs), dtype=np.float32).reshape(len(seeds), -1)
+                noisy = action + noise * rng.standard_normal(action.shape).astype(np.float32)
+                action = np.clip(noisy, space.low, space.high)
             if random_prob.any():  # draws only when used, so noise-only recipes keep their random stream
                 replace = rng.random(len(seeds)) < random_prob
-                action[replace] = rng.uniform(low, high, size=(int(replace.sum()), *low.shape))
+                shape = (int(replace.sum()),)
+                action[replace] = (
+                    rng.integers(space.n, size=shape)
+                    if discrete
+                    else rng.uniform(space.low, space.high, size=(*shape, *space.low.shape))
+                )
             next_obs, reward, terminated, truncated, _ = envs.step(action)
             steps.append((obs, action, reward, terminated, truncated, next_obs, running.copy()))
             running &= ~(terminated | truncated)
@@ -157,12 +182,13 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
     start = time.perf_counter()
     env_factory = EnvFactory(id=recipe.env_id, kwargs=dict(recipe.env_kwargs))
     spec = env_factory.spec()
-    if spec.discrete:
+    if spec.discrete and any(float(x) != 0.0 for x in recipe.action_noise_std):
         from vla_hydra.core.exceptions import ConfigError
 
         raise ConfigError(
-            f"data.recipe.env_id={recipe.env_id}: discrete action space; datasets are collected for "
-            "continuous (Box) actions only (noise, clipping and the D4RL action arrays assume them)"
+            f"data.recipe.action_noise_std={list(recipe.action_noise_std)}: env {recipe.env_id} has "
+            "discrete actions, which take no Gaussian noise; use data.recipe.random_action_prob "
+            "(epsilon-random actions) instead"
         )
     rng = np.random.default_rng(recipe.seed)
     noise_levels, random_probs = list(recipe.action_noise_std), list(recipe.random_action_prob)
@@ -181,7 +207,9 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
     episodes = [by_id[i] for i in range(recipe.episodes)]
 
     ref_seeds = [recipe.seed + _REFERENCE_SEED_OFFSET + i for i in range(recipe.reference_episodes)]
-    random_policy = UniformRandomPolicy(spec.action_low, spec.action_high, seed=recipe.seed)
+    random_policy = UniformRandomPolicy(
+        spec.action_low, spec.action_high, seed=recipe.seed, discrete=spec.discrete
+    )
     zero_noise = [0.0] * len(ref_seeds)
     random_eps = _rollout(env_factory, random_policy, ref_seeds, zero_noise, rng)
     # the expert reference: the best noiseless behaviour policy

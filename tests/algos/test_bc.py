@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from vla_hydra.algos.bc import bc_mse_loss
+from vla_hydra.algos.bc import bc_cross_entropy_loss, bc_mse_loss
 from vla_hydra.train import train
 
 
@@ -16,6 +16,14 @@ def test_bc_mse_loss_hand_computed():
     target = torch.tensor([[1.0, -1.0], [-0.5, 0.75]])
     # squared errors: 0.25, 0, 0.25, 0.25 -> mean 0.1875
     assert bc_mse_loss(predicted, target).item() == pytest.approx(0.1875)
+
+
+def test_bc_cross_entropy_loss_hand_computed():
+    logits = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    actions = torch.tensor([1.0, 0.0])  # class indices as the buffer stores them (float32)
+    # -log softmax: ln 2 for the tie; ln(1 + e^-2) for the confident right answer
+    expected = (0.693147 + 0.126928) / 2
+    assert bc_cross_entropy_loss(logits, actions).item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_short_bc_run_beats_random_policy_by_a_margin(cfg_train):

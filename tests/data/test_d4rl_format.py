@@ -127,3 +127,48 @@ def test_cut_final_episode_is_refused_or_truncated_on_request(tmp_path):
     assert loaded["timeouts"][-1] and not loaded["terminals"][-1]
     # the cut step has no successor in the file, so it is dropped like any timeout-final step
     assert len(transitions_from_d4rl(loaded)["observations"]) == len(arrays["observations"]) - 3
+
+
+@pytest.mark.parametrize(
+    "actions,env_id,message",
+    [
+        (
+            np.arange(15) % 2,
+            "Pendulum-v1",
+            "[actions]: holds integer class indices, but env Pendulum-v1 has Box(1,) actions",
+        ),
+        (
+            np.zeros((15, 2), np.float32),
+            "CartPole-v1",
+            "[actions]: holds 2-dim vectors, but env CartPole-v1 has Discrete(2) actions",
+        ),
+        (
+            np.arange(15) % 3,
+            "CartPole-v1",
+            "[actions]: class indices range over [0, 2], outside env CartPole-v1's Discrete(2) range [0, 1]",
+        ),
+    ],
+)
+def test_action_kind_must_match_the_env(tmp_path, actions, env_id, message):
+    from vla_hydra.data.datamodule import OfflineDataModule
+    from vla_hydra.envs.factory import EnvFactory
+
+    obs_dim = 4 if env_id == "CartPole-v1" else 3
+    arrays = {**make_arrays(obs_dim=obs_dim), "actions": actions}
+    path = write_d4rl_hdf5(tmp_path / "d.hdf5", arrays, {})
+    datamodule = OfflineDataModule(str(path))
+    datamodule.setup()
+    with pytest.raises(DatasetError) as err:
+        datamodule.check_compatible(EnvFactory(id=env_id).spec())
+    assert str(err.value) == f"dataset {path} {message}"
+
+
+def test_discrete_class_indices_matching_the_env_are_accepted(tmp_path):
+    from vla_hydra.data.datamodule import OfflineDataModule
+    from vla_hydra.envs.factory import EnvFactory
+
+    arrays = {**make_arrays(obs_dim=4), "actions": np.arange(15) % 2}
+    datamodule = OfflineDataModule(str(write_d4rl_hdf5(tmp_path / "d.hdf5", arrays, {})))
+    datamodule.setup()
+    datamodule.check_compatible(EnvFactory(id="CartPole-v1").spec())
+    assert datamodule.discrete_actions and datamodule.action_range == (0, 1)

@@ -65,7 +65,8 @@ class PolicyAlgorithm(L.LightningModule):
 
     # -- what subclasses provide ---------------------------------------------------------------
     def normalized_action(self, normalized_obs: torch.Tensor) -> torch.Tensor:
-        """Deterministic action in [-1, 1] for normalised observations."""
+        """Deterministic action in [-1, 1] for normalised observations (class indices for discrete
+        actions)."""
         raise NotImplementedError
 
     def update(self, batch: dict[str, torch.Tensor], optimizers) -> dict[str, torch.Tensor]:
@@ -77,8 +78,13 @@ class PolicyAlgorithm(L.LightningModule):
     def act(self, obs: np.ndarray | torch.Tensor) -> np.ndarray:
         """Env-unit actions for raw env observations (batched); the evaluation and inference interface."""
         obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
-        action = self.action_scaler.unnormalize(self.normalized_action(self.obs_normalizer(obs_t)))
-        return action.cpu().numpy()
+        return self.env_actions(self.normalized_action(self.obs_normalizer(obs_t)))
+
+    def env_actions(self, normalized_actions: torch.Tensor) -> np.ndarray:
+        """Policy outputs -> what env.step takes: class indices, or actions rescaled from [-1, 1]."""
+        if self.spec.discrete:
+            return normalized_actions.long().cpu().numpy()
+        return self.action_scaler.unnormalize(normalized_actions).cpu().numpy()
 
     def on_fit_start(self) -> None:
         from lightning.pytorch.plugins.precision import Precision

@@ -1,4 +1,5 @@
-"""Behaviour cloning: regress the dataset's actions (normalised to [-1, 1]) from normalised observations."""
+"""Behaviour cloning: regress the dataset's actions (normalised to [-1, 1]) from normalised observations;
+for Discrete(n) action spaces, classify them (cross-entropy over n logits)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.core.exceptions import ConfigError
 
 
 def bc_mse_loss(predicted_actions: torch.Tensor, dataset_actions: torch.Tensor) -> torch.Tensor:
@@ -13,7 +15,14 @@ def bc_mse_loss(predicted_actions: torch.Tensor, dataset_actions: torch.Tensor) 
     return F.mse_loss(predicted_actions, dataset_actions)
 
 
+def bc_cross_entropy_loss(logits: torch.Tensor, dataset_actions: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of -log softmax(logits)[a]; `dataset_actions` are class indices (any dtype)."""
+    return F.cross_entropy(logits, dataset_actions.long())
+
+
 class BC(PolicyAlgorithm):
+    supports_discrete = True
+
     def __init__(
         self,
         spec,
@@ -26,14 +35,27 @@ class BC(PolicyAlgorithm):
     ):
         super().__init__(spec, updates_per_step, stats, compile_losses)
         self.lr, self.weight_decay = lr, weight_decay
-        self.actor = model(spec.observation_shape, spec.action_dim)
+        if not spec.discrete:
+            self.actor = model(spec.observation_shape, spec.action_dim)
+            return
+        try:  # one logit per class: the network's raw outputs, no tanh
+            self.actor = model(spec.observation_shape, spec.action_dim, squash=False)
+        except TypeError as err:
+            raise ConfigError(
+                f"algo=bc: env {spec.env_id} has discrete actions, which need a network with class "
+                "logits (model=mlp)"
+            ) from err
 
     def normalized_action(self, normalized_obs: torch.Tensor) -> torch.Tensor:
-        return self.actor(normalized_obs)
+        out = self.actor(normalized_obs)
+        return out.argmax(-1) if self.spec.discrete else out
 
     def losses(self, batch):
         predicted = self.actor(self.obs_normalizer(batch["observations"]))
-        loss = bc_mse_loss(predicted, self.action_scaler.normalize(batch["actions"]))
+        if self.spec.discrete:
+            loss = bc_cross_entropy_loss(predicted, batch["actions"])
+        else:
+            loss = bc_mse_loss(predicted, self.action_scaler.normalize(batch["actions"]))
         return loss, {"bc_loss": loss.detach()}
 
     def update(self, batch, optimizers):

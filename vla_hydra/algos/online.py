@@ -107,12 +107,6 @@ class OnlineAlgorithm(PolicyAlgorithm):
             self.obs_normalizer.update(obs_t)
         return self.obs_normalizer(obs_t)
 
-    def env_actions(self, normalized_actions: torch.Tensor) -> np.ndarray:
-        """Policy outputs -> what env.step takes: class indices, or actions rescaled from [-1, 1]."""
-        if self.spec.discrete:
-            return normalized_actions.long().cpu().numpy()
-        return self.action_scaler.unnormalize(normalized_actions).cpu().numpy()
-
     def step_envs(self, actions: np.ndarray):
         """One vector step; counts env steps and records finished episodes.
 
@@ -145,12 +139,6 @@ class OnlineAlgorithm(PolicyAlgorithm):
         super().on_load_checkpoint(checkpoint)
         self.episode_log = list(checkpoint.get("episode_log", []))
         self._episodes_logged = len(self.episode_log)
-
-    # -- acting ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def act(self, obs: np.ndarray | torch.Tensor) -> np.ndarray:
-        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
-        return self.env_actions(self.normalized_action(self.obs_normalizer(obs_t)))
 
     # -- the Lightning step --------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:

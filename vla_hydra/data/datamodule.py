@@ -122,7 +122,11 @@ class OfflineDataModule(L.LightningDataModule):
         observations = arrays["observations"]
         self.num_raw_transitions = len(observations)
         self.observation_shape = tuple(observations.shape[1:])
-        self.action_dim = int(np.prod(arrays["actions"].shape[1:]))
+        actions = arrays["actions"]
+        # Discrete(n) data stores class indices: one integer per step (D4RL files hold Box actions only)
+        self.discrete_actions = actions.ndim == 1 and np.issubdtype(actions.dtype, np.integer)
+        self.action_dim = 1 if self.discrete_actions else int(np.prod(actions.shape[1:]))
+        self.action_range = (int(actions.min()), int(actions.max())) if self.discrete_actions else None
         self._obs_mean = torch.as_tensor(observations.mean(axis=0, dtype=np.float64), dtype=torch.float32)
         self._obs_std = torch.as_tensor(observations.std(axis=0, dtype=np.float64), dtype=torch.float32)
         self.episode_returns = episode_returns(arrays["rewards"], arrays["terminals"], arrays["timeouts"])
@@ -157,6 +161,24 @@ class OfflineDataModule(L.LightningDataModule):
                 f"shape per step {obs_shape} does not match env {spec.env_id} observation shape "
                 f"{tuple(spec.observation_shape)}{hint}",
             )
+        if self.discrete_actions != spec.discrete:
+            found = "integer class indices" if self.discrete_actions else f"{self.action_dim}-dim vectors"
+            expected = f"Discrete({spec.action_dim})" if spec.discrete else f"Box({spec.action_dim},)"
+            raise DatasetError(
+                self.path,
+                "actions",
+                f"holds {found}, but env {spec.env_id} has {expected} actions{hint}",
+            )
+        if self.discrete_actions:
+            low, high = self.action_range
+            if low < 0 or high >= spec.action_dim:
+                raise DatasetError(
+                    self.path,
+                    "actions",
+                    f"class indices range over [{low}, {high}], outside env {spec.env_id}'s "
+                    f"Discrete({spec.action_dim}) range [0, {spec.action_dim - 1}]{hint}",
+                )
+            return
         act_dim = self.action_dim
         if act_dim != spec.action_dim:
             raise DatasetError(

@@ -47,7 +47,8 @@ class FlattenEncoder(nn.Module):
 
 
 class DeterministicActor(nn.Module):
-    """obs -> action in [-1, 1] (tanh). Actions are rescaled to env bounds outside the network."""
+    """obs -> action in [-1, 1] (tanh). Actions are rescaled to env bounds outside the network.
+    `squash=False` returns the raw outputs instead (class logits, for discrete-action BC)."""
 
     def __init__(
         self,
@@ -57,13 +58,16 @@ class DeterministicActor(nn.Module):
         activation: str = "relu",
         layer_norm: bool = False,
         dropout: float = 0.0,
+        squash: bool = True,
     ):
         super().__init__()
+        self.squash = squash
         self.encoder = FlattenEncoder(observation_shape)
         self.net = mlp(self.encoder.out_dim, action_dim, hidden_dims, activation, layer_norm, dropout)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(self.encoder(obs)))
+        out = self.net(self.encoder(obs))
+        return torch.tanh(out) if self.squash else out
 
 
 def orthogonal_init_(
