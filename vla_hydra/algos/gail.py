@@ -10,7 +10,8 @@ Reward (`reward_type`):
   "airl": r = log D - log(1 - D) = f, the logit; signed, no survival bias.
 
 Expert data come from `data=`: any D4RL-format dataset datamodule. The default `data=pendulum_expert`
-is collected on first use from the scripted swing-up expert; a file of your own is
+is collected on first use from the scripted swing-up expert (`data=cartpole_expert` for discrete
+CartPole, whose class-index actions the discriminator sees one-hot); a file of your own is
 `data=hdf5 data.path=<file>`. The datamodule's minibatch blocks, `algo.updates_per_step` minibatches of
 `data.batch_size` expert transitions per Lightning step, are exactly the expert side of that
 iteration's discriminator updates; the dataset's observation statistics normalise policy and
@@ -84,8 +85,7 @@ class GAIL(PPO):
     """
 
     name = "gail"
-    # expert data come as D4RL-format files, whose actions are continuous vectors
-    supports_discrete = False
+    supports_discrete = True
 
     def __init__(
         self,
@@ -105,7 +105,7 @@ class GAIL(PPO):
         self.updates_per_step = int(updates_per_step)
         self.discriminator_lr, self.gradient_penalty_coef = discriminator_lr, gradient_penalty_coef
         self.reward_type = reward_type
-        # f(s, a) over [normalised obs, action in [-1, 1]]
+        # f(s, a) over [normalised obs, action in [-1, 1]] (discrete: the action's one-hot vector)
         self.discriminator = QNetwork(
             spec.observation_shape, spec.action_dim, discriminator_hidden_dims, "tanh"
         )
@@ -119,9 +119,15 @@ class GAIL(PPO):
         return optimizer
 
     # -- discriminator inputs ------------------------------------------------------------------
+    def discriminator_actions(self, env_actions: torch.Tensor) -> torch.Tensor:
+        """Env-unit actions as the discriminator sees them: rescaled to [-1, 1], or one-hot class vectors."""
+        if self.spec.discrete:
+            return F.one_hot(env_actions.long(), self.spec.action_dim).float()
+        return self.action_scaler.normalize(env_actions)
+
     def expert_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normalised obs, action in [-1, 1]) of expert transitions, as the discriminator sees them."""
-        return self.obs_normalizer(batch["observations"]), self.action_scaler.normalize(batch["actions"])
+        """(normalised obs, discriminator action) of expert transitions."""
+        return self.obs_normalizer(batch["observations"]), self.discriminator_actions(batch["actions"])
 
     def logits(self, normalized_obs: torch.Tensor, disc_actions: torch.Tensor) -> torch.Tensor:
         return self.discriminator(normalized_obs, disc_actions)
@@ -131,7 +137,7 @@ class GAIL(PPO):
         obs_t = self.obs_tensor(self.obs)
         # the env-unit actions PPO executes, back in [-1, 1]: its unbounded Gaussian samples clipped to
         # the bounds as the env clips them (expert actions lie within the bounds too)
-        disc_actions = self.action_scaler.normalize(
+        disc_actions = self.discriminator_actions(
             torch.as_tensor(actions, dtype=torch.float32, device=self.device)
         )
         next_obs, _env_rewards, terminated, truncated, real_next = super().step_envs(actions)
