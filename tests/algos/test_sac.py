@@ -231,8 +231,8 @@ def test_resume_continues_env_steps_and_replay_buffer(tmp_path, data_dir, save_b
             buffer["data"]["observations"][:400], ckpt[REPLAY_BUFFER_KEY]["data"]["observations"]
         )
     else:
-        # an empty buffer refills batch_size (64) transitions before updating again
-        assert int(ckpt2["state_dict"]["update_rounds"]) == 300 + 200 - 63
+        # an empty buffer first refills learning_starts (100) transitions of the current policy
+        assert int(ckpt2["state_dict"]["update_rounds"]) == 300 + 200 - 99
 
 
 BEHAVIOR_POLICIES = ASSETS_DIR / "behavior_policies"

@@ -122,7 +122,8 @@ class SAC(OnlineAlgorithm):
         updates_per_step: env steps (each with its update round) per Lightning step.
         checkpoint_replay_buffer: save the filled replay buffer in checkpoints (resume continues on the
             same data; costs (2 * obs + act + 3) * 4 bytes per stored transition). Without it a resumed
-            run refills the buffer with `batch_size` fresh transitions before updating again.
+            run refills the buffer with `learning_starts` transitions of its current policy before
+            updating again.
         replay_dataset_path: at the end of training, write the replay buffer as a D4RL-format file (a
             "medium-replay"-style dataset: every transition of the run, from random to final policy,
             when buffer_size >= total_timesteps). null = don't.
@@ -181,6 +182,7 @@ class SAC(OnlineAlgorithm):
         self.register_buffer("update_rounds", torch.zeros((), dtype=torch.long))
         self._rounds = 0
         self.replay_buffer: ReplayBuffer | None = None
+        self._min_buffer_size = self.batch_size  # see on_fit_start
         self._restored_buffer: dict | None = None
         self._last_actor_losses: dict[str, torch.Tensor] = {}
 
@@ -221,9 +223,16 @@ class SAC(OnlineAlgorithm):
         super().on_fit_start()
         self._rounds = int(self.update_rounds)
         self.replay_buffer = self.make_replay_buffer()
+        # transitions the buffer needs before an update: a resume without the saved buffer first
+        # refills `learning_starts` of them from the current policy, as many as a fresh run's warm-up
+        # (updating on the first few hundred would overfit the critics to them)
+        self._min_buffer_size = self.batch_size
         if self._restored_buffer is not None:
             self.replay_buffer.load_state_dict(self._restored_buffer)
             self._restored_buffer = None
+        elif int(self.env_steps) > 0:
+            refill = max(self.batch_size, self.learning_starts)
+            self._min_buffer_size = min(refill, self.replay_buffer.capacity)
 
     def on_fit_end(self) -> None:
         super().on_fit_end()
@@ -325,7 +334,7 @@ class SAC(OnlineAlgorithm):
                 break
             self.explore_step(random_actions=env_steps < self.learning_starts)
             env_steps += self.num_envs
-            if env_steps > self.learning_starts and len(self.replay_buffer) >= self.batch_size:
+            if env_steps > self.learning_starts and len(self.replay_buffer) >= self._min_buffer_size:
                 losses = self.update(self.replay_buffer.sample((self.batch_size,)), optimizers)
                 for name, value in losses.items():
                     totals[name] = totals[name] + value if name in totals else value
