@@ -172,13 +172,16 @@ def collect_minari(dataset_id, env_id, seeds, max_steps, **create_kwargs) -> lis
 
     env = minari.DataCollector(gym.make(env_id, max_episode_steps=max_steps))
     rng = np.random.default_rng(0)
-    low, high = env.action_space.low, env.action_space.high
+    space = env.action_space
     episodes = []
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
         ep = {k: [] for k in ("obs", "next_obs", "actions", "rewards", "terminated", "truncated")}
         while True:
-            action = rng.uniform(low, high).astype(np.float32)
+            if isinstance(space, gym.spaces.Discrete):
+                action = int(rng.integers(space.n))
+            else:
+                action = rng.uniform(space.low, space.high).astype(np.float32)
             next_obs, reward, terminated, truncated, _ = env.step(action)
             for key, value in zip(ep, (obs, next_obs, action, reward, terminated, truncated), strict=True):
                 ep[key].append(value)
@@ -244,6 +247,23 @@ def test_minari_dataset_trains_end_to_end_through_the_config(tmp_path, data_dir,
     # Minari's reference scores become the normalized score's random/expert returns
     expected = 100 * (results["eval_return_mean"] + 1200) / (-150 + 1200)
     assert results["normalized_score"] == pytest.approx(expected)
+
+
+def test_minari_discrete_action_dataset_trains_bc(tmp_path, data_dir, minari_root):
+    episodes = collect_minari("test/cartpole/random-v0", "CartPole-v1", seeds=range(3), max_steps=100)
+    dm = minari_datamodule("test/cartpole/random-v0")
+    dm.setup("fit")
+    assert dm.discrete_actions and dm.action_range == (0, 1)
+    expected = np.concatenate([e["actions"] for e in episodes])
+    np.testing.assert_array_equal(dm.buffer.data["actions"].numpy(), expected.astype(np.float32))
+    cfg = small_train_config(
+        tmp_path,
+        data_dir,
+        ["data=minari", "data.dataset_id=test/cartpole/random-v0", "env=cartpole", "debug=fdr"],
+    )
+    _, results = train(cfg)
+    assert results["dataset_transitions"] == len(expected)
+    assert results["train_steps"] == cfg.algo.updates_per_step
 
 
 def test_minari_dataset_from_another_env_names_that_env(tmp_path, data_dir, minari_root):

@@ -77,7 +77,8 @@ def resolve_minari_path(dataset_id: str) -> Path:
 
 
 def minari_episodes_to_d4rl(path: str | Path, dataset) -> dict[str, np.ndarray]:
-    """Concatenate a MinariDataset's episodes into float32 D4RL arrays with next_observations.
+    """Concatenate a MinariDataset's episodes into float32 D4RL arrays with next_observations
+    (Discrete action spaces: int64 class indices, as vla_hydra.collect writes them).
 
     Every episode must hold one more observation than steps and end in a termination or truncation;
     a step both terminated and truncated counts as terminal only (as vla_hydra.collect writes it).
@@ -85,12 +86,14 @@ def minari_episodes_to_d4rl(path: str | Path, dataset) -> dict[str, np.ndarray]:
     import gymnasium as gym
 
     spaces = {"observations": dataset.observation_space, "actions": dataset.action_space}
+    discrete_actions = isinstance(dataset.action_space, gym.spaces.Discrete)
     for field, space in spaces.items():
-        if not isinstance(space, gym.spaces.Box):
+        if not isinstance(space, gym.spaces.Box) and not (field == "actions" and discrete_actions):
             raise DatasetError(
                 path,
                 field,
-                f"{type(space).__name__} {field[:-1]} space is not supported: only Box (array) spaces are; "
+                f"{type(space).__name__} {field[:-1]} space is not supported: only Box (array) spaces "
+                f"and Discrete actions are; "
                 f"flatten Dict/Tuple observations when collecting (gymnasium.wrappers.FlattenObservation)",
             )
     obs_shape, act_shape = dataset.observation_space.shape, dataset.action_space.shape
@@ -148,6 +151,8 @@ def minari_episodes_to_d4rl(path: str | Path, dataset) -> dict[str, np.ndarray]:
     arrays = {}
     for key, chunks in parts.items():
         dtype = bool if key in ("terminals", "timeouts") else np.float32
+        if key == "actions" and discrete_actions:
+            dtype = np.int64
         # one copy straight into float32 (Minari keeps rewards as float64)
         arrays[key] = np.concatenate(chunks, dtype=dtype) if chunks else np.zeros(empty.get(key, (0,)), dtype)
     return arrays
