@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
 
 from tests.conftest import CONF_DIR, ROOT, compose_config, run_module
 
@@ -35,6 +36,13 @@ def test_every_group_choice_composes(group, choice):
         overrides.append("data.path=/tmp/some.hdf5")
     cfg = compose_config("train", overrides)
     assert cfg.algo._target_ and cfg.trainer._target_
+    # every interpolation resolves (an algo key and a trainer key pointing at each other would not),
+    # except those that need a Hydra run (run dirs, choices)
+    with open_dict(cfg):
+        cfg.paths.output_dir = "/tmp/out"
+        cfg.paths.log_dir = "/tmp/logs"
+    for node in ("algo", "trainer", "model", "env", "data", "callbacks", "logger", "cluster"):
+        OmegaConf.to_container(cfg[node], resolve=True)
 
 
 def test_objects_instantiate_from_default_config(tmp_path):

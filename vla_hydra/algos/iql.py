@@ -66,7 +66,7 @@ class IQL(PolicyAlgorithm):
         expectile: float = 0.7,
         beta: float = 3.0,
         max_weight: float = 100.0,
-        max_updates: int = 1_000_000,
+        actor_lr_decay_updates: int = 1_000_000,
         normalize_reward: bool = True,
         reward_norm_scale: float = 1000.0,
         updates_per_step: int = 50,
@@ -76,7 +76,8 @@ class IQL(PolicyAlgorithm):
         super().__init__(spec, updates_per_step, stats, compile_losses)
         self.actor_lr, self.critic_lr, self.value_lr = actor_lr, critic_lr, value_lr
         self.discount, self.tau, self.expectile = discount, tau, expectile
-        self.beta, self.max_weight, self.max_updates = beta, max_weight, int(max_updates)
+        self.beta, self.max_weight = beta, max_weight
+        self.actor_lr_decay_updates = int(actor_lr_decay_updates)
         self.actor = model(spec.observation_shape, spec.action_dim)
         # Gaussian actors are scored by log-likelihood; a deterministic one (model=mlp) by squared error
         self.stochastic_actor = hasattr(self.actor, "log_prob")
@@ -133,7 +134,7 @@ class IQL(PolicyAlgorithm):
 
     def update(self, batch, optimizers):
         loss, figures = self.loss_fn()(batch)
-        lr = cosine_lr(self.actor_lr, self._num_updates, self.max_updates)
+        lr = cosine_lr(self.actor_lr, self._num_updates, self.actor_lr_decay_updates)
         optimizers.param_groups[2]["lr"] = lr
         optimizers.zero_grad(set_to_none=True)
         self.backprop(loss)
