@@ -83,3 +83,14 @@ def test_eval_experiment_reproduces_the_runs_final_evaluation(tmp_path, data_dir
     # no further updates; same weights and evaluation seeds -> the same returns
     assert evaluated["train_steps"] == trained["train_steps"] == 100
     assert evaluated["eval_return_mean"] == trained["eval_return_mean"]
+
+
+def test_submitit_local_sweep_waits_for_jobs_longer_than_a_status_poll(tmp_path, data_dir):
+    """cluster=submitit_local: each job is its own process (~5 s of imports alone), so the launcher
+    waits past its 5 s status-poll interval, which only SLURM jobs may use."""
+    results = _run_sweep(
+        tmp_path, data_dir, "hydra.mode=MULTIRUN", "cluster=submitit_local", "seed=0,1", "trainer.max_steps=100",
+        "eval.episodes=2", "callbacks.policy_eval=null",
+    )  # fmt: skip
+    assert [r["seed"] for r in results] == [0, 1]
+    assert all(r["train_steps"] == 100 for r in results)

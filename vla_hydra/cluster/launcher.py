@@ -91,11 +91,13 @@ class WaitForAllJobs(BaseSubmititLauncher):
         returns: dict[int, JobReturn] = {}
         pending = dict(zip(numbers, zip(job_overrides, jobs, strict=True), strict=True))
         last_poll = time.monotonic()
+        # SLURM jobs only: local jobs are child processes that report their own state, and their
+        # watcher has no scheduler to ask (its update() raises NotImplementedError)
+        watcher = getattr(jobs[0], "watcher", None) if _is_slurm_job(jobs[0]) else None
         while pending:
             # a finished job is seen from its result file; one that died without one only from the
             # scheduler: ask it (one sacct call for all jobs) every STATUS_POLL_S instead of submitit's
             # back-off of up to a minute
-            watcher = getattr(jobs[0], "watcher", None)
             if watcher is not None and time.monotonic() - last_poll > STATUS_POLL_S:
                 watcher.update()
                 last_poll = time.monotonic()
@@ -126,11 +128,15 @@ class WaitForAllJobs(BaseSubmititLauncher):
         return returned
 
 
+def _is_slurm_job(job: Any) -> bool:
+    return getattr(job, "_cancel_command", "") == "scancel"
+
+
 def _requeued(job: Any) -> bool:
     """A job that looks finished but has no result file may have been requeued (pre-emption): for a
     moment SLURM accounting reports the killed run as ended while the job waits in the queue again.
     Such a job is still listed by squeue; a job that really ended is not."""
-    if job.paths.result_pickle.exists() or getattr(job, "_cancel_command", "") != "scancel":
+    if job.paths.result_pickle.exists() or not _is_slurm_job(job):
         return False
     import subprocess
 
