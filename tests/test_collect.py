@@ -175,3 +175,21 @@ def test_recipe_fingerprint_is_the_same_for_the_same_recipe():
 
     assert recipe(0).fingerprint() == recipe(0).fingerprint()
     assert recipe(0).fingerprint() != recipe(1).fingerprint()
+
+
+def test_checkpoint_recipe_fingerprint_follows_the_weights_not_the_path(tmp_path):
+    """A moved checkout (or another machine) keeps its cached datasets; other weights do not."""
+    import shutil
+
+    from vla_hydra.collect import CollectionRecipe
+    from vla_hydra.core.config import ASSETS_DIR
+    from vla_hydra.eval import CheckpointPolicy
+
+    shipped = ASSETS_DIR / "behavior_policies"
+    copy = shutil.copy(shipped / "hopper_sac.ckpt", tmp_path / "elsewhere.ckpt")
+
+    def fingerprint(path) -> str:
+        return CollectionRecipe(env_id=None, behavior_policy=CheckpointPolicy(str(path))).fingerprint()
+
+    assert fingerprint(copy) == fingerprint(shipped / "hopper_sac.ckpt")
+    assert fingerprint(copy) != fingerprint(shipped / "hopper_sac_expert.ckpt")

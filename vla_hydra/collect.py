@@ -47,12 +47,14 @@ _STABLE_TYPES = (str, int, float, bool, tuple, list, np.ndarray)
 
 
 def _policy_state(policy) -> dict[str, str]:
-    """What identifies a behaviour policy in a recipe fingerprint: its public, process-independent
-    attributes (a CheckpointPolicy's path and weights hash, a controller's gains)."""
+    """What identifies a behaviour policy in a recipe fingerprint: the attributes its class lists in
+    `identifying_attributes` (a CheckpointPolicy: weights hash and env, not its path), else its public,
+    process-independent ones (a controller's gains)."""
+    names = getattr(policy, "identifying_attributes", None)
     return {
         k: repr(v)
         for k, v in sorted(vars(policy).items())
-        if not k.startswith("_") and isinstance(v, _STABLE_TYPES)
+        if (k in names if names is not None else not k.startswith("_")) and isinstance(v, _STABLE_TYPES)
     }
 
 

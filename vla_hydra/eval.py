@@ -77,6 +77,10 @@ class CheckpointPolicy:
     """A trained checkpoint as a plain obs -> env-action callable, e.g. the behaviour policy of
     `vla_hydra.collect` recipes or an expert for DAgger. `env_id` is the env it was trained in."""
 
+    # what identifies it in dataset-recipe fingerprints: the weights and env, not where the file
+    # lies (a moved checkout or another machine keeps its cached datasets)
+    identifying_attributes = ("sha1", "env_id")
+
     def __init__(self, ckpt_path: str, device: str = "cpu"):
         self.ckpt_path, self.device = str(ckpt_path), device
         if not Path(self.ckpt_path).is_file():
