@@ -107,3 +107,17 @@ def test_console_scripts_find_the_config_tree(script):
     proc = subprocess.run([str(executable), "--help"], capture_output=True, text=True, timeout=120, cwd="/")
     assert proc.returncode == 0, proc.stderr
     assert "== Configuration groups ==" in proc.stdout and "paths: default" in proc.stdout
+
+
+@pytest.mark.parametrize("entry", ["vla_hydra.train", "vla_hydra.collect", "vla_hydra.eval"])
+def test_machine_local_settings_reach_every_entry_point(tmp_path, entry):
+    """conf/local/default.yaml, as the README shows it (here found through --config-dir, which adds
+    the folder to the config search path like conf/ itself)."""
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "default.yaml").write_text(
+        "# @package _global_\npaths:\n  data_dir: /scratch/me/vla_data\n"
+    )
+    extra = ["ckpt_path=x.ckpt"] if entry == "vla_hydra.eval" else []
+    proc = run_module(entry, "--config-dir", str(tmp_path), *extra, "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert "data_dir: /scratch/me/vla_data" in proc.stdout
