@@ -2,8 +2,10 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CPU wheel of torch (pinned so a CPU machine never pulls a multi-GB CUDA build); on a GPU machine
-# set TORCH_SPEC to the build you want, e.g. make install TORCH_SPEC="torch==2.13.0 --index-url ...".
+# torch, pinned. This project's machines serve the CPU wheel from their pip index; where pip reaches
+# PyPI directly its Linux wheel is the multi-GB CUDA build, so pick the build there, e.g.
+#   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# (install warns when it finds a CUDA build on a machine without nvidia-smi).
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
@@ -17,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[dev]"
+	@$(PY) -c "import shutil, torch; cuda = torch.version.cuda and not shutil.which('nvidia-smi'); \
+		cuda and print(f'warning: torch {torch.__version__} is a CUDA build on a machine without a GPU; see TORCH_SPEC in the Makefile')"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package with dev tools (idempotent)
