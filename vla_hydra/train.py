@@ -56,7 +56,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     throughput = Throughput()
     callbacks.append(throughput)
     loggers = instantiate_dict_values(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = _build_trainer(cfg.trainer, callbacks, loggers)
     trainer.fit(algo, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, output_dir))
 
     if trainer.global_rank != 0:
@@ -111,6 +111,29 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     log.info(f"results:    {output_dir / 'results.json'}")
     metric = results.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
     return metric, results
+
+
+def _build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list):
+    """The Lightning Trainer; settings Lightning refuses on this machine (a GPU strategy without GPUs,
+    more devices than exist) become a one-line ConfigError naming them."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from vla_hydra.core.exceptions import ConfigError
+
+    try:
+        return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    except InstantiationException as err:
+        if not isinstance(err.__cause__, MisconfigurationException):
+            raise
+        strategy = trainer_cfg.get("strategy")
+        if isinstance(strategy, DictConfig):
+            strategy = str(strategy.get("_target_", "?")).rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"trainer (accelerator={trainer_cfg.get('accelerator')}, devices={trainer_cfg.get('devices')}, "
+            f"strategy={strategy}): Lightning refuses it here: {err.__cause__}"
+        ) from err
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -149,3 +149,9 @@ def test_an_expert_for_another_env_is_refused(tmp_path, data_dir):
     algo._expert_act = lambda obs: np.zeros((len(obs), 2), dtype=np.float32)
     with pytest.raises(ConfigError, match=r"shape \(4, 2\).*expected \(4, 1\)"):
         algo.expert_labels(np.zeros((4, 3), dtype=np.float32))
+
+
+def test_discrete_dagger_with_a_network_without_class_probabilities_is_a_one_line_error(tmp_path, data_dir):
+    cfg = small_train_config(tmp_path, data_dir, ["algo=dagger", "env=cartpole", "debug=fdr"])
+    with pytest.raises(ConfigError, match="env CartPole-v1 has discrete actions, .*model=stochastic_policy"):
+        train(cfg)

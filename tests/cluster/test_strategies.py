@@ -103,3 +103,19 @@ def test_deepspeed_engine_on_cpu_with_the_trainer_config(tmp_path, stage):
         "DeepSpeedZeroOptimizer" if stage == 2 else "DeepSpeedZeroOptimizer_Stage3"
     )
     assert result["last"] < 0.1 * result["first"]  # it trains: a linear target is fitted
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
+def test_gpu_only_strategies_on_a_cpu_machine_fail_in_one_line(tmp_path, data_dir, strategy):
+    run_dir = tmp_path / "run"
+    proc = run_module(
+        "vla_hydra.train", f"trainer={strategy}", f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: trainer (accelerator=gpu, devices=2, strategy="), proc.stderr[-2000:]
+    assert "Lightning refuses it here: No supported gpu backend found!" in last
+    assert "Traceback" not in proc.stderr and not (run_dir / "results.json").exists()

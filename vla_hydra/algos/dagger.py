@@ -93,11 +93,16 @@ class DAgger(OnlineAlgorithm):
         self.updates_per_iteration, self.batch_size = int(updates_per_iteration), int(batch_size)
         self.lr, self.weight_decay = lr, weight_decay
         if spec.discrete:
-            self.actor = model(spec.observation_shape, spec.action_dim, discrete=True)
+            needs = (
+                f"algo=dagger: env {spec.env_id} has discrete actions, which need a policy with class "
+                "probabilities: model=stochastic_policy"
+            )
+            try:
+                self.actor = model(spec.observation_shape, spec.action_dim, discrete=True)
+            except TypeError as err:  # a network without a discrete mode (model=mlp, ...)
+                raise ConfigError(needs) from err
             if not hasattr(self.actor, "log_prob"):
-                raise ConfigError(
-                    "algo=dagger: discrete actions need a policy with class probabilities: model=stochastic_policy"
-                )
+                raise ConfigError(needs)
         else:
             self.actor = model(spec.observation_shape, spec.action_dim)
         self.dataset = self._new_dataset("cpu")
