@@ -66,6 +66,13 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
     checkpointing = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
     last_ckpt = checkpointing[0].last_model_path if checkpointing else ""
+    if checkpointing and not last_ckpt and checkpointing[0].dirpath and trainer.world_size == 1:
+        # no optimizer step happened (e.g. an online budget inside the random warm-up), so Lightning
+        # saved nothing: still leave the policy as it is, without replacing an existing file
+        fallback = Path(checkpointing[0].dirpath) / "last.ckpt"
+        if not fallback.exists():
+            trainer.save_checkpoint(fallback)
+            last_ckpt = str(fallback)
     evals = [cb for cb in callbacks if isinstance(cb, PolicyEvaluation)]
     results = {
         "algo": algo.name or type(algo).__name__.lower(),

@@ -5,6 +5,7 @@ buffer)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,14 @@ def test_shipped_behavior_policy_loads_and_scores_as_recorded(file, env_id, min_
     # D4RL-normalised: random policy = 0, D4RL's expert = 100; the README records each policy's
     # 20-episode score (medium policies 43-51, the expert 99.3)
     assert result.normalized_score > min_score, result.returns
+
+
+def test_a_budget_inside_the_random_warm_up_still_leaves_a_checkpoint(tmp_path, data_dir):
+    """No gradient update happens (200 env steps < learning_starts), so Lightning saves nothing itself;
+    train() still writes last.ckpt, and eval loads it."""
+    cfg = small_train_config(tmp_path, data_dir, [*SMALL, "algo.total_timesteps=200"])
+    _, results = train(cfg)
+    assert results["train_steps"] == 0 and results["env_steps"] == 200
+    assert Path(results["checkpoint"]).name == "last.ckpt"
+    algo, _, _ = load_policy(results["checkpoint"])
+    assert int(algo.env_steps) == 200
