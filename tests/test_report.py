@@ -203,11 +203,16 @@ def test_online_runs_are_grouped_by_their_env(tmp_path):
         _write_run(tmp_path / str(seed), "sac", "online", seed, ret)
         path = tmp_path / str(seed) / "results.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "env_steps": 20000}))
-    _write_run(tmp_path / "2", "bc", "pendulum-mixed-v0", 0, -300.0)  # offline: keeps its dataset
+    _write_run(tmp_path / "2", "bc", "pendulum-expert-v0", 0, -300.0)  # offline: keeps its dataset
+    # online and with a dataset (GAIL's expert data): next to the offline runs on that dataset
+    _write_run(tmp_path / "3", "gail", "pendulum-expert-v0", 0, -190.0)
+    path = tmp_path / "3" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "env_steps": 50000}))
     report = write_report([tmp_path], out=tmp_path / "out")
     assert [(g.dataset, g.algo, len(g.runs)) for g in report.groups] == [
         ("Pendulum-v1 (online)", "sac", 2),
-        ("pendulum-mixed-v0", "bc", 1),
+        ("pendulum-expert-v0", "bc", 1),
+        ("pendulum-expert-v0", "gail", 1),
     ]
 
 

@@ -4,7 +4,8 @@
     python -m vla_hydra.report <sweep A> <sweep B> --out reports/bc_vs_iql
 
 Every `results.json` under the given dirs (written by `vla_hydra.train`, one per run) is one run;
-runs are grouped by (dataset, algo), an online run's dataset being "<env id> (online)". Per group: number of runs and their seeds, mean ± sample std
+runs are grouped by (dataset, algo), an online run's dataset being "<env id> (online)" unless it
+learned from a dataset too (GAIL's expert data). Per group: number of runs and their seeds, mean ± sample std
 (ddof=1) over runs of the final normalized score and of the final evaluation return, mean train
 steps and mean wall time. Prints the table and writes, into `--out` (default: the first dir):
 
@@ -171,8 +172,9 @@ def load_run(path: Path) -> Run:
             )
     env = _field(data, path, "env", "str", optional=True)
     dataset = _field(data, path, "dataset", "str")
-    if data.get("env_steps") is not None and env:
-        # online runs learn from their own experience (data=rollouts): group and title them by env
+    if data.get("env_steps") is not None and env and dataset == "online":
+        # online runs learn from their own experience (data=rollouts): group and title them by env;
+        # an online run with a dataset (GAIL's expert data) stays with the other runs on that dataset
         dataset = f"{env} (online)"
     return Run(
         path=path,
