@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import small_train_config
+from tests.conftest import compose_config, small_train_config
 from vla_hydra.algos.dt import DecisionTransformer, dt_action_loss, warmup_lr
 from vla_hydra.data.stats import DatasetStats
 from vla_hydra.data.trajectories import TrajectoryBuffer
@@ -227,3 +227,9 @@ def test_dt_refuses_a_model_that_is_not_a_sequence_model(tmp_path, data_dir):
     cfg = small_train_config(tmp_path, data_dir, ["algo=dt", "model=mlp", "debug=fdr"])
     with pytest.raises(ConfigError, match="algo=dt: model= built a DeterministicActor"):
         train(cfg)
+
+
+@pytest.mark.parametrize("env, target", [("pendulum", -150.0), ("hopper", 3234.3), ("cartpole", 500.0)])
+def test_target_return_defaults_to_the_envs_expert_reference(env, target):
+    cfg = compose_config("train", ["algo=dt", f"env={env}"])
+    assert cfg.algo.target_return == pytest.approx(target)
