@@ -34,7 +34,8 @@ def _policy_name(policy) -> str:
 
 
 def _policy_params(policy) -> dict[str, Any]:
-    """Public scalar attributes: a CheckpointPolicy is identified by its path and weights hash."""
+    """Public scalar and sequence attributes, recorded in the file's metadata (a CheckpointPolicy: its
+    path, weights hash and env id; a controller: its gains)."""
     return {
         k: v
         for k, v in vars(policy).items()
