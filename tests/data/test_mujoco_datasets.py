@@ -52,6 +52,8 @@ def test_hopper_medium_recipe_rolls_out_the_shipped_policy_and_trains(tmp_path):
         ("hopper_sac_mixed", "Hopper-v5", "CheckpointPolicy"),
         ("hopper_sac_expert", "Hopper-v5", "CheckpointPolicy"),
         ("hopper_sac_medium_expert", "Hopper-v5", "CheckpointPolicy"),
+        ("walker2d_sac_expert", "Walker2d-v5", "CheckpointPolicy"),
+        ("walker2d_sac_medium_expert", "Walker2d-v5", "CheckpointPolicy"),
         ("hopper_sac_medium_replay", "Hopper-v5", "CheckpointPolicy"),
         ("halfcheetah_sac_medium_replay", "HalfCheetah-v5", "CheckpointPolicy"),
         ("walker2d_sac_medium_replay", "Walker2d-v5", "CheckpointPolicy"),
@@ -70,11 +72,12 @@ def test_every_mujoco_recipe_collects_from_its_own_env_and_policy(tmp_path, choi
     _, meta = read_d4rl_hdf5(tmp_path / "d.hdf5")
     assert meta["env_id"] == env_id and meta["behavior_policy"].endswith(behaviour)
     assert summary["episodes"] == 2
-    if choice == "hopper_sac_medium_expert":  # episodes alternate: the medium policy, then the expert
+    if choice.endswith("_sac_medium_expert"):  # episodes alternate: the medium policy, then the expert
         params = json.loads(meta["behavior_policy_params"])
+        env = choice.split("_")[0]
         assert [p["ckpt_path"].rsplit("/", 1)[1] for p in params] == [
-            "hopper_sac.ckpt",
-            "hopper_sac_expert.ckpt",
+            f"{env}_sac.ckpt",
+            f"{env}_sac_expert.ckpt",
         ]
     if choice.endswith("medium_replay"):  # the quality spread: from all-random to the policy's own actions
         assert meta["random_action_prob"] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.0])
