@@ -133,3 +133,14 @@ def test_iql_beats_bc_on_mostly_random_data(tmp_path, data_dir):
         returns[algo] = results["eval_return_mean"]
     # seen: BC ~ -1380, IQL ~ -440 (random ~ -1230, controller ~ -145)
     assert returns["iql"] > returns["bc"] + 400, returns
+
+
+def test_checkpoints_with_the_old_max_updates_key_still_build():
+    """Configs stored in checkpoints before the decay horizon was renamed carry `max_updates`."""
+
+    def actor(shape, dim):
+        return GaussianActor(shape, dim, hidden_dims=(8,))
+
+    small = {"critic_hidden_dims": (8,), "value_hidden_dims": (8,)}
+    assert IQL(SPEC, actor, max_updates=2500, **small).actor_lr_decay_updates == 2500
+    assert IQL(SPEC, actor, actor_lr_decay_updates=700, **small).actor_lr_decay_updates == 700

@@ -72,8 +72,11 @@ class IQL(PolicyAlgorithm):
         updates_per_step: int = 50,
         compile_losses: bool = False,
         stats=None,
+        max_updates: int | None = None,
     ):
         super().__init__(spec, updates_per_step, stats, compile_losses)
+        if max_updates is not None:  # the key's name in checkpoints written before 2026-11-26
+            actor_lr_decay_updates = max_updates
         self.actor_lr, self.critic_lr, self.value_lr = actor_lr, critic_lr, value_lr
         self.discount, self.tau, self.expectile = discount, tau, expectile
         self.beta, self.max_weight = beta, max_weight
