@@ -1,0 +1,40 @@
+"""hparams_search=*_optuna run locally (the SLURM variant is in test_slurm.py): a stored study that the
+same command continues with fresh proposals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.cluster.test_slurm import small_job_args
+from tests.conftest import run_module
+
+
+def stored_trials(db: Path, study: str) -> list[dict]:
+    import optuna
+
+    loaded = optuna.load_study(study_name=study, storage=f"sqlite:///{db}")
+    return [{"state": t.state.name, **t.params} for t in loaded.trials]
+
+
+def test_rerunning_an_optuna_sweep_continues_the_study_with_new_proposals(pendulum_data, tmp_path):
+    args = [
+        "hparams_search=bc_optuna",
+        "cluster=local",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+        *small_job_args(tmp_path, pendulum_data)[:-2],  # no SLURM time/signal settings
+    ]
+    db = tmp_path / "logs" / "bc_optuna" / "optuna" / "bc_optuna.db"
+    first = run_module("vla_hydra.train", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert [t["state"] for t in stored_trials(db, "bc_optuna")] == ["COMPLETE"] * 2
+
+    again = run_module("vla_hydra.train", *args, cwd=tmp_path)  # the very same command
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = stored_trials(db, "bc_optuna")
+    assert [t["state"] for t in trials] == ["COMPLETE"] * 4
+    # TPE is still in its random start-up trials: a sampler restarted from the same seed would propose
+    # trials 0 and 1 again; the continuation is seeded with seed + 2 (stored trials) instead
+    learning_rates = [t["algo.lr"] for t in trials]
+    assert len(set(learning_rates)) == 4, learning_rates
+    assert "continuing it with sampler seed 2 " in again.stderr + again.stdout
