@@ -23,7 +23,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from vla_hydra.cli import run_cli
-from vla_hydra.core.config import CONF_DIR
+from vla_hydra.core.config import CONF_DIR, check_config_values
 
 # Held-out seeds for reference returns, far from the collection seeds.
 _REFERENCE_SEED_OFFSET = 1_000_000
@@ -251,6 +251,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     from vla_hydra.core.exceptions import ConfigError
     from vla_hydra.core.runtime import set_torch_threads
 
+    check_config_values(cfg)
     # small policy networks on a shared CPU: 1 thread is ~30x faster than contended multi-threading
     set_torch_threads(cfg.get("torch_threads", 1))
 

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vla_hydra.cli import run_cli
-from vla_hydra.core.config import CONF_DIR
+from vla_hydra.core.config import CONF_DIR, check_config_values
 
 
 def load_policy(ckpt_path: str | Path, device: str = "cpu"):
@@ -103,6 +103,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from vla_hydra.core.runtime import select_device, set_torch_threads
     from vla_hydra.envs.evaluation import rollout_episodes
 
+    check_config_values(cfg)
     set_torch_threads(cfg.get("torch_threads"))
     if cfg.get("export"):
         _refuse_existing_export(cfg.export)  # before any work, not after the evaluation

@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vla_hydra.cli import run_cli
-from vla_hydra.core.config import CONF_DIR, instantiate_dict_values
+from vla_hydra.core.config import CONF_DIR, check_config_values, instantiate_dict_values
 
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
@@ -36,6 +36,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
 
     log = get_logger(__name__)
     silence_known_warnings()
+    check_config_values(cfg)
     set_torch_threads(cfg.get("torch_threads"))
     seed_everything(cfg.seed)
     output_dir = Path(cfg.paths.output_dir).resolve()

@@ -37,3 +37,99 @@ def instantiate_dict_values(cfg: DictConfig | None) -> list[Any]:
             if obj is not None:
                 objects.append(obj)
     return objects
+
+
+# -- value checks ------------------------------------------------------------------------------------
+# Hyper-parameter names mean the same thing in every algo/data/model/env config, so their valid ranges
+# are stated once here, by key name, and checked before anything is built: a bad value is a one-line
+# ConfigError naming the option instead of a traceback, a hang (0 updates per step) or a silent NaN run
+# (batch size 0). Values that are interpolations are checked where they are defined.
+_POSITIVE_INT_KEYS = {
+    "batch_size", "updates_per_step", "steps_per_epoch", "total_timesteps", "num_steps", "num_minibatches",
+    "update_epochs", "context_length", "num_envs", "episodes", "video_episodes", "reference_episodes",
+    "group_size", "num_groups", "steps_per_iteration", "updates_per_iteration", "policy_freq",
+    "policy_frequency", "target_network_frequency", "buffer_size", "cql_n_actions", "num_layers",
+    "num_heads", "embedding_dim", "max_episode_steps", "every_n_updates",
+}  # fmt: skip
+_POSITIVE_INT_LIST_KEYS = {
+    "hidden_dims",
+    "critic_hidden_dims",
+    "value_hidden_dims",
+    "discriminator_hidden_dims",
+}
+_LEARNING_RATE_KEYS = {
+    "lr", "actor_lr", "critic_lr", "value_lr", "alpha_lr", "policy_lr", "q_lr", "discriminator_lr",
+}  # fmt: skip
+_NON_NEGATIVE_KEYS = {
+    "weight_decay", "ent_coef", "vf_coef", "kl_coef", "learning_starts", "max_grad_norm", "grad_clip",
+    "policy_noise", "noise_clip", "cql_alpha", "gradient_penalty_coef", "warmup_updates",
+}  # fmt: skip
+# (low, high, low included, high included)
+_INTERVAL_KEYS = {
+    "discount": (0.0, 1.0, True, True),
+    "gamma": (0.0, 1.0, True, True),
+    "gae_lambda": (0.0, 1.0, True, True),
+    "tau": (0.0, 1.0, False, True),
+    "expectile": (0.0, 1.0, False, False),
+    "beta_decay": (0.0, 1.0, True, True),
+    "dropout": (0.0, 1.0, True, False),
+    "clip_coef": (0.0, float("inf"), False, False),
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _expected(key: str, value: Any) -> str | None:
+    """What `key` should hold, when `value` is not that; None when it is fine or not a checked key."""
+    if value is None:
+        return None  # optional settings (target_kl: null, ...)
+    if key in _POSITIVE_INT_KEYS:
+        return (
+            None
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            else "an integer >= 1"
+        )
+    if key in _POSITIVE_INT_LIST_KEYS:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and v >= 1 for v in value)
+        return None if ok else "a list of integers >= 1 (layer widths)"
+    if key in _LEARNING_RATE_KEYS:
+        return None if _is_number(value) and value > 0 else "a learning rate > 0"
+    if key in _NON_NEGATIVE_KEYS:
+        return None if _is_number(value) and value >= 0 else "a number >= 0"
+    if key in _INTERVAL_KEYS:
+        low, high, low_in, high_in = _INTERVAL_KEYS[key]
+        ok = _is_number(value) and (low <= value if low_in else low < value)
+        ok = ok and (value <= high if high_in else value < high)
+        return (
+            None if ok else f"a number in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+        )
+    return None
+
+
+def _check_node(node: DictConfig, prefix: str) -> None:
+    from vla_hydra.core.exceptions import ConfigError
+
+    for key in node:
+        if (
+            not isinstance(key, str)
+            or OmegaConf.is_interpolation(node, key)
+            or OmegaConf.is_missing(node, key)
+        ):
+            continue
+        value = node[key]
+        if isinstance(value, DictConfig):
+            _check_node(value, f"{prefix}{key}.")
+            continue
+        if OmegaConf.is_list(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        problem = _expected(key, value)
+        if problem:
+            raise ConfigError(f"{prefix}{key}={value}: expected {problem}")
+
+
+def check_config_values(cfg: DictConfig) -> None:
+    """Raise a one-line ConfigError for the first known hyper-parameter outside its valid range (the
+    whole config but Hydra's own settings)."""
+    _check_node(cfg, "")

@@ -1,0 +1,57 @@
+"""Known hyper-parameters outside their valid range are refused before anything is built."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import compose_config, run_module
+from vla_hydra.core.config import check_config_values
+from vla_hydra.core.exceptions import ConfigError
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["data.batch_size=0"], "data.batch_size=0: expected an integer >= 1"),
+        (["algo.updates_per_step=0"], "algo.updates_per_step=0: expected an integer >= 1"),
+        (["algo.lr=-1"], "algo.lr=-1: expected a learning rate > 0"),
+        (["algo=iql", "algo.expectile=1.5"], "algo.expectile=1.5: expected a number in (0, 1)"),
+        (["algo=td3bc", "algo.tau=0"], "algo.tau=0: expected a number in (0, 1]"),
+        (
+            ["algo=ppo", "env=cartpole", "algo.total_timesteps=0"],
+            "algo.total_timesteps=0: expected an integer >= 1",
+        ),
+        (["algo=sac", "algo.batch_size=0"], "algo.batch_size=0: expected an integer >= 1"),
+        (["algo=dt", "algo.context_length=0"], "algo.context_length=0: expected an integer >= 1"),
+        (["model.hidden_dims=[256,0]"], "model.hidden_dims=[256, 0]: expected a list of integers >= 1 (layer widths)"),
+        (["eval.episodes=0"], "eval.episodes=0: expected an integer >= 1"),
+        (["data.recipe.episodes=two"], "data.recipe.episodes=two: expected an integer >= 1"),
+        (["algo=ppo", "env=cartpole", "algo.gamma=1.01"], "algo.gamma=1.01: expected a number in [0, 1]"),
+    ],
+)
+def test_out_of_range_values_name_the_option(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        check_config_values(compose_config("train", overrides))
+    assert str(err.value) == message
+
+
+def test_boundary_values_and_optional_settings_pass():
+    check_config_values(
+        compose_config(
+            "train",
+            ["algo=ppo", "env=cartpole", "algo.gamma=1.0", "algo.gae_lambda=0", "algo.target_kl=null"],
+        )
+    )
+    check_config_values(compose_config("train", ["algo=td3bc", "algo.tau=1.0", "algo.policy_noise=0"]))
+
+
+def test_cli_refuses_a_value_that_used_to_hang_before_touching_the_run_dir(tmp_path):
+    """updates_per_step=0 made the training loop spin forever; now: one line, exit 1, nothing written."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text('{"earlier": true}')
+    proc = run_module("vla_hydra.train", "algo.updates_per_step=0", f"hydra.run.dir={run_dir}", timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: algo.updates_per_step=0: expected an integer >= 1"
+    assert (run_dir / "results.json").read_text() == '{"earlier": true}'
+    assert not (run_dir / "checkpoints").exists()
