@@ -45,6 +45,17 @@ def test_every_group_choice_composes(group, choice):
         OmegaConf.to_container(cfg[node], resolve=True)
 
 
+@pytest.mark.parametrize("choice", [c for c in _choices("data") if c not in ("checkpoint_rollouts",)])
+def test_a_generated_dataset_selects_the_env_it_was_collected_in(choice):
+    """`data=hopper_sac_medium` alone trains and evaluates in Hopper-v5; `env=` on the command line wins."""
+    cfg = compose_config("train", [f"data={choice}"])
+    recipe_env = (cfg.data.get("recipe") or {}).get("env_id")
+    assert cfg.env.id == (recipe_env or "Pendulum-v1")  # datasets without a recipe keep the default env
+    if recipe_env and recipe_env != "Pendulum-v1":
+        assert compose_config("train", [f"data={choice}", "env=pendulum"]).env.id == "Pendulum-v1"
+        assert compose_config("train", ["env=pendulum", f"data={choice}"]).env.id == "Pendulum-v1"
+
+
 def test_objects_instantiate_from_default_config(tmp_path):
     cfg = compose_config("train", [f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path}"])
     env = instantiate(cfg.env)
