@@ -23,7 +23,10 @@ from vla_hydra.core.exceptions import ConfigError
         ),
         (["algo=sac", "algo.batch_size=0"], "algo.batch_size=0: expected an integer >= 1"),
         (["algo=dt", "algo.context_length=0"], "algo.context_length=0: expected an integer >= 1"),
-        (["model.hidden_dims=[256,0]"], "model.hidden_dims=[256, 0]: expected a list of integers >= 1 (layer widths)"),
+        (
+            ["model.hidden_dims=[256,0]"],
+            "model.hidden_dims=[256, 0]: expected a list of integers >= 1 (layer widths)",
+        ),
         (["eval.episodes=0"], "eval.episodes=0: expected an integer >= 1"),
         (["data.recipe.episodes=two"], "data.recipe.episodes=two: expected an integer >= 1"),
         (["algo=ppo", "env=cartpole", "algo.gamma=1.01"], "algo.gamma=1.01: expected a number in [0, 1]"),
