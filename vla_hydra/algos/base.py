@@ -63,6 +63,24 @@ class PolicyAlgorithm(L.LightningModule):
         self.run_config: dict[str, Any] | None = None
         self.ref_returns: dict[str, float] | None = None
 
+    def build_network(self, model, *args, needs: tuple[str, ...] = (), use: str = "", **kwargs):
+        """`model(*args, **kwargs)` from the `model=` partial, refused in one line when that network cannot
+        be built that way or lacks a method this algorithm calls (`needs`); `use` names a model= that fits."""
+        algo = self.name or type(self).__name__.lower()
+        try:
+            network = model(*args, **kwargs)
+        except TypeError as err:  # e.g. model=mlp given discrete=...: a network made for other algorithms
+            raise ConfigError(
+                f"algo={algo}: model= cannot build this algorithm's network ({err}); use {use}"
+            ) from err
+        missing = [method for method in needs if not callable(getattr(network, method, None))]
+        if missing:
+            methods = ", ".join(f"{method}()" for method in missing)
+            raise ConfigError(
+                f"algo={algo}: model= built a {type(network).__name__}, which has no {methods}; use {use}"
+            )
+        return network
+
     # -- what subclasses provide ---------------------------------------------------------------
     def normalized_action(self, normalized_obs: torch.Tensor) -> torch.Tensor:
         """Deterministic action in [-1, 1] for normalised observations (class indices for discrete

@@ -22,7 +22,6 @@ import math
 import torch
 
 from vla_hydra.algos.base import PolicyAlgorithm
-from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.models.critics import EnsembleQNetwork, soft_update
 
 
@@ -66,12 +65,9 @@ class CQL(PolicyAlgorithm):
         self.target_entropy = -float(spec.action_dim) if target_entropy is None else float(target_entropy)
         self.alpha_multiplier, self.cql_alpha = alpha_multiplier, cql_alpha
         self.cql_n_actions, self.cql_temp, self.backup_entropy = int(cql_n_actions), cql_temp, backup_entropy
-        self.actor = model(spec.observation_shape, spec.action_dim)
-        if not callable(getattr(self.actor, "sample", None)):
-            raise ConfigError(
-                f"algo=cql: the actor ({type(self.actor).__name__}) has no sample(); CQL needs a "
-                "stochastic actor, e.g. model=tanh_gaussian"
-            )
+        self.actor = self.build_network(
+            model, spec.observation_shape, spec.action_dim, needs=("sample",), use="model=tanh_gaussian"
+        )
         self.critic = EnsembleQNetwork(
             spec.observation_shape,
             spec.action_dim,

@@ -92,17 +92,15 @@ class DAgger(OnlineAlgorithm):
         self.beta0, self.beta_decay = float(beta0), float(beta_decay)
         self.updates_per_iteration, self.batch_size = int(updates_per_iteration), int(batch_size)
         self.lr, self.weight_decay = lr, weight_decay
-        if spec.discrete:
-            needs = (
-                f"algo=dagger: env {spec.env_id} has discrete actions, which need a policy with class "
-                "probabilities: model=stochastic_policy"
+        if spec.discrete:  # discrete actions need a policy with class probabilities
+            self.actor = self.build_network(
+                model,
+                spec.observation_shape,
+                spec.action_dim,
+                discrete=True,
+                needs=("log_prob",),
+                use=f"model=stochastic_policy (env {spec.env_id} has discrete actions)",
             )
-            try:
-                self.actor = model(spec.observation_shape, spec.action_dim, discrete=True)
-            except TypeError as err:  # a network without a discrete mode (model=mlp, ...)
-                raise ConfigError(needs) from err
-            if not hasattr(self.actor, "log_prob"):
-                raise ConfigError(needs)
         else:
             self.actor = model(spec.observation_shape, spec.action_dim)
         self.dataset = self._new_dataset("cpu")

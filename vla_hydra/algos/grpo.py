@@ -145,7 +145,14 @@ class GRPO(OnlineAlgorithm):
             scale_by_std,
             advantage_eps,
         )
-        self.policy = model(spec.observation_shape, spec.action_dim, discrete=spec.discrete)
+        self.policy = self.build_network(
+            model,
+            spec.observation_shape,
+            spec.action_dim,
+            discrete=spec.discrete,
+            needs=("sample", "log_prob", "entropy"),
+            use="model=stochastic_policy",
+        )
         # frozen copy for the KL penalty; a submodule, so a resumed run keeps the same reference
         self.ref_policy = copy.deepcopy(self.policy).requires_grad_(False) if kl_coef > 0 else None
         # completed iterations: picks each iteration's start-state seeds, saved for resume

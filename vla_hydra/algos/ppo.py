@@ -127,7 +127,14 @@ class PPO(OnlineAlgorithm):
         self.batch_size = self.num_envs * self.num_steps
         self.minibatch_size = self.batch_size // self.num_minibatches
         self.num_iterations = max(1, self.total_timesteps // self.batch_size)
-        self.actor = model(spec.observation_shape, spec.action_dim, discrete=spec.discrete)
+        self.actor = self.build_network(
+            model,
+            spec.observation_shape,
+            spec.action_dim,
+            discrete=spec.discrete,
+            needs=("sample", "log_prob", "log_prob_entropy"),
+            use="model=stochastic_policy",
+        )
         self.critic = ValueNetwork(
             spec.observation_shape, critic_hidden_dims, activation="tanh", orthogonal_init=True
         )

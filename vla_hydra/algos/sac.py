@@ -170,7 +170,9 @@ class SAC(OnlineAlgorithm):
         self.target_entropy = float(-spec.action_dim if target_entropy is None else target_entropy)
         self.checkpoint_replay_buffer = checkpoint_replay_buffer
         self.replay_dataset_path = replay_dataset_path
-        self.actor = model(spec.observation_shape, spec.action_dim)
+        self.actor = self.build_network(
+            model, spec.observation_shape, spec.action_dim, needs=("sample",), use="model=sac_actor"
+        )
         self.critic = EnsembleQNetwork(spec.observation_shape, spec.action_dim, critic_hidden_dims)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         if autotune:

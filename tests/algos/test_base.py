@@ -1,0 +1,55 @@
+"""What every algorithm shares: a `model=` that does not fit the algorithm is refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import compose_config, run_module
+from vla_hydra.core.exceptions import ConfigError
+
+
+def build_algo(overrides: list[str]):
+    cfg = compose_config("train", overrides)
+    env = instantiate(cfg.env)
+    return instantiate(cfg.algo, _partial_=True)(spec=env.spec(), model=instantiate(cfg.model))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["algo=ppo", "env=cartpole", "model=mlp"],
+            r"algo=ppo: model= cannot build .*discrete.*model=stochastic_policy",
+        ),
+        (["algo=gail", "model=mlp"], r"algo=gail: model= cannot build .*use model=stochastic_policy"),
+        (["algo=grpo", "model=mlp"], r"algo=grpo: model= cannot build .*use model=stochastic_policy"),
+        (
+            ["algo=sac", "model=mlp"],
+            r"algo=sac: model= built a DeterministicActor, which has no sample\(\); use model=sac_actor",
+        ),
+        (["algo=cql", "model=gaussian"], r"algo=cql: model= built a GaussianActor, which has no sample\(\)"),
+    ],
+)
+def test_a_model_that_does_not_fit_the_algorithm_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_algo(overrides)
+
+
+@pytest.mark.parametrize(
+    "algo", ["bc", "td3bc", "iql", "cql", "dt", "sac", "ppo", "ppo_continuous", "grpo", "gail", "dagger"]
+)
+def test_every_algorithm_builds_with_its_default_model(algo):
+    assert build_algo([f"algo={algo}"]) is not None
+
+
+def test_sac_with_a_deterministic_actor_fails_before_training_in_one_line(tmp_path):
+    """It used to pass a short run (no update inside the random warm-up) and crash at the first update."""
+    proc = run_module(
+        "vla_hydra.train", "algo=sac", "model=mlp", f"hydra.run.dir={tmp_path}/run", timeout=120
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: algo=sac: model= built a DeterministicActor, which has no sample(); use model=sac_actor"
+    ]
+    assert not (tmp_path / "run" / "results.json").exists()
