@@ -40,6 +40,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     set_torch_threads(cfg.get("torch_threads"))
     seed_everything(cfg.seed)
     output_dir = Path(cfg.paths.output_dir).resolve()
+    ckpt_path = resume_checkpoint(cfg, output_dir)
 
     env = instantiate(cfg.env)
     spec = env.spec()
@@ -58,7 +59,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     callbacks.append(throughput)
     loggers = instantiate_dict_values(cfg.get("logger"))
     trainer = _build_trainer(cfg.trainer, callbacks, loggers)
-    trainer.fit(algo, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, output_dir))
+    trainer.fit(algo, datamodule=datamodule, ckpt_path=ckpt_path)
 
     if trainer.global_rank != 0:
         return None, {}  # DDP: rank 0 alone evaluates and writes results (the weights are identical)

@@ -3,10 +3,11 @@ run, and a requeued job picks its own run dir's checkpoint."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import small_train_config
+from tests.conftest import run_module, small_train_config
 from vla_hydra.cluster.resume import advance_iterable, resume_checkpoint
 from vla_hydra.train import train
 
@@ -31,13 +32,30 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, data_dir):
 
 def test_resume_checkpoint_prefers_own_run_dir_only_with_auto_resume(tmp_path):
     own = tmp_path / "checkpoints" / "last.ckpt"
-    cfg = OmegaConf.create({"ckpt_path": "/given.ckpt", "cluster": {"auto_resume": True}})
-    assert resume_checkpoint(cfg, tmp_path) == "/given.ckpt"  # nothing in the run dir yet
+    given = tmp_path / "given.ckpt"
+    torch.save({"state_dict": {}}, given)
+    cfg = OmegaConf.create({"ckpt_path": str(given), "cluster": {"auto_resume": True}})
+    assert resume_checkpoint(cfg, tmp_path) == str(given)  # nothing in the run dir yet
     own.parent.mkdir()
     own.write_bytes(b"")
     assert resume_checkpoint(cfg, tmp_path) == str(own)
     cfg.cluster.auto_resume = False
-    assert resume_checkpoint(cfg, tmp_path) == "/given.ckpt"
+    assert resume_checkpoint(cfg, tmp_path) == str(given)
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint"])
+def test_a_bad_ckpt_path_fails_in_one_line_before_any_work(tmp_path, case):
+    path = tmp_path / "x.ckpt"
+    if case == "not_a_checkpoint":
+        path.write_text('{"results": 1}')
+    run_dir = tmp_path / "run"
+    proc = run_module("vla_hydra.train", f"ckpt_path={path}", f"hydra.run.dir={run_dir}", timeout=120)
+    assert proc.returncode == 1
+    expected = (
+        "file not found" if case == "missing" else "not a checkpoint (expected a file written by torch.save)"
+    )
+    assert proc.stderr.strip().splitlines() == [f"error: ckpt_path={path}: {expected}"]
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "results.json").exists()
 
 
 def test_advance_iterable_restarts_finished_epochs():

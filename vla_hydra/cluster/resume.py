@@ -10,6 +10,7 @@ what training consumed.
 
 from __future__ import annotations
 
+import zipfile
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,15 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from vla_hydra.core.exceptions import CheckpointError
 from vla_hydra.core.logging import get_logger
 from vla_hydra.core.runtime import get_rng_states, set_rng_states
 
 log = get_logger(__name__)
 
 RUN_DIR_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+# ckpt_path values Lightning resolves itself
+LIGHTNING_CKPT_ALIASES = {"last", "best", "hpc", "registry"}
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -37,7 +41,16 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     if cluster.get("auto_resume") and own.is_file():
         log.info(f"resuming the requeued job from {own}")
         return str(own)
-    return cfg.get("ckpt_path")
+    path = cfg.get("ckpt_path")
+    if path is not None and str(path) not in LIGHTNING_CKPT_ALIASES:
+        # checked before any data is collected or trained on, not when Lightning gets to it
+        if not Path(path).is_file():
+            raise CheckpointError(f"ckpt_path={path}: file not found")
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"ckpt_path={path}: not a checkpoint (expected a file written by torch.save)"
+            )
+    return path
 
 
 def advance_iterable(dataset: Any, draws: int) -> int:
