@@ -113,6 +113,28 @@ def test_gaussian_noise_on_a_discrete_env_is_a_one_line_error(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["data=d4rl"], "data=d4rl: has no `recipe` to collect from; choose a generated dataset"),
+        (
+            ["data.recipe.action_noise_std=[0.1,-1]"],
+            "data.recipe.action_noise_std=[0.1, -1]: expected a non-empty list of numbers >= 0",
+        ),
+        (
+            ["data.recipe.random_action_prob=[1.5]"],
+            "data.recipe.random_action_prob=[1.5]: expected a non-empty list of probabilities in [0, 1]",
+        ),
+    ],
+)
+def test_bad_recipe_is_a_one_line_error_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "d.hdf5"
+    proc = run_module("vla_hydra.collect", *args, f"output={out}", f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 1 and not out.exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), proc.stderr
+
+
 def test_discrete_actions_collect_train_bc_and_roll_out_the_checkpoint(tmp_path, data_dir):
     """CartPole end to end: class-index data from a scripted controller with epsilon-random actions,
     BC (cross-entropy) trained on it through train(), and its checkpoint rolled out by collect."""

@@ -87,6 +87,15 @@ class CollectionRecipe:
                 raise ConfigError(
                     "data.recipe.behavior_policy: empty list; expected a policy or a list of them"
                 )
+        noise, random_prob = list(self.action_noise_std), list(self.random_action_prob)
+        if not noise or any(not isinstance(x, (int, float)) or x < 0 for x in noise):
+            raise ConfigError(
+                f"data.recipe.action_noise_std={noise}: expected a non-empty list of numbers >= 0"
+            )
+        if not random_prob or any(not isinstance(p, (int, float)) or not 0 <= p <= 1 for p in random_prob):
+            raise ConfigError(
+                f"data.recipe.random_action_prob={random_prob}: expected a non-empty list of probabilities in [0, 1]"
+            )
         if self.env_id is None:
             self.env_id = getattr(self.policies[0], "env_id", None)
         if self.env_id is None:
@@ -247,6 +256,15 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
     return summary
 
 
+def _data_choice(cfg: DictConfig) -> str:
+    """The `data=` choice as the user typed it (under Hydra), else the dataset's name."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get("data"))
+    return str(cfg.data.get("name", "?"))
+
+
 def collect(cfg: DictConfig) -> dict[str, Any]:
     from vla_hydra.core.exceptions import ConfigError
     from vla_hydra.core.runtime import set_torch_threads
@@ -255,11 +273,16 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     # small policy networks on a shared CPU: 1 thread is ~30x faster than contended multi-threading
     set_torch_threads(cfg.get("torch_threads", 1))
 
+    if cfg.data.get("recipe") is None:
+        raise ConfigError(
+            f"data={_data_choice(cfg)}: has no `recipe` to collect from; choose a generated dataset "
+            "(e.g. data=pendulum_mixed, data=hopper_sac_medium) or data=checkpoint_rollouts"
+        )
+    if cfg.get("output") is None:
+        raise ConfigError("output: required (this data= has no data.path to default to)")
     output = Path(cfg.output)
     if output.exists() and not cfg.overwrite:
         raise ConfigError(f"output={output}: file exists; pass overwrite=true to replace it")
-    if cfg.data.get("recipe") is None:
-        raise ConfigError(f"data={cfg.data.get('name', '?')}: has no `recipe` to collect from")
     recipe = hydra.utils.instantiate(cfg.data.recipe)
     summary = collect_dataset(recipe, output)
     print(
