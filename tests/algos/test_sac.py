@@ -247,6 +247,7 @@ BEHAVIOR_POLICIES = ASSETS_DIR / "behavior_policies"
         ("walker2d_sac", "Walker2d-v5", 15),
         ("hopper_sac_expert", "Hopper-v5", 90),
         ("walker2d_sac_expert", "Walker2d-v5", 100),
+        ("halfcheetah_sac_expert", "HalfCheetah-v5", 70),
     ],
 )
 def test_shipped_behavior_policy_loads_and_scores_as_recorded(file, env_id, min_score):
@@ -256,7 +257,7 @@ def test_shipped_behavior_policy_loads_and_scores_as_recorded(file, env_id, min_
     assert env.id == env_id and config.algo._target_ == "vla_hydra.algos.sac.SAC"
     result = rollout_episodes(algo, env, 3, seed=100000)
     # D4RL-normalised: random policy = 0, D4RL's expert = 100; the README records each policy's
-    # 20-episode score (medium policies 43-51, the experts 99.3 and 116.3)
+    # 20-episode score (medium policies 43-51, the experts 99.3, 116.3 and HalfCheetah's 77.9)
     assert result.normalized_score > min_score, result.returns
 
 

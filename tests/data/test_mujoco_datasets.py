@@ -54,6 +54,8 @@ def test_hopper_medium_recipe_rolls_out_the_shipped_policy_and_trains(tmp_path):
         ("hopper_sac_medium_expert", "Hopper-v5", "CheckpointPolicy"),
         ("walker2d_sac_expert", "Walker2d-v5", "CheckpointPolicy"),
         ("walker2d_sac_medium_expert", "Walker2d-v5", "CheckpointPolicy"),
+        ("halfcheetah_sac_expert", "HalfCheetah-v5", "CheckpointPolicy"),
+        ("halfcheetah_sac_medium_expert", "HalfCheetah-v5", "CheckpointPolicy"),
         ("hopper_sac_medium_replay", "Hopper-v5", "CheckpointPolicy"),
         ("halfcheetah_sac_medium_replay", "HalfCheetah-v5", "CheckpointPolicy"),
         ("walker2d_sac_medium_replay", "Walker2d-v5", "CheckpointPolicy"),
