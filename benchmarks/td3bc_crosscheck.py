@@ -1,0 +1,187 @@
+"""Cross-check of algo=td3bc against an independent TD3+BC written the way CORL's td3_bc.py is.
+
+The reference below shares no code with vla_hydra's TD3+BC: plain nn.Sequential networks, two
+separate critics, separate Adam optimizers, and CORL's update order (critic step first, then on every
+second update the actor step against the freshly updated critic). Both train on the same D4RL-format
+file for the same number of updates and are evaluated on the same seeded episodes, so a gap between
+them that persists across seeds points at the implementation and a shared trend points at the data.
+
+    python benchmarks/td3bc_crosscheck.py --data hopper_sac_medium_replay --env hopper \
+        [--seeds 0 1 2] [--updates 50000] [--eval-every 10000] [--out /tmp/td3bc_crosscheck]
+
+One JSON line per evaluation (appended to benchmarks/results/td3bc_crosscheck.jsonl), then a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.common import emit, run_header  # noqa: E402
+
+# CORL td3_bc.py defaults
+BATCH, DISCOUNT, TAU, ALPHA, POLICY_NOISE, NOISE_CLIP, POLICY_FREQ, LR = (
+    256,
+    0.99,
+    5e-3,
+    2.5,
+    0.2,
+    0.5,
+    2,
+    3e-4,
+)
+
+
+def mlp(inputs: int, outputs: int, tanh: bool = False) -> nn.Sequential:
+    layers = [nn.Linear(inputs, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, outputs)]
+    return nn.Sequential(*layers, *([nn.Tanh()] if tanh else []))
+
+
+def polyak(target: nn.Module, source: nn.Module) -> None:
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters(), strict=True):
+            t.mul_(1 - TAU).add_(TAU * s)
+
+
+def reference_run(path: Path, env_cfg, seed: int, updates: int, eval_every: int, episodes: int):
+    """CORL-style TD3+BC; yields (updates, eval return mean) every eval_every updates."""
+    from hydra.utils import instantiate
+
+    torch.manual_seed(seed)
+    with h5py.File(path) as f:
+        data = {
+            k: torch.as_tensor(np.asarray(f[k]), dtype=torch.float32)
+            for k in ("observations", "actions", "rewards", "next_observations", "terminals")
+        }
+    mean, std = data["observations"].mean(0), data["observations"].std(0) + 1e-3
+    obs, next_obs = (data["observations"] - mean) / std, (data["next_observations"] - mean) / std
+    actions, rewards, terminals = data["actions"], data["rewards"], data["terminals"]
+    env = instantiate(env_cfg)
+    low, high = (
+        torch.as_tensor(b, dtype=torch.float32) for b in (env.spec().action_low, env.spec().action_high)
+    )
+    actions = (actions - low) / (high - low) * 2 - 1  # the actor works in [-1, 1]
+    n, obs_dim, act_dim = obs.shape[0], obs.shape[1], actions.shape[1]
+    actor, q1, q2 = mlp(obs_dim, act_dim, tanh=True), mlp(obs_dim + act_dim, 1), mlp(obs_dim + act_dim, 1)
+    target_actor, target_q1, target_q2 = (copy.deepcopy(m) for m in (actor, q1, q2))
+    actor_opt = torch.optim.Adam(actor.parameters(), LR)
+    critic_opt = torch.optim.Adam([*q1.parameters(), *q2.parameters()], LR)
+    eval_env = env.make_vector(episodes)
+
+    def evaluate() -> float:
+        o, _ = eval_env.reset(seed=[100000 + i for i in range(episodes)])
+        returns, running = np.zeros(episodes), np.ones(episodes, bool)
+        while running.any():
+            with torch.no_grad():
+                a = actor((torch.as_tensor(o, dtype=torch.float32) - mean) / std)
+            o, r, term, trunc, _ = eval_env.step(((a + 1) / 2 * (high - low) + low).numpy())
+            returns += r * running
+            running &= ~(term | trunc)
+        return float(returns.mean())
+
+    for it in range(1, updates + 1):
+        idx = torch.randint(0, n, (BATCH,))
+        s, a, r, s2, done = obs[idx], actions[idx], rewards[idx], next_obs[idx], terminals[idx]
+        with torch.no_grad():
+            noise = (torch.randn_like(a) * POLICY_NOISE).clamp(-NOISE_CLIP, NOISE_CLIP)
+            x2 = torch.cat([s2, (target_actor(s2) + noise).clamp(-1, 1)], 1)
+            target = r + DISCOUNT * (1 - done) * torch.min(target_q1(x2), target_q2(x2)).squeeze(-1)
+        x = torch.cat([s, a], 1)
+        critic_loss = F.mse_loss(q1(x).squeeze(-1), target) + F.mse_loss(q2(x).squeeze(-1), target)
+        critic_opt.zero_grad()
+        critic_loss.backward()
+        critic_opt.step()
+        if it % POLICY_FREQ == 0:
+            pi = actor(s)
+            q = q1(torch.cat([s, pi], 1))
+            actor_loss = -ALPHA / q.abs().mean().detach() * q.mean() + F.mse_loss(pi, a)
+            actor_opt.zero_grad()
+            actor_loss.backward()
+            actor_opt.step()
+            for target_net, net in ((target_actor, actor), (target_q1, q1), (target_q2, q2)):
+                polyak(target_net, net)
+        if it % eval_every == 0:
+            yield it, evaluate()
+    eval_env.close()
+
+
+def vla_hydra_run(args, seed: int, out: Path):
+    """algo=td3bc through train.py; (updates, eval return mean) from its periodic evaluations."""
+    run_dir = out / f"vla_hydra_seed{seed}"
+    cmd = [
+        sys.executable, "-m", "vla_hydra.train", "algo=td3bc", f"data={args.data}", f"env={args.env}",
+        f"seed={seed}", f"trainer.max_steps={args.updates}", f"eval.episodes={args.episodes}",
+        f"eval.every_n_updates={args.eval_every}", "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"vla_hydra td3bc failed:\n{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    history = json.loads((run_dir / "results.json").read_text())["eval_history"]
+    return [(h["step"], h["eval/return_mean"]) for h in history if h["step"] > 0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="hopper_sac_medium_replay")
+    parser.add_argument("--env", default="hopper")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--updates", type=int, default=50000)
+    parser.add_argument("--eval-every", type=int, default=10000)
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/td3bc_crosscheck"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config("train", [f"data={args.data}", f"env={args.env}", "algo=td3bc"])
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # collected from its recipe on first use, as train.py does
+    path = datamodule.path
+    ref = cfg.env.ref_returns
+
+    def normalized(ret: float) -> float:
+        return 100 * (ret - ref.random) / (ref.expert - ref.random)
+
+    header = run_header(1, data=args.data, updates=args.updates)
+    finals: dict[str, list[float]] = {"reference": [], "vla_hydra": []}
+    for seed in args.seeds:
+        for impl in ("reference", "vla_hydra"):
+            start = time.perf_counter()
+            if impl == "reference":
+                curve = list(reference_run(path, cfg.env, seed, args.updates, args.eval_every, args.episodes))
+            else:
+                curve = vla_hydra_run(args, seed, args.out)
+            for step, ret in curve:
+                emit("td3bc_crosscheck", {**header, "impl": impl, "seed": seed, "updates": step,
+                                          "return_mean": ret, "normalized": normalized(ret)})  # fmt: skip
+            finals[impl].append(normalized(curve[-1][1]))
+            print(f"# {impl} seed {seed}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    print(f"\n| implementation | normalized at {args.updates} updates (seeds {args.seeds}) | mean ± std |")
+    print("|---|---|---|")
+    for impl, values in finals.items():
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        cells = " / ".join(f"{v:.1f}" for v in values)
+        print(f"| {impl} | {cells} | {statistics.mean(values):.1f} ± {spread:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
