@@ -76,6 +76,14 @@ _INTERVAL_KEYS = {
     "clip_coef": (0.0, float("inf"), False, False),
 }
 
+_CHECKED_KEYS = (
+    _POSITIVE_INT_KEYS
+    | _POSITIVE_INT_LIST_KEYS
+    | _LEARNING_RATE_KEYS
+    | _NON_NEGATIVE_KEYS
+    | set(_INTERVAL_KEYS)
+)
+
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -114,6 +122,7 @@ def _check_node(node: DictConfig, prefix: str) -> None:
     for key in node:
         if (
             not isinstance(key, str)
+            or (key == "hydra" and not prefix)  # Hydra's own settings
             or OmegaConf.is_interpolation(node, key)
             or OmegaConf.is_missing(node, key)
         ):
@@ -121,6 +130,8 @@ def _check_node(node: DictConfig, prefix: str) -> None:
         value = node[key]
         if isinstance(value, DictConfig):
             _check_node(value, f"{prefix}{key}.")
+            continue
+        if key not in _CHECKED_KEYS:
             continue
         if OmegaConf.is_list(value):
             value = OmegaConf.to_container(value, resolve=True)
