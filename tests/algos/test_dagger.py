@@ -112,6 +112,23 @@ def test_a_trained_checkpoint_is_the_expert(tmp_path, data_dir):
     assert results["env_steps"] == 200
 
 
+def test_an_expert_checkpoint_from_another_env_names_the_env_to_select(tmp_path, data_dir):
+    from hydra.utils import instantiate
+
+    from vla_hydra.core.config import ASSETS_DIR
+
+    hopper_expert = ASSETS_DIR / "behavior_policies" / "hopper_sac.ckpt"
+    cfg = _dagger_cfg(tmp_path, data_dir, [f"algo.expert_ckpt={hopper_expert}"])  # env: pendulum
+    env = instantiate(cfg.env)
+    algo = instantiate(cfg.algo, _partial_=True)(spec=env.spec(), model=instantiate(cfg.model))
+    with pytest.raises(ConfigError) as err:
+        algo._load_expert()
+    assert str(err.value) == (
+        f"algo.expert_ckpt={hopper_expert}: trained on Hopper-v5 (action dim 3), but env is Pendulum-v1 "
+        "(action dim 1); run with env=hopper"
+    )
+
+
 class CartPoleBalance:
     """A scripted CartPole expert: push toward the side the pole is falling to (about 500 return)."""
 
@@ -153,5 +170,7 @@ def test_an_expert_for_another_env_is_refused(tmp_path, data_dir):
 
 def test_discrete_dagger_with_a_network_without_class_probabilities_is_a_one_line_error(tmp_path, data_dir):
     cfg = small_train_config(tmp_path, data_dir, ["algo=dagger", "env=cartpole", "debug=fdr"])
-    with pytest.raises(ConfigError, match=r"model=stochastic_policy \(env CartPole-v1 has discrete actions\)"):
+    with pytest.raises(
+        ConfigError, match=r"model=stochastic_policy \(env CartPole-v1 has discrete actions\)"
+    ):
         train(cfg)

@@ -127,6 +127,7 @@ class DAgger(OnlineAlgorithm):
         inference never needs the expert."""
         if not self.expert_ckpt:
             return self.expert
+        from vla_hydra.envs.factory import env_choice_hint
         from vla_hydra.eval import load_policy
 
         expert, _, _ = load_policy(self.expert_ckpt, device=str(self.device))
@@ -134,7 +135,7 @@ class DAgger(OnlineAlgorithm):
             raise ConfigError(
                 f"algo.expert_ckpt={self.expert_ckpt}: trained on {expert.spec.env_id} "
                 f"(action dim {expert.spec.action_dim}), but env is {self.spec.env_id} "
-                f"(action dim {self.spec.action_dim})"
+                f"(action dim {self.spec.action_dim}); run with {env_choice_hint(expert.spec.env_id)}"
             )
         return expert.act  # a bound method: the expert's weights stay out of this module's state_dict
 

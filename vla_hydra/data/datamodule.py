@@ -153,7 +153,11 @@ class OfflineDataModule(L.LightningDataModule):
         obs_shape = self.observation_shape
         # the env the data came from, when the dataset records it, tells the user which env= to pick
         source = self.metadata.get("env_id")
-        hint = f" (the dataset was collected in {source})" if source and source != spec.env_id else ""
+        hint = ""
+        if source and source != spec.env_id:
+            from vla_hydra.envs.factory import env_choice_hint
+
+            hint = f" (the dataset was collected in {source}: {env_choice_hint(source)})"
         if obs_shape != tuple(spec.observation_shape):
             raise DatasetError(
                 self.path,

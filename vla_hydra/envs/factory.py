@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -149,3 +150,16 @@ def normalized_score(episode_return: float, ref_returns: dict[str, float] | None
         return None
     low, high = float(ref_returns["random"]), float(ref_returns["expert"])
     return 100.0 * (episode_return - low) / (high - low)
+
+
+def env_choice_hint(env_id: str) -> str:
+    """How to select `env_id` on the command line, for error messages: `env=<choice>` when a conf/env
+    config builds it, else `env.id=<env_id>` (any gymnasium id works that way)."""
+    from omegaconf import OmegaConf
+
+    from vla_hydra.core.config import CONF_DIR
+
+    for path in sorted(Path(CONF_DIR, "env").glob("*.yaml")):
+        if OmegaConf.load(path).get("id") == env_id:
+            return f"env={path.stem}"
+    return f"env.id={env_id}"
