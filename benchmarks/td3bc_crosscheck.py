@@ -33,18 +33,13 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.common import emit, run_header  # noqa: E402
+from vla_hydra.envs.evaluation import rollout_episodes  # noqa: E402
+from vla_hydra.envs.factory import normalized_score  # noqa: E402
+
+EVAL_SEED = 100000  # eval.seed in conf/train.yaml
 
 # CORL td3_bc.py defaults
-BATCH, DISCOUNT, TAU, ALPHA, POLICY_NOISE, NOISE_CLIP, POLICY_FREQ, LR = (
-    256,
-    0.99,
-    5e-3,
-    2.5,
-    0.2,
-    0.5,
-    2,
-    3e-4,
-)
+BATCH, DISCOUNT, TAU, ALPHA, POLICY_NOISE, NOISE_CLIP, POLICY_FREQ, LR = 256, 0.99, 5e-3, 2.5, 0.2, 0.5, 2, 3e-4  # fmt: skip
 
 
 def mlp(inputs: int, outputs: int, tanh: bool = False) -> nn.Sequential:
@@ -81,18 +76,11 @@ def reference_run(path: Path, env_cfg, seed: int, updates: int, eval_every: int,
     target_actor, target_q1, target_q2 = (copy.deepcopy(m) for m in (actor, q1, q2))
     actor_opt = torch.optim.Adam(actor.parameters(), LR)
     critic_opt = torch.optim.Adam([*q1.parameters(), *q2.parameters()], LR)
-    eval_env = env.make_vector(episodes)
 
-    def evaluate() -> float:
-        o, _ = eval_env.reset(seed=[100000 + i for i in range(episodes)])
-        returns, running = np.zeros(episodes), np.ones(episodes, bool)
-        while running.any():
-            with torch.no_grad():
-                a = actor((torch.as_tensor(o, dtype=torch.float32) - mean) / std)
-            o, r, term, trunc, _ = eval_env.step(((a + 1) / 2 * (high - low) + low).numpy())
-            returns += r * running
-            running &= ~(term | trunc)
-        return float(returns.mean())
+    def policy(raw_obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            a = actor((torch.as_tensor(raw_obs, dtype=torch.float32) - mean) / std)
+        return ((a + 1) / 2 * (high - low) + low).numpy()
 
     for it in range(1, updates + 1):
         idx = torch.randint(0, n, (BATCH,))
@@ -115,9 +103,8 @@ def reference_run(path: Path, env_cfg, seed: int, updates: int, eval_every: int,
             actor_opt.step()
             for target_net, net in ((target_actor, actor), (target_q1, q1), (target_q2, q2)):
                 polyak(target_net, net)
-        if it % eval_every == 0:
-            yield it, evaluate()
-    eval_env.close()
+        if it % eval_every == 0:  # the same episodes (seeds) as train.py's evaluations
+            yield it, rollout_episodes(policy, env, episodes, seed=EVAL_SEED).return_mean
 
 
 def vla_hydra_run(args, seed: int, out: Path):
@@ -156,10 +143,9 @@ def main() -> None:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # collected from its recipe on first use, as train.py does
     path = datamodule.path
-    ref = cfg.env.ref_returns
 
     def normalized(ret: float) -> float:
-        return 100 * (ret - ref.random) / (ref.expert - ref.random)
+        return normalized_score(ret, cfg.env.ref_returns)
 
     header = run_header(1, data=args.data, updates=args.updates)
     finals: dict[str, list[float]] = {"reference": [], "vla_hydra": []}
