@@ -215,3 +215,15 @@ def test_checkpoint_recipe_fingerprint_follows_the_weights_not_the_path(tmp_path
 
     assert fingerprint(copy) == fingerprint(shipped / "hopper_sac.ckpt")
     assert fingerprint(copy) != fingerprint(shipped / "hopper_sac_expert.ckpt")
+
+
+def test_a_recipe_built_in_python_gets_the_same_checks_as_the_config():
+    from vla_hydra.collect import CollectionRecipe
+    from vla_hydra.core.exceptions import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"^data.recipe.random_action_prob=\[0.5, 1.5\]: expected a non-empty list"
+    ):
+        CollectionRecipe(env_id="Pendulum-v1", behavior_policy=lambda obs: obs, random_action_prob=(0.5, 1.5))
+    with pytest.raises(ConfigError, match=r"^data.recipe.episodes=0: expected an integer >= 1$"):
+        CollectionRecipe(env_id="Pendulum-v1", behavior_policy=lambda obs: obs, episodes=0)

@@ -23,7 +23,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from vla_hydra.cli import run_cli
-from vla_hydra.core.config import CONF_DIR, check_config_values
+from vla_hydra.core.config import CONF_DIR, check_config_values, check_value
 
 # Held-out seeds for reference returns, far from the collection seeds.
 _REFERENCE_SEED_OFFSET = 1_000_000
@@ -87,15 +87,11 @@ class CollectionRecipe:
                 raise ConfigError(
                     "data.recipe.behavior_policy: empty list; expected a policy or a list of them"
                 )
-        noise, random_prob = list(self.action_noise_std), list(self.random_action_prob)
-        if not noise or any(not isinstance(x, (int, float)) or x < 0 for x in noise):
-            raise ConfigError(
-                f"data.recipe.action_noise_std={noise}: expected a non-empty list of numbers >= 0"
-            )
-        if not random_prob or any(not isinstance(p, (int, float)) or not 0 <= p <= 1 for p in random_prob):
-            raise ConfigError(
-                f"data.recipe.random_action_prob={random_prob}: expected a non-empty list of probabilities in [0, 1]"
-            )
+        # also when the recipe is built in Python, not from a checked config
+        for key in ("episodes", "action_noise_std", "random_action_prob", "reference_episodes"):
+            value = getattr(self, key)
+            is_list = isinstance(value, Sequence) and not isinstance(value, str)
+            check_value(f"data.recipe.{key}", list(value) if is_list else value)
         if self.env_id is None:
             self.env_id = getattr(self.policies[0], "env_id", None)
         if self.env_id is None:

@@ -64,6 +64,9 @@ _NON_NEGATIVE_KEYS = {
     "weight_decay", "ent_coef", "vf_coef", "kl_coef", "learning_starts", "max_grad_norm", "grad_clip",
     "policy_noise", "noise_clip", "cql_alpha", "gradient_penalty_coef", "warmup_updates",
 }  # fmt: skip
+# per-episode levels a collection recipe cycles through
+_NON_NEGATIVE_LIST_KEYS = {"action_noise_std"}
+_PROBABILITY_LIST_KEYS = {"random_action_prob"}
 # (low, high, low included, high included)
 _INTERVAL_KEYS = {
     "discount": (0.0, 1.0, True, True),
@@ -81,6 +84,8 @@ _CHECKED_KEYS = (
     | _POSITIVE_INT_LIST_KEYS
     | _LEARNING_RATE_KEYS
     | _NON_NEGATIVE_KEYS
+    | _NON_NEGATIVE_LIST_KEYS
+    | _PROBABILITY_LIST_KEYS
     | set(_INTERVAL_KEYS)
 )
 
@@ -102,6 +107,15 @@ def _expected(key: str, value: Any) -> str | None:
     if key in _POSITIVE_INT_LIST_KEYS:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and v >= 1 for v in value)
         return None if ok else "a list of integers >= 1 (layer widths)"
+    if key in _NON_NEGATIVE_LIST_KEYS | _PROBABILITY_LIST_KEYS:
+        probability = key in _PROBABILITY_LIST_KEYS
+        ok = isinstance(value, (list, tuple)) and len(value) > 0
+        ok = ok and all(_is_number(v) and v >= 0 and (v <= 1 or not probability) for v in value)
+        return (
+            None
+            if ok
+            else f"a non-empty list of {'probabilities in [0, 1]' if probability else 'numbers >= 0'}"
+        )
     if key in _LEARNING_RATE_KEYS:
         return None if _is_number(value) and value > 0 else "a learning rate > 0"
     if key in _NON_NEGATIVE_KEYS:
@@ -117,8 +131,6 @@ def _expected(key: str, value: Any) -> str | None:
 
 
 def _check_node(node: DictConfig, prefix: str) -> None:
-    from vla_hydra.core.exceptions import ConfigError
-
     for key in node:
         if (
             not isinstance(key, str)
@@ -135,9 +147,17 @@ def _check_node(node: DictConfig, prefix: str) -> None:
             continue
         if OmegaConf.is_list(value):
             value = OmegaConf.to_container(value, resolve=True)
-        problem = _expected(key, value)
-        if problem:
-            raise ConfigError(f"{prefix}{key}={value}: expected {problem}")
+        check_value(f"{prefix}{key}", value)
+
+
+def check_value(option: str, value: Any) -> None:
+    """One value, named by its full option path (`data.recipe.episodes`), against the rule for its key;
+    for objects built outside a composed config (e.g. a CollectionRecipe made in Python)."""
+    from vla_hydra.core.exceptions import ConfigError
+
+    problem = _expected(option.rsplit(".", 1)[-1], value)
+    if problem:
+        raise ConfigError(f"{option}={value}: expected {problem}")
 
 
 def check_config_values(cfg: DictConfig) -> None:
