@@ -29,16 +29,25 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu"):
     from vla_hydra.algos.base import CHECKPOINT_KEY
     from vla_hydra.core.exceptions import CheckpointError
     from vla_hydra.envs.factory import EnvSpec
+    from vla_hydra.training.sharding import is_deepspeed_checkpoint, load_deepspeed_checkpoint
 
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={path}: file not found")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+    if is_deepspeed_checkpoint(path):  # trainer=deepspeed: a directory of ZeRO shards
+        checkpoint = load_deepspeed_checkpoint(path)
+    elif path.is_dir():
         raise CheckpointError(
-            f"ckpt_path={path}: not a readable torch checkpoint ({type(err).__name__})"
-        ) from err
+            f"ckpt_path={path}: a directory, not a checkpoint file (nor a DeepSpeed checkpoint "
+            "directory, which holds a 'latest' file)"
+        )
+    elif not path.is_file():
+        raise CheckpointError(f"ckpt_path={path}: file not found")
+    else:
+        try:
+            checkpoint = torch.load(path, map_location=device, weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+            raise CheckpointError(
+                f"ckpt_path={path}: not a readable torch checkpoint ({type(err).__name__})"
+            ) from err
     meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not meta or not meta.get("config"):
         raise CheckpointError(

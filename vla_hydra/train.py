@@ -33,6 +33,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     from vla_hydra.core.runtime import seed_everything, set_torch_threads
     from vla_hydra.envs.evaluation import rollout_episodes
     from vla_hydra.training.callbacks import PolicyEvaluation, Throughput
+    from vla_hydra.training.sharding import gathered_weights
 
     log = get_logger(__name__)
     silence_known_warnings()
@@ -61,10 +62,15 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     trainer = _build_trainer(cfg.trainer, callbacks, loggers)
     trainer.fit(algo, datamodule=datamodule, ckpt_path=ckpt_path)
 
+    # rank 0 alone evaluates and writes results; the other ranks take part only in gathering sharded
+    # weights (FSDP on several GPUs, DeepSpeed ZeRO-3)
+    with gathered_weights(trainer, algo):
+        if trainer.global_rank == 0:
+            final = rollout_episodes(
+                algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns
+            )
     if trainer.global_rank != 0:
-        return None, {}  # DDP: rank 0 alone evaluates and writes results (the weights are identical)
-
-    final = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
+        return None, {}
     # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
     checkpointing = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
     last_ckpt = checkpointing[0].last_model_path if checkpointing else ""

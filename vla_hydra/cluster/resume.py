@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from vla_hydra.core.exceptions import CheckpointError
 from vla_hydra.core.logging import get_logger
 from vla_hydra.core.runtime import get_rng_states, set_rng_states
+from vla_hydra.training.sharding import is_deepspeed_checkpoint
 
 log = get_logger(__name__)
 
@@ -38,11 +39,15 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     """
     own = run_dir / RUN_DIR_CHECKPOINT
     cluster = cfg.get("cluster") or {}
-    if cluster.get("auto_resume") and own.is_file():
+    if cluster.get("auto_resume") and (own.is_file() or is_deepspeed_checkpoint(own)):
         log.info(f"resuming the requeued job from {own}")
         return str(own)
     path = cfg.get("ckpt_path")
-    if path is not None and str(path) not in LIGHTNING_CKPT_ALIASES:
+    if (
+        path is not None
+        and str(path) not in LIGHTNING_CKPT_ALIASES
+        and not is_deepspeed_checkpoint(Path(path))
+    ):
         # checked before any data is collected or trained on, not when Lightning gets to it
         if not Path(path).is_file():
             raise CheckpointError(f"ckpt_path={path}: file not found")

@@ -19,8 +19,18 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging of parameters: target <- (1 - tau) * target + tau * source.
 
     One fused foreach call over all parameters (the nets here have no running-statistics buffers).
+    Under DeepSpeed ZeRO-3 each parameter outside a forward pass is an empty placeholder for its
+    partition, so the update would silently do nothing: there both networks are gathered first and
+    rank 0's result is partitioned back.
     """
-    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+    targets, sources = list(target.parameters()), list(source.parameters())
+    if targets and hasattr(targets[0], "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(targets + sources, modifier_rank=0):
+            torch._foreach_lerp_(targets, sources, tau)
+        return
+    torch._foreach_lerp_(targets, sources, tau)
 
 
 class QNetwork(nn.Module):

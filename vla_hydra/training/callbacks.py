@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from vla_hydra.core.logging import get_logger
 from vla_hydra.envs.evaluation import rollout_episodes
 from vla_hydra.envs.factory import EnvFactory
+from vla_hydra.training.sharding import gathered_weights
 
 log = get_logger(__name__)
 
@@ -97,8 +98,12 @@ class PolicyEvaluation(L.Callback):
         log.info(f"best eval return so far -> {self.best_checkpoint}")
 
     def _evaluate(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.global_rank != 0:
-            return
+        # every rank enters (sharded weights are gathered collectively); rank 0 evaluates
+        with gathered_weights(trainer, pl_module):
+            if trainer.global_rank == 0:
+                self._evaluate_on_rank_zero(trainer, pl_module)
+
+    def _evaluate_on_rank_zero(self, trainer: L.Trainer, pl_module) -> None:
         start, cpu_start = time.perf_counter(), time.process_time()
         was_training = pl_module.training
         pl_module.eval()
