@@ -33,7 +33,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     from vla_hydra.core.runtime import seed_everything, set_torch_threads
     from vla_hydra.envs.evaluation import rollout_episodes
     from vla_hydra.training.callbacks import PolicyEvaluation, Throughput
-    from vla_hydra.training.sharding import gathered_weights
+    from vla_hydra.training.sharding import check_strategy_support, gathered_weights
 
     log = get_logger(__name__)
     silence_known_warnings()
@@ -60,6 +60,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     callbacks.append(throughput)
     loggers = instantiate_dict_values(cfg.get("logger"))
     trainer = _build_trainer(cfg.trainer, callbacks, loggers)
+    check_strategy_support(trainer, algo)
     trainer.fit(algo, datamodule=datamodule, ckpt_path=ckpt_path)
 
     # rank 0 alone evaluates and writes results; the other ranks take part only in gathering sharded

@@ -14,6 +14,7 @@ from vla_hydra.data.batch import tree_map
 from vla_hydra.data.stats import DatasetStats
 from vla_hydra.envs.factory import EnvSpec
 from vla_hydra.models.normalization import ActionScaler, ObservationNormalizer
+from vla_hydra.training.sharding import finish_fsdp_backward
 
 CHECKPOINT_KEY = "vla_hydra"
 
@@ -30,6 +31,8 @@ class PolicyAlgorithm(L.LightningModule):
     paid once per block instead of once per update. `trainer.global_step` counts gradient updates.
     """
 
+    # whether `update` clips gradient norms (clip_gradients_); ZeRO's partitioned gradients cannot be
+    clips_gradients = False
     # short name in results/reports; defaults to the lower-cased class name
     name: str | None = None
     # whether the algorithm handles Discrete action spaces (class-index actions)
@@ -56,6 +59,7 @@ class PolicyAlgorithm(L.LightningModule):
         # False routes every backward through Lightning (its on_before/after_backward callback hooks).
         self.direct_backward = True
         self._direct_backward = False
+        self._fsdp = False  # set in on_fit_start: Lightning FSDP strategy (see finish_fsdp_backward)
         stats = stats or DatasetStats()
         self.obs_normalizer = ObservationNormalizer(spec.observation_shape, stats.obs_mean, stats.obs_std)
         self.action_scaler = ActionScaler(spec.action_low, spec.action_high)
@@ -106,7 +110,7 @@ class PolicyAlgorithm(L.LightningModule):
 
     def on_fit_start(self) -> None:
         from lightning.pytorch.plugins.precision import Precision
-        from lightning.pytorch.strategies import SingleDeviceStrategy
+        from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
 
         strategy = self.trainer.strategy
         # Plain fp32 on one device: Lightning's backward adds only callback hooks, which cost ~5% of a
@@ -116,6 +120,7 @@ class PolicyAlgorithm(L.LightningModule):
             and type(strategy) is SingleDeviceStrategy
             and type(strategy.precision_plugin) is Precision
         )
+        self._fsdp = isinstance(strategy, FSDPStrategy)
 
     def losses(self, batch: dict[str, torch.Tensor], *args) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss to backpropagate, detached figures to log) for one minibatch: the forward half of an
@@ -138,6 +143,16 @@ class PolicyAlgorithm(L.LightningModule):
             loss.backward()
         else:
             self.manual_backward(loss)
+            if self._fsdp:
+                finish_fsdp_backward(self.trainer.strategy.model)
+
+    def clip_gradients_(self, params, max_norm: float) -> torch.Tensor:
+        """Clip the gradient norm of `params` after `backprop`; returns the pre-clip norm (no host
+        sync). Under FSDP each rank holds a shard of each gradient, so the norm is FSDP's collective
+        one over the whole model (every clipping algorithm here clips all the parameters it trains)."""
+        if self._fsdp:
+            return self.trainer.strategy.model.clip_grad_norm_(max_norm)
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
 
     def step_optimizer(self, optimizer) -> None:
         """optimizer.step() for `update`: on plain fp32 single-device training, the wrapped torch

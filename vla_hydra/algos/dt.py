@@ -36,6 +36,8 @@ class DecisionTransformer(PolicyAlgorithm):
     `begin_rollout` (or with a different number of envs) starts a new rollout.
     """
 
+    clips_gradients = True
+
     name = "dt"
 
     def __init__(
@@ -91,9 +93,7 @@ class DecisionTransformer(PolicyAlgorithm):
         optimizers.zero_grad(set_to_none=True)
         self.backprop(loss)
         # returns the pre-clip norm as a tensor; clipping itself needs no host sync
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.transformer.parameters(), self.grad_clip, foreach=True
-        )
+        grad_norm = self.clip_gradients_(self.transformer.parameters(), self.grad_clip)
         self.step_optimizer(optimizers)
         self.num_updates += 1
         return {"dt_loss": loss.detach(), "grad_norm": grad_norm.detach()}

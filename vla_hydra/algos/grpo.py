@@ -25,7 +25,6 @@ import copy
 
 import numpy as np
 import torch
-from torch import nn
 
 from vla_hydra.algos.online import OnlineAlgorithm
 from vla_hydra.algos.ppo import approx_kl, clipped_surrogate_loss
@@ -97,6 +96,8 @@ class GRPO(OnlineAlgorithm):
     loss_aggregation: "step" or "episode" (see `step_weights`).
     scale_by_std: divide centred group returns by the group std (False: Dr. GRPO's centring only).
     """
+
+    clips_gradients = True
 
     name = "grpo"
     supports_discrete = True
@@ -260,7 +261,7 @@ class GRPO(OnlineAlgorithm):
                     stats["entropy"] = entropy.detach()
                 optimizer.zero_grad(set_to_none=True)
                 self.backprop(loss)
-                nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
+                self.clip_gradients_(params, self.max_grad_norm)
                 self.step_optimizer(optimizer)
                 stats["policy_loss"] = pg_loss.detach()
         stats["group_return"] = rollout["returns"].mean()

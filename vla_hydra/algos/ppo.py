@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from vla_hydra.algos.online import OnlineAlgorithm
 from vla_hydra.envs.factory import EnvFactory, EnvSpec
@@ -79,6 +78,8 @@ def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 class PPO(OnlineAlgorithm):
+    clips_gradients = True
+
     name = "ppo"
     supports_discrete = True
 
@@ -228,7 +229,7 @@ class PPO(OnlineAlgorithm):
                 loss = pg_loss - self.ent_coef * entropy_mean + self.vf_coef * v_loss
                 optimizer.zero_grad(set_to_none=True)
                 self.backprop(loss)
-                nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
+                self.clip_gradients_(params, self.max_grad_norm)
                 self.step_optimizer(optimizer)
                 stats = {
                     "policy_loss": pg_loss.detach(),
