@@ -33,7 +33,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     from vla_hydra.core.runtime import seed_everything, set_torch_threads
     from vla_hydra.envs.evaluation import rollout_episodes
     from vla_hydra.training.callbacks import PolicyEvaluation, Throughput
-    from vla_hydra.training.sharding import check_strategy_support, gathered_weights
+    from vla_hydra.training.sharding import check_strategy_support, weights_sharded
 
     log = get_logger(__name__)
     silence_known_warnings()
@@ -63,15 +63,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     check_strategy_support(trainer, algo)
     trainer.fit(algo, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    # rank 0 alone evaluates and writes results; the other ranks take part only in gathering sharded
-    # weights (FSDP on several GPUs, DeepSpeed ZeRO-3)
-    with gathered_weights(trainer, algo):
-        if trainer.global_rank == 0:
-            final = rollout_episodes(
-                algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns
-            )
     if trainer.global_rank != 0:
-        return None, {}
+        return None, {}  # rank 0 alone evaluates and writes results
     # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
     checkpointing = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
     last_ckpt = checkpointing[0].last_model_path if checkpointing else ""
@@ -82,6 +75,14 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         if not fallback.exists():
             trainer.save_checkpoint(fallback)
             last_ckpt = str(fallback)
+    policy = algo
+    if weights_sharded(trainer.strategy) and last_ckpt:
+        # FSDP-wrapped / ZeRO-3-partitioned weights are not plain modules after fit: evaluate what
+        # was saved (load_policy consolidates it)
+        from vla_hydra.eval import load_policy
+
+        policy = load_policy(last_ckpt)[0]
+    final = rollout_episodes(policy, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
     evals = [cb for cb in callbacks if isinstance(cb, PolicyEvaluation)]
     results = {
         "algo": algo.name or type(algo).__name__.lower(),

@@ -49,7 +49,7 @@ def _same_return_from_checkpoint(results: dict):
     algo, env, config = load_policy(results["checkpoint"], device="cuda")
     assert algo.trained_steps == results["train_steps"]
     again = rollout_episodes(algo, env, config.eval.episodes, config.eval.seed)
-    assert again.return_mean == pytest.approx(results["return_mean"], rel=1e-3)
+    assert again.return_mean == pytest.approx(results["eval_return_mean"], rel=1e-3)
     return algo
 
 

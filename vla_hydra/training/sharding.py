@@ -19,10 +19,19 @@ import torch
 from vla_hydra.core.exceptions import CheckpointError, ConfigError
 
 
+def weights_sharded(strategy) -> bool:
+    """Whether parameters live wrapped or partitioned rather than as plain tensors: FSDP, ZeRO-3."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    return isinstance(strategy, FSDPStrategy) or (
+        isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3
+    )
+
+
 @contextlib.contextmanager
 def gathered_weights(trainer, module: torch.nn.Module) -> Iterator[None]:
-    """Whole parameters inside the block on every rank. Every rank must enter it (gathering is a
-    collective); rank 0 then evaluates or saves. A no-op for unsharded strategies."""
+    """Whole parameters inside the block on every rank, during training (periodic evaluation). Every
+    rank must enter it (gathering is a collective); rank 0 then evaluates. A no-op when unsharded."""
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
     strategy = trainer.strategy
@@ -31,9 +40,13 @@ def gathered_weights(trainer, module: torch.nn.Module) -> Iterator[None]:
 
         with deepspeed.zero.GatheredParameters(list(module.parameters())):
             yield
-    elif isinstance(strategy, FSDPStrategy) and strategy.world_size > 1:
+    elif isinstance(strategy, FSDPStrategy):
         from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp._runtime_utils import _lazy_init
 
+        # an evaluation before the first training step would otherwise run the wrapped layers
+        # before the root and make each its own root, which the root's first forward then refuses
+        _lazy_init(strategy.model, strategy.model)
         with FullyShardedDataParallel.summon_full_params(strategy.model, writeback=False):
             yield
     else:
