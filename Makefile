@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help install train test test-full bench format lint clean
+.PHONY: help install train test test-full gpu-check bench format lint clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test: install ## fast test suite (excludes tests marked slow)
 
 test-full: install ## every test, including slow ones
 	$(PY) -m pytest $(ARGS)
+
+gpu-check: install ## CUDA-only tests (trainer=gpu/fsdp/deepspeed) on a GPU machine; ARGS=--bench adds the GPU benchmark
+	PATH=$(VENV)/bin:$$PATH bash scripts/gpu_checks.sh $(ARGS)
 
 bench: install ## benchmarks, JSON lines to stdout and benchmarks/results/ (~45 min on 2 CPU cores)
 	$(PY) benchmarks/bench_bc.py
