@@ -44,8 +44,8 @@ def test_sharded_strategies_refuse_what_they_cannot_train_in_one_line():
 
     from hydra.utils import instantiate
 
-    def check(algo: str, trainer: str = "fsdp"):
-        cfg = compose_config("train", [f"algo={algo}", f"trainer={trainer}"])
+    def check(algo: str, trainer: str = "fsdp", *overrides: str):
+        cfg = compose_config("train", [f"algo={algo}", f"trainer={trainer}", *overrides])
         spec = instantiate(cfg.env).spec()
         module = instantiate(cfg.algo, _partial_=True)(spec=spec, model=instantiate(cfg.model))
         check_strategy_support(SimpleNamespace(strategy=instantiate(cfg.trainer.strategy)), module)
@@ -56,7 +56,10 @@ def test_sharded_strategies_refuse_what_they_cannot_train_in_one_line():
     with pytest.raises(ConfigError, match=r"parameters log_alpha are not inside"):
         check("cql")
     # ZeRO keeps gradients in its own buffers: an update that clips norms itself would clip nothing
-    check("td3bc", "deepspeed")
+    with pytest.raises(ConfigError, match=r"^trainer=deepspeed: algo\.policy_freq=2 leaves networks out"):
+        check("td3bc", "deepspeed")  # TD3's delayed actor
+    check("td3bc", "deepspeed", "algo.policy_freq=1")
+    check("iql", "deepspeed")
     with pytest.raises(ConfigError, match=r"^trainer=deepspeed: algo=dt clips gradient norms"):
         check("dt", "deepspeed")
 

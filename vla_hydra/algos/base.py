@@ -146,6 +146,11 @@ class PolicyAlgorithm(L.LightningModule):
             if self._fsdp:
                 finish_fsdp_backward(self.trainer.strategy.model)
 
+    def update_delay_setting(self) -> str | None:
+        """The setting, if any, that leaves some networks out of some optimizer steps (a delayed actor):
+        under DeepSpeed ZeRO those get zero gradients that Adam still steps on, so it is refused there."""
+        return None
+
     def clip_gradients_(self, params, max_norm: float) -> torch.Tensor:
         """Clip the gradient norm of `params` after `backprop`; returns the pre-clip norm (no host
         sync). Under FSDP each rank holds a shard of each gradient, so the norm is FSDP's collective

@@ -275,6 +275,9 @@ class SAC(OnlineAlgorithm):
             }
         )
 
+    def update_delay_setting(self) -> str | None:
+        return f"algo.policy_frequency={self.policy_frequency}" if self.policy_frequency > 1 else None
+
     def update(self, batch: dict[str, torch.Tensor], optimizers) -> dict[str, torch.Tensor]:
         """One update round on one minibatch (raw observations, actions in [-1, 1])."""
         optimizer = optimizers

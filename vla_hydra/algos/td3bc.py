@@ -114,6 +114,9 @@ class TD3BC(PolicyAlgorithm):
             figures["actor_loss"] = self._last_actor_loss
         return figures
 
+    def update_delay_setting(self) -> str | None:
+        return f"algo.policy_freq={self.policy_freq}" if self.policy_freq > 1 else None
+
     def configure_optimizers(self):
         # one Adam, a parameter group per network: one optimizer step per gradient update
         return torch.optim.Adam(

@@ -79,15 +79,26 @@ def check_strategy_support(trainer, module: torch.nn.Module) -> None:
     """Refuse, in one line and before training, what a sharded strategy cannot do for this algorithm.
 
     DeepSpeed ZeRO keeps gradients in its own partitioned buffers, so an algorithm that clips gradient
-    norms inside its update (dt, ppo, grpo) would clip nothing. For FSDP see `check_fsdp_wrapping`."""
+    norms inside its update (dt, ppo, grpo, gail) would clip nothing; and it hands a network that sat
+    out a backward a zero gradient, which Adam still steps on (a layer left out of one step moved by
+    6.7e-3 at lr 1e-2 under ZeRO-2, where plain PyTorch skips it), so a delayed actor would not be
+    delayed. For FSDP see `check_fsdp_wrapping`."""
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
-    if isinstance(trainer.strategy, DeepSpeedStrategy) and getattr(module, "clips_gradients", False):
+    if isinstance(trainer.strategy, DeepSpeedStrategy):
         name = getattr(module, "name", None) or type(module).__name__.lower()
-        raise ConfigError(
-            f"trainer=deepspeed: algo={name} clips gradient norms inside its update, which ZeRO's "
-            "partitioned gradients do not allow; use trainer=fsdp or trainer=ddp"
-        )
+        if getattr(module, "clips_gradients", False):
+            raise ConfigError(
+                f"trainer=deepspeed: algo={name} clips gradient norms inside its update, which ZeRO's "
+                "partitioned gradients do not allow; use trainer=fsdp or trainer=ddp"
+            )
+        delay = module.update_delay_setting() if hasattr(module, "update_delay_setting") else None
+        if delay:
+            raise ConfigError(
+                f"trainer=deepspeed: {delay} leaves networks out of some optimizer steps, and ZeRO gives "
+                f"them zero gradients that Adam still steps on; set {delay.split('=')[0]}=1 or use "
+                "trainer=ddp or trainer=fsdp"
+            )
     check_fsdp_wrapping(trainer, module)
 
 
