@@ -41,6 +41,66 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path, data_dir):
     assert json.loads((tmp_path / "run" / "results.json").read_text())["train_steps"] == 100
 
 
+def test_fsdp_full_shard_over_two_cpu_processes_trains_like_ddp(tmp_path, data_dir):
+    """vla_hydra's whole FSDP path through train.py (FULL_SHARD over 2 gloo processes; Lightning's
+    strategy with only its GPU gate lifted, tests/cluster/probes.py): in-step updates with
+    finish_fsdp_backward, evaluations before and during training on every rank, the best-policy
+    checkpoint, the consolidated last.ckpt, the final evaluation read from it and a resume from it.
+    The same run under DDP (same seeds, same per-rank minibatches, gradients averaged either way) gives
+    the same returns."""
+    common = [
+        "algo=td3bc",
+        "trainer.max_steps=100",
+        "eval.episodes=2",
+        "eval.every_n_updates=50",
+        "callbacks.policy_eval.episodes=2",
+        f"paths.data_dir={data_dir}",
+    ]
+    fsdp = [
+        "trainer=fsdp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy._target_=tests.cluster.probes.CPUFSDPStrategy",
+        "callbacks.policy_eval.best_checkpoint=${paths.output_dir}/checkpoints/best.ckpt",
+    ]
+    results = {}
+    for name, strategy in (("fsdp", fsdp), ("ddp", ["trainer=ddp"])):
+        proc = run_module(
+            "vla_hydra.train", *strategy, *common, f"hydra.run.dir={tmp_path / name}", timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[name] = json.loads((tmp_path / name / "results.json").read_text())
+    fsdp_run, ddp_run = results["fsdp"], results["ddp"]
+    assert fsdp_run["train_steps"] == ddp_run["train_steps"] == 100
+    returns = [[h["eval/return_mean"] for h in r["eval_history"]] for r in (fsdp_run, ddp_run)]
+    assert len(returns[0]) == 3 and returns[0] == pytest.approx(returns[1], rel=1e-6)
+    # the final evaluation reads the consolidated checkpoint; it matches the live sharded model's
+    assert fsdp_run["eval_return_mean"] == pytest.approx(returns[0][-1], rel=1e-6)
+    assert fsdp_run["eval_return_mean"] == pytest.approx(ddp_run["eval_return_mean"], rel=1e-6)
+    # the best-policy file holds whole weights gathered from both ranks
+    from vla_hydra.envs.evaluation import rollout_episodes
+    from vla_hydra.eval import load_policy
+
+    algo, env, config = load_policy(fsdp_run["best_checkpoint"])
+    again = rollout_episodes(algo, env, 2, config.callbacks.policy_eval.seed)
+    assert again.return_mean == pytest.approx(fsdp_run["best_eval"]["eval/return_mean"], rel=1e-6)
+    # resume on both ranks from the consolidated file: the evaluation at the resume point sees exactly
+    # the saved weights, and training continues to the new budget
+    proc = run_module(
+        "vla_hydra.train",
+        *fsdp,
+        *[o for o in common if not o.startswith("trainer.max_steps")],
+        "trainer.max_steps=150",
+        f"ckpt_path={fsdp_run['checkpoint']}",
+        f"hydra.run.dir={tmp_path / 'fsdp_resumed'}",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads((tmp_path / "fsdp_resumed" / "results.json").read_text())
+    assert resumed["train_steps"] == 150
+    assert resumed["eval_history"][0]["eval/return_mean"] == pytest.approx(returns[0][-1], rel=1e-6)
+
+
 DEEPSPEED_SCRIPT = """
 import json, os, sys
 import torch, deepspeed
@@ -195,9 +255,14 @@ from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from vla_hydra.training.sharding import gathered_weights
 
+
+def mlp():
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+
+
 deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
 torch.manual_seed(0)
-model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+model = mlp()
 config = {
     "train_micro_batch_size_per_gpu": 1,
     "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
@@ -208,22 +273,26 @@ rank, x = int(os.environ["RANK"]), torch.ones(2, 4)
 engine.backward(engine(x).sum())
 engine.step()
 trainer = SimpleNamespace(global_rank=rank, strategy=DeepSpeedStrategy(stage=3))
-evaluated = None
-with gathered_weights(trainer, model):  # every rank enters; rank 0 alone runs the policy
-    if rank == 0:
-        with torch.no_grad():
-            evaluated = [float(model(x).sum()) for _ in range(3)]
-next_loss = engine(x).sum()  # training goes on after the evaluation
+# PolicyEvaluation's path: every rank runs the same forwards (each gathers collectively) ...
+with torch.no_grad():
+    evaluated = [float(model(x).sum()) for _ in range(3)]
+# ... and every rank gathers for the best-policy checkpoint, which rank 0 would write
+with gathered_weights(trainer, model):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+plain = mlp()
+plain.load_state_dict(state)
+next_loss = engine(x).sum()  # training goes on
 engine.backward(next_loss)
 engine.step()
-if rank == 0:
-    print(json.dumps({"evaluated": evaluated, "next_loss": float(next_loss), "shard": model[0].weight.numel()}))
+print(json.dumps({"rank": rank, "evaluated": evaluated, "from_state_dict": float(plain(x).sum()),
+                  "next_loss": float(next_loss), "shard": model[0].weight.numel()}))
 """
 
 
-def test_zero3_evaluation_on_rank_zero_between_training_steps_across_two_ranks(tmp_path):
+def test_zero3_evaluation_and_best_checkpoint_between_training_steps_across_two_ranks(tmp_path):
     """PolicyEvaluation's path under ZeRO-3 with 2 ranks (CPU engine, every layer partitioned): all ranks
-    gather, rank 0 alone runs forwards, nobody hangs, and rank 0 sees the weights training uses."""
+    run the rollout forwards, all gather for the state dict, nobody hangs, and both see the weights
+    training uses."""
     pytest.importorskip("deepspeed")
     procs = []
     for rank in (0, 1):
@@ -249,6 +318,8 @@ def test_zero3_evaluation_on_rank_zero_between_training_steps_across_two_ranks(t
         )
     outputs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs[0][1][-2000:] + outputs[1][1][-2000:]
-    result = json.loads(outputs[0][0].strip().splitlines()[-1])
-    assert result["shard"] == 0  # partitioned outside the gathered block
-    assert result["evaluated"] == [pytest.approx(result["next_loss"], abs=1e-6)] * 3
+    for out, _ in outputs:
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["shard"] == 0  # partitioned outside forwards and the gathered block
+        assert result["evaluated"] == [pytest.approx(result["next_loss"], abs=1e-6)] * 3
+        assert result["from_state_dict"] == pytest.approx(result["next_loss"], abs=1e-6)

@@ -213,12 +213,13 @@ class PolicyAlgorithm(L.LightningModule):
             "global_step": int(global_step),
         }
 
-    def save_inference_checkpoint(self, path, global_step: int) -> None:
-        """Write `inference_checkpoint` to `path` atomically (best-policy files, eval export=)."""
+    def save_inference_checkpoint(self, path, global_step: int, checkpoint: dict | None = None) -> None:
+        """Write `inference_checkpoint` (or one already built) to `path` atomically (best-policy files,
+        eval export=)."""
         from vla_hydra.core.io import atomic_path
 
         with atomic_path(path) as tmp:
-            torch.save(self.inference_checkpoint(global_step), tmp)
+            torch.save(checkpoint if checkpoint is not None else self.inference_checkpoint(global_step), tmp)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.checkpoint_metadata()

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from vla_hydra.core.logging import get_logger
 from vla_hydra.envs.evaluation import rollout_episodes
 from vla_hydra.envs.factory import EnvFactory
-from vla_hydra.training.sharding import gathered_weights
+from vla_hydra.training.sharding import gathered_weights, prepare_sharded_forward, weights_sharded
 
 log = get_logger(__name__)
 
@@ -93,17 +93,23 @@ class PolicyEvaluation(L.Callback):
     def _save_if_best(self, trainer: L.Trainer, pl_module, entry: dict) -> None:
         if self.best is not None and entry["eval/return_mean"] <= self.best["eval/return_mean"]:
             return
-        pl_module.save_inference_checkpoint(self.best_checkpoint, trainer.global_step)
+        # sharded weights: every rank takes part in gathering them; rank 0 writes
+        if trainer.global_rank == 0 or weights_sharded(trainer.strategy):
+            with gathered_weights(trainer, pl_module):
+                checkpoint = pl_module.inference_checkpoint(trainer.global_step)
+            if trainer.global_rank == 0:
+                pl_module.save_inference_checkpoint(self.best_checkpoint, trainer.global_step, checkpoint)
+                log.info(f"best eval return so far -> {self.best_checkpoint}")
         self.best = entry
-        log.info(f"best eval return so far -> {self.best_checkpoint}")
 
     def _evaluate(self, trainer: L.Trainer, pl_module) -> None:
-        # every rank enters (sharded weights are gathered collectively); rank 0 evaluates
-        with gathered_weights(trainer, pl_module):
-            if trainer.global_rank == 0:
-                self._evaluate_on_rank_zero(trainer, pl_module)
-
-    def _evaluate_on_rank_zero(self, trainer: L.Trainer, pl_module) -> None:
+        sharded = weights_sharded(trainer.strategy)
+        if trainer.global_rank != 0 and not sharded:
+            return
+        if sharded:
+            # each forward gathers parameters collectively (FSDP, ZeRO-3), so every rank runs the same
+            # rollouts (same seeds and weights: the same forwards); rank 0 reports
+            prepare_sharded_forward(trainer)
         start, cpu_start = time.perf_counter(), time.process_time()
         was_training = pl_module.training
         pl_module.eval()
@@ -114,18 +120,21 @@ class PolicyEvaluation(L.Callback):
         metrics = {"eval/return_mean": result.return_mean, "eval/return_std": result.return_std}
         if result.normalized_score is not None:
             metrics["eval/normalized_score"] = result.normalized_score
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
         env_steps = {"env_steps": int(pl_module.env_steps)} if hasattr(pl_module, "env_steps") else {}
         self.history.append({"step": trainer.global_step, **env_steps, **metrics})
         self.seconds_spent += time.perf_counter() - start
         self.cpu_seconds_spent += time.process_time() - cpu_start
-        score = f" (normalized {result.normalized_score:.1f})" if result.normalized_score is not None else ""
-        max_steps = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
-        log.info(
-            f"step {trainer.global_step}{max_steps}: eval return {result.return_mean:.1f} "
-            f"± {result.return_std:.1f}{score}"
-        )
+        if trainer.global_rank == 0:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+            score = (
+                f" (normalized {result.normalized_score:.1f})" if result.normalized_score is not None else ""
+            )
+            max_steps = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+            log.info(
+                f"step {trainer.global_step}{max_steps}: eval return {result.return_mean:.1f} "
+                f"± {result.return_std:.1f}{score}"
+            )
         if self.best_checkpoint and not trainer.sanity_checking and not trainer.fast_dev_run:
             self._save_if_best(trainer, pl_module, self.history[-1])
 

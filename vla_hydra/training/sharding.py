@@ -28,26 +28,30 @@ def weights_sharded(strategy) -> bool:
     )
 
 
+def prepare_sharded_forward(trainer) -> None:
+    """Before running a policy's forward outside training_step under FSDP (an evaluation, possibly
+    before the first training step): initialise the root FSDP module. Otherwise each wrapped layer,
+    run first, would make itself a root, which the root's first forward then refuses."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(trainer.strategy, FSDPStrategy):
+        from torch.distributed.fsdp._runtime_utils import _lazy_init
+
+        _lazy_init(trainer.strategy.model, trainer.strategy.model)
+
+
 @contextlib.contextmanager
 def gathered_weights(trainer, module: torch.nn.Module) -> Iterator[None]:
-    """Whole parameters inside the block on every rank, during training (periodic evaluation). Every
-    rank must enter it (gathering is a collective); rank 0 then evaluates. A no-op when unsharded."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+    """Whole parameters inside the block under DeepSpeed ZeRO-3, where `state_dict()` would otherwise
+    return empty placeholders; every rank must enter (a collective). FSDP's own state-dict hooks
+    gather (also collectively), and unsharded strategies need nothing."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
 
     strategy = trainer.strategy
     if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(module.parameters())):
-            yield
-    elif isinstance(strategy, FSDPStrategy):
-        from torch.distributed.fsdp import FullyShardedDataParallel
-        from torch.distributed.fsdp._runtime_utils import _lazy_init
-
-        # an evaluation before the first training step would otherwise run the wrapped layers
-        # before the root and make each its own root, which the root's first forward then refuses
-        _lazy_init(strategy.model, strategy.model)
-        with FullyShardedDataParallel.summon_full_params(strategy.model, writeback=False):
             yield
     else:
         yield
