@@ -1,8 +1,10 @@
 """What sharded strategies (trainer=fsdp, trainer=deepspeed) change outside the training step.
 
-Evaluation runs on rank 0 with whole weights, but FSDP (several GPUs) and DeepSpeed ZeRO-3 keep only a
-shard of each parameter on each rank between forward passes; and Lightning's DeepSpeed strategy writes
-a checkpoint as a directory of shards rather than one file. One home for both.
+FSDP and DeepSpeed ZeRO-3 keep only a shard of each parameter on each rank between forward passes, so
+evaluations and best-policy files need every rank's participation; vla_hydra's in-step updates need
+FSDP's end-of-backward step run by hand; some algorithm/strategy pairs cannot work and are refused
+before training; and Lightning's DeepSpeed strategy writes a checkpoint as a directory of shards. One
+home for all of it (docs/clusters.md has what was run and measured).
 """
 
 from __future__ import annotations
@@ -63,10 +65,11 @@ def finish_fsdp_backward(root: torch.nn.Module) -> None:
     FSDP queues this step (gradients of sharded units finalised, unit states back to idle) from a hook
     on the root module's outputs. vla_hydra's algorithms call backward inside training_step, which
     Lightning runs inside the root's forward, so that hook never fires: without this the next update
-    of a network that sat out a backward (TD3+BC's delayed actor) steps on stale gradients, and
-    gathering weights for evaluation refuses to run. With it, 2 ranks x FULL_SHARD reproduce a plain
-    single-process TD3+BC run exactly (checked with CPU gloo ranks during development).
-    Private torch API (torch 2.x FSDP1): tests/cluster/test_gpu_strategies.py guards it."""
+    of a network that sat out a backward (TD3+BC's delayed actor) steps on stale gradients, and the
+    next forward finds its units still in the backward state. With it, FULL_SHARD over 2 ranks
+    reproduces a plain single-process TD3+BC run. Private torch API (torch 2.x FSDP1), guarded by
+    tests/training/test_sharding.py, tests/cluster/test_strategies.py (CPU) and
+    tests/cluster/test_gpu_strategies.py."""
     from torch.distributed.fsdp._runtime_utils import _post_backward_final_callback
 
     _post_backward_final_callback(root, root)
