@@ -14,6 +14,36 @@ import pytest
 from tests.conftest import ROOT, compose_config, run_module
 
 
+def _deepspeed_on_cpu(script: str, *args: str, port: int, ranks: int = 1) -> list[dict]:
+    """Run `script` under DeepSpeed's CPU accelerator as `ranks` processes (gloo); each rank's last stdout
+    line, parsed as JSON."""
+    procs = []
+    for rank in range(ranks):
+        env = {
+            **os.environ,
+            "DS_ACCELERATOR": "cpu",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(ranks),
+            "PYTHONPATH": str(ROOT),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script, *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=ROOT,
+            )
+        )
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(err[-2000:] for _, err in outputs)
+    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+
+
 def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path, data_dir):
     probe = tmp_path / "ranks"
     proc = run_module(
@@ -136,28 +166,12 @@ print(json.dumps({"stage": engine.zero_optimization_stage(), "optimizer": type(e
 @pytest.mark.parametrize("stage", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_deepspeed_engine_on_cpu_with_the_trainer_config(tmp_path, stage):
     pytest.importorskip("deepspeed")
-    strategy = compose_config("train", ["trainer=deepspeed"]).trainer.strategy
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(29500 + stage),
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-    }
     from omegaconf import OmegaConf
 
-    proc = subprocess.run(
-        [sys.executable, "-c", DEEPSPEED_SCRIPT, json.dumps(OmegaConf.to_container(strategy)), str(stage)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
+    strategy = compose_config("train", ["trainer=deepspeed"]).trainer.strategy
+    (result,) = _deepspeed_on_cpu(
+        DEEPSPEED_SCRIPT, json.dumps(OmegaConf.to_container(strategy)), str(stage), port=29500 + stage
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["stage"] == stage
     assert result["optimizer"] == (
         "DeepSpeedZeroOptimizer" if stage == 2 else "DeepSpeedZeroOptimizer_Stage3"
@@ -223,26 +237,7 @@ def test_soft_update_reaches_zero3_partitioned_parameters(tmp_path):
     update does nothing at all (checked during development: the target kept its initial weights);
     soft_update gathers both networks, updates, and partitions the result back."""
     pytest.importorskip("deepspeed")
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": "29511",
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", ZERO3_POLYAK_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    (result,) = _deepspeed_on_cpu(ZERO3_POLYAK_SCRIPT, port=29511)
     assert result["partitioned"] is True
     assert result["max_error"] < 1e-6
 
@@ -294,32 +289,7 @@ def test_zero3_evaluation_and_best_checkpoint_between_training_steps_across_two_
     run the rollout forwards, all gather for the state dict, nobody hangs, and both see the weights
     training uses."""
     pytest.importorskip("deepspeed")
-    procs = []
-    for rank in (0, 1):
-        env = {
-            **os.environ,
-            "DS_ACCELERATOR": "cpu",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": "29512",
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "PYTHONPATH": str(ROOT),
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", ZERO3_EVAL_SCRIPT],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-                cwd=ROOT,
-            )
-        )
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs[0][1][-2000:] + outputs[1][1][-2000:]
-    for out, _ in outputs:
-        result = json.loads(out.strip().splitlines()[-1])
+    for result in _deepspeed_on_cpu(ZERO3_EVAL_SCRIPT, port=29512, ranks=2):
         assert result["shard"] == 0  # partitioned outside forwards and the gathered block
         assert result["evaluated"] == [pytest.approx(result["next_loss"], abs=1e-6)] * 3
         assert result["from_state_dict"] == pytest.approx(result["next_loss"], abs=1e-6)
