@@ -2,14 +2,15 @@
 # The checks that need a CUDA GPU, which CI (CPU-only) cannot run: the CUDA-only tests (trainer=gpu,
 # trainer=fsdp, trainer=deepspeed with ZeRO-2/3) and, with --bench, the offline-RL GPU benchmark.
 #   bash scripts/gpu_checks.sh [--bench] [out_dir]
-# Needs the project's Python packages. A folder .whl/ of wheels, if present, is installed into /tmp/site
-# first (for a GPU machine whose Python has torch and lightning but not hydra/gymnasium/deepspeed).
+# Needs the project's Python packages. Where they are missing and a folder .whl/ of wheels is present,
+# those are installed into /tmp/site first (a GPU machine whose Python has torch and lightning but not
+# hydra/gymnasium/deepspeed, with no package index).
 set -uo pipefail
 bench=0
 if [ "${1:-}" = "--bench" ]; then bench=1; shift; fi
 out=${1:-${OUT:-gpu_checks}}
 mkdir -p "$out"
-if [ -d .whl ]; then
+if [ -d .whl ] && ! python3 -c "import hydra, gymnasium, deepspeed" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:$PWD
 fi

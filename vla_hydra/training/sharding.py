@@ -122,6 +122,13 @@ def check_fsdp_wrapping(trainer, module: torch.nn.Module) -> None:
     strategy = trainer.strategy
     if not isinstance(strategy, FSDPStrategy):
         return
+    try:  # what finish_fsdp_backward and prepare_sharded_forward call, checked before training
+        from torch.distributed.fsdp._runtime_utils import _lazy_init, _post_backward_final_callback  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(
+            f"trainer=fsdp: this torch ({torch.__version__}) lacks the FSDP internals vla_hydra's in-step "
+            f"updates need ({err}); use trainer=ddp or trainer=deepspeed"
+        ) from err
     policy = strategy.kwargs.get("auto_wrap_policy")
     classes = tuple(getattr(policy, "_module_classes", ()))
     wrapped = {id(p) for m in module.modules() if classes and isinstance(m, classes) for p in m.parameters()}
