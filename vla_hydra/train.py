@@ -33,7 +33,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     from vla_hydra.core.runtime import seed_everything, set_torch_threads
     from vla_hydra.envs.evaluation import rollout_episodes
     from vla_hydra.training.callbacks import PolicyEvaluation, Throughput
-    from vla_hydra.training.sharding import check_strategy_support, weights_sharded
+    from vla_hydra.training.sharding import prepare_strategy, weights_sharded
 
     log = get_logger(__name__)
     silence_known_warnings()
@@ -60,7 +60,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     callbacks.append(throughput)
     loggers = instantiate_dict_values(cfg.get("logger"))
     trainer = _build_trainer(cfg.trainer, callbacks, loggers)
-    check_strategy_support(trainer, algo)
+    prepare_strategy(trainer, algo)
     trainer.fit(algo, datamodule=datamodule, ckpt_path=ckpt_path)
 
     if trainer.global_rank != 0:

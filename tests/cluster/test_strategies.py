@@ -71,6 +71,26 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path, data_dir):
     assert json.loads((tmp_path / "run" / "results.json").read_text())["train_steps"] == 100
 
 
+FSDP_ON_CPU = [
+    "trainer=fsdp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.strategy._target_=tests.cluster.probes.CPUFSDPStrategy",
+]
+
+
+def _fsdp_and_ddp_runs(tmp_path, fsdp: list[str], common: list[str]) -> tuple[dict, dict]:
+    """results.json of the same 2-process run under FSDP (FULL_SHARD, CPU) and under DDP."""
+    results = []
+    for name, strategy in (("fsdp", fsdp), ("ddp", ["trainer=ddp"])):
+        proc = run_module(
+            "vla_hydra.train", *strategy, *common, f"hydra.run.dir={tmp_path / name}", timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(json.loads((tmp_path / name / "results.json").read_text()))
+    return results[0], results[1]
+
+
 def test_fsdp_full_shard_over_two_cpu_processes_trains_like_ddp(tmp_path, data_dir):
     """vla_hydra's whole FSDP path through train.py (FULL_SHARD over 2 gloo processes; Lightning's
     strategy with only its GPU gate lifted, tests/cluster/probes.py): in-step updates with
@@ -86,21 +106,8 @@ def test_fsdp_full_shard_over_two_cpu_processes_trains_like_ddp(tmp_path, data_d
         "callbacks.policy_eval.episodes=2",
         f"paths.data_dir={data_dir}",
     ]
-    fsdp = [
-        "trainer=fsdp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.strategy._target_=tests.cluster.probes.CPUFSDPStrategy",
-        "callbacks.policy_eval.best_checkpoint=${paths.output_dir}/checkpoints/best.ckpt",
-    ]
-    results = {}
-    for name, strategy in (("fsdp", fsdp), ("ddp", ["trainer=ddp"])):
-        proc = run_module(
-            "vla_hydra.train", *strategy, *common, f"hydra.run.dir={tmp_path / name}", timeout=300
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        results[name] = json.loads((tmp_path / name / "results.json").read_text())
-    fsdp_run, ddp_run = results["fsdp"], results["ddp"]
+    fsdp = [*FSDP_ON_CPU, "callbacks.policy_eval.best_checkpoint=${paths.output_dir}/checkpoints/best.ckpt"]
+    fsdp_run, ddp_run = _fsdp_and_ddp_runs(tmp_path, fsdp, common)
     assert fsdp_run["train_steps"] == ddp_run["train_steps"] == 100
     returns = [[h["eval/return_mean"] for h in r["eval_history"]] for r in (fsdp_run, ddp_run)]
     assert len(returns[0]) == 3 and returns[0] == pytest.approx(returns[1], rel=1e-6)
@@ -129,6 +136,26 @@ def test_fsdp_full_shard_over_two_cpu_processes_trains_like_ddp(tmp_path, data_d
     resumed = json.loads((tmp_path / "fsdp_resumed" / "results.json").read_text())
     assert resumed["train_steps"] == 150
     assert resumed["eval_history"][0]["eval/return_mean"] == pytest.approx(returns[0][-1], rel=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["iql", pytest.param("cql", marks=pytest.mark.slow)])
+def test_fsdp_trains_like_ddp_with_parameters_kept_whole(tmp_path, data_dir, algo):
+    """IQL's Gaussian log_std and CQL's log_alpha live outside the wrapped layers: FSDP keeps them whole
+    on every rank and vla_hydra averages their gradients (prepare_fsdp); CQL's actor loss also runs the
+    critic ensemble on detached weights, which FSDP could free before the backward pass needs them
+    (copied under FSDP). 50 updates over 2 processes give DDP's returns."""
+    common = [
+        f"algo={algo}",
+        "trainer.max_steps=50",
+        "eval.episodes=2",
+        "eval.every_n_updates=50",
+        "callbacks.policy_eval.episodes=2",
+        f"paths.data_dir={data_dir}",
+    ]
+    fsdp_run, ddp_run = _fsdp_and_ddp_runs(tmp_path, FSDP_ON_CPU, common)
+    returns = [[h["eval/return_mean"] for h in r["eval_history"]] for r in (fsdp_run, ddp_run)]
+    assert len(returns[0]) == 2 and returns[0] == pytest.approx(returns[1], rel=1e-6)
+    assert returns[0][1] != returns[0][0]  # it trained
 
 
 DEEPSPEED_SCRIPT = """

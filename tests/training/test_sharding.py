@@ -10,7 +10,7 @@ from tests.conftest import compose_config
 from vla_hydra.cluster.resume import resume_checkpoint
 from vla_hydra.core.exceptions import CheckpointError, ConfigError
 from vla_hydra.eval import load_policy
-from vla_hydra.training.sharding import check_strategy_support, is_deepspeed_checkpoint
+from vla_hydra.training.sharding import is_deepspeed_checkpoint, prepare_strategy
 
 
 def test_a_plain_directory_is_refused_naming_it(tmp_path):
@@ -39,29 +39,37 @@ def test_resume_accepts_a_deepspeed_directory_but_not_a_plain_one(tmp_path):
     assert resume_checkpoint(cfg, tmp_path / "run") == str(ckpt)
 
 
-def test_sharded_strategies_refuse_what_they_cannot_train_in_one_line():
+def _prepared(algo: str, trainer: str, *overrides: str):
     from types import SimpleNamespace
 
     from hydra.utils import instantiate
 
-    def check(algo: str, trainer: str = "fsdp", *overrides: str):
-        cfg = compose_config("train", [f"algo={algo}", f"trainer={trainer}", *overrides])
-        spec = instantiate(cfg.env).spec()
-        module = instantiate(cfg.algo, _partial_=True)(spec=spec, model=instantiate(cfg.model))
-        check_strategy_support(SimpleNamespace(strategy=instantiate(cfg.trainer.strategy)), module)
+    cfg = compose_config("train", [f"algo={algo}", f"trainer={trainer}", *overrides])
+    spec = instantiate(cfg.env).spec()
+    module = instantiate(cfg.algo, _partial_=True)(spec=spec, model=instantiate(cfg.model))
+    strategy = instantiate(cfg.trainer.strategy)
+    prepare_strategy(SimpleNamespace(strategy=strategy), module)
+    return module, strategy
 
-    check("td3bc")  # Linear layers and the critic ensemble only
-    with pytest.raises(ConfigError, match=r"^trainer=fsdp: parameters actor\.log_std are not inside"):
-        check("iql")  # the Gaussian policy's log_std is used outside its module's forward
-    with pytest.raises(ConfigError, match=r"parameters log_alpha are not inside"):
-        check("cql")
+
+def test_fsdp_keeps_parameters_outside_wrapped_layers_whole():
+    module, strategy = _prepared("td3bc", "fsdp")  # Linear layers and the critic ensemble only
+    assert module.replicated_parameters == [] and "ignored_states" not in strategy.kwargs
+    module, strategy = _prepared("iql", "fsdp")  # the Gaussian policy's log_std
+    assert module.replicated_parameters == [module.actor.log_std]
+    assert strategy.kwargs["ignored_states"] == [module.actor.log_std]
+    module, _ = _prepared("cql", "fsdp")
+    assert module.replicated_parameters == [module.log_alpha]
+
+
+def test_deepspeed_refuses_what_it_cannot_train_in_one_line():
     # ZeRO keeps gradients in its own buffers: an update that clips norms itself would clip nothing
-    with pytest.raises(ConfigError, match=r"^trainer=deepspeed: algo\.policy_freq=2 leaves networks out"):
-        check("td3bc", "deepspeed")  # TD3's delayed actor
-    check("td3bc", "deepspeed", "algo.policy_freq=1")
-    check("iql", "deepspeed")
     with pytest.raises(ConfigError, match=r"^trainer=deepspeed: algo=dt clips gradient norms"):
-        check("dt", "deepspeed")
+        _prepared("dt", "deepspeed")
+    with pytest.raises(ConfigError, match=r"^trainer=deepspeed: algo\.policy_freq=2 leaves networks out"):
+        _prepared("td3bc", "deepspeed")  # TD3's delayed actor
+    _prepared("td3bc", "deepspeed", "algo.policy_freq=1")
+    _prepared("iql", "deepspeed")
 
 
 FSDP_SCRIPT = """
@@ -106,7 +114,7 @@ if world_size > 1:
 
     def backprop(loss):
         loss.backward()
-        finish_fsdp_backward(root)
+        finish_fsdp_backward(root, [])
 
     algo.backprop = backprop
 else:

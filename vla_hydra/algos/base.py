@@ -60,6 +60,9 @@ class PolicyAlgorithm(L.LightningModule):
         self.direct_backward = True
         self._direct_backward = False
         self._fsdp = False  # set in on_fit_start: Lightning FSDP strategy (see finish_fsdp_backward)
+        self.replicated_parameters: list[
+            torch.nn.Parameter
+        ] = []  # under FSDP: see training.sharding.prepare_fsdp
         stats = stats or DatasetStats()
         self.obs_normalizer = ObservationNormalizer(spec.observation_shape, stats.obs_mean, stats.obs_std)
         self.action_scaler = ActionScaler(spec.action_low, spec.action_high)
@@ -121,6 +124,11 @@ class PolicyAlgorithm(L.LightningModule):
             and type(strategy.precision_plugin) is Precision
         )
         self._fsdp = isinstance(strategy, FSDPStrategy)
+        if self._fsdp and self.replicated_parameters:
+            # FSDP moves only the parameters it manages to the device
+            device = next(b.device for b in self.buffers())
+            for param in self.replicated_parameters:
+                param.data = param.data.to(device)
 
     def losses(self, batch: dict[str, torch.Tensor], *args) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss to backpropagate, detached figures to log) for one minibatch: the forward half of an
@@ -144,7 +152,7 @@ class PolicyAlgorithm(L.LightningModule):
         else:
             self.manual_backward(loss)
             if self._fsdp:
-                finish_fsdp_backward(self.trainer.strategy.model)
+                finish_fsdp_backward(self.trainer.strategy.model, self.replicated_parameters)
 
     def update_delay_setting(self) -> str | None:
         """The setting, if any, that leaves some networks out of some optimizer steps (a delayed actor):

@@ -97,6 +97,9 @@ class EnsembleQNetwork(nn.Module):
         self.reset_parameters(orthogonal_init)
         # None: one bmm per layer for all critics on CUDA, per-critic addmm on CPU; True/False forces it
         self.batched_matmul: bool | None = None
+        # Under FSDP (set by training.sharding.prepare_fsdp) detached weights are copied: views of the
+        # gathered weights can be freed by FSDP before the backward pass that needs them
+        self.copy_detached_params = False
 
     @torch.no_grad()
     def reset_parameters(self, orthogonal_init: bool = False) -> None:
@@ -133,7 +136,9 @@ class EnsembleQNetwork(nn.Module):
                 [w[critic : critic + 1] for w in weights],
                 [b[critic : critic + 1] for b in biases],
             )
-        if detach_params:
+        if detach_params and self.copy_detached_params:
+            weights, biases = [w.detach().clone() for w in weights], [b.detach().clone() for b in biases]
+        elif detach_params:
             weights, biases = [w.detach() for w in weights], [b.detach() for b in biases]
         num_critics = weights[0].shape[0]
         feat = self.encoder(obs)

@@ -59,7 +59,7 @@ def gathered_weights(trainer, module: torch.nn.Module) -> Iterator[None]:
         yield
 
 
-def finish_fsdp_backward(root: torch.nn.Module) -> None:
+def finish_fsdp_backward(root: torch.nn.Module, replicated: list[torch.nn.Parameter]) -> None:
     """FSDP's end-of-backward step, run after each backward pass of an in-step update.
 
     FSDP queues this step (gradients of sharded units finalised, unit states back to idle) from a hook
@@ -67,12 +67,19 @@ def finish_fsdp_backward(root: torch.nn.Module) -> None:
     Lightning runs inside the root's forward, so that hook never fires: without this the next update
     of a network that sat out a backward (TD3+BC's delayed actor) steps on stale gradients, and the
     next forward finds its units still in the backward state. With it, FULL_SHARD over 2 ranks
-    reproduces a plain single-process TD3+BC run. Private torch API (torch 2.x FSDP1), guarded by
+    reproduces a plain single-process TD3+BC run. `replicated`: the parameters FSDP was told to
+    ignore (prepare_fsdp), whose gradients are averaged across ranks here. Private torch API (torch 2.x FSDP1), guarded by
     tests/training/test_sharding.py, tests/cluster/test_strategies.py (CPU) and
     tests/cluster/test_gpu_strategies.py."""
     from torch.distributed.fsdp._runtime_utils import _post_backward_final_callback
 
     _post_backward_final_callback(root, root)
+    # the parameters FSDP ignores (prepare_fsdp): averaged here, as DDP would (gloo has no AVG)
+    grads = [p.grad for p in replicated if p.grad is not None]
+    if grads and torch.distributed.get_world_size() > 1:
+        for grad in grads:
+            torch.distributed.all_reduce(grad)
+        torch._foreach_div_(grads, torch.distributed.get_world_size())
 
 
 def module_classes(names: list[str]) -> set[type]:
@@ -82,14 +89,15 @@ def module_classes(names: list[str]) -> set[type]:
     return {get_class(name) for name in names}
 
 
-def check_strategy_support(trainer, module: torch.nn.Module) -> None:
-    """Refuse, in one line and before training, what a sharded strategy cannot do for this algorithm.
+def prepare_strategy(trainer, module: torch.nn.Module) -> None:
+    """Before training: refuse in one line what a sharded strategy cannot do for this algorithm, and
+    set up what FSDP needs (`prepare_fsdp`).
 
     DeepSpeed ZeRO keeps gradients in its own partitioned buffers, so an algorithm that clips gradient
     norms inside its update (dt, ppo, grpo, gail) would clip nothing; and it hands a network that sat
     out a backward a zero gradient, which Adam still steps on (a layer left out of one step moved by
     6.7e-3 at lr 1e-2 under ZeRO-2, where plain PyTorch skips it), so a delayed actor would not be
-    delayed. For FSDP see `check_fsdp_wrapping`."""
+    delayed."""
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     if isinstance(trainer.strategy, DeepSpeedStrategy):
@@ -106,22 +114,24 @@ def check_strategy_support(trainer, module: torch.nn.Module) -> None:
                 f"them zero gradients that Adam still steps on; set {delay.split('=')[0]}=1 or use "
                 "trainer=ddp or trainer=fsdp"
             )
-    check_fsdp_wrapping(trainer, module)
+    prepare_fsdp(trainer, module)
 
 
-def check_fsdp_wrapping(trainer, module: torch.nn.Module) -> None:
-    """Refuse, in one line, an FSDP run whose parameters are not all inside wrapped layers.
+def prepare_fsdp(trainer, module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Under FSDP, the parameters outside the wrapped layer classes: FSDP is told to ignore them, so
+    they stay whole on every rank, and `finish_fsdp_backward` averages their gradients across ranks
+    (DDP's treatment). Returned and kept as `module.replicated_parameters`.
 
-    vla_hydra's algorithms run their backward passes inside `training_step`, which Lightning's FSDP
-    strategy executes inside the root module's forward. FSDP can reduce the gradients of a wrapped
-    unit whose forward has returned, but not those of parameters held by the root, which fail its
-    post-backward state check ("Expects BACKWARD_PRE or BACKWARD_POST state"). Parameters used outside
-    their module's forward (a Gaussian policy's log_std, SAC's log_alpha) stay with the root."""
+    Why not shard them: vla_hydra's algorithms run their backward passes inside `training_step`, which
+    Lightning's FSDP strategy executes inside the root module's forward, and FSDP cannot handle
+    gradients of parameters held by the root there ("Expects BACKWARD_PRE or BACKWARD_POST state").
+    They are also used outside their module's forward (a Gaussian policy's log_std, SAC's log_alpha),
+    where FSDP would hand out a shard. They are small: a vector or a scalar per network."""
     from lightning.pytorch.strategies import FSDPStrategy
 
     strategy = trainer.strategy
     if not isinstance(strategy, FSDPStrategy):
-        return
+        return []
     try:  # what finish_fsdp_backward and prepare_sharded_forward call, checked before training
         from torch.distributed.fsdp._runtime_utils import _lazy_init, _post_backward_final_callback  # noqa: F401
     except ImportError as err:
@@ -132,15 +142,14 @@ def check_fsdp_wrapping(trainer, module: torch.nn.Module) -> None:
     policy = strategy.kwargs.get("auto_wrap_policy")
     classes = tuple(getattr(policy, "_module_classes", ()))
     wrapped = {id(p) for m in module.modules() if classes and isinstance(m, classes) for p in m.parameters()}
-    left = [name for name, p in module.named_parameters() if id(p) not in wrapped]
-    if left:
-        shown = ", ".join(left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
-        raise ConfigError(
-            f"trainer=fsdp: parameters {shown} are not inside a class of "
-            "trainer.strategy.auto_wrap_policy.names, and FSDP cannot reduce their gradients during "
-            "vla_hydra's in-step updates; add their module class (if they are used only in its "
-            "forward) or use trainer=ddp / trainer=deepspeed"
-        )
+    replicated = [p for p in module.parameters() if id(p) not in wrapped]
+    for layer in module.modules():
+        if hasattr(layer, "copy_detached_params"):  # see EnsembleQNetwork
+            layer.copy_detached_params = True
+    if replicated:
+        strategy.kwargs["ignored_states"] = replicated
+    module.replicated_parameters = replicated
+    return replicated
 
 
 def is_deepspeed_checkpoint(path: Path) -> bool:
