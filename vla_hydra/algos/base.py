@@ -31,7 +31,8 @@ class PolicyAlgorithm(L.LightningModule):
     paid once per block instead of once per update. `trainer.global_step` counts gradient updates.
     """
 
-    # whether `update` clips gradient norms (clip_gradients_); ZeRO's partitioned gradients cannot be
+    # whether `update` clips gradient norms (clip_gradients_): refused under DeepSpeed ZeRO, whose
+    # partitioned gradients the clipping would not see
     clips_gradients = False
     # short name in results/reports; defaults to the lower-cased class name
     name: str | None = None
@@ -60,9 +61,8 @@ class PolicyAlgorithm(L.LightningModule):
         self.direct_backward = True
         self._direct_backward = False
         self._fsdp = False  # set in on_fit_start: Lightning FSDP strategy (see finish_fsdp_backward)
-        self.replicated_parameters: list[
-            torch.nn.Parameter
-        ] = []  # under FSDP: see training.sharding.prepare_fsdp
+        # under FSDP, the parameters kept whole on every rank (training.sharding.prepare_fsdp)
+        self.replicated_parameters: list[torch.nn.Parameter] = []
         stats = stats or DatasetStats()
         self.obs_normalizer = ObservationNormalizer(spec.observation_shape, stats.obs_mean, stats.obs_std)
         self.action_scaler = ActionScaler(spec.action_low, spec.action_high)
