@@ -83,7 +83,7 @@ def test_td3bc_target_networks_follow_polyak_updates_and_resume(tmp_path, data_d
     # (These layers are under ZeRO-3's persistence threshold, so ZeRO-3 keeps them whole; the Polyak
     # update of partitioned parameters is tested on CPU in test_strategies.py.)
     # TD3+BC's actor sits out every other backward: the case FSDP's finish_fsdp_backward is for.
-    # (DeepSpeed: the actor delay is refused there, see check_strategy_support; FSDP keeps it)
+    # (DeepSpeed: the actor delay is refused there, see training.sharding.prepare_strategy; FSDP keeps it)
     delay = "algo.policy_freq=1" if "trainer=deepspeed" in strategy else "algo.policy_freq=2"
     common = [*strategy, "algo=td3bc", "algo.tau=1.0", delay]
     results = _train(tmp_path / "td3bc", data_dir, *common, "trainer.max_steps=200")
