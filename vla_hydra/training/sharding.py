@@ -117,10 +117,10 @@ def prepare_strategy(trainer, module: torch.nn.Module) -> None:
     prepare_fsdp(trainer, module)
 
 
-def prepare_fsdp(trainer, module: torch.nn.Module) -> list[torch.nn.Parameter]:
+def prepare_fsdp(trainer, module: torch.nn.Module) -> None:
     """Under FSDP, the parameters outside the wrapped layer classes: FSDP is told to ignore them, so
     they stay whole on every rank, and `finish_fsdp_backward` averages their gradients across ranks
-    (DDP's treatment). Returned and kept as `module.replicated_parameters`.
+    (DDP's treatment). They are kept as `module.replicated_parameters`.
 
     Why not shard them: vla_hydra's algorithms run their backward passes inside `training_step`, which
     Lightning's FSDP strategy executes inside the root module's forward, and FSDP cannot handle
@@ -131,7 +131,7 @@ def prepare_fsdp(trainer, module: torch.nn.Module) -> list[torch.nn.Parameter]:
 
     strategy = trainer.strategy
     if not isinstance(strategy, FSDPStrategy):
-        return []
+        return
     try:  # what finish_fsdp_backward and prepare_sharded_forward call, checked before training
         from torch.distributed.fsdp._runtime_utils import _lazy_init, _post_backward_final_callback  # noqa: F401
     except ImportError as err:
@@ -149,7 +149,6 @@ def prepare_fsdp(trainer, module: torch.nn.Module) -> list[torch.nn.Parameter]:
     if replicated:
         strategy.kwargs["ignored_states"] = replicated
     module.replicated_parameters = replicated
-    return replicated
 
 
 def is_deepspeed_checkpoint(path: Path) -> bool:
