@@ -10,7 +10,8 @@ import torch
 
 
 class ParameterDigest(L.Callback):
-    """At the end of training each rank writes its step, world size, backward path and exact parameters."""
+    """At the end of training each rank writes its step, world size, backward path, exact parameters and
+    buffers, and (online algorithms) the returns of its training episodes."""
 
     def __init__(self, path: str):
         self.path = Path(path)
@@ -26,6 +27,9 @@ class ParameterDigest(L.Callback):
             "strategy": type(trainer.strategy).__name__,
             "backend": trainer.strategy._process_group_backend,
             "params": params.tolist(),
+            "buffers": {name: b.detach().double().flatten().tolist() for name, b in pl_module.named_buffers()},
+            # online algorithms: what this rank's own envs did
+            "train_returns": [e["return"] for e in getattr(pl_module, "episode_log", [])],
         }
         (self.path / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 

@@ -71,6 +71,58 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path, data_dir):
     assert json.loads((tmp_path / "run" / "results.json").read_text())["train_steps"] == 100
 
 
+@pytest.mark.parametrize(
+    ("algo", "overrides"),
+    [
+        # 2 ranks x 4 envs x 128 steps per iteration: a 3,072-step budget is 3 iterations of 16 updates
+        ("ppo", ["env=cartpole", "algo.total_timesteps=3072", "algo.normalize_rewards=true"]),
+        # episodes of different lengths on the two ranks: the budget must still end both at once
+        ("grpo", ["env=cartpole", "algo.total_timesteps=1500", "algo.group_size=4", "algo.num_groups=2"]),
+    ],
+)
+def test_online_ddp_ranks_run_their_own_envs_and_share_the_budget(tmp_path, algo, overrides):
+    """Online RL over 2 DDP processes: each rank explores its own envs with its own noise, the env-step
+    budget counts both ranks' steps (so it ends after half the iterations, on both ranks together), and
+    the running observation/reward statistics are pooled over both ranks' experience, identical on both."""
+    probe = tmp_path / "ranks"
+    proc = run_module(
+        "vla_hydra.train",
+        f"algo={algo}",
+        *overrides,
+        "algo.normalize_observations=true",
+        "trainer=ddp",
+        "eval.episodes=2",
+        "callbacks.policy_eval=null",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "+callbacks.digest._target_=tests.cluster.probes.ParameterDigest",
+        f"+callbacks.digest.path={probe}",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    budget = int(overrides[1].split("=")[1])
+    env_steps = [r["buffers"]["env_steps"][0] for r in ranks]
+    assert env_steps[0] == env_steps[1] == results["env_steps"] >= budget
+    assert ranks[0]["global_step"] == ranks[1]["global_step"] == results["train_steps"]
+    if algo == "ppo":
+        assert results["env_steps"] == budget and results["train_steps"] == 3 * 16
+    # different experience on each rank (seeds apart), the same weights (gradients averaged)
+    assert ranks[0]["train_returns"] and ranks[0]["train_returns"] != ranks[1]["train_returns"]
+    assert ranks[0]["params"] == ranks[1]["params"]
+    # statistics pooled over both ranks: equal on both, and they counted every observation of both
+    stats = [name for name in ranks[0]["buffers"] if name.startswith(("obs_normalizer.", "reward_scaler."))]
+    # each rank's per-env discounted returns follow its own envs (not overwritten by rank 0's)
+    stats.remove("reward_scaler.discounted_return") if algo == "ppo" else None
+    if algo == "ppo":
+        discounted = [r["buffers"]["reward_scaler.discounted_return"] for r in ranks]
+        assert discounted[0] != discounted[1]
+    assert "obs_normalizer.count" in stats
+    for name in stats:
+        assert ranks[0]["buffers"][name] == pytest.approx(ranks[1]["buffers"][name], rel=1e-9), name
+    assert ranks[0]["buffers"]["obs_normalizer.count"][0] == pytest.approx(results["env_steps"], abs=1e-3)
+
+
 FSDP_ON_CPU = [
     "trainer=fsdp",
     "trainer.accelerator=cpu",

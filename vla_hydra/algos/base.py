@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from vla_hydra.core.exceptions import ConfigError
+from vla_hydra.core.runtime import decorrelate_rngs
 from vla_hydra.data.batch import tree_map
 from vla_hydra.data.stats import DatasetStats
 from vla_hydra.envs.factory import EnvSpec
@@ -124,6 +125,9 @@ class PolicyAlgorithm(L.LightningModule):
             and type(strategy.precision_plugin) is Precision
         )
         self._fsdp = isinstance(strategy, FSDPStrategy)
+        if self.trainer.world_size > 1:
+            # after the networks were built alike on every rank: from here each rank draws its own noise
+            decorrelate_rngs(self.trainer.global_rank)
         if self._fsdp and self.replicated_parameters:
             # FSDP moves only the parameters it manages to the device
             device = next(b.device for b in self.buffers())

@@ -162,7 +162,7 @@ class DAgger(OnlineAlgorithm):
     @property
     def iteration(self) -> int:
         """Completed iterations, from the env-step count (so a resumed run continues the schedule)."""
-        return int(self.env_steps) // (self.steps_per_iteration * self.num_envs)
+        return int(self.env_steps) // (self.steps_per_iteration * self.env_steps_per_vector_step)
 
     @torch.no_grad()
     def collect(self, steps: int, beta: float) -> None:
@@ -194,7 +194,8 @@ class DAgger(OnlineAlgorithm):
     def train_iteration(self, optimizers) -> dict[str, torch.Tensor]:
         optimizer = optimizers
         beta = expert_mixing_probability(self.iteration, self.beta0, self.beta_decay)
-        remaining = -(-(self.total_timesteps - int(self.env_steps)) // self.num_envs)  # ceil
+        # vector steps left in the budget (ceil)
+        remaining = -(-(self.total_timesteps - int(self.env_steps)) // self.env_steps_per_vector_step)
         self.collect(min(self.steps_per_iteration, remaining), beta)
         loss = torch.zeros((), device=self.device)
         for _ in range(self.updates_per_iteration):

@@ -29,6 +29,7 @@ import torch
 from vla_hydra.algos.online import OnlineAlgorithm
 from vla_hydra.algos.ppo import approx_kl, clipped_surrogate_loss
 from vla_hydra.core.exceptions import ConfigError
+from vla_hydra.core.runtime import all_gather_rows, any_process
 from vla_hydra.envs.factory import EnvFactory, EnvSpec
 
 LOSS_AGGREGATIONS = ("step", "episode")
@@ -171,8 +172,10 @@ class GRPO(OnlineAlgorithm):
 
     def group_seeds(self, iteration: int) -> list[int]:
         """Reset seeds of the envs for one iteration: one fresh seed per group, repeated group_size
-        times; a function of (seed, iteration) only, so a resumed run draws what it would have."""
-        seeds = np.random.SeedSequence([self.seed, iteration]).generate_state(self.num_groups)
+        times; a function of (seed, iteration, rank) only, so a resumed run draws what it would have
+        (under several processes each rank resets its groups to its own start states)."""
+        entropy = [self.seed, iteration] + ([self.rank] if self.rank else [])
+        seeds = np.random.SeedSequence(entropy).generate_state(self.num_groups)
         return [int(s) for s in seeds for _ in range(self.group_size)]
 
     @torch.no_grad()
@@ -183,8 +186,11 @@ class GRPO(OnlineAlgorithm):
         raw_obs, _ = self.envs.reset(seed=self.group_seeds(int(self.iterations)))
         active = np.ones(n, dtype=bool)
         returns = np.zeros(n, dtype=np.float64)
+        steps = 0
         obs_steps, action_steps, log_prob_steps, mask_steps = [], [], [], []
-        while active.any():
+        # under several processes all ranks step until every rank's episodes have ended (the steps after
+        # an episode's end are masked out, as within one rank): their collectives must pair up
+        while any_process(bool(active.any()), dev):
             active_t = torch.as_tensor(active, device=dev)
             if self.normalize_observations:  # statistics from episode steps only, not masked padding
                 self.obs_normalizer.update(torch.as_tensor(raw_obs[active], dtype=torch.float32, device=dev))
@@ -192,10 +198,12 @@ class GRPO(OnlineAlgorithm):
             action, log_prob = self.policy.sample(obs)
             raw_obs, rewards, terminated, truncated, _ = self.envs.step(self.env_actions(action))
             returns += np.where(active, rewards, 0.0)
-            self.env_steps += int(active.sum())
+            steps += int(active.sum())
             obs_steps.append(obs), action_steps.append(action), log_prob_steps.append(log_prob)
             mask_steps.append(active_t)
             active = active & ~(terminated | truncated)
+        # episodes differ in length between ranks: the budget counts every rank's steps, the same on all
+        self.env_steps += int(all_gather_rows(torch.tensor(steps, device=dev)).sum())
         mask = torch.stack(mask_steps)
         lengths = mask.sum(0)
         for ret, length in zip(returns.tolist(), lengths.tolist(), strict=True):

@@ -5,6 +5,12 @@ The Lightning pattern is the offline one with rollouts as the data: the datamodu
 only paces the loop, and each Lightning step runs `train_iteration`, which collects experience from
 `env.num_envs` vectorised envs and does its gradient updates. Training ends when the env-step budget
 `algo.total_timesteps` is spent (`trainer.should_stop`), so online algo configs set `max_updates: -1`.
+
+Several processes (trainer=ddp/fsdp/deepspeed): every rank runs its own `num_envs` envs, seeded apart
+(rank r's envs take the seeds after rank r-1's) and with its own random streams, and the gradients of
+its updates are averaged with the others'. `env_steps` and the budget count the steps of all ranks, so
+the same `total_timesteps` ends after 1/world_size of the iterations; running observation and reward
+statistics are pooled over all ranks' experience (models/normalization.py).
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ class OnlineAlgorithm(PolicyAlgorithm):
         self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))
         self.envs = None
         self.obs: np.ndarray | None = None
+        # this process and how many train together (set in on_fit_start; 0 and 1 outside a trainer)
+        self.rank, self.world_size = 0, 1
         # finished training episodes: [{"env_steps", "return", "length"}] (for curves and the progress bar)
         self.episode_log: list[dict[str, float]] = []
         self._episodes_logged = 0
@@ -85,11 +93,17 @@ class OnlineAlgorithm(PolicyAlgorithm):
         """Parallel training envs; an algorithm that needs another count (GRPO's groups) overrides it."""
         return int(self.env_factory.num_envs)
 
+    @property
+    def env_steps_per_vector_step(self) -> int:
+        """Env steps one vector step adds to `env_steps`: this rank's envs times the ranks."""
+        return self.num_envs * self.world_size
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
         self.envs = self.env_factory.make_training_vector(self.num_envs)
         # after a resume, a different first-reset seed: the resumed run should not replay its start
-        first_seed = self.seed + int(self.env_steps)
+        first_seed = self.seed + int(self.env_steps) + self.rank * self.num_envs
         self.obs, _ = self.envs.reset(seed=[first_seed + i for i in range(self.num_envs)])
 
     def on_fit_end(self) -> None:
@@ -113,7 +127,7 @@ class OnlineAlgorithm(PolicyAlgorithm):
         Returns (next_obs, rewards, terminated, truncated, real_next_obs); next_obs already starts new
         episodes where one ended, real_next_obs holds the final observation there (for bootstrapping)."""
         next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
-        self.env_steps += self.num_envs
+        self.env_steps += self.env_steps_per_vector_step
         done = terminated | truncated
         if "episode" in infos:
             finished = infos.get("_episode", done)

@@ -127,7 +127,6 @@ class PPO(OnlineAlgorithm):
         )
         self.batch_size = self.num_envs * self.num_steps
         self.minibatch_size = self.batch_size // self.num_minibatches
-        self.num_iterations = max(1, self.total_timesteps // self.batch_size)
         self.actor = self.build_network(
             model,
             spec.observation_shape,
@@ -201,8 +200,10 @@ class PPO(OnlineAlgorithm):
     def train_iteration(self, optimizers) -> dict[str, torch.Tensor]:
         optimizer = optimizers
         if self.anneal_lr:
-            iteration = int(self.env_steps) // self.batch_size  # completed iterations
-            frac = max(0.0, 1.0 - iteration / self.num_iterations)
+            # completed iterations of all ranks together (each adds batch_size env steps per rank)
+            steps_per_iteration = self.batch_size * self.world_size
+            iteration = int(self.env_steps) // steps_per_iteration
+            frac = max(0.0, 1.0 - iteration / max(1, self.total_timesteps // steps_per_iteration))
             for group in optimizer.param_groups:
                 group["lr"] = frac * self.lr
         batch = self.collect_rollout()

@@ -338,7 +338,7 @@ class SAC(OnlineAlgorithm):
             if env_steps >= self.total_timesteps:
                 break
             self.explore_step(random_actions=env_steps < self.learning_starts)
-            env_steps += self.num_envs
+            env_steps += self.env_steps_per_vector_step
             if env_steps > self.learning_starts and len(self.replay_buffer) >= self._min_buffer_size:
                 losses = self.update(self.replay_buffer.sample((self.batch_size,)), optimizers)
                 for name, value in losses.items():

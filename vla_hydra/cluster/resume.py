@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from vla_hydra.core.exceptions import CheckpointError
 from vla_hydra.core.logging import get_logger
-from vla_hydra.core.runtime import get_rng_states, set_rng_states
+from vla_hydra.core.runtime import decorrelate_rngs, get_rng_states, set_rng_states
 from vla_hydra.training.sharding import is_deepspeed_checkpoint
 
 log = get_logger(__name__)
@@ -107,3 +107,5 @@ class ResumeState(L.Callback):
             return
         rng, self._restored = self._restored["rng"], None
         set_rng_states(rng)
+        if trainer.world_size > 1:  # the checkpoint holds rank 0's states: every rank got the same
+            decorrelate_rngs(trainer.global_rank)

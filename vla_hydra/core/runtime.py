@@ -56,3 +56,39 @@ def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"].cpu() if hasattr(states["torch"], "cpu") else states["torch"])
     if "torch_cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch_cuda"])
+
+
+def decorrelate_rngs(rank: int) -> None:
+    """Give each process of a multi-process run (DDP, FSDP, DeepSpeed) its own random streams.
+
+    Every rank seeds the same `seed` so that networks start identical; from the first training step on,
+    identical streams would make every rank draw the same exploration noise, target-policy noise and
+    sampled actions. All ranks hold the same RNG state when this is called; one draw from it plus the
+    rank reseeds python, numpy and torch, so the streams differ by rank and repeat from run to run."""
+    base = int(torch.randint(0, 2**31 - 1, ()).item())
+    seed_everything(base + 1_000_003 * rank)
+
+
+def process_group_size() -> int:
+    """Processes in the default torch.distributed group (1 when not distributed)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` from every process, stacked: (world_size, *tensor.shape); (1, ...) when not distributed.
+    A collective: every rank must call it the same number of times."""
+    world_size = process_group_size()
+    if world_size == 1:
+        return tensor.unsqueeze(0)
+    gathered = [torch.empty_like(tensor) for _ in range(world_size)]
+    torch.distributed.all_gather(gathered, tensor.contiguous())
+    return torch.stack(gathered)
+
+
+def any_process(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """`flag` or-ed over every process (just `flag` when not distributed); a collective. `device`: where
+    the backend communicates (CUDA tensors for NCCL)."""
+    if process_group_size() == 1:
+        return flag
+    return bool(all_gather_rows(torch.tensor(int(flag), device=device)).any())

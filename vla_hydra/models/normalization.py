@@ -45,16 +45,40 @@ class ActionScaler(nn.Module):
 
 
 @torch.no_grad()
+def batch_moments(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(count, mean, biased variance) of the rows of `batch`, over the rows of every process when
+    training runs in several (DDP/FSDP/DeepSpeed): each rank collects its own experience, and running
+    statistics merged from its own rows alone would normalise differently on every rank while the
+    weights they feed are shared. One all-gather per call when distributed (pooled in float64)."""
+    from vla_hydra.core.runtime import all_gather_rows, process_group_size
+
+    count = torch.tensor(float(batch.shape[0]), dtype=torch.float64, device=batch.device)
+    if batch.shape[0]:
+        mean, var = batch.mean(0), batch.var(0, unbiased=False)
+    else:  # a rank with nothing to add this time (its count weighs it out)
+        mean = var = torch.zeros(batch.shape[1:], dtype=batch.dtype, device=batch.device)
+    if process_group_size() == 1:
+        return count, mean, var
+    packed = torch.cat([count.reshape(1), mean.flatten().double(), var.flatten().double()])
+    ranks = all_gather_rows(packed)
+    counts, means, variances = ranks[:, :1], ranks[:, 1 : 1 + mean.numel()], ranks[:, 1 + mean.numel() :]
+    total = counts.sum()
+    pooled_mean = (counts * means).sum(0) / total
+    pooled_var = (counts * (variances + (means - pooled_mean).square())).sum(0) / total
+    return total, pooled_mean.reshape(mean.shape), pooled_var.reshape(var.shape)
+
+
+@torch.no_grad()
 def merge_running_moments(
     mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor, batch: torch.Tensor
 ) -> None:
-    """Merge a batch (rows along dim 0) into running mean/variance/count, in place (Chan et al.'s
-    parallel formula: exact for any split of the data into batches)."""
-    n = batch.shape[0]
-    batch_mean, batch_var = batch.mean(0), batch.var(0, unbiased=False)
+    """Merge a batch (rows along dim 0; under multi-process training, every rank's rows) into running
+    mean/variance/count, in place (Chan et al.'s parallel formula: exact for any split of the data into
+    batches)."""
+    n, batch_mean, batch_var = batch_moments(batch)
     total = count + n
     delta = batch_mean.to(mean) - mean
-    m2 = var * count.to(var) + batch_var.to(var) * n + delta.square() * (count * n / total).to(var)
+    m2 = var * count.to(var) + batch_var.to(var) * n.to(var) + delta.square() * (count * n / total).to(var)
     mean.add_(delta * (n / total).to(mean))
     var.copy_(m2 / total.to(var))
     count.copy_(total)
