@@ -43,7 +43,7 @@ class OnlineAlgorithm(PolicyAlgorithm):
     Args:
         env: the `env=` EnvFactory (algo configs pass `env: ${env}`); its num_envs/vectorization set the
             training envs.
-        total_timesteps: env-step budget, summed over the parallel envs (shared by all online algos).
+        total_timesteps: env-step budget, summed over the parallel envs and processes (shared by all online algos).
         normalize_observations: keep running observation mean/std from collected experience (saved in
             checkpoints; inference normalises with the final statistics).
         seed: seeds the training envs' first reset.
