@@ -227,3 +227,46 @@ def test_a_recipe_built_in_python_gets_the_same_checks_as_the_config():
         CollectionRecipe(env_id="Pendulum-v1", behavior_policy=lambda obs: obs, random_action_prob=(0.5, 1.5))
     with pytest.raises(ConfigError, match=r"^data.recipe.episodes=0: expected an integer >= 1$"):
         CollectionRecipe(env_id="Pendulum-v1", behavior_policy=lambda obs: obs, episodes=0)
+
+
+def test_a_checkpoint_from_another_env_or_an_output_dir_is_a_one_line_error(tmp_path):
+    from vla_hydra.collect import CollectionRecipe
+    from vla_hydra.core.config import ASSETS_DIR
+    from vla_hydra.core.exceptions import ConfigError
+    from vla_hydra.eval import CheckpointPolicy
+
+    hopper = CheckpointPolicy(str(ASSETS_DIR / "behavior_policies" / "hopper_sac.ckpt"))
+    with pytest.raises(
+        ConfigError, match=r"data.recipe.env_id=Pendulum-v1: the behaviour policy .* was trained in Hopper-v5"
+    ):
+        CollectionRecipe(env_id="Pendulum-v1", behavior_policy=hopper)
+    proc = run_module("vla_hydra.collect", f"output={tmp_path}", "data.recipe.episodes=5")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: output={tmp_path}: a directory; expected a file path, e.g. {tmp_path / 'dataset.hdf5'}"
+    ]
+    proc = run_module(
+        "vla_hydra.collect",
+        "data=checkpoint_rollouts",
+        f"data.recipe.behavior_policy.ckpt_path={tmp_path / 'no.ckpt'}",
+        f"output={tmp_path / 'x.hdf5'}",
+    )
+    assert proc.stderr.strip().splitlines() == [
+        f"error: data.recipe.behavior_policy.ckpt_path={tmp_path / 'no.ckpt'}: file not found"
+    ]
+
+
+def test_no_reference_returns_are_stored_when_the_policy_does_not_beat_random(tmp_path):
+    """Scores normalized by an 'expert' worse than random would run backwards."""
+    from vla_hydra.collect import CollectionRecipe, collect_dataset
+
+    def full_torque(obs):  # spins Pendulum without ever balancing: far below a random policy
+        return np.full((len(obs), 1), 2.0, dtype=np.float32)
+
+    recipe = CollectionRecipe(
+        env_id="Pendulum-v1", behavior_policy=full_torque, episodes=2, reference_episodes=3
+    )
+    summary = collect_dataset(recipe, tmp_path / "bad.hdf5")
+    _, meta = read_d4rl_hdf5(tmp_path / "bad.hdf5")
+    assert "ref_expert_return" not in summary and "ref_expert_return" not in meta
+    assert "ref_random_return" not in meta

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import CONF_DIR, run_module, small_train_config
+from vla_hydra.core.exceptions import CheckpointError
 from vla_hydra.train import train
 
 ALGOS = sorted(p.stem for p in (CONF_DIR / "algo").glob("*.yaml"))
@@ -21,11 +22,21 @@ ALGOS = sorted(p.stem for p in (CONF_DIR / "algo").glob("*.yaml"))
 def test_fast_dev_run(tmp_path, data_dir, algo):
     cfg = small_train_config(tmp_path, data_dir, [f"algo={algo}", "debug=fdr"])
     _, results = train(cfg)
-    if results["env_steps"] is None:  # offline: one Lightning step of K updates
-        assert results["train_steps"] == cfg.algo.updates_per_step
+    if results["env_steps"] is None:  # offline: one Lightning step, cut to fast_dev_run's one update
+        assert results["train_steps"] == 1
     else:  # online: one iteration of collection (+ its updates) in env.num_envs envs
         assert results["env_steps"] > 0 and results["env_steps"] % cfg.env.num_envs == 0
     assert np.isfinite(results["eval_return_mean"])
+    # a smoke test leaves no checkpoint behind
+    assert results["checkpoint"] is None and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_max_steps_counts_updates_exactly_when_not_a_multiple_of_the_block(tmp_path, data_dir):
+    """trainer.max_steps=120 with blocks of 50 updates per Lightning step: the last block is cut to 20."""
+    cfg = small_train_config(tmp_path, data_dir, ["trainer.max_steps=120", "algo.updates_per_step=50"])
+    _, results = train(cfg)
+    assert results["train_steps"] == 120
+    assert torch.load(results["checkpoint"], weights_only=False)["global_step"] == 120
 
 
 def test_checkpoint_carries_inference_metadata_and_resume_continues_step_count(tmp_path, data_dir):
@@ -173,15 +184,17 @@ def test_bad_dataset_fails_in_one_line_and_keeps_earlier_results(tmp_path, case,
             drop="timeouts" if case == "missing_key" else None,
         )
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "results.json").write_text('{"earlier": true}')
+    # an earlier file the failed run must leave alone (a finished run's results.json is refused upfront:
+    # test_rerun_into_a_finished_run_dir_is_refused_and_continuing_it_is_not)
+    (run_dir / "csv").mkdir(parents=True)
+    (run_dir / "csv" / "metrics.csv").write_text("step,earlier\n1,2\n")
     proc = run_module("vla_hydra.train", "data=hdf5", f"data.path={path}", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"error: dataset {path}") and expected in lines[0], lines[0]
-    assert (run_dir / "results.json").read_text() == '{"earlier": true}'
-    assert not (run_dir / "checkpoints").exists()
+    assert (run_dir / "csv" / "metrics.csv").read_text() == "step,earlier\n1,2\n"
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "results.json").exists()
 
 
 def test_cached_dataset_from_another_recipe_is_refused(tmp_path, data_dir):
@@ -190,7 +203,9 @@ def test_cached_dataset_from_another_recipe_is_refused(tmp_path, data_dir):
     )
     train(cfg)  # collects with 100 episodes
     changed = small_train_config(
-        tmp_path, data_dir, ["data.recipe.episodes=150", "debug=fdr", f"data.path={tmp_path}/p.hdf5"]
+        tmp_path / "again",
+        data_dir,
+        ["data.recipe.episodes=150", "debug=fdr", f"data.path={tmp_path}/p.hdf5"],
     )
     from vla_hydra.core.exceptions import DatasetError
 
@@ -224,15 +239,30 @@ def test_missing_d4rl_dataset_is_one_line_saying_where_it_looked(tmp_path):
     assert f"looked for {tmp_path}/d4rl/hopper_medium-v2.hdf5" in lines[0] and "data.path=" in lines[0]
 
 
-def test_rerun_into_same_dir_keeps_earlier_checkpoint(tmp_path, data_dir):
+def test_rerun_into_a_finished_run_dir_is_refused_and_continuing_it_is_not(tmp_path, data_dir):
     first = small_train_config(tmp_path, data_dir, ["trainer.max_steps=100"])
     _, a = train(first)
-    before = Path(a["checkpoint"]).read_bytes()
+    run_dir = Path(a["run_dir"])
+    kept = {p: p.read_bytes() for p in (Path(a["checkpoint"]), run_dir / "results.json")}
     second = small_train_config(tmp_path, data_dir, ["trainer.max_steps=150"])
-    _, b = train(second)
-    assert a["checkpoint"] != b["checkpoint"]  # Lightning versions the name instead of overwriting
-    assert Path(a["checkpoint"]).read_bytes() == before
-    assert torch.load(b["checkpoint"], weights_only=False)["global_step"] == 150
+    with pytest.raises(CheckpointError, match=r"holds a finished run \(results.json\)"):
+        train(second)
+    assert all(p.read_bytes() == data for p, data in kept.items())
+    # the CLI refuses before Hydra writes .hydra/ into it, in one line
+    config_before = (
+        (run_dir / ".hydra" / "config.yaml").read_bytes() if (run_dir / ".hydra").exists() else None
+    )
+    proc = run_module("vla_hydra.train", f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}")
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0
+    assert "hydra.run.dir=" in proc.stderr and "ckpt_path=" in proc.stderr
+    if config_before is not None:
+        assert (run_dir / ".hydra" / "config.yaml").read_bytes() == config_before
+    # continuing the run from its checkpoint in its own dir is what resume is for
+    third = small_train_config(tmp_path, data_dir, ["trainer.max_steps=150", f"ckpt_path={a['checkpoint']}"])
+    _, c = train(third)
+    assert c["train_steps"] == 150
+    # the continued run's checkpoint is the run's last.ckpt again (as after a SLURM requeue)
+    assert torch.load(c["checkpoint"], weights_only=False)["global_step"] == 150
 
 
 def test_bf16_mixed_precision_trains_through_the_manual_optimization_path(tmp_path, data_dir):
@@ -243,3 +273,20 @@ def test_bf16_mixed_precision_trains_through_the_manual_optimization_path(tmp_pa
     assert results["train_steps"] == 1000
     # random ~ -1230, the behaviour policy ~ -145 on this dataset (fp32 BC: most of the gap by 1500 steps)
     assert results["eval_return_mean"] > results["ref_returns"]["random"] + 500
+
+
+def test_a_failing_sweep_job_names_itself_in_its_one_line_error(tmp_path, data_dir):
+    proc = run_module(
+        "vla_hydra.train",
+        "-m",
+        "algo=iql",
+        "data=cartpole_mixed",
+        f"paths.data_dir={data_dir}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: job 0 (algo=iql data=cartpole_mixed paths.data_dir="
+        f"{data_dir}): algo=iql: env CartPole-v1 has a discrete action space; this algorithm needs "
+        "continuous (Box) actions"
+    )

@@ -23,6 +23,47 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         cause = err.__cause__ if isinstance(err, InstantiationException) else err
         if isinstance(err, InstantiationException) and not isinstance(cause, VlaHydraError):
             raise
-        message = " ".join(str(cause).split())
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        from omegaconf.errors import MissingMandatoryValue
+
+        if isinstance(cause, MissingMandatoryValue) and getattr(cause, "full_key", None):
+            message = f"{cause.full_key}: required, not set (pass {cause.full_key}=<value>)"
+        else:
+            message = " ".join(str(cause).split())
+        print(f"error: {_sweep_job_prefix()}{message}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+
+
+def _sweep_job_prefix() -> str:
+    """In a multirun, which job failed (Hydra stops the local sweep at the first failing job)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not running under Hydra (train() called from Python)
+        return ""
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return ""
+    return f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): "
+
+
+def refuse_finished_run_dir_early(argv: list[str]) -> None:
+    """Before Hydra writes `.hydra/` into an explicit `hydra.run.dir=` that holds a finished run: the same
+    one-line refusal train() gives (resume.refuse_finished_run_dir), so not even the earlier run's config
+    is replaced. Continuing it (`ckpt_path=`) is allowed."""
+    overrides = dict(arg.split("=", 1) for arg in argv if "=" in arg and not arg.startswith("-"))
+    run_dir = overrides.get("hydra.run.dir")
+    if not run_dir or "${" in run_dir or any(k.lstrip("+~") == "ckpt_path" for k in overrides):
+        return
+    from pathlib import Path
+
+    from vla_hydra.core.exceptions import CheckpointError
+
+    if (Path(run_dir) / "results.json").is_file():
+        try:
+            from vla_hydra.cluster.resume import refuse_finished_run_dir
+
+            refuse_finished_run_dir(Path(run_dir))
+        except CheckpointError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None

@@ -24,6 +24,9 @@ from omegaconf import DictConfig
 
 from vla_hydra.cli import run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values, check_value
+from vla_hydra.core.logging import get_logger
+
+log = get_logger(__name__)
 
 # Held-out seeds for reference returns, far from the collection seeds.
 _REFERENCE_SEED_OFFSET = 1_000_000
@@ -96,6 +99,13 @@ class CollectionRecipe:
             self.env_id = getattr(self.policies[0], "env_id", None)
         if self.env_id is None:
             raise ConfigError("data.recipe.env_id: required unless the behaviour policy is a checkpoint")
+        for policy in self.policies:  # a checkpoint acts only in the env it was trained in
+            trained_in = getattr(policy, "env_id", None)
+            if trained_in is not None and trained_in != self.env_id:
+                raise ConfigError(
+                    f"data.recipe.env_id={self.env_id}: the behaviour policy {_policy_name(policy)} was "
+                    f"trained in {trained_in}; collect in that env (data.recipe.env_id={trained_in} or null)"
+                )
 
     @property
     def policies(self) -> list[Callable[[np.ndarray], np.ndarray]]:
@@ -240,11 +250,17 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
         "transitions": len(arrays["rewards"]),
         "seed": recipe.seed,
         "dataset_return_mean": float(returns.mean()),
-        "ref_random_return": float(np.mean([ep["rewards"].sum() for ep in random_eps])),
-        "ref_expert_return": max(policy_returns),
         "created_by": "vla_hydra.collect",
         "recipe_fingerprint": recipe.fingerprint(),
     }
+    random_return = float(np.mean([ep["rewards"].sum() for ep in random_eps]))
+    if max(policy_returns) > random_return:
+        summary["ref_random_return"], summary["ref_expert_return"] = random_return, max(policy_returns)
+    else:  # scores normalized by them would run backwards: none are stored (env.ref_returns, if any, apply)
+        log.warning(
+            f"the behaviour policy's noiseless return {max(policy_returns):.1f} does not beat a random "
+            f"policy's {random_return:.1f}: no reference returns stored in {output}"
+        )
     write_d4rl_hdf5(output, arrays, summary)
     summary["seconds"] = time.perf_counter() - start
     summary["path"] = str(Path(output).resolve())
@@ -277,14 +293,23 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("output") is None:
         raise ConfigError("output: required (this data= has no data.path to default to)")
     output = Path(cfg.output)
+    if output.is_dir():
+        raise ConfigError(
+            f"output={output}: a directory; expected a file path, e.g. {output / 'dataset.hdf5'}"
+        )
     if output.exists() and not cfg.overwrite:
         raise ConfigError(f"output={output}: file exists; pass overwrite=true to replace it")
     recipe = hydra.utils.instantiate(cfg.data.recipe)
     summary = collect_dataset(recipe, output)
     print(
         f"wrote {summary['path']}: {summary['transitions']} transitions, {summary['episodes']} episodes, "
-        f"dataset return {summary['dataset_return_mean']:.1f} (random {summary['ref_random_return']:.1f}, "
-        f"expert {summary['ref_expert_return']:.1f}) in {summary['seconds']:.1f}s"
+        f"dataset return {summary['dataset_return_mean']:.1f}"
+        + (
+            f" (random {summary['ref_random_return']:.1f}, expert {summary['ref_expert_return']:.1f})"
+            if "ref_expert_return" in summary
+            else ""
+        )
+        + f" in {summary['seconds']:.1f}s"
     )
     return summary
 

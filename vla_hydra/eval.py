@@ -17,10 +17,11 @@ from vla_hydra.cli import run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values
 
 
-def load_policy(ckpt_path: str | Path, device: str = "cpu"):
+def load_policy(ckpt_path: str | Path, device: str = "cpu", option: str = "ckpt_path"):
     """Rebuild the trained algorithm (networks + normalisation) from a vla_hydra checkpoint.
 
-    Returns (algo, env_factory, config) with algo in eval mode on `device`.
+    Returns (algo, env_factory, config) with algo in eval mode on `device`. `option`: the config key that
+    named the file, for error messages (e.g. algo.expert_ckpt).
     """
     import torch
     from hydra.utils import instantiate
@@ -31,27 +32,32 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu"):
     from vla_hydra.envs.factory import EnvSpec
     from vla_hydra.training.sharding import is_deepspeed_checkpoint, load_deepspeed_checkpoint
 
+    if ckpt_path is None or not str(ckpt_path).strip():
+        raise CheckpointError(
+            f"{option}: empty; expected a checkpoint file, e.g. <run dir>/checkpoints/last.ckpt"
+        )
     path = Path(ckpt_path)
     if is_deepspeed_checkpoint(path):  # trainer=deepspeed: a directory of ZeRO shards
         checkpoint = load_deepspeed_checkpoint(path)
     elif path.is_dir():
         raise CheckpointError(
-            f"ckpt_path={path}: a directory, not a checkpoint file (nor a DeepSpeed checkpoint "
+            f"{option}={path}: a directory, not a checkpoint file (nor a DeepSpeed checkpoint "
             "directory, which holds a 'latest' file)"
         )
     elif not path.is_file():
-        raise CheckpointError(f"ckpt_path={path}: file not found")
+        raise CheckpointError(f"{option}={path}: file not found")
     else:
         try:
             checkpoint = torch.load(path, map_location=device, weights_only=False)
         except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+            detail = " ".join(str(err).split())[:200]
             raise CheckpointError(
-                f"ckpt_path={path}: not a readable torch checkpoint ({type(err).__name__})"
+                f"{option}={path}: not a readable torch checkpoint ({type(err).__name__}: {detail})"
             ) from err
     meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not meta or not meta.get("config"):
         raise CheckpointError(
-            f"ckpt_path={path}: no '{CHECKPOINT_KEY}' section; was it written by vla_hydra.train?"
+            f"{option}={path}: no '{CHECKPOINT_KEY}' section; was it written by vla_hydra.train?"
         )
     config = OmegaConf.create(meta["config"])
     spec = EnvSpec.from_dict(meta["env_spec"])
@@ -65,9 +71,13 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu"):
 
 
 def _refuse_existing_export(output: str | Path) -> None:
-    if Path(output).exists():
-        from vla_hydra.core.exceptions import ConfigError
+    from vla_hydra.core.exceptions import ConfigError
 
+    if Path(output).is_dir():
+        raise ConfigError(
+            f"export={output}: a directory; expected a file path, e.g. {Path(output) / 'policy.ckpt'}"
+        )
+    if Path(output).exists():
         raise ConfigError(f"export={output}: file exists; delete it or choose another path")
 
 
@@ -90,17 +100,18 @@ class CheckpointPolicy:
     # lies (a moved checkout or another machine keeps its cached datasets)
     identifying_attributes = ("sha1", "env_id")
 
-    def __init__(self, ckpt_path: str, device: str = "cpu"):
+    def __init__(self, ckpt_path: str, device: str = "cpu", option: str = "ckpt_path"):
+        # option: the config key naming the file, for errors (data.recipe.behavior_policy.ckpt_path)
         self.ckpt_path, self.device = str(ckpt_path), device
         if not Path(self.ckpt_path).is_file():
             from vla_hydra.core.exceptions import CheckpointError
 
-            raise CheckpointError(f"ckpt_path={self.ckpt_path}: file not found")
+            raise CheckpointError(f"{option}={self.ckpt_path}: file not found")
         import hashlib
 
         # identifies the weights in dataset fingerprints/metadata (a retrained file makes a new dataset)
         self.sha1 = hashlib.sha1(Path(self.ckpt_path).read_bytes()).hexdigest()[:16]
-        self._algo, env, _ = load_policy(self.ckpt_path, device)
+        self._algo, env, _ = load_policy(self.ckpt_path, device, option)
         self.env_id = env.id
 
     def __call__(self, obs):
@@ -116,11 +127,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     set_torch_threads(cfg.get("torch_threads"))
     if cfg.get("export"):
         _refuse_existing_export(cfg.export)  # before any work, not after the evaluation
-    algo, env, _ = load_policy(cfg.ckpt_path, select_device(cfg.device))
+    algo, env, config = load_policy(cfg.ckpt_path, select_device(cfg.device))
     result = rollout_episodes(algo, env, cfg.episodes, cfg.seed, ref_returns=algo.ref_returns)
     results = {
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "algo": algo.name or type(algo).__name__.lower(),
         "env": env.id,
+        # what the checkpoint was trained on: the training run's data= name and seed, its update count
+        "dataset": config.get("data", {}).get("name") if config.get("data") else None,
+        "train_seed": config.get("seed"),
+        "train_steps": algo.trained_steps,
         "seed": int(cfg.seed),
         **result.to_dict(),
     }

@@ -20,14 +20,21 @@ from omegaconf import DictConfig, OmegaConf
 from vla_hydra.cli import run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values, instantiate_dict_values
 
+# train() calls so far in this process (a local multirun runs its jobs one after another in one process)
+_runs_in_this_process = 0
+
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Fit the configured algorithm, evaluate it, write results.json; return (optimized metric, results)."""
-    start = time.perf_counter()
+    global _runs_in_this_process
+    first_run_in_process = _runs_in_this_process == 0
+    _runs_in_this_process += 1
+    started_at = time.time()
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from vla_hydra.cluster.resume import resume_checkpoint
+    from vla_hydra.cluster.resume import check_resumable, resume_checkpoint
+    from vla_hydra.core.exceptions import ConfigError
     from vla_hydra.core.io import write_json_atomic
     from vla_hydra.core.logging import get_logger, silence_known_warnings
     from vla_hydra.core.runtime import seed_everything, set_torch_threads
@@ -35,6 +42,9 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     from vla_hydra.training.callbacks import PolicyEvaluation, Throughput
     from vla_hydra.training.sharding import prepare_strategy, weights_sharded
 
+    # wall_seconds counts from here: the one-off library imports above (~3 s, paid by the first run of
+    # a process only) would make the jobs of one local sweep incomparable
+    start = time.perf_counter()
     log = get_logger(__name__)
     silence_known_warnings()
     check_config_values(cfg)
@@ -52,11 +62,19 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     algo = instantiate(cfg.algo, _partial_=True)(
         spec=spec, model=instantiate(cfg.model), stats=datamodule.stats()
     )
+    if ckpt_path and Path(ckpt_path).is_file():
+        check_resumable(ckpt_path, algo)
+    if cfg.trainer.get("max_steps", -1) < 0 and not hasattr(algo, "total_timesteps"):
+        raise ConfigError(
+            f"trainer.max_steps={cfg.trainer.max_steps}: algo={algo.name or type(algo).__name__.lower()} learns "
+            "from a fixed dataset and has no other end; expected a number of gradient updates >= 1"
+        )
     algo.run_config = OmegaConf.to_container(cfg, resolve=True)
-    algo.ref_returns = datamodule.ref_returns or env.ref_returns
+    algo.ref_returns = datamodule.reference_returns(env.ref_returns)
 
     callbacks = instantiate_dict_values(cfg.get("callbacks"))
-    throughput = Throughput()
+    # the first run of a process: from its launch (what the user waits for); later sweep jobs: from train()
+    throughput = Throughput(since=None if first_run_in_process else started_at)
     callbacks.append(throughput)
     loggers = instantiate_dict_values(cfg.get("logger"))
     trainer = _build_trainer(cfg.trainer, callbacks, loggers)
@@ -68,7 +86,13 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
     checkpointing = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
     last_ckpt = checkpointing[0].last_model_path if checkpointing else ""
-    if checkpointing and not last_ckpt and checkpointing[0].dirpath and trainer.world_size == 1:
+    if (
+        checkpointing
+        and not last_ckpt
+        and checkpointing[0].dirpath
+        and trainer.world_size == 1
+        and not trainer.fast_dev_run  # debug=fdr: a smoke test leaves no checkpoint
+    ):
         # no optimizer step happened (e.g. an online budget inside the random warm-up), so Lightning
         # saved nothing: still leave the policy as it is, without replacing an existing file
         fallback = Path(checkpointing[0].dirpath) / "last.ckpt"
@@ -85,7 +109,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     final = rollout_episodes(policy, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
     evals = [cb for cb in callbacks if isinstance(cb, PolicyEvaluation)]
     results = {
-        "algo": algo.name or type(algo).__name__.lower(),
+        "algo": _algo_choice() or algo.name or type(algo).__name__.lower(),
         "env": spec.env_id,
         "dataset": datamodule.name,
         "dataset_path": str(datamodule.path.resolve()) if datamodule.path else None,
@@ -105,11 +129,12 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         # the best periodic evaluation and its policy (callbacks.policy_eval.best_checkpoint)
         "best_eval": evals[0].best if evals and evals[0].best_checkpoint else None,
         "best_checkpoint": str(Path(evals[0].best_checkpoint).resolve())
-        if evals and evals[0].best and evals[0].best_checkpoint
+        if evals and evals[0].best and evals[0].best_checkpoint and Path(evals[0].best_checkpoint).is_file()
         else None,
         "run_dir": str(output_dir),
     }
-    if cfg.eval.get("video"):
+    write_json_atomic(output_dir / "results.json", results)
+    if cfg.eval.get("video"):  # after results.json: a failing video loses no result
         from vla_hydra.envs.video import record_video
 
         video = record_video(
@@ -117,7 +142,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         )
         results["video"] = video["path"]
         log.info(f"video:      {video['path']}")
-    write_json_atomic(output_dir / "results.json", results)
+        write_json_atomic(output_dir / "results.json", results)
     score = results["normalized_score"]
     log.info(
         f"eval return {final.return_mean:.1f} ± {final.return_std:.1f} over {cfg.eval.episodes} episodes"
@@ -128,6 +153,17 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     log.info(f"results:    {output_dir / 'results.json'}")
     metric = results.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
     return metric, results
+
+
+def _algo_choice() -> str | None:
+    """The `algo=` choice of a Hydra run (ppo_continuous and ppo are one class, two configs), for results
+    and reports; None when train() is called from Python."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get("algo")
+    except ValueError:
+        return None
 
 
 def _build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list):
@@ -142,7 +178,9 @@ def _build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list):
     try:
         return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
     except InstantiationException as err:
-        if not isinstance(err.__cause__, MisconfigurationException):
+        # MisconfigurationException: a setting this machine cannot run; ValueError/TypeError: a value
+        # Lightning does not accept (trainer.precision=fp8, ...)
+        if not isinstance(err.__cause__, (MisconfigurationException, ValueError, TypeError)):
             raise
         strategy = trainer_cfg.get("strategy")
         if isinstance(strategy, DictConfig):
@@ -160,6 +198,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    import sys
+
+    from vla_hydra.cli import refuse_finished_run_dir_early
+
+    refuse_finished_run_dir_early(sys.argv[1:])
     _hydra_main()
 
 

@@ -103,6 +103,9 @@ def test_ppo_resume_continues_env_step_budget(tmp_path, data_dir):
     assert int(ckpt["state_dict"]["env_steps"]) == 2048
     assert any("ResumeState" in key for key in ckpt["callbacks"])  # RNG states travel with it
     assert ckpt["vla_hydra"]["env_spec"]["discrete"] is True
+    # resuming a run whose budget is spent ends at once (it used to start empty epochs forever)
+    _, again = train(_ppo_cfg(tmp_path / "c", data_dir, 2048, [f"ckpt_path={resumed['checkpoint']}"]))
+    assert again["env_steps"] == 2048 and again["train_steps"] == 4 * 16
 
 
 def test_ppo_checkpoint_evaluates_with_video_through_the_eval_cli(tmp_path, data_dir):
@@ -124,3 +127,25 @@ def test_ppo_checkpoint_evaluates_with_video_through_the_eval_cli(tmp_path, data
     # discrete argmax policy, same seeds -> the training run's final evaluation exactly
     assert evaluated["eval_return_mean"] == pytest.approx(results["eval_return_mean"])
     assert (tmp_path / "eval" / "videos" / "eval.mp4").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # 7 steps in 2 minibatches: a last minibatch of 1 step has no advantage std (NaN weights)
+        (
+            ["env.num_envs=1", "algo.num_steps=7", "algo.num_minibatches=2"],
+            "algo.num_minibatches=2: an iteration's rollout (env.num_envs=1 x algo.num_steps=7 = 7 steps) "
+            "must split into that many equal minibatches of at least 2 steps",
+        ),
+        (["algo.num_steps=1", "algo.num_minibatches=8"], "algo.num_minibatches=8: an iteration's rollout"),
+        (["algo.num_steps=128"], "algo.total_timesteps=100: less than one iteration's rollout"),
+    ],
+)
+def test_ppo_settings_that_cannot_train_fail_in_one_line(tmp_path, data_dir, extra, message):
+    from vla_hydra.core.exceptions import ConfigError
+
+    total = 100 if "algo.num_steps=128" in extra else 2048
+    with pytest.raises(ConfigError) as err:
+        train(_ppo_cfg(tmp_path, data_dir, total, extra))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

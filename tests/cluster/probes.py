@@ -27,7 +27,9 @@ class ParameterDigest(L.Callback):
             "strategy": type(trainer.strategy).__name__,
             "backend": trainer.strategy._process_group_backend,
             "params": params.tolist(),
-            "buffers": {name: b.detach().double().flatten().tolist() for name, b in pl_module.named_buffers()},
+            "buffers": {
+                name: b.detach().double().flatten().tolist() for name, b in pl_module.named_buffers()
+            },
             # online algorithms: what this rank's own envs did
             "train_returns": [e["return"] for e in getattr(pl_module, "episode_log", [])],
         }

@@ -43,19 +43,46 @@ def test_resume_checkpoint_prefers_own_run_dir_only_with_auto_resume(tmp_path):
     assert resume_checkpoint(cfg, tmp_path) == str(given)
 
 
-@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint"])
+@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "directory"])
 def test_a_bad_ckpt_path_fails_in_one_line_before_any_work(tmp_path, case):
     path = tmp_path / "x.ckpt"
     if case == "not_a_checkpoint":
         path.write_text('{"results": 1}')
+    if case == "directory":
+        path = tmp_path
     run_dir = tmp_path / "run"
     proc = run_module("vla_hydra.train", f"ckpt_path={path}", f"hydra.run.dir={run_dir}", timeout=120)
     assert proc.returncode == 1
-    expected = (
-        "file not found" if case == "missing" else "not a checkpoint (expected a file written by torch.save)"
-    )
+    expected = {
+        "missing": "file not found",
+        "not_a_checkpoint": "not a checkpoint (expected a file written by torch.save)",
+        "directory": f"a directory; expected a checkpoint file, e.g. {path / 'checkpoints' / 'last.ckpt'}",
+    }[case]
     assert proc.stderr.strip().splitlines() == [f"error: ckpt_path={path}: {expected}"]
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "results.json").exists()
+
+
+def test_checkpoints_that_cannot_continue_this_config_are_refused_in_one_line(tmp_path, data_dir):
+    """Another algorithm, other network widths, an inference-only file, Lightning's aliases: each a
+    one-line CheckpointError before any training."""
+    from vla_hydra.core.exceptions import CheckpointError
+    from vla_hydra.eval import export_policy
+
+    _, bc = train(small_train_config(tmp_path / "bc", data_dir, ["trainer.max_steps=50"]))
+    exported = export_policy(bc["checkpoint"], tmp_path / "policy.ckpt")
+    cases = {
+        ("algo=iql", f"ckpt_path={bc['checkpoint']}"): "a checkpoint of algo=bc, not algo=iql",
+        ("model.hidden_dims=[64,64]", f"ckpt_path={bc['checkpoint']}"): "its weights do not fit this config",
+        (f"ckpt_path={exported}",): "an inference-only checkpoint",
+        ("ckpt_path=best",): "ckpt_path=best: not supported here",
+        ("ckpt_path=last",): "ckpt_path=last: no checkpoint at",
+    }
+    for i, (overrides, message) in enumerate(cases.items()):
+        cfg = small_train_config(tmp_path / f"case{i}", data_dir, ["trainer.max_steps=100", *overrides])
+        with pytest.raises(CheckpointError, match=message.replace("[", "\\[")) as err:
+            train(cfg)
+        assert "\n" not in str(err.value)
+        assert not (tmp_path / f"case{i}" / "run" / "results.json").exists()
 
 
 def test_advance_iterable_restarts_finished_epochs():

@@ -86,6 +86,11 @@ def test_buffer_samples_blocks_of_minibatches_from_the_data():
         ("length", "actions", "has 14 rows, expected 15"),
         ("empty", "observations", "empty"),
         ("cut_episode", "terminals", "neither terminal nor timeout"),
+        ("truncated_file", None, "unreadable HDF5 file"),
+        ("directory", None, "a directory; expected a D4RL-format HDF5 file"),
+        ("reward_pairs", "rewards", "has shape (15, 2), expected (15,): one value per step"),
+        ("next_obs_width", "next_observations", "has shape (15, 4), expected (15, 3)"),
+        ("text_obs", "observations", "expected numbers"),
     ],
 )
 def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, field, message):
@@ -93,6 +98,11 @@ def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, fi
     arrays = make_arrays()
     if case == "not_hdf5":
         path.write_text("observations,actions\n1,2\n")
+    elif case == "directory":
+        path.mkdir()
+    elif case == "truncated_file":  # a copy cut short: HDF5's signature is there, the data are not
+        full = write_d4rl_hdf5(tmp_path / "full.hdf5", make_arrays(n_episodes=200), {"env_id": "Pendulum-v1"})
+        path.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     elif case != "missing":
         if case == "missing_key":
             del arrays["rewards"]
@@ -106,6 +116,12 @@ def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, fi
             arrays = {k: v[:0] for k, v in arrays.items()}
         elif case == "cut_episode":
             arrays["timeouts"][-1] = False
+        elif case == "reward_pairs":  # read with reshape(-1) this would shift every reward by rows
+            arrays["rewards"] = np.stack([arrays["rewards"], arrays["rewards"]], axis=1)
+        elif case == "next_obs_width":
+            arrays["next_observations"] = np.concatenate([arrays["next_observations"]] * 2, axis=1)[:, :4]
+        elif case == "text_obs":
+            arrays["observations"] = arrays["observations"].astype("S8")
         with h5py.File(path, "w") as f:
             for k, v in arrays.items():
                 f.create_dataset(k, data=v)
@@ -172,3 +188,67 @@ def test_discrete_class_indices_matching_the_env_are_accepted(tmp_path):
     datamodule.setup()
     datamodule.check_compatible(EnvFactory(id="CartPole-v1").spec())
     assert datamodule.discrete_actions and datamodule.action_range == (0, 1)
+
+
+def test_per_step_scalars_stored_as_columns_are_accepted(tmp_path):
+    """(N, 1) rewards/terminals/timeouts, as some converters write them, read as (N,)."""
+    arrays = make_arrays()
+    for key in ("rewards", "terminals", "timeouts"):
+        arrays[key] = arrays[key][:, None]
+    loaded, _ = read_d4rl_hdf5(write_d4rl_hdf5(tmp_path / "cols.hdf5", arrays, {}))
+    assert all(loaded[key].shape == (15,) for key in ("rewards", "terminals", "timeouts"))
+    assert loaded["timeouts"].sum() == 3
+
+
+def test_a_file_from_another_env_with_the_same_shapes_is_refused(tmp_path):
+    """HalfCheetah and Walker2d share their shapes (17 obs, 6 actions): the recorded env id decides."""
+    from vla_hydra.data.datamodule import OfflineDataModule
+    from vla_hydra.envs.factory import EnvFactory
+
+    arrays = make_arrays(obs_dim=17, act_dim=6)
+    path = write_d4rl_hdf5(tmp_path / "cheetah.hdf5", arrays, {"env_id": "HalfCheetah-v5"})
+    datamodule = OfflineDataModule(str(path))
+    datamodule.setup()
+    with pytest.raises(DatasetError) as err:
+        datamodule.check_compatible(EnvFactory(id="Walker2d-v5").spec())
+    assert str(err.value) == (
+        f"dataset {path} [metadata/env_id]: collected in HalfCheetah-v5, but the policy would be "
+        "evaluated in env Walker2d-v5; use env=halfcheetah"
+    )
+    datamodule.check_compatible(EnvFactory(id="HalfCheetah-v5").spec())  # its own env is fine
+
+
+def test_actions_far_outside_the_env_bounds_are_warned_about(tmp_path, caplog):
+    from vla_hydra.data.datamodule import OfflineDataModule
+    from vla_hydra.envs.factory import EnvFactory
+
+    arrays = make_arrays()
+    arrays["actions"] = arrays["actions"] * 10.0  # 0, 10, 20 against Pendulum's [-2, 2]
+    datamodule = OfflineDataModule(str(write_d4rl_hdf5(tmp_path / "d.hdf5", arrays, {})))
+    datamodule.setup()
+    with caplog.at_level("WARNING"):
+        datamodule.check_compatible(EnvFactory(id="Pendulum-v1").spec())
+    assert "67% of the steps have actions outside env Pendulum-v1's bounds [-2, 2]" in caplog.text
+
+
+def test_generated_files_are_scored_with_the_envs_published_references(tmp_path):
+    """A file made by vla_hydra.collect stores its own random/behaviour-policy returns; where the env has
+    published references (D4RL's for MuJoCo) those score it, whichever data= reads the file; otherwise
+    (or for files from elsewhere, e.g. Minari's own) the stored ones do."""
+    from vla_hydra.data.datamodule import OfflineDataModule
+
+    d4rl_hopper = {"random": -20.272305, "expert": 3234.3}
+    stored = {"ref_random_return": 19.9, "ref_expert_return": 64.2}
+    for created_by, env_refs, expected in [
+        ("vla_hydra.collect", d4rl_hopper, d4rl_hopper),
+        ("vla_hydra.collect", None, {"random": 19.9, "expert": 64.2}),
+        ("minari", d4rl_hopper, {"random": 19.9, "expert": 64.2}),
+    ]:
+        path = write_d4rl_hdf5(
+            tmp_path / f"{created_by}{bool(env_refs)}.hdf5",
+            make_arrays(),
+            {**stored, "created_by": created_by},
+        )
+        datamodule = OfflineDataModule(str(path))
+        datamodule.setup()
+        assert datamodule.reference_returns(env_refs) == pytest.approx(expected)

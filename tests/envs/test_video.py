@@ -47,3 +47,20 @@ def test_train_writes_eval_video_when_asked(tmp_path, data_dir):
     _, results = train(cfg)
     frames = _decode(results["video"])
     assert results["video"].endswith("videos/eval.mp4") and len(frames) >= 2 * 9  # >= 2 short episodes
+
+
+def test_a_video_that_cannot_be_written_fails_in_one_line_and_keeps_the_results(tmp_path, data_dir):
+    import json
+
+    import pytest
+
+    from vla_hydra.core.exceptions import OutputError
+
+    cfg = small_train_config(tmp_path, data_dir, ["algo=ppo", "env=cartpole", "debug=fdr", "eval.video=true"])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "videos").write_text("a file where the videos dir would go")
+    with pytest.raises(OutputError, match="cannot write the video there") as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["algo"] == "ppo" and "video" not in results

@@ -49,3 +49,36 @@ def test_best_checkpoint_holds_the_best_evaluated_policy_and_survives_resume(tmp
         assert resumed["best_eval"]["step"] > 300
     else:
         assert resumed["best_eval"] == top and best.read_bytes() == before
+
+
+def test_a_run_resumed_into_a_new_dir_keeps_its_curve_and_its_best_policy_file(tmp_path, data_dir):
+    """The best-policy file lives in each run's own dir: the resumed run starts from a copy of the earlier
+    one (results.json never names a file that does not exist), and its eval_history and metrics.csv
+    continue the earlier curve."""
+    best = "${paths.output_dir}/checkpoints/best.ckpt"
+    _, first = train(_config(tmp_path / "a", data_dir, best, []))
+    resume = [f"ckpt_path={first['checkpoint']}", "trainer.max_steps=400"]
+    _, resumed = train(_config(tmp_path / "b", data_dir, best, resume))
+    assert resumed["best_checkpoint"] == str(tmp_path / "b" / "run" / "checkpoints" / "best.ckpt")
+    saved = torch.load(resumed["best_checkpoint"], weights_only=False)
+    assert saved["global_step"] == resumed["best_eval"]["step"]
+    steps = [e["step"] for e in resumed["eval_history"]]
+    assert steps == [e["step"] for e in first["eval_history"]] + [350, 400]
+    assert resumed["eval_history"][:-3] == first["eval_history"][:-1]
+    # step 300 re-scored after the restore: the same weights, the same return
+    rescored, original = resumed["eval_history"][-3], first["eval_history"][-1]
+    assert rescored["eval/return_mean"] == pytest.approx(original["eval/return_mean"], rel=1e-6)
+
+
+def test_a_run_continued_in_its_own_dir_appends_to_its_metrics_csv(tmp_path, data_dir):
+    import csv
+
+    _, first = train(_config(tmp_path, data_dir, "null", []))
+    metrics = tmp_path / "run" / "csv" / "metrics.csv"
+    before = list(csv.DictReader(metrics.open()))
+    resume = [f"ckpt_path={first['checkpoint']}", "trainer.max_steps=400"]
+    _, resumed = train(_config(tmp_path, data_dir, "null", resume))
+    after = list(csv.DictReader(metrics.open()))
+    assert after[: len(before)] == before and len(after) > len(before)
+    assert max(int(row["step"]) for row in after) >= 399
+    assert resumed["train_steps"] == 400

@@ -33,7 +33,7 @@ def test_resume_accepts_a_deepspeed_directory_but_not_a_plain_one(tmp_path):
     ckpt = tmp_path / "last.ckpt"
     ckpt.mkdir()
     cfg = compose_config("train", [f"ckpt_path={ckpt}"])
-    with pytest.raises(CheckpointError, match="file not found"):
+    with pytest.raises(CheckpointError, match="a directory; expected a checkpoint file"):
         resume_checkpoint(cfg, tmp_path / "run")
     (ckpt / "latest").write_text("checkpoint")
     assert resume_checkpoint(cfg, tmp_path / "run") == str(ckpt)

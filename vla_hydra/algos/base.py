@@ -186,13 +186,17 @@ class PolicyAlgorithm(L.LightningModule):
     def training_step(self, block: dict[str, torch.Tensor], batch_idx: int) -> None:
         optimizers = self.optimizers()
         totals: dict[str, torch.Tensor] = {}
-        for k in range(self.updates_per_step):
+        updates = self.updates_per_step
+        max_steps = self.trainer.max_steps if self._trainer is not None else -1
+        if max_steps >= 0:  # the last block stops at trainer.max_steps, which counts updates exactly
+            updates = max(1, min(updates, max_steps - self.trainer.global_step))
+        for k in range(updates):
             losses = self.update(tree_map(lambda x, k=k: x[k], block), optimizers)
             for name, value in losses.items():
                 totals[name] = totals[name] + value if name in totals else value
         if self.logging_this_step():
             self.log_dict(
-                {f"train/{name}": v / self.updates_per_step for name, v in totals.items()},
+                {f"train/{name}": v / updates for name, v in totals.items()},
                 on_step=True,
                 on_epoch=False,
                 prog_bar=True,

@@ -130,7 +130,7 @@ class DAgger(OnlineAlgorithm):
         from vla_hydra.envs.factory import env_choice_hint
         from vla_hydra.eval import load_policy
 
-        expert, _, _ = load_policy(self.expert_ckpt, device=str(self.device))
+        expert, _, _ = load_policy(self.expert_ckpt, device=str(self.device), option="algo.expert_ckpt")
         if (expert.spec.env_id, expert.spec.action_dim) != (self.spec.env_id, self.spec.action_dim):
             raise ConfigError(
                 f"algo.expert_ckpt={self.expert_ckpt}: trained on {expert.spec.env_id} "

@@ -170,5 +170,9 @@ class OnlineAlgorithm(PolicyAlgorithm):
             self.trainer.should_stop = True
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
-        # a resumed run whose budget is already spent does no further iteration
-        return -1 if int(self.env_steps) >= self.total_timesteps else None
+        # a resumed run whose budget is already spent does no further iteration: -1 ends the epoch and
+        # should_stop the fit (with max_epochs -1, epochs would otherwise start and end forever)
+        if int(self.env_steps) >= self.total_timesteps:
+            self.trainer.should_stop = True
+            return -1
+        return None

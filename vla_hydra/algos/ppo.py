@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from vla_hydra.algos.online import OnlineAlgorithm
+from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.envs.factory import EnvFactory, EnvSpec
 from vla_hydra.models.critics import ValueNetwork
 from vla_hydra.models.normalization import RewardScaler
@@ -126,6 +127,17 @@ class PPO(OnlineAlgorithm):
             target_kl,
         )
         self.batch_size = self.num_envs * self.num_steps
+        rollout = f"env.num_envs={self.num_envs} x algo.num_steps={self.num_steps} = {self.batch_size} steps"
+        if self.batch_size % self.num_minibatches or self.batch_size // self.num_minibatches < 2:
+            # a short last minibatch (1 step: NaN advantage std) or none at all
+            raise ConfigError(
+                f"algo.num_minibatches={self.num_minibatches}: an iteration's rollout ({rollout}) must split "
+                "into that many equal minibatches of at least 2 steps"
+            )
+        if self.total_timesteps < self.batch_size:
+            raise ConfigError(
+                f"algo.total_timesteps={self.total_timesteps}: less than one iteration's rollout ({rollout})"
+            )
         self.minibatch_size = self.batch_size // self.num_minibatches
         self.actor = self.build_network(
             model,
@@ -203,7 +215,9 @@ class PPO(OnlineAlgorithm):
             # completed iterations of all ranks together (each adds batch_size env steps per rank)
             steps_per_iteration = self.batch_size * self.world_size
             iteration = int(self.env_steps) // steps_per_iteration
-            frac = max(0.0, 1.0 - iteration / max(1, self.total_timesteps // steps_per_iteration))
+            # iterations the budget runs (the last one may pass it): its lr stays above 0
+            iterations = -(-self.total_timesteps // steps_per_iteration)
+            frac = max(0.0, 1.0 - iteration / iterations)
             for group in optimizer.param_groups:
                 group["lr"] = frac * self.lr
         batch = self.collect_rollout()

@@ -223,6 +223,13 @@ class SAC(OnlineAlgorithm):
                 f"algo.replay_dataset_path={self.replay_dataset_path}: file exists; delete it or choose another path"
             )
         super().on_fit_start()
+        if (
+            self.total_timesteps <= self.learning_starts
+        ):  # e.g. collecting random data into replay_dataset_path
+            log.warning(
+                f"algo.total_timesteps={self.total_timesteps} <= algo.learning_starts={self.learning_starts}: "
+                "only random actions, no gradient update; the policy stays as initialised"
+            )
         self._rounds = int(self.update_rounds)
         self.replay_buffer = self.make_replay_buffer()
         # transitions the buffer needs before an update: a resume without the saved buffer first

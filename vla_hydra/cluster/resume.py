@@ -35,7 +35,9 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     """The checkpoint `trainer.fit` starts from.
 
     With `cluster.auto_resume` (cluster=slurm) a job that finds its own run dir's `last.ckpt` is a
-    requeued job (run dirs are new for every launch) and continues from it; otherwise `ckpt_path`.
+    requeued job (run dirs are new for every launch) and continues from it; otherwise `ckpt_path`
+    (`last`: this run dir's checkpoints/last.ckpt). A run dir that already holds a finished run's
+    results.json is refused unless the run continues from a checkpoint: nothing earlier is overwritten.
     """
     own = run_dir / RUN_DIR_CHECKPOINT
     cluster = cfg.get("cluster") or {}
@@ -43,19 +45,81 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
         log.info(f"resuming the requeued job from {own}")
         return str(own)
     path = cfg.get("ckpt_path")
-    if (
-        path is not None
-        and str(path) not in LIGHTNING_CKPT_ALIASES
-        and not is_deepspeed_checkpoint(Path(path))
-    ):
-        # checked before any data is collected or trained on, not when Lightning gets to it
-        if not Path(path).is_file():
-            raise CheckpointError(f"ckpt_path={path}: file not found")
-        if not zipfile.is_zipfile(path):
+    if path is None:
+        refuse_finished_run_dir(run_dir)
+        return None
+    path = str(path)
+    if path == "last":
+        if not (own.is_file() or is_deepspeed_checkpoint(own)):
             raise CheckpointError(
-                f"ckpt_path={path}: not a checkpoint (expected a file written by torch.save)"
+                f"ckpt_path=last: no checkpoint at {own} (this run's dir); pass a checkpoint file"
             )
+        return str(own)
+    if path in LIGHTNING_CKPT_ALIASES:
+        raise CheckpointError(
+            f"ckpt_path={path}: not supported here; pass a checkpoint file (or ckpt_path=last)"
+        )
+    if not path.strip():
+        raise CheckpointError(
+            "ckpt_path: empty; expected a checkpoint file, e.g. <run dir>/checkpoints/last.ckpt"
+        )
+    if is_deepspeed_checkpoint(Path(path)):
+        return path
+    # checked before any data is collected or trained on, not when Lightning gets to it
+    if Path(path).is_dir():
+        raise CheckpointError(
+            f"ckpt_path={path}: a directory; expected a checkpoint file, e.g. {Path(path) / RUN_DIR_CHECKPOINT}"
+        )
+    if not Path(path).is_file():
+        raise CheckpointError(f"ckpt_path={path}: file not found")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"ckpt_path={path}: not a checkpoint (expected a file written by torch.save)")
     return path
+
+
+def refuse_finished_run_dir(run_dir: Path, option: str = "hydra.run.dir") -> None:
+    """A fresh run may not write into the dir of a finished one (its results.json, logs and config would
+    be replaced); continuing that run from its checkpoint may."""
+    if (Path(run_dir) / "results.json").is_file():
+        raise CheckpointError(
+            f"{option}={run_dir}: holds a finished run (results.json); choose another dir, or continue "
+            f"that run with ckpt_path={Path(run_dir) / RUN_DIR_CHECKPOINT}"
+        )
+
+
+def check_resumable(ckpt_path: str, algo) -> None:
+    """Fail in one line, before training, when `ckpt_path` cannot continue into `algo`: an inference-only
+    file (no optimizer/loop state), another algorithm, or weights of other shapes (another model= or
+    dataset/env)."""
+    from vla_hydra.algos.base import CHECKPOINT_KEY
+
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise CheckpointError(f"ckpt_path={ckpt_path}: not a readable torch checkpoint ({err})") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"ckpt_path={ckpt_path}: not a Lightning checkpoint (no state_dict)")
+    if "pytorch-lightning_version" not in checkpoint:
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: an inference-only checkpoint (eval export= or a best-policy file): "
+            "it has no optimizer or loop state to resume; resume from a run's checkpoints/last.ckpt"
+        )
+    meta = checkpoint.get(CHECKPOINT_KEY) or {}
+    name = algo.name or type(algo).__name__.lower()
+    if meta.get("algo") and meta["algo"] != name:
+        raise CheckpointError(f"ckpt_path={ckpt_path}: a checkpoint of algo={meta['algo']}, not algo={name}")
+    expected = {k: tuple(v.shape) for k, v in algo.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+    problems = [f"{k} missing" for k in expected if k not in saved]
+    problems += [f"{k} unexpected" for k in saved if k not in expected]
+    problems += [f"{k}: {saved[k]} in the checkpoint, {shape} here" for k, shape in expected.items()
+                 if k in saved and saved[k] != shape]  # fmt: skip
+    if problems:
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: its weights do not fit this config ({problems[0]}"
+            + (f"; {len(problems) - 1} more" if len(problems) > 1 else "")
+            + "): resume with the model=/data=/env= settings of the run that wrote it"
+        )
 
 
 def advance_iterable(dataset: Any, draws: int) -> int:

@@ -49,8 +49,11 @@ _POSITIVE_INT_KEYS = {
     "update_epochs", "context_length", "num_envs", "episodes", "video_episodes", "reference_episodes",
     "group_size", "num_groups", "steps_per_iteration", "updates_per_iteration", "policy_freq",
     "policy_frequency", "target_network_frequency", "buffer_size", "cql_n_actions", "num_layers",
-    "num_heads", "embedding_dim", "max_episode_steps", "every_n_updates",
+    "num_heads", "embedding_dim", "max_episode_steps", "every_n_updates", "torch_threads",
 }  # fmt: skip
+# update/step limits where -1 means "none" (online algorithms end on their env-step budget instead)
+_STEP_LIMIT_KEYS = {"max_steps", "max_updates"}
+_SEED_KEYS = {"seed"}
 _POSITIVE_INT_LIST_KEYS = {
     "hidden_dims",
     "critic_hidden_dims",
@@ -81,6 +84,8 @@ _INTERVAL_KEYS = {
 
 _CHECKED_KEYS = (
     _POSITIVE_INT_KEYS
+    | _STEP_LIMIT_KEYS
+    | _SEED_KEYS
     | _POSITIVE_INT_LIST_KEYS
     | _LEARNING_RATE_KEYS
     | _NON_NEGATIVE_KEYS
@@ -96,6 +101,11 @@ def _is_number(value: Any) -> bool:
 
 def _expected(key: str, value: Any) -> str | None:
     """What `key` should hold, when `value` is not that; None when it is fine or not a checked key."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if key in _STEP_LIMIT_KEYS:
+        return None if is_int and value >= -1 else "an integer >= 0, or -1 for no limit"
+    if key in _SEED_KEYS:
+        return None if is_int and value >= 0 else "an integer >= 0"
     if value is None:
         return None  # optional settings (target_kl: null, ...)
     if key in _POSITIVE_INT_KEYS:

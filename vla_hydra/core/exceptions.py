@@ -22,3 +22,7 @@ class DatasetError(VlaHydraError):
 
 class CheckpointError(VlaHydraError):
     """A checkpoint is missing or was not written by vla_hydra."""
+
+
+class OutputError(VlaHydraError):
+    """A result, dataset or checkpoint cannot be written where it was asked to go."""

@@ -19,9 +19,16 @@ def _current_umask() -> int:
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path in the target's directory; move it onto `path` only on success."""
+    from vla_hydra.core.exceptions import OutputError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise OutputError(f"{path}: a directory; expected a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # read-only or virtual file systems (/proc), permissions, a file in the way
+        raise OutputError(f"{path}: cannot write there ({err.strerror or err})") from err
     os.close(fd)
     # mkstemp creates 0600; give the file the permissions a plain open() would (shared results dirs)
     os.chmod(tmp, 0o666 & ~_current_umask())

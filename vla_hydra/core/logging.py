@@ -37,6 +37,10 @@ def silence_known_warnings() -> None:
     # A machine with SLURM installed (e.g. a login node, or this project's local SLURM) is not a
     # SLURM job; cluster=slurm launches through submitit, which sets up the job environment itself.
     warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
+    # Lightning 2.6 calling a torch pytree API that torch 2.13 deprecates: not ours to act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    # A resumed run writes into its own new run dir, not the one its checkpoint came from (intended).
+    warnings.filterwarnings("ignore", message=".*The dirpath has changed from.*")
     # `lightning` installs its own console handler and also propagates to the root logger: under Hydra
     # (root already configured) every Lightning message would print twice.
     root = logging.getLogger()

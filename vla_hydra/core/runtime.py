@@ -21,7 +21,19 @@ def select_device(requested: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(requested)
+    from vla_hydra.core.exceptions import ConfigError
+
+    try:
+        device = torch.device(requested)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"device={requested}: not a torch device (expected auto, cpu, cuda, cuda:N or mps)"
+        ) from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={requested}: no CUDA GPU on this machine; use device=cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
 
 
 def seed_everything(seed: int) -> None:

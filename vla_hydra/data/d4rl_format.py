@@ -58,35 +58,59 @@ def read_d4rl_hdf5(
         raise DatasetError(
             path, None, "file not found (make one with `python -m vla_hydra.collect output=<file>`)"
         )
+    if path.is_dir():
+        raise DatasetError(path, None, "a directory; expected a D4RL-format HDF5 file")
     if not h5py.is_hdf5(path):
         raise DatasetError(path, None, "not an HDF5 file")
-    with h5py.File(path, "r") as f:
-        for key in REQUIRED_KEYS:
-            if key not in f:
-                raise DatasetError(
-                    path, key, f"missing required key (expected D4RL keys {', '.join(REQUIRED_KEYS)})"
-                )
-        arrays = {key: f[key][()] for key in (*REQUIRED_KEYS, "next_observations") if key in f}
-        # real D4RL files nest the behaviour policy's weights in sub-groups (metadata/policy/fc0/...):
-        # only the group's own datasets are metadata here
-        group = f["metadata"] if "metadata" in f else {}
-        metadata = {k: _decode(v[()]) for k, v in group.items() if isinstance(v, h5py.Dataset)}
+    try:
+        with h5py.File(path, "r") as f:
+            for key in REQUIRED_KEYS:
+                if key not in f:
+                    raise DatasetError(
+                        path, key, f"missing required key (expected D4RL keys {', '.join(REQUIRED_KEYS)})"
+                    )
+            arrays = {key: f[key][()] for key in (*REQUIRED_KEYS, "next_observations") if key in f}
+            # real D4RL files nest the behaviour policy's weights in sub-groups (metadata/policy/fc0/...):
+            # only the group's own datasets are metadata here
+            group = f["metadata"] if "metadata" in f else {}
+            metadata = {k: _decode(v[()]) for k, v in group.items() if isinstance(v, h5py.Dataset)}
+    except OSError as err:  # truncated or corrupt: h5py's header check passes, reading fails
+        raise DatasetError(path, None, f"unreadable HDF5 file ({' '.join(str(err).split())})") from err
     if cut_final_episode == "truncate" and len(arrays["timeouts"]) and not arrays["terminals"][-1]:
         arrays["timeouts"][-1] = True
     validate_transitions(path, arrays)
     return arrays, metadata
 
 
+# per-step scalars: one value per row; a trailing axis of 1 ((N, 1), as some converters write) is accepted
+SCALAR_KEYS = ("rewards", "terminals", "timeouts")
+
+
 def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Check rows, shapes, dtypes and values in place (squeezing (N, 1) per-step scalars to (N,))."""
     n = len(arrays["observations"])
     if n == 0:
         raise DatasetError(path, "observations", "dataset is empty (0 transitions)")
     for key, value in arrays.items():
         if len(value) != n:
             raise DatasetError(path, key, f"has {len(value)} rows, expected {n} (the length of observations)")
+        if value.dtype.kind not in "biuf":
+            raise DatasetError(path, key, f"has dtype {value.dtype}, expected numbers")
+        if key in SCALAR_KEYS:
+            if value.ndim == 2 and value.shape[1] == 1:
+                arrays[key] = value = value[:, 0]
+            if value.ndim != 1:
+                raise DatasetError(path, key, f"has shape {value.shape}, expected ({n},): one value per step")
         if key in FLOAT_KEYS and not np.isfinite(value).all():
             bad = int(np.flatnonzero(~np.isfinite(value).reshape(n, -1).all(axis=1))[0])
             raise DatasetError(path, key, f"contains NaN or inf (first at row {bad})")
+    if "next_observations" in arrays and arrays["next_observations"].shape != arrays["observations"].shape:
+        raise DatasetError(
+            path,
+            "next_observations",
+            f"has shape {arrays['next_observations'].shape}, expected {arrays['observations'].shape} "
+            "(the shape of observations)",
+        )
     if not (arrays["terminals"][-1] or arrays["timeouts"][-1]):
         raise DatasetError(
             path,

@@ -62,9 +62,6 @@ class OfflineDataModule(L.LightningDataModule):
         arrays_loader: for datasets that are not D4RL files (Minari, ...): a callable returning the same
             validated `(arrays, metadata)` as `read_d4rl_hdf5`, called in setup() instead of reading
             `path` (which then only names the dataset's location in errors and results).
-        file_ref_returns: use the reference returns stored in a generated file for normalized scores
-            (default). False falls back to the env's published ones (e.g. D4RL's for MuJoCo), so
-            scores on generated MuJoCo data are comparable with D4RL papers.
     """
 
     def __init__(
@@ -80,9 +77,12 @@ class OfflineDataModule(L.LightningDataModule):
         segment_length: int | None = None,
         arrays_loader: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]] | None = None,
         cut_final_episode: str = "error",
-        file_ref_returns: bool = True,
     ):
         super().__init__()
+        if path is None or not str(path).strip():
+            from vla_hydra.core.exceptions import ConfigError
+
+            raise ConfigError("data.path: empty; expected the path of a D4RL-format HDF5 file")
         self.path = Path(path).expanduser()
         self.name = name or self.path.stem
         self.batch_size, self.updates_per_step = int(batch_size), int(updates_per_step)
@@ -91,8 +91,8 @@ class OfflineDataModule(L.LightningDataModule):
         self.segment_length = int(segment_length) if segment_length else None
         self.arrays_loader = arrays_loader
         self.cut_final_episode = cut_final_episode
-        self.file_ref_returns = file_ref_returns
         self.buffer = None  # TensorBuffer of transitions, or TrajectoryBuffer of segments
+        self._file_actions: np.ndarray | None = None
         self.metadata: dict = {}
 
     def prepare_data(self) -> None:
@@ -127,6 +127,7 @@ class OfflineDataModule(L.LightningDataModule):
         self.discrete_actions = actions.ndim == 1 and np.issubdtype(actions.dtype, np.integer)
         self.action_dim = 1 if self.discrete_actions else int(np.prod(actions.shape[1:]))
         self.action_range = (int(actions.min()), int(actions.max())) if self.discrete_actions else None
+        self._file_actions = None if self.discrete_actions else actions  # for check_compatible's bounds check
         self._obs_mean = torch.as_tensor(observations.mean(axis=0, dtype=np.float64), dtype=torch.float32)
         self._obs_std = torch.as_tensor(observations.std(axis=0, dtype=np.float64), dtype=torch.float32)
         self.episode_returns = episode_returns(arrays["rewards"], arrays["terminals"], arrays["timeouts"])
@@ -139,14 +140,23 @@ class OfflineDataModule(L.LightningDataModule):
 
     @property
     def ref_returns(self) -> dict[str, float] | None:
-        if not self.file_ref_returns:
-            return None
+        """The (random, expert) returns stored in the file, if any (see `reference_returns`)."""
         if "ref_random_return" in self.metadata and "ref_expert_return" in self.metadata:
             return {
                 "random": float(self.metadata["ref_random_return"]),
                 "expert": float(self.metadata["ref_expert_return"]),
             }
         return None
+
+    def reference_returns(self, env_ref_returns: dict[str, float] | None) -> dict[str, float] | None:
+        """What normalized scores use. A file made by vla_hydra.collect stores its own random and
+        behaviour-policy returns; where the env has published references (D4RL's for MuJoCo), those
+        win, so a generated file scores the same through any data= and comparably with papers. Other
+        files' stored references (Minari's) come first; the env's are the fallback."""
+        generated = self.metadata.get("created_by") == "vla_hydra.collect"
+        if generated and env_ref_returns:
+            return dict(env_ref_returns)
+        return self.ref_returns or (dict(env_ref_returns) if env_ref_returns else None)
 
     def check_compatible(self, spec) -> None:
         """Fail early, naming the field, when the file does not fit the env the policy is evaluated in."""
@@ -158,6 +168,14 @@ class OfflineDataModule(L.LightningDataModule):
             from vla_hydra.envs.factory import env_choice_hint
 
             hint = f" (the dataset was collected in {source}: {env_choice_hint(source)})"
+        if obs_shape == tuple(spec.observation_shape) and hint:
+            # same shapes, other env (e.g. HalfCheetah data in Walker2d): it would train and score nonsense
+            raise DatasetError(
+                self.path,
+                "metadata/env_id",
+                f"collected in {source}, but the policy would be evaluated in env {spec.env_id}; "
+                f"use {env_choice_hint(source)}",
+            )
         if obs_shape != tuple(spec.observation_shape):
             raise DatasetError(
                 self.path,
@@ -189,6 +207,24 @@ class OfflineDataModule(L.LightningDataModule):
                 self.path,
                 "actions",
                 f"dimension {act_dim} does not match env {spec.env_id} action dimension {spec.action_dim}{hint}",
+            )
+        self._warn_actions_out_of_bounds(spec)
+
+    def _warn_actions_out_of_bounds(self, spec) -> None:
+        """Algorithms rescale dataset actions to [-1, 1] with the env's bounds and clip the rest: many
+        actions far outside them mean another env's (or unscaled) actions, worth a warning."""
+        low, high = np.asarray(spec.action_low), np.asarray(spec.action_high)
+        actions, self._file_actions = self._file_actions, None  # checked once, then released
+        if actions is None:
+            return
+        actions = actions.reshape(len(actions), -1)
+        margin = 1e-3 * (high - low)
+        outside = ((actions < low - margin) | (actions > high + margin)).any(axis=-1)
+        if outside.mean() > 0.01:
+            log.warning(
+                f"dataset {self.path} [actions]: {outside.mean():.0%} of the steps have actions outside env "
+                f"{spec.env_id}'s bounds [{low.min():g}, {high.max():g}] (largest |a| {np.abs(actions).max():.3g}); "
+                "training clips them to the bounds"
             )
 
     def stats(self) -> DatasetStats:

@@ -23,6 +23,10 @@ class RolloutDataModule(L.LightningDataModule):
     num_raw_transitions = None
     ref_returns = None
 
+    def reference_returns(self, env_ref_returns):
+        """Online runs score with the env's published references, if any."""
+        return dict(env_ref_returns) if env_ref_returns else None
+
     def stats(self):
         return None  # observation statistics come from the agent's own experience (if enabled)
 

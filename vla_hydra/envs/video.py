@@ -16,6 +16,9 @@ import numpy as np
 from vla_hydra.envs.factory import EnvFactory
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+# classic-control envs draw with pygame/SDL: off-screen frames need no window, and SDL's default
+# driver prints "error: XDG_RUNTIME_DIR is invalid" on a headless machine
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
 def record_video(
@@ -30,6 +33,13 @@ def record_video(
     as one mp4. Returns {"path", "frames", "returns"}."""
     import imageio.v2 as imageio
 
+    from vla_hydra.core.exceptions import OutputError
+
+    path = Path(path)
+    try:  # before the rollouts: an unwritable place fails at once, in one line
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write the video there ({err.strerror or err})") from err
     act = policy.act if hasattr(policy, "act") else policy
     env = env_factory.make(render_mode="rgb_array")
     fps = fps or int(env.metadata.get("render_fps", 30))
@@ -52,8 +62,6 @@ def record_video(
             returns.append(total)
     finally:
         env.close()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # written next to the target, then renamed: an interrupted run never leaves a truncated video
     # (the temporary name keeps the .mp4 suffix, which the writer needs to pick its container)
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import psutil
@@ -63,7 +65,11 @@ class PolicyEvaluation(L.Callback):
         saved (an inference checkpoint: weights + metadata, loadable by vla_hydra.eval/collect). RL
         policies often get worse again later in training (SAC on Hopper swings by thousands), and the
         best one is what a behaviour or expert policy should be. The best return so far is saved in
-        the training checkpoint, so a resumed run only replaces the file with a better policy.
+        the training checkpoint, so a resumed run only replaces the file with a better policy (a run
+        resumed into a new dir starts from a copy of the earlier best file).
+
+    The evaluation history travels in training checkpoints too: a resumed run's results.json holds the
+    whole curve (its evaluation at start replaces an entry of the same step: the same weights).
     """
 
     def __init__(
@@ -83,12 +89,30 @@ class PolicyEvaluation(L.Callback):
         self.cpu_seconds_spent = 0.0
         self.history: list[dict] = []
         self._next_eval = 0
+        self._best_written_to: str | None = None  # where the best file was last written
 
     def state_dict(self) -> dict:
-        return {"best": self.best}
+        return {"best": self.best, "history": list(self.history), "best_written_to": self._best_written_to}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict.get("best")
+        self.history = list(state_dict.get("history", []))
+        self._best_written_to = state_dict.get("best_written_to")
+
+    def _carry_best_file(self, trainer) -> None:
+        """A run resumed into another dir: its best_checkpoint starts as a copy of the earlier best file
+        (the restored best return gates what replaces it)."""
+        if not (self.best and self.best_checkpoint and self._best_written_to) or trainer.global_rank != 0:
+            return
+        target, earlier = Path(self.best_checkpoint), Path(self._best_written_to)
+        if target.exists() or not earlier.is_file() or target.resolve() == earlier.resolve():
+            return
+        from vla_hydra.core.io import atomic_path
+
+        with atomic_path(target) as tmp:
+            shutil.copyfile(earlier, tmp)
+        self._best_written_to = str(target.resolve())
+        log.info(f"best policy so far (step {self.best['step']}) copied from {earlier} -> {target}")
 
     def _save_if_best(self, trainer: L.Trainer, pl_module, entry: dict) -> None:
         if self.best is not None and entry["eval/return_mean"] <= self.best["eval/return_mean"]:
@@ -99,6 +123,7 @@ class PolicyEvaluation(L.Callback):
                 checkpoint = pl_module.inference_checkpoint(trainer.global_step)
             if trainer.global_rank == 0:
                 pl_module.save_inference_checkpoint(self.best_checkpoint, trainer.global_step, checkpoint)
+                self._best_written_to = str(Path(self.best_checkpoint).resolve())
                 log.info(f"best eval return so far -> {self.best_checkpoint}")
         self.best = entry
 
@@ -121,6 +146,9 @@ class PolicyEvaluation(L.Callback):
         if result.normalized_score is not None:
             metrics["eval/normalized_score"] = result.normalized_score
         env_steps = {"env_steps": int(pl_module.env_steps)} if hasattr(pl_module, "env_steps") else {}
+        if self.history and self.history[-1]["step"] == trainer.global_step:
+            # a resumed run re-scores the weights its checkpoint's last entry scored: one point per step
+            self.history.pop()
         self.history.append({"step": trainer.global_step, **env_steps, **metrics})
         self.seconds_spent += time.perf_counter() - start
         self.cpu_seconds_spent += time.process_time() - cpu_start
@@ -140,6 +168,7 @@ class PolicyEvaluation(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._next_eval = trainer.global_step + self.every_n_updates
+        self._carry_best_file(trainer)
         if self.at_start and not trainer.sanity_checking:
             self._evaluate(trainer, pl_module)
 
@@ -186,9 +215,15 @@ class UpdateCheckpoint(ModelCheckpoint):
 
 class Throughput(L.Callback):
     """Launch-to-first-step time, gradient updates/s and (online algorithms) env steps/s of the fit loop
-    (evaluation time excluded)."""
+    (evaluation time excluded).
 
-    def __init__(self):
+    Args:
+        since: wall-clock time (time.time()) the first-step time counts from; None: the process's launch
+            (a run's own process). Later jobs of a local sweep share the process: they pass their start.
+    """
+
+    def __init__(self, since: float | None = None):
+        self.since = since
         self.time_to_first_step_s: float | None = None
         self.updates_per_s: float | None = None
         self.env_steps_per_s: float | None = None
@@ -199,7 +234,8 @@ class Throughput(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.time_to_first_step_s is None:
-            self.time_to_first_step_s = time.time() - psutil.Process().create_time()
+            since = self.since if self.since is not None else psutil.Process().create_time()
+            self.time_to_first_step_s = time.time() - since
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # the rates are steady-state: timed from the end of the first step, whose one-off costs

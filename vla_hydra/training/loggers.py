@@ -1,10 +1,16 @@
-"""Logger factories whose behaviour depends on the user's machine."""
+"""Loggers: the CSV logger that continues a resumed run's file, and factories whose behaviour depends on
+the user's machine (wandb)."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
 def wandb_logged_in() -> bool:
@@ -28,3 +34,27 @@ def wandb_logger(
         mode = "online" if wandb_logged_in() else "offline"
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(save_dir=save_dir, project=project, name=name, offline=(mode == "offline"), **kwargs)
+
+
+class AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV ExperimentWriter, except that an existing metrics.csv is continued, not deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                # the existing header (Lightning writes it sorted): new rows are appended under it
+                self.metrics_keys = list(next(csv.reader(file), []))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSVLogger whose metrics.csv survives a run continued in its own run dir (ckpt_path=
+    with the same hydra.run.dir, or a requeued SLURM job): Lightning's deletes the earlier rows; this one
+    appends the continued run's rows, so the file holds the whole learning curve."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> AppendingExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
