@@ -81,8 +81,6 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     prepare_strategy(trainer, algo)
     trainer.fit(algo, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    if trainer.global_rank != 0:
-        return None, {}  # rank 0 alone evaluates and writes results
     # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
     checkpointing = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
     last_ckpt = checkpointing[0].last_model_path if checkpointing else ""
@@ -90,15 +88,17 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         checkpointing
         and not last_ckpt
         and checkpointing[0].dirpath
-        and trainer.world_size == 1
         and not trainer.fast_dev_run  # debug=fdr: a smoke test leaves no checkpoint
     ):
         # no optimizer step happened (e.g. an online budget inside the random warm-up), so Lightning
-        # saved nothing: still leave the policy as it is, without replacing an existing file
+        # saved nothing: still leave the policy as it is, without replacing an existing file. Every
+        # rank takes part (sharded weights are gathered collectively); rank 0's view of the file decides.
         fallback = Path(checkpointing[0].dirpath) / "last.ckpt"
-        if not fallback.exists():
+        if not trainer.strategy.broadcast(fallback.exists()):
             trainer.save_checkpoint(fallback)
             last_ckpt = str(fallback)
+    if trainer.global_rank != 0:
+        return None, {}  # rank 0 alone evaluates and writes results
     policy = algo
     if weights_sharded(trainer.strategy) and last_ckpt:
         # FSDP-wrapped / ZeRO-3-partitioned weights are not plain modules after fit: evaluate what

@@ -77,12 +77,12 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     return path
 
 
-def refuse_finished_run_dir(run_dir: Path, option: str = "hydra.run.dir") -> None:
+def refuse_finished_run_dir(run_dir: Path) -> None:
     """A fresh run may not write into the dir of a finished one (its results.json, logs and config would
     be replaced); continuing that run from its checkpoint may."""
     if (Path(run_dir) / "results.json").is_file():
         raise CheckpointError(
-            f"{option}={run_dir}: holds a finished run (results.json); choose another dir, or continue "
+            f"hydra.run.dir={run_dir}: holds a finished run (results.json); choose another dir, or continue "
             f"that run with ckpt_path={Path(run_dir) / RUN_DIR_CHECKPOINT}"
         )
 
