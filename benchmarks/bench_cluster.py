@@ -5,8 +5,10 @@
    Hydra's basic launcher (cluster=local, one job after another); ratio = slurm / local.
 2. ddp: BC samples/s (gradient updates/s x batch x processes) with trainer=ddp on 2 CPU processes
    (gloo) vs 1 process, same per-process batch, 1 torch thread per process.
+3. ddp_online: PPO on CartPole, env steps/s of all processes together (each rank runs its own 4 envs;
+   the budget counts both ranks' steps) with trainer=ddp on 2 processes vs 1 process, same budget.
 
-    python benchmarks/bench_cluster.py [--jobs 4] [--updates 1000] [--ddp-updates 3000] [--reps 1]
+    python benchmarks/bench_cluster.py [--jobs 4] [--updates 1000] [--ddp-updates 3000] [--ppo-steps 51200] [--reps 1]
 
 Needs root for the local SLURM (scripts/local_slurm.sh start); without it the sweep part is skipped.
 """
@@ -110,13 +112,43 @@ def bench_ddp(work: Path, data_dir: Path, updates: int, reps: int) -> None:
     )
 
 
+def bench_ddp_online(work: Path, data_dir: Path, env_steps: int, reps: int) -> None:
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for rep in range(reps):
+        for processes, trainer in ((1, "trainer=cpu"), (2, "trainer=ddp")):
+            run = work / f"ppo{processes}-{rep}"
+            train_cli(
+                "algo=ppo", "env=cartpole", trainer, f"algo.total_timesteps={env_steps}",
+                f"paths.data_dir={data_dir}", f"hydra.run.dir={run}", *SMALL, cwd=work,
+            )  # fmt: skip
+            result = json.loads((run / "results.json").read_text())
+            assert result["env_steps"] >= env_steps
+            rates[processes].append(result["train_env_steps_per_s"])
+    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    emit(
+        NAME,
+        {
+            **run_header(threads=1),
+            "bench": "ddp_online",
+            "algo": "ppo",
+            "env": "CartPole-v1",
+            "env_steps": env_steps,
+            "reps": reps,
+            "env_steps_per_s_1proc": round(one),
+            "env_steps_per_s_ddp2": round(two),
+            "ddp2_over_1proc": round(two / one, 3),
+        },
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--updates", type=int, default=1000, help="BC updates per sweep job")
     parser.add_argument("--ddp-updates", type=int, default=3000)
+    parser.add_argument("--ppo-steps", type=int, default=51200, help="PPO env steps per ddp_online run")
     parser.add_argument("--reps", type=int, default=1)
-    parser.add_argument("--only", choices=["sweep", "ddp"], default=None)
+    parser.add_argument("--only", choices=["sweep", "ddp", "ddp_online"], default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_cluster_") as tmp:
         work = Path(tmp)
@@ -129,6 +161,8 @@ def main() -> None:
             bench_sweep(work, data_dir, args.jobs, args.updates, args.reps)
         if args.only in (None, "ddp"):
             bench_ddp(work, data_dir, args.ddp_updates, args.reps)
+        if args.only in (None, "ddp_online"):
+            bench_ddp_online(work, data_dir, args.ppo_steps, args.reps)
 
 
 if __name__ == "__main__":

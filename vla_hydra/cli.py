@@ -34,7 +34,8 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
 
 def _sweep_job_prefix() -> str:
-    """In a multirun, which job failed (Hydra stops the local sweep at the first failing job)."""
+    """In a local multirun, which job failed (Hydra's basic launcher stops the sweep at the first failing
+    job and reports no more than the exception)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -42,7 +43,8 @@ def _sweep_job_prefix() -> str:
         hydra_cfg = HydraConfig.get()
     except ValueError:  # not running under Hydra (train() called from Python)
         return ""
-    if hydra_cfg.mode != RunMode.MULTIRUN:
+    # cluster launchers (cluster=slurm) name the failed job in their own report
+    if hydra_cfg.mode != RunMode.MULTIRUN or "BasicLauncher" not in str(hydra_cfg.launcher.get("_target_")):
         return ""
     return f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): "
 
@@ -51,6 +53,8 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
     """Before Hydra writes `.hydra/` into an explicit `hydra.run.dir=` that holds a finished run: the same
     one-line refusal train() gives (resume.refuse_finished_run_dir), so not even the earlier run's config
     is replaced. Continuing it (`ckpt_path=`) is allowed."""
+    if "-m" in argv or "--multirun" in argv:  # jobs write under hydra.sweep.dir (train() checks each)
+        return
     overrides = dict(arg.split("=", 1) for arg in argv if "=" in arg and not arg.startswith("-"))
     run_dir = overrides.get("hydra.run.dir")
     if not run_dir or "${" in run_dir or any(k.lstrip("+~") == "ckpt_path" for k in overrides):
