@@ -279,14 +279,13 @@ def test_a_failing_sweep_job_names_itself_in_its_one_line_error(tmp_path, data_d
     proc = run_module(
         "vla_hydra.train",
         "-m",
-        "algo=iql",
-        "data=cartpole_mixed",
+        "algo=bc",
+        "data.batch_size=0",
         f"paths.data_dir={data_dir}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: job 0 (algo=iql data=cartpole_mixed paths.data_dir="
-        f"{data_dir}): algo=iql: env CartPole-v1 has a discrete action space; this algorithm needs "
-        "continuous (Box) actions"
+        f"error: job 0 (algo=bc data.batch_size=0 paths.data_dir={data_dir}): "
+        "data.batch_size=0: expected an integer >= 1"
     )
