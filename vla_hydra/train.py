@@ -63,7 +63,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         spec=spec, model=instantiate(cfg.model), stats=datamodule.stats()
     )
     if ckpt_path and Path(ckpt_path).is_file():
-        check_resumable(ckpt_path, algo)
+        check_resumable(ckpt_path, algo, int(cfg.trainer.get("max_steps", -1)))
     if cfg.trainer.get("max_steps", -1) < 0 and not hasattr(algo, "total_timesteps"):
         raise ConfigError(
             f"trainer.max_steps={cfg.trainer.max_steps}: algo={algo.name or type(algo).__name__.lower()} learns "

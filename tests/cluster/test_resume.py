@@ -62,7 +62,7 @@ def test_a_bad_ckpt_path_fails_in_one_line_before_any_work(tmp_path, case):
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "results.json").exists()
 
 
-def test_checkpoints_that_cannot_continue_this_config_are_refused_in_one_line(tmp_path, data_dir):
+def test_checkpoints_that_cannot_continue_this_config_are_refused_in_one_line(tmp_path, data_dir, caplog):
     """Another algorithm, other network widths, an inference-only file, Lightning's aliases: each a
     one-line CheckpointError before any training."""
     from vla_hydra.core.exceptions import CheckpointError
@@ -83,6 +83,14 @@ def test_checkpoints_that_cannot_continue_this_config_are_refused_in_one_line(tm
             train(cfg)
         assert "\n" not in str(err.value)
         assert not (tmp_path / f"case{i}" / "run" / "results.json").exists()
+    # a budget already behind the checkpoint: allowed (nothing to train), but said
+    behind = ["trainer.max_steps=20", f"ckpt_path={bc['checkpoint']}"]
+    with caplog.at_level("WARNING"):
+        _, again = train(small_train_config(tmp_path / "behind", data_dir, behind))
+    assert (
+        again["train_steps"] == 50
+        and "trainer.max_steps=20 is behind the checkpoint's step 50" in caplog.text
+    )
 
 
 def test_advance_iterable_restarts_finished_epochs():

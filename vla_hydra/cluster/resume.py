@@ -87,10 +87,10 @@ def refuse_finished_run_dir(run_dir: Path) -> None:
         )
 
 
-def check_resumable(ckpt_path: str, algo) -> None:
+def check_resumable(ckpt_path: str, algo, max_steps: int = -1) -> None:
     """Fail in one line, before training, when `ckpt_path` cannot continue into `algo`: an inference-only
     file (no optimizer/loop state), another algorithm, or weights of other shapes (another model= or
-    dataset/env)."""
+    dataset/env). Warn when `max_steps` (trainer.max_steps) is already behind the checkpoint."""
     from vla_hydra.algos.base import CHECKPOINT_KEY
 
     try:
@@ -119,6 +119,12 @@ def check_resumable(ckpt_path: str, algo) -> None:
             f"ckpt_path={ckpt_path}: its weights do not fit this config ({problems[0]}"
             + (f"; {len(problems) - 1} more" if len(problems) > 1 else "")
             + "): resume with the model=/data=/env= settings of the run that wrote it"
+        )
+    step = int(checkpoint.get("global_step", 0))
+    if 0 < max_steps < step:  # 0: experiment=eval's "restore and evaluate only"
+        log.warning(
+            f"trainer.max_steps={max_steps} is behind the checkpoint's step {step}: no training, the "
+            "checkpoint's weights are evaluated as they are"
         )
 
 
