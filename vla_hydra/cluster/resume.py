@@ -167,7 +167,9 @@ class ResumeState(L.Callback):
         if not self._restored or not self.batches_consumed:
             return
         dataset = getattr(trainer.train_dataloader, "dataset", None)
-        if isinstance(dataset, torch.utils.data.IterableDataset):
+        if isinstance(dataset, torch.utils.data.IterableDataset) and not getattr(
+            dataset, "paces_only", False
+        ):
             drawn = advance_iterable(dataset, self.batches_consumed)
             log.info(f"resume: sampler advanced past the {drawn} batches already trained on")
 

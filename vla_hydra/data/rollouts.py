@@ -11,6 +11,9 @@ from torch.utils.data import DataLoader, IterableDataset
 
 
 class _Ticks(IterableDataset):
+    # no data to position on resume (cluster.resume.ResumeState): the algorithm's env_steps is the state
+    paces_only = True
+
     def __iter__(self):
         return itertools.count()
 
