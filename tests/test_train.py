@@ -254,7 +254,7 @@ def test_rerun_into_a_finished_run_dir_is_refused_and_continuing_it_is_not(tmp_p
     )
     proc = run_module("vla_hydra.train", f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}")
     assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0
-    assert "hydra.run.dir=" in proc.stderr and "ckpt_path=" in proc.stderr
+    assert "holds a finished run" in proc.stderr and "ckpt_path=" in proc.stderr
     if config_before is not None:
         assert (run_dir / ".hydra" / "config.yaml").read_bytes() == config_before
     # continuing the run from its checkpoint in its own dir is what resume is for
@@ -289,3 +289,18 @@ def test_a_failing_sweep_job_names_itself_in_its_one_line_error(tmp_path, data_d
         f"error: job 0 (algo=bc data.batch_size=0 paths.data_dir={data_dir}): "
         "data.batch_size=0: expected an integer >= 1"
     )
+
+
+def test_a_sweep_into_a_finished_sweep_dir_is_refused_before_anything_is_written(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=0", "trainer.max_steps=50", "eval.episodes=2", f"paths.data_dir={data_dir}"]
+    first = run_module("vla_hydra.train", *args, f"hydra.sweep.dir={sweep}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    kept = {p: p.read_bytes() for p in [sweep / "multirun.yaml", *sweep.glob("0/**/*.*")] if p.is_file()}
+    again = run_module("vla_hydra.train", *args, "trainer.max_steps=100", f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        f"error: run dir {sweep / '0'} holds a finished run (results.json); choose another hydra.run.dir / "
+        f"hydra.sweep.dir, or continue that run with ckpt_path={sweep / '0' / 'checkpoints' / 'last.ckpt'}"
+    ]
+    assert all(p.read_bytes() == data for p, data in kept.items())

@@ -50,24 +50,28 @@ def _sweep_job_prefix() -> str:
 
 
 def refuse_finished_run_dir_early(argv: list[str]) -> None:
-    """Before Hydra writes `.hydra/` into an explicit `hydra.run.dir=` that holds a finished run: the same
-    one-line refusal train() gives (resume.refuse_finished_run_dir), so not even the earlier run's config
-    is replaced. Continuing it (`ckpt_path=`) is allowed."""
-    if "-m" in argv or "--multirun" in argv:  # jobs write under hydra.sweep.dir (train() checks each)
-        return
+    """Before Hydra writes `.hydra/` (or multirun.yaml) into an explicit `hydra.run.dir=` /
+    `hydra.sweep.dir=` that holds finished runs: the same one-line refusal train() gives
+    (resume.refuse_finished_run_dir), so not even the earlier runs' configs are replaced. Continuing a
+    run (`ckpt_path=`) is allowed."""
     overrides = dict(arg.split("=", 1) for arg in argv if "=" in arg and not arg.startswith("-"))
-    run_dir = overrides.get("hydra.run.dir")
-    if not run_dir or "${" in run_dir or any(k.lstrip("+~") == "ckpt_path" for k in overrides):
+    if any(key.lstrip("+~") == "ckpt_path" for key in overrides):
         return
     from pathlib import Path
 
     from vla_hydra.core.exceptions import CheckpointError
 
-    if (Path(run_dir) / "results.json").is_file():
+    run_dirs = []
+    if overrides.get("hydra.run.dir") and "${" not in overrides["hydra.run.dir"]:
+        run_dirs.append(Path(overrides["hydra.run.dir"]))
+    if overrides.get("hydra.sweep.dir") and "${" not in overrides["hydra.sweep.dir"]:
+        run_dirs += sorted(p.parent for p in Path(overrides["hydra.sweep.dir"]).glob("*/results.json"))
+    finished = [d for d in run_dirs if (d / "results.json").is_file()]
+    if finished:
         try:
             from vla_hydra.cluster.resume import refuse_finished_run_dir
 
-            refuse_finished_run_dir(Path(run_dir))
+            refuse_finished_run_dir(finished[0])
         except CheckpointError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None

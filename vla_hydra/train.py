@@ -48,6 +48,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     log = get_logger(__name__)
     silence_known_warnings()
     check_config_values(cfg)
+    _refuse_local_multiprocess_sweep(cfg)
     set_torch_threads(cfg.get("torch_threads"))
     seed_everything(cfg.seed)
     output_dir = Path(cfg.paths.output_dir).resolve()
@@ -153,6 +154,30 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     log.info(f"results:    {output_dir / 'results.json'}")
     metric = results.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
     return metric, results
+
+
+def _refuse_local_multiprocess_sweep(cfg: DictConfig) -> None:
+    """Lightning starts the extra processes of trainer=ddp/fsdp/deepspeed by re-running the command line:
+    in a local multirun (-m, hparams_search=..., cluster=submitit_local) each of them would re-run the
+    whole sweep. On SLURM, SLURM starts one task per device instead."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from vla_hydra.core.exceptions import ConfigError
+
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # train() called from Python
+        return
+    if hydra_cfg.mode != RunMode.MULTIRUN or "SlurmLauncher" in str(hydra_cfg.launcher.get("_target_")):
+        return
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    per_node = len(devices) if OmegaConf.is_list(devices) else devices if isinstance(devices, int) else 1
+    if per_node * (nodes if isinstance(nodes, int) else 1) > 1:
+        raise ConfigError(
+            f"trainer.devices={devices}: a local sweep (-m, hparams_search=, cluster=submitit_local) cannot "
+            "run several processes per job; run the jobs one at a time without -m, or use cluster=slurm"
+        )
 
 
 def _algo_choice() -> str | None:

@@ -206,3 +206,55 @@ def test_cluster_settings_flow_into_the_trainer_and_launcher():
     assert launcher.max_num_timeout == 3 and cfg.hydra.mode.name == "MULTIRUN"
     # only submitit requeues: Lightning's SLURM plugin is told not to
     assert cfg.trainer.plugins[0].auto_requeue is False
+
+
+def test_settings_sbatch_would_refuse_or_misread_fail_in_one_line(slurm, pendulum_data, tmp_path):
+    """Checked before submitting (a time limit of 0 would be UNLIMITED, one below the pre-emption warning
+    never trains), and a scheduler rejection is one line too; no job runs."""
+    cases = {
+        ("cluster.time_min=0",): "error: cluster.time_min=0: expected an integer >= 1",
+        ("cluster.time_min=1", "cluster.signal_delay_s=120"): (
+            "error: cluster.time_min=1: must end after the pre-emption warning "
+            "(cluster.signal_delay_s=120 s before the end)"
+        ),
+        ("cluster.partition=doesnotexist",): "error: cluster: the scheduler refused the job(s): ",
+    }
+    for i, (overrides, message) in enumerate(cases.items()):
+        root = tmp_path / str(i)
+        proc = run_module(
+            "vla_hydra.train",
+            "-m",
+            "cluster=slurm",
+            *small_job_args(root, pendulum_data),
+            *overrides,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 1
+        # (sbatch's own complaint, which submitit passes through, may precede the line)
+        lines = proc.stderr.strip().splitlines()
+        assert lines[-1].startswith(message) and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert not list(root.glob("logs/train/multiruns/*/0/results.json"))
+    assert "invalid partition" in lines[-1]
+
+
+def test_a_local_sweep_of_multi_process_jobs_is_refused_in_one_line(tmp_path, pendulum_data):
+    """Lightning starts DDP's second process by re-running the command line: in a local -m sweep it
+    would re-run the whole sweep."""
+    proc = run_module(
+        "vla_hydra.train",
+        "-m",
+        "trainer=ddp",
+        "seed=0,1",
+        *small_job_args(tmp_path, pendulum_data)[:-2],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "trainer.devices=2: a local sweep (-m, hparams_search=, cluster=submitit_local) cannot run several "
+            "processes per job; run the jobs one at a time without -m, or use cluster=slurm"
+        )
+    )
+    assert not list(tmp_path.glob("logs/train/multiruns/*/0/results.json"))

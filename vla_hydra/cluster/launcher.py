@@ -9,6 +9,7 @@ Everything else (parameters, the job-side `__call__`, requeue via `checkpoint`) 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
-from vla_hydra.core.exceptions import VlaHydraError
+from vla_hydra.core.exceptions import ConfigError, VlaHydraError
 from vla_hydra.core.logging import get_logger
 
 log = get_logger(__name__)
@@ -73,6 +74,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
+        _check_cluster_settings(self.config)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"submitit '{self._EXECUTOR}': {len(job_overrides)} job(s), sweep dir {sweep_dir}")
@@ -80,14 +82,20 @@ class WaitForAllJobs(BaseSubmititLauncher):
         for num, overrides in zip(numbers, job_overrides, strict=True):
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         state = Singleton.get_state()
-        jobs = self._executor().map_array(
-            self,
-            [list(overrides) for overrides in job_overrides],
-            ["hydra.sweep.dir"] * len(numbers),
-            numbers,
-            [f"job_id_for_{num}" for num in numbers],
-            [state] * len(numbers),
-        )
+        try:
+            jobs = self._executor().map_array(
+                self,
+                [list(overrides) for overrides in job_overrides],
+                ["hydra.sweep.dir"] * len(numbers),
+                numbers,
+                [f"job_id_for_{num}" for num in numbers],
+                [state] * len(numbers),
+            )
+        except Exception as err:  # noqa: BLE001 - e.g. submitit's FailedJobError: sbatch refused the jobs
+            # nothing ran: one line and exit 1 (SystemExit passes Hydra's traceback printer)
+            message = " ".join(str(err).split())
+            print(f"error: cluster: the scheduler refused the job(s): {message}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         returns: dict[int, JobReturn] = {}
         pending = dict(zip(numbers, zip(job_overrides, jobs, strict=True), strict=True))
         last_poll = time.monotonic()
@@ -126,6 +134,37 @@ class WaitForAllJobs(BaseSubmititLauncher):
         else:
             log.error(f"\t#{num} failed (job {job.job_id}): {returned._return_value}")
         return returned
+
+
+def _check_cluster_settings(config: Any) -> None:
+    """Before anything is submitted: the `cluster.*` values vla_hydra's config checks know (time_min,
+    nodes, tasks, CPUs, ...), and a time limit longer than the pre-emption warning. One line, exit 1."""
+    from vla_hydra.core.config import check_value
+
+    cluster = config.get("cluster") or {}
+    try:
+        for key in (
+            "time_min",
+            "nodes",
+            "tasks_per_node",
+            "cpus_per_task",
+            "array_parallelism",
+            "signal_delay_s",
+        ):
+            if key in cluster:
+                check_value(f"cluster.{key}", cluster[key])
+        if (
+            "time_min" in cluster
+            and "signal_delay_s" in cluster
+            and cluster.time_min * 60 <= cluster.signal_delay_s
+        ):
+            raise ConfigError(
+                f"cluster.time_min={cluster.time_min}: must end after the pre-emption warning "
+                f"(cluster.signal_delay_s={cluster.signal_delay_s} s before the end)"
+            )
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def _is_slurm_job(job: Any) -> bool:

@@ -42,6 +42,9 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     own = run_dir / RUN_DIR_CHECKPOINT
     cluster = cfg.get("cluster") or {}
     if cluster.get("auto_resume") and (own.is_file() or is_deepspeed_checkpoint(own)):
+        # a requeued job never got to its results.json; a run dir that has one is a finished run that
+        # a new sweep (the same hydra.sweep.dir again) must not retrain and overwrite
+        refuse_finished_run_dir(run_dir)
         log.info(f"resuming the requeued job from {own}")
         return str(own)
     path = cfg.get("ckpt_path")
@@ -82,8 +85,8 @@ def refuse_finished_run_dir(run_dir: Path) -> None:
     be replaced); continuing that run from its checkpoint may."""
     if (Path(run_dir) / "results.json").is_file():
         raise CheckpointError(
-            f"hydra.run.dir={run_dir}: holds a finished run (results.json); choose another dir, or continue "
-            f"that run with ckpt_path={Path(run_dir) / RUN_DIR_CHECKPOINT}"
+            f"run dir {run_dir} holds a finished run (results.json); choose another hydra.run.dir / "
+            f"hydra.sweep.dir, or continue that run with ckpt_path={Path(run_dir) / RUN_DIR_CHECKPOINT}"
         )
 
 

@@ -50,6 +50,8 @@ _POSITIVE_INT_KEYS = {
     "group_size", "num_groups", "steps_per_iteration", "updates_per_iteration", "policy_freq",
     "policy_frequency", "target_network_frequency", "buffer_size", "cql_n_actions", "num_layers",
     "num_heads", "embedding_dim", "max_episode_steps", "every_n_updates", "torch_threads",
+    # cluster=slurm (checked by the launcher before submitting)
+    "time_min", "nodes", "tasks_per_node", "cpus_per_task", "array_parallelism",
 }  # fmt: skip
 # update/step limits where -1 means "none" (online algorithms end on their env-step budget instead)
 _STEP_LIMIT_KEYS = {"max_steps", "max_updates"}
@@ -65,7 +67,7 @@ _LEARNING_RATE_KEYS = {
 }  # fmt: skip
 _NON_NEGATIVE_KEYS = {
     "weight_decay", "ent_coef", "vf_coef", "kl_coef", "learning_starts", "max_grad_norm", "grad_clip",
-    "policy_noise", "noise_clip", "cql_alpha", "gradient_penalty_coef", "warmup_updates",
+    "policy_noise", "noise_clip", "cql_alpha", "gradient_penalty_coef", "warmup_updates", "signal_delay_s",
 }  # fmt: skip
 # per-episode levels a collection recipe cycles through
 _NON_NEGATIVE_LIST_KEYS = {"action_noise_std"}
