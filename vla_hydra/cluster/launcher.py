@@ -30,6 +30,9 @@ log = get_logger(__name__)
 STATUS_POLL_S = 5.0
 # seconds to wait for the result file of a job the scheduler reports finished
 RESULT_FILE_GRACE_S = 3
+# seconds a SLURM job must look ended (no result, not in the queue) before it counts as failed: a requeued
+# job can briefly be neither running nor listed by squeue
+REQUEUE_SETTLE_S = 8.0
 # executor-level settings (the rest are per-job resources)
 _EXECUTOR_KEYS = {"max_num_timeout"}
 
@@ -99,6 +102,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
         returns: dict[int, JobReturn] = {}
         pending = dict(zip(numbers, zip(job_overrides, jobs, strict=True), strict=True))
         last_poll = time.monotonic()
+        ended_since: dict[int, float] = {}
         # SLURM jobs only: local jobs are child processes that report their own state, and their
         # watcher has no scheduler to ask (its update() raises NotImplementedError)
         watcher = getattr(jobs[0], "watcher", None) if _is_slurm_job(jobs[0]) else None
@@ -109,9 +113,17 @@ class WaitForAllJobs(BaseSubmititLauncher):
             if watcher is not None and time.monotonic() - last_poll > STATUS_POLL_S:
                 watcher.update()
                 last_poll = time.monotonic()
-            for num in [num for num, (_, job) in pending.items() if job.done() and not _requeued(job)]:
-                overrides, job = pending.pop(num)
-                returns[num] = self._collect(num, overrides, job)
+            now = time.monotonic()
+            for num, (_, job) in list(pending.items()):
+                if not job.done() or _requeued(job):
+                    ended_since.pop(num, None)
+                    continue
+                # a SLURM job that ended without a result may be between its requeued run's end and its
+                # reappearance in the queue: it counts as failed once it has stayed so for a while
+                settled = now - ended_since.setdefault(num, now) >= REQUEUE_SETTLE_S
+                if settled or job.paths.result_pickle.exists() or not _is_slurm_job(job):
+                    overrides, job = pending.pop(num)
+                    returns[num] = self._collect(num, overrides, job)
             if pending:
                 time.sleep(0.5)
         return [returns[num] for num in numbers]
