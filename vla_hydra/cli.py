@@ -33,18 +33,26 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         raise SystemExit(1) from None
 
 
+def hydra_job_config():
+    """Hydra's config of the running job (mode, launcher, choices, ...), or None when the entry point's
+    function is called from Python (tests, notebooks)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
 def _sweep_job_prefix() -> str:
     """In a local multirun, which job failed (Hydra's basic launcher stops the sweep at the first failing
     job and reports no more than the exception)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    from hydra.types import RunMode
 
-        hydra_cfg = HydraConfig.get()
-    except ValueError:  # not running under Hydra (train() called from Python)
-        return ""
+    hydra_cfg = hydra_job_config()
     # cluster launchers (cluster=slurm) name the failed job in their own report
-    if hydra_cfg.mode != RunMode.MULTIRUN or "BasicLauncher" not in str(hydra_cfg.launcher.get("_target_")):
+    if (
+        hydra_cfg is None
+        or hydra_cfg.mode != RunMode.MULTIRUN
+        or "BasicLauncher" not in str(hydra_cfg.launcher.get("_target_"))
+    ):
         return ""
     return f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): "
 

@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vla_hydra.cli import run_cli
+from vla_hydra.cli import hydra_job_config, run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values, instantiate_dict_values
 
 # train() calls so far in this process (a local multirun runs its jobs one after another in one process)
@@ -160,16 +160,16 @@ def _refuse_local_multiprocess_sweep(cfg: DictConfig) -> None:
     """Lightning starts the extra processes of trainer=ddp/fsdp/deepspeed by re-running the command line:
     in a local multirun (-m, hparams_search=..., cluster=submitit_local) each of them would re-run the
     whole sweep. On SLURM, SLURM starts one task per device instead."""
-    from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from vla_hydra.core.exceptions import ConfigError
 
-    try:
-        hydra_cfg = HydraConfig.get()
-    except ValueError:  # train() called from Python
-        return
-    if hydra_cfg.mode != RunMode.MULTIRUN or "SlurmLauncher" in str(hydra_cfg.launcher.get("_target_")):
+    hydra_cfg = hydra_job_config()
+    if (
+        hydra_cfg is None
+        or hydra_cfg.mode != RunMode.MULTIRUN
+        or "SlurmLauncher" in str(hydra_cfg.launcher.get("_target_"))
+    ):
         return
     devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
     per_node = len(devices) if OmegaConf.is_list(devices) else devices if isinstance(devices, int) else 1
@@ -183,12 +183,8 @@ def _refuse_local_multiprocess_sweep(cfg: DictConfig) -> None:
 def _algo_choice() -> str | None:
     """The `algo=` choice of a Hydra run (ppo_continuous and ppo are one class, two configs), for results
     and reports; None when train() is called from Python."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().runtime.choices.get("algo")
-    except ValueError:
-        return None
+    hydra_cfg = hydra_job_config()
+    return hydra_cfg.runtime.choices.get("algo") if hydra_cfg is not None else None
 
 
 def _build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list):

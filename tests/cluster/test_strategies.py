@@ -44,16 +44,14 @@ def _deepspeed_on_cpu(script: str, *args: str, port: int, ranks: int = 1) -> lis
     return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
 
 
-def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path, data_dir):
+def _ddp_ranks(tmp_path, *overrides: str) -> tuple[list[dict], dict]:
+    """A `trainer=ddp` run over 2 CPU processes: what each rank's ParameterDigest wrote, and results.json."""
     probe = tmp_path / "ranks"
     proc = run_module(
         "vla_hydra.train",
         "trainer=ddp",
-        "trainer.max_steps=100",
         "eval.episodes=2",
-        "eval.every_n_updates=100",
-        "callbacks.policy_eval.episodes=2",
-        f"paths.data_dir={data_dir}",
+        *overrides,
         f"hydra.run.dir={tmp_path / 'run'}",
         "+callbacks.digest._target_=tests.cluster.probes.ParameterDigest",
         f"+callbacks.digest.path={probe}",
@@ -61,6 +59,17 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path, data_dir):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return ranks, json.loads((tmp_path / "run" / "results.json").read_text())
+
+
+def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path, data_dir):
+    ranks, results = _ddp_ranks(
+        tmp_path,
+        "trainer.max_steps=100",
+        "eval.every_n_updates=100",
+        "callbacks.policy_eval.episodes=2",
+        f"paths.data_dir={data_dir}",
+    )
     for rank in ranks:
         assert (rank["world_size"], rank["global_step"], rank["strategy"]) == (2, 100, "DDPStrategy")
         assert rank["backend"] == "gloo"
@@ -68,7 +77,7 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path, data_dir):
         assert rank["direct_backward"] is False
     # each rank samples different minibatches (seed + rank): equal weights mean gradients were averaged
     assert ranks[0]["params"] == ranks[1]["params"]
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["train_steps"] == 100
+    assert results["train_steps"] == 100
 
 
 @pytest.mark.parametrize(
@@ -84,23 +93,9 @@ def test_online_ddp_ranks_run_their_own_envs_and_share_the_budget(tmp_path, algo
     """Online RL over 2 DDP processes: each rank explores its own envs with its own noise, the env-step
     budget counts both ranks' steps (so it ends after half the iterations, on both ranks together), and
     the running observation/reward statistics are pooled over both ranks' experience, identical on both."""
-    probe = tmp_path / "ranks"
-    proc = run_module(
-        "vla_hydra.train",
-        f"algo={algo}",
-        *overrides,
-        "algo.normalize_observations=true",
-        "trainer=ddp",
-        "eval.episodes=2",
-        "callbacks.policy_eval=null",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        "+callbacks.digest._target_=tests.cluster.probes.ParameterDigest",
-        f"+callbacks.digest.path={probe}",
-        timeout=300,
+    ranks, results = _ddp_ranks(
+        tmp_path, f"algo={algo}", *overrides, "algo.normalize_observations=true", "callbacks.policy_eval=null"
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
     budget = int(overrides[1].split("=")[1])
     env_steps = [r["buffers"]["env_steps"][0] for r in ranks]
     assert env_steps[0] == env_steps[1] == results["env_steps"] >= budget

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from vla_hydra.core.runtime import all_gather_rows, process_group_size
+
 
 class ObservationNormalizer(nn.Module):
     """(obs - mean) / std with dataset statistics; identity when built without statistics."""
@@ -50,8 +52,6 @@ def batch_moments(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     training runs in several (DDP/FSDP/DeepSpeed): each rank collects its own experience, and running
     statistics merged from its own rows alone would normalise differently on every rank while the
     weights they feed are shared. One all-gather per call when distributed (pooled in float64)."""
-    from vla_hydra.core.runtime import all_gather_rows, process_group_size
-
     count = torch.tensor(float(batch.shape[0]), dtype=torch.float64, device=batch.device)
     if batch.shape[0]:
         mean, var = batch.mean(0), batch.var(0, unbiased=False)
