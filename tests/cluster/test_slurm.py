@@ -177,6 +177,80 @@ def test_optuna_search_on_slurm_is_stored_and_resumable(slurm, pendulum_data, tm
     assert _study_trials(db, "bc_optuna") == ["COMPLETE"] * 5
 
 
+def test_a_job_that_cannot_start_is_reported_and_ctrl_c_leaves_it_queued(slurm, pendulum_data, tmp_path):
+    """A held job (any pending reason that waiting does not clear) is named at once, not waited on in
+    silence; Ctrl-C stops the waiting, not the job (as after sbatch), and says how to cancel it."""
+    import signal
+
+    output = tmp_path / "sweep.out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "vla_hydra.train",
+        "-m",
+        "cluster=slurm",
+        "+cluster.additional_parameters.hold=true",
+    ]
+    with output.open("w") as out:
+        proc = subprocess.Popen(
+            [*cmd, *small_job_args(tmp_path, pendulum_data)],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    job = None
+    try:
+        wait_until(
+            lambda: "pending with reason JobHeldUser" in output.read_text(), 90, "the held-job warning"
+        )
+        job = output.read_text().split("SLURM job ")[1].split()[0]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        text = output.read_text()
+        assert "waiting for 1 job(s): 0 running, 1 pending (JobHeldUser: 1)" in text
+        last = text.strip().splitlines()[-1]
+        assert last.startswith("interrupted: 1 SLURM job(s) of this sweep stay queued or running")
+        assert f"cancel them: scancel {job};" in last and "Traceback" not in text
+        queued = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True
+        ).stdout
+        assert queued.strip() == "PENDING"
+    finally:
+        proc.kill()
+        if job:
+            subprocess.run(["scancel", job])
+
+
+def test_detached_submission_returns_at_once_and_the_jobs_finish(slurm, pendulum_data, tmp_path):
+    """cluster.wait=false: submit and return like sbatch; the jobs write their results afterwards."""
+    args = ["-m", "cluster=slurm", "cluster.wait=false", "seed=0,1", *small_job_args(tmp_path, pendulum_data)]
+    proc = run_module("vla_hydra.train", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "2 job(s) queued, not waited for (cluster.wait=false)" in output
+    (sweep,) = sweep_dirs(tmp_path)
+    assert not list(sweep.glob("*/results.json"))  # returned before any job trained
+    results = [sweep / str(i) / "results.json" for i in (0, 1)]
+    wait_until(lambda: all(r.is_file() for r in results), 240, "both detached jobs' results")
+    assert [json.loads(r.read_text())["seed"] for r in results] == [0, 1]
+
+
+def test_detached_optuna_search_is_refused_in_one_line(tmp_path, pendulum_data):
+    proc = run_module(
+        "vla_hydra.train",
+        "hparams_search=bc_optuna",
+        "cluster=slurm",
+        "cluster.wait=false",
+        *small_job_args(tmp_path, pendulum_data),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: cluster.wait=false: an Optuna search (hparams_search=) needs each trial's result to propose "
+        "the next"
+    )
+
+
 @pytest.mark.slow
 def test_admin_requeue_resumes_from_last_periodic_checkpoint(slurm, pendulum_data, tmp_path):
     """`scontrol requeue` kills the job without warning: it restarts from the last periodic last.ckpt."""

@@ -35,6 +35,11 @@ RESULT_FILE_GRACE_S = 3
 REQUEUE_SETTLE_S = 8.0
 # executor-level settings (the rest are per-job resources)
 _EXECUTOR_KEYS = {"max_num_timeout"}
+# at most one "waiting for N job(s): ..." line per this many seconds (and only when the queue changed)
+QUEUE_REPORT_S = 30.0
+# SLURM pending reasons that do not clear by waiting (held, a limit the request exceeds, a partition or
+# node that is down, an unknown account/QOS): the user hears about them at once instead of waiting silently
+_BLOCKED_REASONS = ("JobHeld", "Partition", "ReqNodeNotAvail", "BadConstraints", "Invalid", "DependencyNever")
 
 
 class JobFailed(VlaHydraError):
@@ -78,6 +83,9 @@ class WaitForAllJobs(BaseSubmititLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
         _check_cluster_settings(self.config)
+        wait = bool(OmegaConf.select(self.config, "cluster.wait", default=True))
+        if not wait:
+            _check_detached_submission(self.config, self._EXECUTOR)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"submitit '{self._EXECUTOR}': {len(job_overrides)} job(s), sweep dir {sweep_dir}")
@@ -99,8 +107,17 @@ class WaitForAllJobs(BaseSubmititLauncher):
             message = " ".join(str(err).split())
             print(f"error: cluster: the scheduler refused the job(s): {message}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
+        if not wait:
+            return self._detach(sweep_dir, numbers, job_overrides, jobs)
+        try:
+            return self._wait_for_all(sweep_dir, numbers, job_overrides, jobs)
+        except KeyboardInterrupt:
+            self._interrupted(sweep_dir, jobs)
+
+    def _wait_for_all(self, sweep_dir: Path, numbers: list[int], job_overrides, jobs) -> list[JobReturn]:
         returns: dict[int, JobReturn] = {}
         pending = dict(zip(numbers, zip(job_overrides, jobs, strict=True), strict=True))
+        queue_report = QueueReport()
         last_poll = time.monotonic()
         ended_since: dict[int, float] = {}
         # SLURM jobs only: local jobs are child processes that report their own state, and their
@@ -112,6 +129,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
             # back-off of up to a minute
             if watcher is not None and time.monotonic() - last_poll > STATUS_POLL_S:
                 watcher.update()
+                queue_report.update([job for _, job in pending.values()])
                 last_poll = time.monotonic()
             now = time.monotonic()
             for num, (_, job) in list(pending.items()):
@@ -127,6 +145,41 @@ class WaitForAllJobs(BaseSubmititLauncher):
             if pending:
                 time.sleep(0.5)
         return [returns[num] for num in numbers]
+
+    def _detach(self, sweep_dir: Path, numbers: list[int], job_overrides, jobs) -> list[JobReturn]:
+        """cluster.wait=false: the jobs are queued; this command ends like `sbatch` does."""
+        for num, job in zip(numbers, jobs, strict=True):
+            log.info(f"\t#{num} submitted: SLURM job {job.job_id}")
+        ids = " ".join(str(job.job_id) for job in jobs)
+        log.info(
+            f"{len(jobs)} job(s) queued, not waited for (cluster.wait=false). Watch: squeue -j "
+            f"{ids.replace(' ', ',')}; cancel: scancel {ids}; when they are done: "
+            f"python -m vla_hydra.report {sweep_dir}"
+        )
+        returns = []
+        for overrides in job_overrides:
+            returned = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+            returned.return_value = None
+            returns.append(returned)
+        return returns
+
+    def _interrupted(self, sweep_dir: Path, jobs: Sequence[Any]) -> None:
+        """Ctrl-C while waiting. SLURM jobs keep running (as after `sbatch`) and the user is told how to
+        follow or cancel them; local jobs are this command's children, so they are cancelled."""
+        unfinished = [job for job in jobs if not job.paths.result_pickle.exists()]
+        ids = " ".join(str(job.job_id) for job in unfinished)
+        if unfinished and _is_slurm_job(unfinished[0]):
+            message = (
+                f"interrupted: {len(unfinished)} SLURM job(s) of this sweep stay queued or running and write to "
+                f"{sweep_dir}; cancel them: scancel {ids}; summary when they are done: "
+                f"python -m vla_hydra.report {sweep_dir}"
+            )
+        else:
+            for job in unfinished:
+                job.cancel(check=False)
+            message = f"interrupted: cancelled {len(unfinished)} unfinished local job(s) of {sweep_dir}"
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(130)
 
     def _collect(self, num: int, overrides: Sequence[str], job: Any) -> JobReturn:
         # submitit waits 15 s for a missing result file (shared-filesystem lag) even when the scheduler
@@ -177,6 +230,75 @@ def _check_cluster_settings(config: Any) -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+
+
+def _check_detached_submission(config: Any, executor: str) -> None:
+    """cluster.wait=false only where jobs outlive this command and nothing needs their results now."""
+    problem = None
+    if executor != "slurm":
+        problem = "only with cluster=slurm (cluster=submitit_local jobs are children of this command)"
+    elif "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower():
+        problem = "an Optuna search (hparams_search=) needs each trial's result to propose the next"
+    if problem:
+        print(f"error: cluster.wait=false: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+
+
+class QueueReport:
+    """While a SLURM sweep waits: one line when the queue's picture changes (at most every QUEUE_REPORT_S)
+    and a warning, once per job, for a job whose pending reason will not clear by waiting."""
+
+    def __init__(self) -> None:
+        self.last_line = ""
+        self.last_time = -float("inf")
+        self.warned: set[str] = set()
+
+    def update(self, jobs: Sequence[Any]) -> None:
+        states = _queue_states([str(job.job_id) for job in jobs])
+        if not states:
+            return
+        for job_id, (state, reason) in sorted(states.items()):
+            if state == "PENDING" and reason.startswith(_BLOCKED_REASONS) and job_id not in self.warned:
+                self.warned.add(job_id)
+                log.warning(
+                    f"SLURM job {job_id} is pending with reason {reason}, which waiting does not clear "
+                    f"(see `scontrol show job {job_id}`); fix it with scontrol update or cancel it: "
+                    f"scancel {job_id}"
+                )
+        running = sum(state == "RUNNING" for state, _ in states.values())
+        reasons: dict[str, int] = {}
+        for state, reason in states.values():
+            if state == "PENDING":
+                reasons[reason] = reasons.get(reason, 0) + 1
+        waiting = ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items()))
+        line = f"waiting for {len(jobs)} job(s): {running} running, {sum(reasons.values())} pending" + (
+            f" ({waiting})" if waiting else ""
+        )
+        now = time.monotonic()
+        if line != self.last_line and now - self.last_time >= QUEUE_REPORT_S:
+            log.info(line)
+            self.last_line, self.last_time = line, now
+
+
+def _queue_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """{job id: (state, pending reason)} of the listed jobs still in SLURM's queue (array tasks one by one)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%r"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    states = {}
+    for row in out.splitlines():
+        job_id, state, reason = (row.split("|") + ["", ""])[:3]
+        if job_id.strip():
+            states[job_id.strip()] = (state.strip(), reason.strip())
+    return states
 
 
 def _is_slurm_job(job: Any) -> bool:
