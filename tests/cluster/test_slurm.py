@@ -73,7 +73,16 @@ def test_failing_job_reports_its_error_and_the_other_succeeds(slurm, pendulum_da
     assert proc.returncode != 0
     # the job's own one-line error reaches the user, naming the job and the bad option
     output = proc.stdout + proc.stderr
-    assert "#1 failed" in output and "error: env.id='NoSuchEnv-v0'" in output, output[-3000:]
+    assert "#1 failed (job " in output, output[-3000:]
+    # the command's last line is that error, not a traceback
+    last = proc.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("error: job #1 (cluster=slurm env.id=NoSuchEnv-v0 ")
+        and "Traceback" not in proc.stderr
+    )
+    assert (
+        last.split("SLURM/submitit id ")[1].split(": ", 1)[1].startswith("env.id='NoSuchEnv-v0': gymnasium")
+    )
     (sweep,) = sweep_dirs(tmp_path)
     assert json.loads((sweep / "0" / "results.json").read_text())["train_steps"] == 100
     assert not (sweep / "1" / "results.json").exists()

@@ -17,6 +17,7 @@ from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.errors import CompactHydraException
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
@@ -42,8 +43,9 @@ QUEUE_REPORT_S = 30.0
 _BLOCKED_REASONS = ("JobHeld", "Partition", "ReqNodeNotAvail", "BadConstraints", "Invalid", "DependencyNever")
 
 
-class JobFailed(VlaHydraError):
-    """A sweep job ended without a result."""
+class JobFailed(VlaHydraError, CompactHydraException):
+    """A sweep job ended without a result. Hydra prints a CompactHydraException as its message alone
+    (`error: job #1 (...): ...`), not as a traceback through its own sweep loop."""
 
 
 def job_error_line(job: Any, error: Exception) -> str:
@@ -110,9 +112,23 @@ class WaitForAllJobs(BaseSubmititLauncher):
         if not wait:
             return self._detach(sweep_dir, numbers, job_overrides, jobs)
         try:
-            return self._wait_for_all(sweep_dir, numbers, job_overrides, jobs)
+            returns = self._wait_for_all(sweep_dir, numbers, job_overrides, jobs)
         except KeyboardInterrupt:
             self._interrupted(sweep_dir, jobs)
+        failures = [r._return_value for r in returns if r.status != JobStatus.COMPLETED]
+        # Optuna's sweeper records a failed trial in its study before it re-raises: it gets the returns
+        if failures and "optuna" not in str(
+            OmegaConf.select(self.config, "hydra.sweeper._target_", default="")
+        ):
+            # every job has been waited for and named above; the command ends on the first failure's line
+            more = (
+                f" ({len(failures)} of {len(returns)} jobs failed, each named above)"
+                if len(failures) > 1
+                else ""
+            )
+            print(f"{failures[0]}{more}", file=sys.stderr, flush=True)
+            raise SystemExit(1)
+        return returns
 
     def _wait_for_all(self, sweep_dir: Path, numbers: list[int], job_overrides, jobs) -> list[JobReturn]:
         returns: dict[int, JobReturn] = {}
@@ -189,15 +205,23 @@ class WaitForAllJobs(BaseSubmititLauncher):
             returned = job.results()[0]
         except Exception as err:  # noqa: BLE001 - the job died before Hydra recorded a result
             returned = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
-            returned.return_value = JobFailed(
-                f"job #{num} ({' '.join(filter_overrides(overrides))}), SLURM/submitit id {job.job_id}: "
-                f"{job_error_line(job, err)}"
-            )
-        if returned.status == JobStatus.COMPLETED:
-            run_dir = OmegaConf.select(returned.hydra_cfg or {}, "hydra.runtime.output_dir", default="")
-            log.info(f"\t#{num} completed (job {job.job_id}): {run_dir}")
+            returned.return_value = err
+            reason = job_error_line(job, err).removeprefix("error: ")
         else:
-            log.error(f"\t#{num} failed (job {job.job_id}): {returned._return_value}")
+            if returned.status == JobStatus.COMPLETED:
+                run_dir = OmegaConf.select(returned.hydra_cfg or {}, "hydra.runtime.output_dir", default="")
+                log.info(f"\t#{num} completed (job {job.job_id}): {run_dir}")
+                return returned
+            # Hydra, inside the job, caught an exception of train() (not a user error: those exit with
+            # their own line): its type and first line; the traceback is in the job's stderr file
+            error = returned._return_value
+            reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+        failure = JobFailed(
+            f"error: job #{num} ({' '.join(filter_overrides(overrides))}), SLURM/submitit id {job.job_id}: {reason}"
+        )
+        failure.__cause__ = returned._return_value
+        returned.return_value = failure
+        log.error(f"\t#{num} failed (job {job.job_id}): {reason} (job log: {job.paths.stderr})")
         return returned
 
 
