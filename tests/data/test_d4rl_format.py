@@ -91,6 +91,10 @@ def test_buffer_samples_blocks_of_minibatches_from_the_data():
         ("reward_pairs", "rewards", "has shape (15, 2), expected (15,): one value per step"),
         ("next_obs_width", "next_observations", "has shape (15, 4), expected (15, 3)"),
         ("text_obs", "observations", "expected numbers"),
+        ("group_obs", "observations", "is a group; expected an array with one row per step"),
+        ("scalar_timeouts", "timeouts", "is a scalar; expected an array with one row per step"),
+        ("half_terminal", "terminals", "holds 0.5 at row 4; expected 0/1 flags"),
+        ("nan_timeout", "timeouts", "holds nan at row 2; expected 0/1 flags"),
     ],
 )
 def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, field, message):
@@ -122,9 +126,20 @@ def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, fi
             arrays["next_observations"] = np.concatenate([arrays["next_observations"]] * 2, axis=1)[:, :4]
         elif case == "text_obs":
             arrays["observations"] = arrays["observations"].astype("S8")
+        elif case == "half_terminal":  # float flags: 0.5 would silently count as a termination
+            arrays["terminals"] = arrays["terminals"].astype(np.float32)
+            arrays["terminals"][4] = 0.5
+        elif case == "nan_timeout":
+            arrays["timeouts"] = arrays["timeouts"].astype(np.float32)
+            arrays["timeouts"][2] = np.nan
         with h5py.File(path, "w") as f:
             for k, v in arrays.items():
-                f.create_dataset(k, data=v)
+                if case == "group_obs" and k == "observations":
+                    f.create_dataset("observations/state", data=v)
+                elif case == "scalar_timeouts" and k == "timeouts":
+                    f.create_dataset(k, data=np.bool_(True))
+                else:
+                    f.create_dataset(k, data=v)
     with pytest.raises(DatasetError) as err:
         read_d4rl_hdf5(path)
     text = str(err.value)

@@ -125,6 +125,37 @@ def test_missing_d4rl_file_error_lists_where_it_looked_and_how_to_get_it(tmp_pat
     assert str(tmp_path / "home" / ".d4rl" / "datasets" / "hopper_random-v2.hdf5") in str(err.value)
 
 
+def test_d4rl_file_by_path_is_named_after_its_file_and_must_be_evaluated_in_its_env(tmp_path):
+    """D4RL files record no env id: the dataset's name does (halfcheetah-...). HalfCheetah and Walker2d
+    share their shapes (17 obs, 6 actions), so only the name stops HalfCheetah data being trained and
+    scored (with Walker2d's reference returns) in Walker2d."""
+    from vla_hydra.envs.factory import EnvFactory
+
+    arrays = d4rl_arrays()
+    arrays["observations"] = np.repeat(arrays["observations"][:, :1], 17, axis=1)
+    arrays["next_observations"] = np.repeat(arrays["next_observations"][:, :1], 17, axis=1)
+    arrays["actions"] = np.repeat(arrays["actions"], 6, axis=1) * 0.5
+    path = write_d4rl_like(tmp_path / "halfcheetah_medium_replay-v2.hdf5", arrays)
+    dm = d4rl_datamodule(path=str(path))
+    assert dm.name == "halfcheetah-medium-replay-v2"
+    dm.setup("fit")
+    with pytest.raises(DatasetError) as err:
+        dm.check_compatible(EnvFactory(id="Walker2d-v5").spec())
+    assert str(err.value) == (
+        f"dataset {path}: D4RL dataset 'halfcheetah-medium-replay-v2' holds HalfCheetah data, but the policy "
+        "would be evaluated and scored in env Walker2d-v5; use env=halfcheetah"
+    )
+    dm.check_compatible(EnvFactory(id="HalfCheetah-v5").spec())
+    # neither a name nor a path: one line naming the key
+    with pytest.raises(ConfigError, match=r"^data.name: required for data=d4rl"):
+        d4rl_datamodule()
+    # a data.path that does not exist says how to obtain D4RL's file, not how to collect one
+    with pytest.raises(
+        DatasetError, match="file not found .data.path, D4RL dataset 'hopper-medium-v2'.; download"
+    ):
+        d4rl_datamodule("hopper-medium-v2", path=str(tmp_path / "absent.hdf5"))
+
+
 @pytest.mark.parametrize(
     "case,message",
     [

@@ -64,11 +64,14 @@ def read_d4rl_hdf5(
         raise DatasetError(path, None, "not an HDF5 file")
     try:
         with h5py.File(path, "r") as f:
-            for key in REQUIRED_KEYS:
-                if key not in f:
+            for key in (*REQUIRED_KEYS, "next_observations"):
+                if key not in f and key in REQUIRED_KEYS:
                     raise DatasetError(
                         path, key, f"missing required key (expected D4RL keys {', '.join(REQUIRED_KEYS)})"
                     )
+                if key in f and not (isinstance(f[key], h5py.Dataset) and f[key].ndim >= 1):
+                    found = "a group" if isinstance(f[key], h5py.Group) else "a scalar"
+                    raise DatasetError(path, key, f"is {found}; expected an array with one row per step")
             arrays = {key: f[key][()] for key in (*REQUIRED_KEYS, "next_observations") if key in f}
             # real D4RL files nest the behaviour policy's weights in sub-groups (metadata/policy/fc0/...):
             # only the group's own datasets are metadata here
@@ -104,6 +107,10 @@ def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray])
         if key in FLOAT_KEYS and not np.isfinite(value).all():
             bad = int(np.flatnonzero(~np.isfinite(value).reshape(n, -1).all(axis=1))[0])
             raise DatasetError(path, key, f"contains NaN or inf (first at row {bad})")
+        if key in ("terminals", "timeouts") and value.dtype != bool and not np.isin(value, (0, 1)).all():
+            # a float flag of 0.5 or NaN would silently count as true
+            bad = int(np.flatnonzero(~np.isin(value, (0, 1)))[0])
+            raise DatasetError(path, key, f"holds {value[bad]} at row {bad}; expected 0/1 flags (booleans)")
     if "next_observations" in arrays and arrays["next_observations"].shape != arrays["observations"].shape:
         raise DatasetError(
             path,
@@ -135,10 +142,30 @@ def d4rl_file_names(name: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def d4rl_name_from_file(path: str | os.PathLike) -> str:
+    """The dataset name of a D4RL file name (the inverse of d4rl_file_names):
+    hopper_medium_replay-v2.hdf5 -> hopper-medium-replay-v2."""
+    return Path(path).stem.replace("_", "-")
+
+
+# the gymnasium env a D4RL dataset's name starts with (its reference returns are the env's, conf/env/)
+D4RL_ENV_FAMILIES = {"hopper": "Hopper", "halfcheetah": "HalfCheetah", "walker2d": "Walker2d", "ant": "Ant"}
+
+
+def d4rl_env_family(name: str) -> str | None:
+    """`HalfCheetah` for halfcheetah-medium-v2; None for datasets of other envs (antmaze, pen, ...)."""
+    return D4RL_ENV_FAMILIES.get(name.split("-")[0].lower())
+
+
 def resolve_d4rl_path(name: str, path: str | os.PathLike | None = None) -> Path:
     """`path` if given, else the first existing D4RL file for `name`; the error lists where it looked."""
+    obtain = "download it on a machine with internet (d4rl.qlearning_dataset or the file from D4RL's dataset URLs)"
     if path:
-        return Path(path).expanduser()
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise DatasetError(path, None, f"file not found (data.path, D4RL dataset '{name}'); {obtain}")
+        return path
+    obtain += " into $D4RL_DATASET_DIR or ~/.d4rl/datasets, or pass data.path=<file>"
     candidates = [d / f for d in d4rl_search_dirs() for f in d4rl_file_names(name)]
     for candidate in candidates:
         if candidate.is_file():
@@ -146,7 +173,5 @@ def resolve_d4rl_path(name: str, path: str | os.PathLike | None = None) -> Path:
     raise DatasetError(
         candidates[0],
         None,
-        f"D4RL dataset '{name}' not found (looked for {', '.join(str(c) for c in candidates)}); download "
-        f"it on a machine with internet (d4rl.qlearning_dataset or the file from D4RL's dataset URLs) into "
-        f"$D4RL_DATASET_DIR or ~/.d4rl/datasets, or pass data.path=<file>",
+        f"D4RL dataset '{name}' not found (looked for {', '.join(str(c) for c in candidates)}); {obtain}",
     )

@@ -62,6 +62,8 @@ class OfflineDataModule(L.LightningDataModule):
         arrays_loader: for datasets that are not D4RL files (Minari, ...): a callable returning the same
             validated `(arrays, metadata)` as `read_d4rl_hdf5`, called in setup() instead of reading
             `path` (which then only names the dataset's location in errors and results).
+        env_family: the env the data must be evaluated in, by name without version (`Hopper`), for
+            files that do not record their env id (D4RL's own files; known from the dataset's name).
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class OfflineDataModule(L.LightningDataModule):
         segment_length: int | None = None,
         arrays_loader: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]] | None = None,
         cut_final_episode: str = "error",
+        env_family: str | None = None,
     ):
         super().__init__()
         if path is None or not str(path).strip():
@@ -91,6 +94,7 @@ class OfflineDataModule(L.LightningDataModule):
         self.segment_length = int(segment_length) if segment_length else None
         self.arrays_loader = arrays_loader
         self.cut_final_episode = cut_final_episode
+        self.env_family = env_family
         self.buffer = None  # TensorBuffer of transitions, or TrajectoryBuffer of segments
         self._file_actions: np.ndarray | None = None
         self.metadata: dict = {}
@@ -161,6 +165,15 @@ class OfflineDataModule(L.LightningDataModule):
     def check_compatible(self, spec) -> None:
         """Fail early, naming the field, when the file does not fit the env the policy is evaluated in."""
         obs_shape = self.observation_shape
+        if self.env_family and spec.env_id.split("-v")[0].lower() != self.env_family.lower():
+            from vla_hydra.envs.factory import env_choice_hint
+
+            raise DatasetError(
+                self.path,
+                None,
+                f"D4RL dataset '{self.name}' holds {self.env_family} data, but the policy would be evaluated "
+                f"and scored in env {spec.env_id}; use {env_choice_hint(f'{self.env_family}-v5')}",
+            )
         # the env the data came from, when the dataset records it, tells the user which env= to pick
         source = self.metadata.get("env_id")
         hint = ""
@@ -249,11 +262,21 @@ class OfflineDataModule(L.LightningDataModule):
         return DataLoader(blocks, batch_size=None, num_workers=0)
 
 
-def d4rl_datamodule(name: str, path: str | None = None, **kwargs) -> OfflineDataModule:
-    """`data=d4rl`: a D4RL dataset by name (hopper-medium-v2, ...) from the D4RL download dir or `path`."""
-    from vla_hydra.data.d4rl_format import resolve_d4rl_path
+def d4rl_datamodule(name: str | None = None, path: str | None = None, **kwargs) -> OfflineDataModule:
+    """`data=d4rl`: a D4RL dataset by name (hopper-medium-v2, ...) from the D4RL download dir or `path`;
+    with `path` alone the name is read from D4RL's file name (hopper_medium_replay-v2.hdf5). The name's
+    env (hopper -> Hopper) must be the env the policy is evaluated and scored in."""
+    from vla_hydra.data.d4rl_format import d4rl_env_family, d4rl_name_from_file, resolve_d4rl_path
 
-    return OfflineDataModule(path=str(resolve_d4rl_path(name, path)), name=name, **kwargs)
+    if not name and not path:
+        from vla_hydra.core.exceptions import ConfigError
+
+        raise ConfigError(
+            "data.name: required for data=d4rl, e.g. data.name=hopper-medium-v2 (or data.path=<file>)"
+        )
+    name = name or d4rl_name_from_file(path)
+    resolved = resolve_d4rl_path(name, path)
+    return OfflineDataModule(path=str(resolved), name=name, env_family=d4rl_env_family(name), **kwargs)
 
 
 def minari_datamodule(dataset_id: str, **kwargs) -> OfflineDataModule:
