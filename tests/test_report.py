@@ -198,6 +198,23 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
 
 
+def test_mixed_configurations_are_found_in_the_composed_configs_not_the_override_strings(tmp_path):
+    """Typing the default out (`data=alpha`) is the same experiment; a default changed in a yaml between
+    runs is not, though no override shows it."""
+    config = "seed: {seed}\npaths:\n  output_dir: /runs/{seed}\nalgo:\n  lr: {lr}\n  hidden: [64, 64]\n"
+    runs = [("0", ["seed=0"], "0.001"), ("1", ["seed=1", "data=alpha"], "0.001"), ("2", ["seed=2"], "0.0003")]
+    for name, overrides, lr in runs:
+        _write_run(tmp_path / name, "x", "alpha", int(name), -100.0, 50.0, overrides=overrides)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(config.format(seed=name, lr=lr))
+    notes = write_report([tmp_path / "0", tmp_path / "1"], out=tmp_path / "same").notes
+    assert not [n for n in notes if "differ" in n], notes
+    notes = write_report([tmp_path], out=tmp_path / "mixed").notes
+    assert (
+        "alpha / x: runs differ in more than the seed (algo.lr=0.001/0.0003); its mean ± std mixes "
+        in notes[0]
+    )
+
+
 def test_online_runs_are_grouped_by_their_env(tmp_path):
     for seed, ret in enumerate([-200.0, -180.0]):
         _write_run(tmp_path / str(seed), "sac", "online", seed, ret)

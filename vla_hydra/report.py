@@ -54,6 +54,7 @@ class Run:
     score: float | None
     history: list[dict[str, Any]]
     overrides: list[str] | None  # .hydra/overrides.yaml, None when the run dir has none
+    settings: dict[str, str] | None = None  # .hydra/config.yaml flattened to dotted keys, None without one
 
 
 @dataclass
@@ -144,6 +145,36 @@ def _read_overrides(run_dir: Path) -> list[str] | None:
     return overrides
 
 
+# keys of the composed config that differ between runs without making them different experiments
+_NOT_SETTINGS = ("seed", "ckpt_path", "paths.")
+
+
+def _read_settings(run_dir: Path) -> dict[str, str] | None:
+    """The run's composed config (.hydra/config.yaml) as {dotted key: value text}, interpolations
+    unresolved (so `${seed}` and `${paths.output_dir}` compare equal across runs); None if unreadable."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            key = prefix[:-1]
+            if not (key in _NOT_SETTINGS or key.startswith(_NOT_SETTINGS)):
+                flat[key] = json.dumps(node, default=str)
+
+    walk(config, "")
+    return flat
+
+
 def load_run(path: Path) -> Run:
     """Read and validate one results.json (and its run's overrides); bad files name the file and the problem."""
     try:
@@ -188,6 +219,7 @@ def load_run(path: Path) -> Run:
         score=_field(data, path, "normalized_score", "number", optional=True),
         history=history,
         overrides=_read_overrides(path.parent),
+        settings=_read_settings(path.parent),
     )
 
 
@@ -252,7 +284,17 @@ def sweep_commands(override_lists: Sequence[Sequence[str]]) -> list[str]:
 
 
 def varying_overrides(group: Group) -> dict[str, list[str]]:
-    """Overrides other than the seed whose values differ between a group's runs (a mixed group)."""
+    """Settings other than the seed whose values differ between a group's runs (a mixed group): compared
+    in the composed configs when every run has one (so `data=pendulum_mixed` typed out equals the
+    default), else in the override strings."""
+    if all(r.settings is not None for r in group.runs):
+        configs = [r.settings for r in group.runs]
+        keys = dict.fromkeys(k for c in configs for k in c)
+        return {
+            k: list(dict.fromkeys(c.get(k, "(unset)") for c in configs))
+            for k in keys
+            if len({c.get(k, "(unset)") for c in configs}) > 1
+        }
     values: dict[str, dict[str, None]] = {}
     known = [r.overrides for r in group.runs if r.overrides is not None]
     for overrides in known:

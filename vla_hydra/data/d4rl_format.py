@@ -159,7 +159,9 @@ def d4rl_env_family(name: str) -> str | None:
 
 def resolve_d4rl_path(name: str, path: str | os.PathLike | None = None) -> Path:
     """`path` if given, else the first existing D4RL file for `name`; the error lists where it looked."""
-    obtain = "download it on a machine with internet (d4rl.qlearning_dataset or the file from D4RL's dataset URLs)"
+    obtain = (
+        "download it on a machine with internet (d4rl.qlearning_dataset or the file from D4RL's dataset URLs)"
+    )
     if path:
         path = Path(path).expanduser()
         if not path.exists():
