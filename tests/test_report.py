@@ -204,11 +204,14 @@ def test_mixed_configurations_are_found_in_the_composed_configs_not_the_override
     config = "seed: {seed}\npaths:\n  output_dir: /runs/{seed}\nalgo:\n  lr: {lr}\n  hidden: [64, 64]\n"
     runs = [("0", ["seed=0"], "0.001"), ("1", ["seed=1", "data=alpha"], "0.001"), ("2", ["seed=2"], "0.0003")]
     for name, overrides, lr in runs:
-        _write_run(tmp_path / name, "x", "alpha", int(name), -100.0, 50.0, overrides=overrides)
+        history = _hist((0, -900, 10), (100, -100, 50)) if name == "0" else []
+        _write_run(tmp_path / name, "x", "alpha", int(name), -100.0, 50.0, history, overrides=overrides)
         (tmp_path / name / ".hydra" / "config.yaml").write_text(config.format(seed=name, lr=lr))
     notes = write_report([tmp_path / "0", tmp_path / "1"], out=tmp_path / "same").notes
     assert not [n for n in notes if "differ" in n], notes
     notes = write_report([tmp_path], out=tmp_path / "mixed").notes
+    # only run 0 has an eval history: its curve is not the table's 3 runs, and the report says so
+    assert "alpha / x: learning curve over 1 of its 3 runs (the others have no eval_history)" in notes
     assert (
         "alpha / x: runs differ in more than the seed (algo.lr=0.001/0.0003); its mean ± std mixes "
         in notes[0]

@@ -340,6 +340,11 @@ def learning_curves(groups: Sequence[Group]) -> tuple[dict[str, tuple[str, list[
                     f"{dataset} / {group.algo}: its runs share no evaluation step, no learning curve"
                 )
                 continue
+            if len(series) < len(group.runs):
+                notes.append(
+                    f"{dataset} / {group.algo}: learning curve over {len(series)} of its {len(group.runs)} runs "
+                    "(the others have no eval_history)"
+                )
             stats = [mean_std([s[step] for s in series]) for step in steps]
             stds = [sd for _, sd in stats]
             curves.append(
