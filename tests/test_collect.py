@@ -9,7 +9,7 @@ from tests.conftest import run_module
 from vla_hydra.data.d4rl_format import read_d4rl_hdf5
 
 
-def test_collect_cli_writes_mixed_quality_d4rl_file_and_refuses_to_overwrite(tmp_path):
+def test_collect_cli_writes_mixed_quality_d4rl_file_and_never_overwrites_another(tmp_path):
     out = tmp_path / "pendulum.hdf5"
     args = [
         "data.recipe.episodes=10",
@@ -32,9 +32,18 @@ def test_collect_cli_writes_mixed_quality_d4rl_file_and_refuses_to_overwrite(tmp
     assert returns[[4, 9]].mean() < returns[[0, 5]].mean()
 
     before = out.read_bytes()
+    # the same recipe again: nothing to redo (the default dataset after `make train`)
     again = run_module("vla_hydra.collect", *args)
-    assert again.returncode == 1
-    assert again.stderr.strip() == f"error: output={out}: file exists; pass overwrite=true to replace it"
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().endswith(
+        f"already collected: {out} (same data.recipe; overwrite=true collects it again)"
+    )
+    # another recipe into the same file: refused, the file kept
+    other = run_module("vla_hydra.collect", "data.recipe.episodes=20", *args[1:])
+    assert other.returncode == 1
+    assert other.stderr.strip() == (
+        f"error: output={out}: file exists (not from this data.recipe); pass overwrite=true to replace it"
+    )
     assert out.read_bytes() == before
 
 

@@ -277,6 +277,18 @@ def _data_choice(cfg: DictConfig) -> str:
     return str(cfg.data.get("name", "?"))
 
 
+def _stored_fingerprint(path: Path) -> str | None:
+    """The recipe fingerprint a vla_hydra.collect file records, None for any other file."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            value = f["metadata/recipe_fingerprint"][()] if "metadata/recipe_fingerprint" in f else None
+    except OSError:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def collect(cfg: DictConfig) -> dict[str, Any]:
     from vla_hydra.core.exceptions import ConfigError
     from vla_hydra.core.runtime import set_torch_threads
@@ -297,9 +309,15 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(
             f"output={output}: a directory; expected a file path, e.g. {output / 'dataset.hdf5'}"
         )
-    if output.exists() and not cfg.overwrite:
-        raise ConfigError(f"output={output}: file exists; pass overwrite=true to replace it")
     recipe = hydra.utils.instantiate(cfg.data.recipe)
+    if output.exists() and not cfg.overwrite:
+        if _stored_fingerprint(output) == recipe.fingerprint():
+            # e.g. the default dataset, already collected by the first `make train`: nothing to redo
+            print(f"already collected: {output} (same data.recipe; overwrite=true collects it again)")
+            return {"path": str(output), "collected": False}
+        raise ConfigError(
+            f"output={output}: file exists (not from this data.recipe); pass overwrite=true to replace it"
+        )
     summary = collect_dataset(recipe, output)
     print(
         f"wrote {summary['path']}: {summary['transitions']} transitions, {summary['episodes']} episodes, "
