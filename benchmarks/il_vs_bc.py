@@ -7,7 +7,7 @@ For each seed, an expert dataset of `--episodes` noiseless episodes of the Pendu
     GAIL:   algo=gail  on the same N transitions, --gail-steps env steps of its own (env reward unused)
 each through `python -m vla_hydra.train`, evaluated on the same held-out episodes (eval.seed, --eval-episodes).
 
-    python benchmarks/il_vs_bc.py [--seeds 0 1 2] [--episodes 5] [--gail-steps 50000] [--out /tmp/il_vs_bc]
+    python benchmarks/il_vs_bc.py [--seeds 0 1 2] [--episodes 5] [--gail-steps 100000] [--out /tmp/il_vs_bc]
 
 Prints one JSON line per run (appended to benchmarks/results/il_vs_bc.jsonl) and a markdown table.
 """
@@ -75,7 +75,7 @@ def main() -> None:
         "--episodes", type=int, default=5, help="expert episodes (N = 200 x episodes samples)"
     )
     parser.add_argument("--bc-updates", type=int, default=5000)
-    parser.add_argument("--gail-steps", type=int, default=50_000)
+    parser.add_argument("--gail-steps", type=int, default=100_000)
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--algos", nargs="+", default=["bc", "dagger", "gail"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/il_vs_bc"))
