@@ -94,3 +94,48 @@ def test_submitit_local_sweep_waits_for_jobs_longer_than_a_status_poll(tmp_path,
     )  # fmt: skip
     assert [r["seed"] for r in results] == [0, 1]
     assert all(r["train_steps"] == 100 for r in results)
+
+
+def test_ctrl_c_on_a_submitit_local_sweep_cancels_its_job_processes(tmp_path, data_dir):
+    """Local jobs are this command's children: Ctrl-C ends them too, and says so (exit 130)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "vla_hydra.train", "-m", "cluster=submitit_local", "seed=0,1",
+           "trainer.max_steps=1000000", "callbacks.policy_eval=null", f"paths.data_dir={data_dir}",
+           f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def job_processes() -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            if any(str(sweep) in part for part in (p.info["cmdline"] or [])) and p.pid != proc.pid:
+                found.append(p)
+        return found
+
+    try:
+        deadline = time.monotonic() + 120
+        while not all((sweep / str(i) / "train.log").is_file() for i in (0, 1)):
+            assert time.monotonic() < deadline, "the jobs did not start"
+            time.sleep(0.5)
+        assert job_processes()
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130, output[-2000:]
+        assert (
+            output.strip().splitlines()[-1] == f"interrupted: cancelled 2 unfinished local job(s) of {sweep}"
+        )
+        deadline = time.monotonic() + 60
+        while job_processes():
+            assert time.monotonic() < deadline, f"job processes left running: {job_processes()}"
+            time.sleep(0.5)
+        assert not list(sweep.glob("*/results.json"))
+    finally:
+        proc.kill()
+        for p in job_processes():
+            p.kill()

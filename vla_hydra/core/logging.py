@@ -26,6 +26,11 @@ def get_logger(name: str) -> logging.Logger:
     return logger
 
 
+class _DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
 def silence_known_warnings() -> None:
     """Lightning warnings and duplicate log output that do not apply to how vla_hydra trains (checked, intended behaviour)."""
     import warnings
@@ -41,6 +46,11 @@ def silence_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     # A resumed run writes into its own new run dir, not the one its checkpoint came from (intended).
     warnings.filterwarnings("ignore", message=".*The dirpath has changed from.*")
+    # Lightning's "💡 Tip: ... try installing litlogger/litmodels" adverts on every Trainer: not advice
+    # that applies to a vla_hydra run (its loggers and checkpoints are chosen in conf/)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLightningTips())
     # `lightning` installs its own console handler and also propagates to the root logger: under Hydra
     # (root already configured) every Lightning message would print twice.
     root = logging.getLogger()
