@@ -193,6 +193,11 @@ class WaitForAllJobs(BaseSubmititLauncher):
         else:
             for job in unfinished:
                 job.cancel(check=False)
+            for job in unfinished:  # let them end (and print whatever they print on SIGINT) before our line
+                try:
+                    job._process.wait(timeout=30)
+                except Exception:  # noqa: BLE001 - no process handle, or it outlived the wait: still report
+                    pass
             message = f"interrupted: cancelled {len(unfinished)} unfinished local job(s) of {sweep_dir}"
         print(message, file=sys.stderr, flush=True)
         raise SystemExit(130)
