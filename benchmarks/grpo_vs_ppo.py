@@ -35,15 +35,16 @@ SETUPS = {
     "pendulum": [("PPO", "ppo_continuous", 640), ("GRPO", "grpo", 160)],
 }
 ENV_TITLES = {"cartpole": "CartPole-v1", "pendulum": "Pendulum-v1"}
-# what the measured curves showed (2026-11-25, seeds 0-2, 200k steps each); revisit after a rerun
+# what the measured curves showed (2026-11-26, seeds 0-2, 200k steps each); revisit after a rerun
 READING = [
-    "Reading (2026-11-25 measurement): both learn both tasks. On CartPole GRPO trails PPO until ~120k",
+    "Reading (2026-11-26 measurement): both learn both tasks. On CartPole GRPO trails PPO until ~120k",
     "steps (one return per episode, given to every one of its steps, is a noisier signal than PPO's",
     "per-step GAE advantages); from ~140k both are within noise of each other near 490 (at 200k: PPO",
-    "484.7 ± 11.0, GRPO 482.0 ± 22.7). On Pendulum PPO's learned critic pays off: it is at about -250",
-    "after 60k steps, GRPO only after ~160k; both end near -200. GRPO's wall time is a fraction of",
-    "PPO's here: no critic, fewer gradient updates per env step (Pendulum: 160 per 6400 steps vs PPO's",
-    "320 per 2048), and its 32 envs are stepped in lock-step with one batched policy call per step.",
+    "493.1 ± 4.9, GRPO 482.0 ± 22.7). On Pendulum PPO's learned critic pays off: it is at about -240",
+    "after 80k steps, GRPO only near the end (-318.9 ± 144.7 at 160k, -219.3 ± 16.0 at 200k); at",
+    "200k PPO is at -193.1 ± 7.3. GRPO's wall time is a fraction of PPO's here: no",
+    "critic, fewer gradient updates per env step (Pendulum: 160 per 6400 steps vs PPO's 320 per 2048),",
+    "and its 32 envs are stepped in lock-step with one batched policy call per step.",
 ]
 
 
