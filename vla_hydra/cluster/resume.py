@@ -10,6 +10,7 @@ what training consumed.
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from itertools import islice
 from pathlib import Path
@@ -164,6 +165,11 @@ class ResumeState(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = state_dict
         self.batches_consumed = int(state_dict["batches_consumed"])
+        # Lightning then warns that a mid-epoch resume with a non-resumable dataloader is unreliable: this
+        # callback positions the sampler itself (on_train_start), so the stream continues exactly
+        warnings.filterwarnings(
+            "ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*"
+        )
 
     def on_train_start(self, trainer, pl_module) -> None:
         # before the loop's first fetch: the sampler still sits at its seed
