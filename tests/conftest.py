@@ -22,10 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 
 
-def compose_config(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+def compose_config(
+    config_name: str = "train", overrides: list[str] | None = None, return_hydra_config: bool = False
+) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
+        return compose(
+            config_name=config_name, overrides=overrides or [], return_hydra_config=return_hydra_config
+        )
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -210,12 +210,31 @@ def test_mixed_configurations_are_found_in_the_composed_configs_not_the_override
     notes = write_report([tmp_path / "0", tmp_path / "1"], out=tmp_path / "same").notes
     assert not [n for n in notes if "differ" in n], notes
     notes = write_report([tmp_path], out=tmp_path / "mixed").notes
-    # only run 0 has an eval history: its curve is not the table's 3 runs, and the report says so
-    assert "alpha / x: learning curve over 1 of its 3 runs (the others have no eval_history)" in notes
     assert (
         "alpha / x: runs differ in more than the seed (algo.lr=0.001/0.0003); its mean ± std mixes "
         in notes[0]
     )
+    # only run 0 has an eval history: its curve is not the table's 3 runs, and the report says so
+    assert "alpha / x: learning curve over 1 of its 3 runs (the others have no eval_history)" in notes
+
+
+def test_where_a_run_was_launched_and_newer_config_keys_do_not_make_it_another_experiment(tmp_path):
+    local = "seed: {seed}\ntrainer:\n  devices: 1\nalgo:\n  lr: 0.001\ncluster:\n  auto_resume: false\n"
+    slurm = (
+        "seed: {seed}\ntrainer:\n  devices: ${{cluster.tasks_per_node}}\n  plugins: [x]\nalgo:\n  lr: 0.001\n"
+        "cluster:\n  auto_resume: true\n  wait: true\ncallbacks:\n  preemption: {{a: 1}}\ndata:\n  cut: error\n"
+    )
+    for seed, (config, overrides) in enumerate([(local, ["seed=0"]), (slurm, ["seed=1", "cluster=slurm"])]):
+        _write_run(tmp_path / str(seed), "x", "alpha", seed, -100.0, 50.0, overrides=overrides)
+        (tmp_path / str(seed) / ".hydra" / "config.yaml").write_text(config.format(seed=seed))
+    assert not [n for n in write_report([tmp_path], out=tmp_path / "r1").notes if "differ" in n]
+    # a key only one run has, set on its command line, is a real difference
+    _write_run(tmp_path / "2", "x", "alpha", 2, -100.0, 50.0, overrides=["seed=2", "+algo.extra=3"])
+    extra = local.replace("  lr: 0.001\n", "  lr: 0.001\n  extra: 3\n")
+    (tmp_path / "2" / ".hydra" / "config.yaml").write_text(extra.format(seed=2))
+    notes = write_report([tmp_path], out=tmp_path / "r2").notes
+    assert "alpha / x: runs differ in more than the seed (cluster.auto_resume" not in " ".join(notes)
+    assert any("runs differ in more than the seed (algo.extra=(unset)/3)" in n for n in notes), notes
 
 
 def test_online_runs_are_grouped_by_their_env(tmp_path):

@@ -145,8 +145,17 @@ def _read_overrides(run_dir: Path) -> list[str] | None:
     return overrides
 
 
-# keys of the composed config that differ between runs without making them different experiments
-_NOT_SETTINGS = ("seed", "ckpt_path", "paths.")
+# keys of the composed config that differ between runs without making them different experiments:
+# where a run was launched (cluster=, its launcher plugins and pre-emption callbacks) and its paths
+_NOT_SETTINGS = (
+    "seed",
+    "ckpt_path",
+    "paths.",
+    "cluster.",
+    "trainer.plugins",
+    "callbacks.preemption",
+    "callbacks.resume_state",
+)
 
 
 def _read_settings(run_dir: Path) -> dict[str, str] | None:
@@ -289,12 +298,18 @@ def varying_overrides(group: Group) -> dict[str, list[str]]:
     default), else in the override strings."""
     if all(r.settings is not None for r in group.runs):
         configs = [r.settings for r in group.runs]
-        keys = dict.fromkeys(k for c in configs for k in c)
-        return {
-            k: list(dict.fromkeys(c.get(k, "(unset)") for c in configs))
-            for k in keys
-            if len({c.get(k, "(unset)") for c in configs}) > 1
-        }
+        overridden = {_split(o)[0].lstrip("+~") for r in group.runs for o in (r.overrides or [])}
+        varying = {}
+        for key in dict.fromkeys(k for c in configs for k in c):
+            # interpolations (${cluster.nodes}) are not values; a key only some runs have comes from a
+            # newer conf/ unless a run set it on the command line
+            values = [c.get(key, "(unset)") for c in configs]
+            literal = dict.fromkeys(v for v in values if "${" not in v)
+            if "(unset)" in literal and key not in overridden:
+                del literal["(unset)"]
+            if len(literal) > 1:
+                varying[key] = list(literal)
+        return varying
     values: dict[str, dict[str, None]] = {}
     known = [r.overrides for r in group.runs if r.overrides is not None]
     for overrides in known:

@@ -267,3 +267,20 @@ def test_generated_files_are_scored_with_the_envs_published_references(tmp_path)
         datamodule = OfflineDataModule(str(path))
         datamodule.setup()
         assert datamodule.reference_returns(env_refs) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "name,family",
+    [
+        ("hopper-medium-replay-v2", "Hopper"),
+        ("halfcheetah_medium-v2", "HalfCheetah"),  # the file-name spelling
+        ("walker2d-full-replay-v2", "Walker2d"),
+        ("antmaze-umaze-v2", None),
+        ("Ant-maze-u-maze-noisy-multistart-False-multigoal-False-sparse", None),  # AntMaze's file name
+        ("pen-human-v1", None),
+    ],
+)
+def test_the_env_a_d4rl_dataset_name_belongs_to(name, family):
+    from vla_hydra.data.d4rl_format import d4rl_env_family
+
+    assert d4rl_env_family(name) == family

@@ -38,9 +38,21 @@ REQUEUE_SETTLE_S = 8.0
 _EXECUTOR_KEYS = {"max_num_timeout"}
 # at most one "waiting for N job(s): ..." line per this many seconds (and only when the queue changed)
 QUEUE_REPORT_S = 30.0
-# SLURM pending reasons that do not clear by waiting (held, a limit the request exceeds, a partition or
-# node that is down, an unknown account/QOS): the user hears about them at once instead of waiting silently
-_BLOCKED_REASONS = ("JobHeld", "Partition", "ReqNodeNotAvail", "BadConstraints", "Invalid", "DependencyNever")
+# SLURM pending reasons under which a job does not start until something changes (held, a partition/QOS/
+# association limit the request exceeds, a node down or reserved, an unknown account/QOS): the user hears
+# about them at once instead of waiting silently. "Resources" and "Priority" are the normal waits.
+_BLOCKED_PREFIXES = ("JobHeld", "Partition", "ReqNodeNotAvail", "NodeDown", "BadConstraints", "Invalid")
+_BLOCKED_PREFIXES += ("DependencyNever",)
+
+
+def blocked_reason(reason: str) -> bool:
+    return reason.startswith(_BLOCKED_PREFIXES) or "PerJob" in reason  # QOSMaxCpuPerJobLimit, AssocMax...
+
+
+def sweeper_needs_results(config: Any) -> bool:
+    """An Optuna search (hparams_search=*_optuna) proposes trials from earlier results and records failed
+    trials itself: its launcher must hand back every result, failures included, and wait for them."""
+    return "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower()
 
 
 class JobFailed(VlaHydraError, CompactHydraException):
@@ -111,15 +123,10 @@ class WaitForAllJobs(BaseSubmititLauncher):
             raise SystemExit(1) from None
         if not wait:
             return self._detach(sweep_dir, numbers, job_overrides, jobs)
-        try:
-            returns = self._wait_for_all(sweep_dir, numbers, job_overrides, jobs)
-        except KeyboardInterrupt:
-            self._interrupted(sweep_dir, jobs)
+        returns = self._wait_for_all(sweep_dir, numbers, job_overrides, jobs)
         failures = [r._return_value for r in returns if r.status != JobStatus.COMPLETED]
         # Optuna's sweeper records a failed trial in its study before it re-raises: it gets the returns
-        if failures and "optuna" not in str(
-            OmegaConf.select(self.config, "hydra.sweeper._target_", default="")
-        ):
+        if failures and not sweeper_needs_results(self.config):
             # every job has been waited for and named above; the command ends on the first failure's line
             more = (
                 f" ({len(failures)} of {len(returns)} jobs failed, each named above)"
@@ -133,12 +140,19 @@ class WaitForAllJobs(BaseSubmititLauncher):
     def _wait_for_all(self, sweep_dir: Path, numbers: list[int], job_overrides, jobs) -> list[JobReturn]:
         returns: dict[int, JobReturn] = {}
         pending = dict(zip(numbers, zip(job_overrides, jobs, strict=True), strict=True))
-        queue_report = QueueReport()
-        last_poll = time.monotonic()
-        ended_since: dict[int, float] = {}
         # SLURM jobs only: local jobs are child processes that report their own state, and their
         # watcher has no scheduler to ask (its update() raises NotImplementedError)
         watcher = getattr(jobs[0], "watcher", None) if _is_slurm_job(jobs[0]) else None
+        try:
+            self._wait_loop(pending, returns, watcher)
+        except KeyboardInterrupt:
+            self._interrupted(sweep_dir, [job for _, job in pending.values()])
+        return [returns[num] for num in numbers]
+
+    def _wait_loop(self, pending: dict, returns: dict, watcher: Any) -> None:
+        queue_report = QueueReport()
+        last_poll = time.monotonic()
+        ended_since: dict[int, float] = {}
         while pending:
             # a finished job is seen from its result file; one that died without one only from the
             # scheduler: ask it (one sacct call for all jobs) every STATUS_POLL_S instead of submitit's
@@ -160,7 +174,6 @@ class WaitForAllJobs(BaseSubmititLauncher):
                     returns[num] = self._collect(num, overrides, job)
             if pending:
                 time.sleep(0.5)
-        return [returns[num] for num in numbers]
 
     def _detach(self, sweep_dir: Path, numbers: list[int], job_overrides, jobs) -> list[JobReturn]:
         """cluster.wait=false: the jobs are queued; this command ends like `sbatch` does."""
@@ -179,12 +192,14 @@ class WaitForAllJobs(BaseSubmititLauncher):
             returns.append(returned)
         return returns
 
-    def _interrupted(self, sweep_dir: Path, jobs: Sequence[Any]) -> None:
-        """Ctrl-C while waiting. SLURM jobs keep running (as after `sbatch`) and the user is told how to
-        follow or cancel them; local jobs are this command's children, so they are cancelled."""
-        unfinished = [job for job in jobs if not job.paths.result_pickle.exists()]
+    def _interrupted(self, sweep_dir: Path, unfinished: Sequence[Any]) -> None:
+        """Ctrl-C while waiting for `unfinished` (the jobs not yet reported). SLURM jobs keep running (as
+        after `sbatch`) and the user is told how to follow or cancel them; local jobs are this command's
+        children, so they are cancelled."""
         ids = " ".join(str(job.job_id) for job in unfinished)
-        if unfinished and _is_slurm_job(unfinished[0]):
+        if not unfinished:
+            message = f"interrupted: every job of this sweep had ended; results in {sweep_dir}"
+        elif self._EXECUTOR == "slurm":
             message = (
                 f"interrupted: {len(unfinished)} SLURM job(s) of this sweep stay queued or running and write to "
                 f"{sweep_dir}; cancel them: scancel {ids}; summary when they are done: "
@@ -193,11 +208,11 @@ class WaitForAllJobs(BaseSubmititLauncher):
         else:
             for job in unfinished:
                 job.cancel(check=False)
-            for job in unfinished:  # let them end (and print whatever they print on SIGINT) before our line
-                try:
+            try:  # let them end (and print whatever they print on SIGINT) before our line
+                for job in unfinished:
                     job._process.wait(timeout=30)
-                except Exception:  # noqa: BLE001 - no process handle, or it outlived the wait: still report
-                    pass
+            except (Exception, KeyboardInterrupt):  # noqa: BLE001 - no handle, too slow, or Ctrl-C again
+                pass
             message = f"interrupted: cancelled {len(unfinished)} unfinished local job(s) of {sweep_dir}"
         print(message, file=sys.stderr, flush=True)
         raise SystemExit(130)
@@ -266,7 +281,7 @@ def _check_detached_submission(config: Any, executor: str) -> None:
     problem = None
     if executor != "slurm":
         problem = "only with cluster=slurm (cluster=submitit_local jobs are children of this command)"
-    elif "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower():
+    elif sweeper_needs_results(config):
         problem = "an Optuna search (hparams_search=) needs each trial's result to propose the next"
     if problem:
         print(f"error: cluster.wait=false: {problem}", file=sys.stderr, flush=True)
@@ -275,7 +290,8 @@ def _check_detached_submission(config: Any, executor: str) -> None:
 
 class QueueReport:
     """While a SLURM sweep waits: one line when the queue's picture changes (at most every QUEUE_REPORT_S)
-    and a warning, once per job, for a job whose pending reason will not clear by waiting."""
+    and a warning, once per job and one line per reason, for jobs whose pending reason keeps them from
+    starting until something changes."""
 
     def __init__(self) -> None:
         self.last_line = ""
@@ -286,14 +302,22 @@ class QueueReport:
         states = _queue_states([str(job.job_id) for job in jobs])
         if not states:
             return
+        blocked: dict[str, list[str]] = {}  # reason -> job ids not warned about yet: one line per reason
         for job_id, (state, reason) in sorted(states.items()):
-            if state == "PENDING" and reason.startswith(_BLOCKED_REASONS) and job_id not in self.warned:
+            if state == "PENDING" and blocked_reason(reason) and job_id not in self.warned:
                 self.warned.add(job_id)
-                log.warning(
-                    f"SLURM job {job_id} is pending with reason {reason}, which waiting does not clear "
-                    f"(see `scontrol show job {job_id}`); fix it with scontrol update or cancel it: "
-                    f"scancel {job_id}"
-                )
+                blocked.setdefault(reason, []).append(job_id)
+        for reason, ids in blocked.items():
+            shown = " ".join(ids[:8]) + (f" ... ({len(ids)} jobs)" if len(ids) > 8 else "")
+            fix = (
+                f"release it: scontrol release {' '.join(ids)}"
+                if reason.startswith("JobHeld")
+                else "change the request (scontrol update)"
+            )
+            log.warning(
+                f"SLURM job {shown} pending with reason {reason}: it will not start until that changes "
+                f"(scontrol show job {ids[0]}); {fix}, or cancel: scancel {' '.join(ids)}"
+            )
         running = sum(state == "RUNNING" for state, _ in states.values())
         reasons: dict[str, int] = {}
         for state, reason in states.values():

@@ -9,6 +9,7 @@ reference returns).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +153,17 @@ def d4rl_name_from_file(path: str | os.PathLike) -> str:
 D4RL_ENV_FAMILIES = {"hopper": "Hopper", "halfcheetah": "HalfCheetah", "walker2d": "Walker2d", "ant": "Ant"}
 
 
+# D4RL's locomotion datasets: <env>-<quality>-v<N> (hopper-medium-replay-v2, walker2d-expert-v0, ...)
+_LOCOMOTION_NAME = re.compile(
+    r"(?P<env>hopper|halfcheetah|walker2d|ant)-(random|medium|expert|medium-replay|medium-expert|full-replay)-v\d+"
+)
+
+
 def d4rl_env_family(name: str) -> str | None:
-    """`HalfCheetah` for halfcheetah-medium-v2; None for datasets of other envs (antmaze, pen, ...)."""
-    return D4RL_ENV_FAMILIES.get(name.split("-")[0].lower())
+    """`HalfCheetah` for halfcheetah-medium-v2 (also spelt as its file, halfcheetah_medium-v2); None for
+    other datasets (antmaze, pen, ..., and AntMaze's own file names such as Ant_maze_u-maze_...)."""
+    match = _LOCOMOTION_NAME.fullmatch(name.lower().replace("_", "-"))
+    return D4RL_ENV_FAMILIES[match["env"]] if match else None
 
 
 def resolve_d4rl_path(name: str, path: str | os.PathLike | None = None) -> Path:

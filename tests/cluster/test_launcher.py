@@ -1,0 +1,65 @@
+"""The cluster launcher's pieces that need no scheduler: which pending reasons are reported at once, the
+grouping of those reports, and which sweepers must get every result back."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.conftest import compose_config
+from vla_hydra.cluster import launcher
+
+
+@pytest.mark.parametrize(
+    "reason,blocked",
+    [
+        ("JobHeldUser", True),
+        ("PartitionTimeLimit", True),
+        ("QOSMaxWallDurationPerJobLimit", True),
+        ("AssocMaxCpuPerJobLimit", True),
+        ("ReqNodeNotAvail, UnavailableNodes:node3", True),
+        ("NodeDown", True),
+        ("InvalidAccount", True),
+        ("Resources", False),  # the normal waits
+        ("Priority", False),
+        ("BeginTime", False),  # a requeued job's short hold
+        ("None", False),
+    ],
+)
+def test_pending_reasons_that_keep_a_job_from_starting(reason, blocked):
+    assert launcher.blocked_reason(reason) is blocked
+
+
+class _Job:
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+
+
+def test_blocked_jobs_are_reported_once_in_one_line_per_reason(monkeypatch, caplog):
+    queue = {f"7_{i}": ("PENDING", "PartitionTimeLimit") for i in range(10)}
+    queue |= {"8": ("PENDING", "JobHeldUser"), "9": ("RUNNING", "None"), "10": ("PENDING", "Resources")}
+    monkeypatch.setattr(launcher, "_queue_states", lambda ids: {i: queue[i] for i in ids if i in queue})
+    jobs = [_Job(i) for i in queue]
+    report = launcher.QueueReport()
+    with caplog.at_level(logging.INFO, logger=launcher.__name__):
+        report.update(jobs)
+        report.update(jobs)  # the same picture again: nothing new to say
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    limit = next(w for w in warnings if "PartitionTimeLimit" in w)
+    assert limit.startswith("SLURM job 7_0 7_1 7_2 7_3 7_4 7_5 7_6 7_7 ... (10 jobs) pending with reason")
+    assert limit.endswith("scancel " + " ".join(f"7_{i}" for i in range(10)))
+    held = next(w for w in warnings if "JobHeldUser" in w)
+    assert "release it: scontrol release 8" in held
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert infos == [
+        "waiting for 13 job(s): 1 running, 12 pending (JobHeldUser: 1, PartitionTimeLimit: 10, Resources: 1)"
+    ]
+
+
+def test_an_optuna_search_gets_every_result_back_and_a_grid_sweep_does_not():
+    optuna = compose_config("train", ["hparams_search=bc_optuna", "cluster=slurm"], return_hydra_config=True)
+    assert launcher.sweeper_needs_results(optuna)
+    grid = compose_config("train", ["hparams_search=bc_lr_grid", "cluster=slurm"], return_hydra_config=True)
+    assert not launcher.sweeper_needs_results(grid)
