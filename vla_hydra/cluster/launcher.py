@@ -41,8 +41,15 @@ QUEUE_REPORT_S = 30.0
 # SLURM pending reasons under which a job does not start until something changes (held, a partition/QOS/
 # association limit the request exceeds, a node down or reserved, an unknown account/QOS): the user hears
 # about them at once instead of waiting silently. "Resources" and "Priority" are the normal waits.
-_BLOCKED_PREFIXES = ("JobHeld", "Partition", "ReqNodeNotAvail", "NodeDown", "BadConstraints", "Invalid")
-_BLOCKED_PREFIXES += ("DependencyNever",)
+_BLOCKED_PREFIXES = (
+    "JobHeld",
+    "Partition",
+    "ReqNodeNotAvail",
+    "NodeDown",
+    "BadConstraints",
+    "Invalid",
+    "DependencyNever",
+)
 
 
 def blocked_reason(reason: str) -> bool:

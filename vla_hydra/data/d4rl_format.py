@@ -155,7 +155,7 @@ D4RL_ENV_FAMILIES = {"hopper": "Hopper", "halfcheetah": "HalfCheetah", "walker2d
 
 # D4RL's locomotion datasets: <env>-<quality>-v<N> (hopper-medium-replay-v2, walker2d-expert-v0, ...)
 _LOCOMOTION_NAME = re.compile(
-    r"(?P<env>hopper|halfcheetah|walker2d|ant)-(random|medium|expert|medium-replay|medium-expert|full-replay)-v\d+"
+    rf"(?P<env>{'|'.join(D4RL_ENV_FAMILIES)})-(random|medium|expert|medium-replay|medium-expert|full-replay)-v\d+"
 )
 
 
