@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from omegaconf import DictConfig
@@ -83,3 +85,102 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
         except CheckpointError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
+
+
+# -- Hydra's own errors (composing the config, parsing overrides) --------------------------------------
+# Hydra prints these over several lines (the override, a hint, OmegaConf's key/type block, the config
+# search path, a HYDRA_FULL_ERROR note). The entry points print them as one `error:` line instead.
+
+
+def hydra_error_line(err: BaseException) -> str | None:
+    """One line for an error Hydra raised while composing the config or parsing the command line; None
+    for anything else (the job's own errors, bugs)."""
+    from hydra.errors import (
+        CompactHydraException,
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import OmegaConfBaseException
+
+    from vla_hydra.core.exceptions import VlaHydraError
+
+    if isinstance(err, VlaHydraError) or not isinstance(err, CompactHydraException):
+        return None  # vla_hydra's errors are one line already (cluster JobFailed: `error: job #1 ...`)
+    text = str(err)
+    if isinstance(err, MissingConfigException) and err.options is not None:
+        group, _, choice = str(err.missing_cfg_file).rpartition("/")
+        return f"{group}={choice}: no such choice; {group}= choices: {', '.join(err.options)}"
+    if isinstance(err, OverrideParseException):
+        problem = text.splitlines()[0] if text else "syntax error"
+        return (
+            f"{err.override}: cannot parse this override ({problem}; "
+            "see https://hydra.cc/docs/advanced/override_grammar/basic/)"
+        )
+    if isinstance(err, ConfigCompositionException):
+        appended = re.search(r"To append to your config use \+(\S+)", text)
+        cause = err.__cause__
+        if appended and isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+            return _unknown_key_line(appended.group(1), cause)
+        ambiguous = re.match(r"Ambiguous value for argument '([^=]+)=(.*)'", text)
+        if ambiguous:
+            key, value = ambiguous.groups()
+            return (
+                f"{key}={value}: a comma-separated value; add -m (--multirun) to sweep over it, "
+                f"or write {key}=[{value}] for a list"
+            )
+    return " ".join(text.split())
+
+
+def _unknown_key_line(override: str, cause: Any) -> str:
+    """`algo.lrr=1: algo (vla_hydra.algos.bc.BC) has no option 'lrr'; did you mean algo.lr=1?`: the
+    closest existing key of the same node, with the value the user gave."""
+    import difflib
+
+    value = override.split("=", 1)[1] if "=" in override else ""
+    parent, _, key = str(cause.full_key).rpartition(".")
+    node = getattr(cause, "parent_node", None)
+    known = [k for k in (node.keys() if node is not None else []) if isinstance(k, str) and k != "hydra"]
+    target = node.get("_target_") if node is not None else None
+    where = (parent or "the config") + (f" ({target})" if isinstance(target, str) else "")
+    line = f"{override}: {where} has no option '{key}'"
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        line += f"; did you mean {f'{parent}.' if parent else ''}{close[0]}={value}?"
+    if target is None:  # a new key in a node that builds an object would only fail in its constructor
+        line += f" (+{override} adds it as a new key)"
+    return line
+
+
+@contextmanager
+def one_line_hydra_errors() -> Iterator[None]:
+    """While an entry point runs under @hydra.main: Hydra's composition and override errors end the
+    command with one `error:` line on stderr and exit code 1 (HYDRA_FULL_ERROR=1 still shows Hydra's
+    full report). Hydra reports errors through `run_and_report`; this wraps the function it is given."""
+    import hydra._internal.utils as hydra_utils
+
+    original = getattr(hydra_utils, "run_and_report", None)
+    if original is None:  # another Hydra version: keep its own reports
+        yield
+        return
+
+    def run_and_report(func: Callable[[], Any]) -> Any:
+        def one_line() -> Any:
+            import os
+
+            try:
+                return func()
+            except Exception as err:
+                line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else hydra_error_line(err)
+                if line is None:
+                    raise
+                print(f"error: {line}", file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
+
+        return original(one_line)
+
+    hydra_utils.run_and_report = run_and_report
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = original

@@ -22,7 +22,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from vla_hydra.cli import run_cli
+from vla_hydra.cli import one_line_hydra_errors, run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values, check_value
 from vla_hydra.core.logging import get_logger
 
@@ -338,7 +338,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _hydra_main()
+    with one_line_hydra_errors():
+        _hydra_main()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from vla_hydra.cli import run_cli
+from vla_hydra.cli import one_line_hydra_errors, run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values
 
 
@@ -168,7 +168,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _hydra_main()
+    with one_line_hydra_errors():
+        _hydra_main()
 
 
 if __name__ == "__main__":

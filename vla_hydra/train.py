@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vla_hydra.cli import hydra_job_config, run_cli
+from vla_hydra.cli import hydra_job_config, one_line_hydra_errors, run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values, instantiate_dict_values
 
 # train() calls so far in this process (a local multirun runs its jobs one after another in one process)
@@ -224,7 +224,8 @@ def main() -> None:
     from vla_hydra.cli import refuse_finished_run_dir_early
 
     refuse_finished_run_dir_early(sys.argv[1:])
-    _hydra_main()
+    with one_line_hydra_errors():
+        _hydra_main()
 
 
 if __name__ == "__main__":

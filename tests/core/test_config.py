@@ -60,3 +60,35 @@ def test_cli_refuses_a_value_that_used_to_hang_before_touching_the_run_dir(tmp_p
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: algo.updates_per_step=0: expected an integer >= 1"
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["+algo.lrr=1"], "algo.lrr: vla_hydra.algos.bc.BC takes no argument 'lrr'; did you mean algo.lr?"),
+        (
+            ["algo=sac", "+algo.learning_start=5"],
+            "algo.learning_start: vla_hydra.algos.sac.SAC takes no argument 'learning_start'; "
+            "did you mean algo.learning_starts?",
+        ),
+        (["+trainer.gpus=1"], "trainer.gpus: lightning.pytorch.Trainer takes no argument 'gpus'"),
+        (
+            ["algo._target_=vla_hydra.algos.bc.Nope"],
+            "algo._target_=vla_hydra.algos.bc.Nope: cannot be imported",
+        ),
+    ],
+)
+def test_arguments_a_constructor_does_not_take_are_named(overrides, message):
+    """A `+key` that reached the object's constructor used to fail mid-build with a TypeError traceback."""
+    with pytest.raises(ConfigError) as err:
+        check_config_values(compose_config("train", overrides))
+    assert str(err.value).startswith(message)
+
+
+def test_cli_names_an_unknown_constructor_argument_before_the_run_dir_is_written(tmp_path):
+    proc = run_module("vla_hydra.train", "+algo.lrr=1", f"hydra.run.dir={tmp_path}/run", timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "error: algo.lrr: vla_hydra.algos.bc.BC takes no argument 'lrr'; did you mean algo.lr?"
+    ]
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -143,6 +143,7 @@ def _expected(key: str, value: Any) -> str | None:
 
 
 def _check_node(node: DictConfig, prefix: str) -> None:
+    _check_target_arguments(node, prefix)
     for key in node:
         if (
             not isinstance(key, str)
@@ -162,6 +163,43 @@ def _check_node(node: DictConfig, prefix: str) -> None:
         check_value(f"{prefix}{key}", value)
 
 
+# keys Hydra's instantiate consumes itself
+_HYDRA_INSTANTIATE_KEYS = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}
+
+
+def _check_target_arguments(node: DictConfig, prefix: str) -> None:
+    """A node that builds an object (`_target_`) holds only arguments its constructor takes: a key added
+    with `+algo.lrr=1` is named in one line here instead of failing deep inside the build with a
+    TypeError. Targets that accept **kwargs are not checked."""
+    import difflib
+    import inspect
+
+    from vla_hydra.core.exceptions import ConfigError
+
+    if "_target_" not in node or OmegaConf.is_interpolation(node, "_target_"):
+        return
+    target_path = node["_target_"]
+    if not isinstance(target_path, str):
+        return
+    from hydra.utils import get_object
+
+    try:
+        target = get_object(target_path)
+    except Exception as err:  # ImportError, AttributeError, or the module's own import-time error
+        raise ConfigError(f"{prefix}_target_={target_path}: cannot be imported ({err})") from err
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    for key in node:
+        if isinstance(key, str) and key not in _HYDRA_INSTANTIATE_KEYS and key not in parameters:
+            close = difflib.get_close_matches(key, list(parameters), n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ConfigError(f"{prefix}{key}: {target_path} takes no argument '{key}'{hint}")
+
+
 def check_value(option: str, value: Any) -> None:
     """One value, named by its full option path (`data.recipe.episodes`), against the rule for its key;
     for objects built outside a composed config (e.g. a CollectionRecipe made in Python)."""
@@ -173,6 +211,6 @@ def check_value(option: str, value: Any) -> None:
 
 
 def check_config_values(cfg: DictConfig) -> None:
-    """Raise a one-line ConfigError for the first known hyper-parameter outside its valid range (the
-    whole config but Hydra's own settings)."""
+    """Raise a one-line ConfigError for the first known hyper-parameter outside its valid range, or the
+    first argument an object's constructor does not take (the whole config but Hydra's own settings)."""
     _check_node(cfg, "")

@@ -1,0 +1,94 @@
+"""Hydra's own errors (composing the config, parsing overrides) end an entry point with one `error:` line."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import HydraException
+
+from tests.conftest import compose_config, run_module
+from vla_hydra.cli import hydra_error_line
+
+
+@pytest.mark.parametrize(
+    "overrides,line",
+    [
+        (
+            ["algo.lrr=1"],
+            "algo.lrr=1: algo (vla_hydra.algos.bc.BC) has no option 'lrr'; did you mean algo.lr=1?",
+        ),
+        (
+            ["algo=iql", "algo.expectle=0.9"],
+            "algo.expectle=0.9: algo (vla_hydra.algos.iql.IQL) has no option 'expectle'; "
+            "did you mean algo.expectile=0.9?",
+        ),
+        (
+            ["algoo=cql"],
+            "algoo=cql: the config has no option 'algoo'; did you mean algo=cql? (+algoo=cql adds it as a new key)",
+        ),
+        (
+            ["paths.dat_dir=/x"],
+            "paths.dat_dir=/x: paths has no option 'dat_dir'; did you mean paths.data_dir=/x? "
+            "(+paths.dat_dir=/x adds it as a new key)",
+        ),
+        (
+            ["env=nope"],
+            "env=nope: no such choice; env= choices: cartpole, halfcheetah, hopper, pendulum, walker2d",
+        ),
+        (
+            ["seed=0,1"],
+            "seed=0,1: a comma-separated value; add -m (--multirun) to sweep over it, or write seed=[0,1] for a list",
+        ),
+        (
+            ["trainer.max_steps=[1"],
+            "trainer.max_steps=[1: cannot parse this override (no viable alternative at input '[1'; "
+            "see https://hydra.cc/docs/advanced/override_grammar/basic/)",
+        ),
+        (["~algo.nope"], "Could not delete from config. 'algo.nope' does not exist."),
+    ],
+)
+def test_composition_errors_become_one_line(overrides, line):
+    with pytest.raises(HydraException) as err:
+        compose_config("train", overrides)
+    assert hydra_error_line(err.value) == line
+
+
+@pytest.mark.parametrize(
+    "entry,args,line",
+    [
+        (
+            "vla_hydra.train",
+            ["algo=ppo", "algo.num_step=64"],
+            "error: algo.num_step=64: algo (vla_hydra.algos.ppo.PPO) has no option 'num_step'; "
+            "did you mean algo.num_steps=64?",
+        ),
+        ("vla_hydra.train", ["-m", "algo=bc,nope"], "error: algo=nope: no such choice; algo= choices: "),
+        (
+            "vla_hydra.eval",
+            ["ckpt_path=x.ckpt", "epsiodes=3"],
+            "error: epsiodes=3: the config has no option 'epsiodes'; did you mean episodes=3? "
+            "(+epsiodes=3 adds it as a new key)",
+        ),
+        (
+            "vla_hydra.collect",
+            ["data=pendulum_mixd"],
+            "error: data=pendulum_mixd: no such choice; data= choices: ",
+        ),
+    ],
+)
+def test_entry_points_print_one_line_and_write_nothing(tmp_path, entry, args, line):
+    proc = run_module(
+        entry, *args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep", timeout=120
+    )
+    assert proc.returncode == 1
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(line), proc.stderr
+    # no run dir; a sweep leaves only Hydra's multirun.yaml (written before it composes the jobs)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == (["sweep/multirun.yaml"] if "-m" in args else [])
+
+
+def test_hydra_full_error_keeps_hydras_own_report(tmp_path):
+    proc = run_module(
+        "vla_hydra.train", "algo.lrr=1", f"hydra.run.dir={tmp_path}/run", env={"HYDRA_FULL_ERROR": "1"}
+    )
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "Key 'lrr' is not in struct" in proc.stderr
