@@ -87,6 +87,7 @@ class EnvFactory:
             raise ConfigError(f"env.num_envs={self.num_envs}: expected a positive integer")
 
     def make(self, **overrides: Any) -> gym.Env:
+        route_mujoco_warnings(self.id)
         kwargs = {**dict(self.kwargs), **overrides}
         if self.max_episode_steps is not None:
             kwargs.setdefault("max_episode_steps", int(self.max_episode_steps))
@@ -142,6 +143,37 @@ class EnvFactory:
             action_low=act_space.low.reshape(-1).astype(float).tolist(),
             action_high=act_space.high.reshape(-1).astype(float).tolist(),
         )
+
+
+# MuJoCo warnings that say nothing about the user's run (gymnasium's v5 XML files use a deprecated
+# compiler attribute): logged at debug level only
+_BENIGN_MUJOCO_WARNINGS = ("compiler attribute 'settotalmass' is deprecated",)
+_mujoco_warnings_seen: set[str] = set()
+
+
+def route_mujoco_warnings(env_id: str) -> None:
+    """Send MuJoCo's warnings to the log, once per message. Without a handler MuJoCo prints each to
+    stdout and appends it to MUJOCO_LOG.TXT in the working directory (hundreds of KB over a sweep)."""
+    try:
+        entry_point = str(gym.spec(env_id).entry_point)
+    except gym.error.Error:
+        return
+    if "mujoco" not in entry_point:
+        return
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_log_mujoco_warning)
+
+
+def _log_mujoco_warning(message: str) -> None:
+    from vla_hydra.core.logging import get_logger
+
+    if message in _mujoco_warnings_seen:
+        return
+    _mujoco_warnings_seen.add(message)
+    benign = any(pattern in message for pattern in _BENIGN_MUJOCO_WARNINGS)
+    get_logger(__name__).log(10 if benign else 30, "MuJoCo: %s", message)
 
 
 def normalized_score(episode_return: float, ref_returns: dict[str, float] | None) -> float | None:
