@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from benchmarks.common import bench_config, emit, run_header  # noqa: E402
+from benchmarks.corl_style import CORL_STYLE, load_d4rl_tensors, sample  # noqa: E402
 from vla_hydra.train import train  # noqa: E402
 
 
@@ -61,6 +62,31 @@ def plain_loop_updates_per_s(cfg, updates: int, device: str) -> float:
     return updates / (time.perf_counter() - start)
 
 
+def corl_style_updates_per_s(cfg, algo: str, updates: int, device: str) -> float:
+    """The same algorithm as CORL's script writes it (benchmarks/corl_style.py) on the same dataset file,
+    batch size and device: the speed a user switching from CORL compares against."""
+    import numpy as np
+
+    spec = instantiate(cfg.env).spec()
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    data = load_d4rl_tensors(datamodule.path, spec.action_low, spec.action_high, device)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    agent = CORL_STYLE[algo](data["observations"].shape[1], data["actions"].shape[1], device)
+    batch_size = int(cfg.data.batch_size)
+    for _ in range(20):  # warm-up, as the plain loop
+        agent.update(sample(data, batch_size))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(updates):
+        agent.update(sample(data, batch_size))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return updates / (time.perf_counter() - start)
+
+
 # Default updates per timed run on a 2-core CPU: enough Lightning steps to amortise start-up, small enough
 # that the slow algorithms (CQL ~5 updates/s, DT ~1 update/s at batch 256) finish in minutes.
 DEFAULT_UPDATES = {"bc": 2000, "td3bc": 2000, "iql": 1500, "cql": 150, "dt": 60}
@@ -80,6 +106,11 @@ def main() -> None:
         action="store_true",
         help="also time train.py with algo.compile_losses=true (algos that support it), same rounds",
     )
+    parser.add_argument(
+        "--corl",
+        action="store_true",
+        help=f"also time the CORL-style script's update ({', '.join(CORL_STYLE)}; benchmarks/corl_style.py)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     available = {p.stem for p in (ROOT / "conf" / "algo").glob("*.yaml")}
@@ -94,13 +125,15 @@ def main() -> None:
             )
             continue
         updates = args.updates or DEFAULT_UPDATES.get(algo, 1000)
-        plain, lightning, compiled = [], [], []
+        plain, lightning, compiled, corl = [], [], [], []
         for r in range(args.rounds):
             cfg = config(
                 algo, args.data, work / f"{algo}{r}", updates, args.threads, args.device, args.override
             )
             plain.append(plain_loop_updates_per_s(cfg, updates, args.device))
             lightning.append(train(cfg)[1]["train_updates_per_s"])
+            if args.corl and algo in CORL_STYLE:
+                corl.append(corl_style_updates_per_s(cfg, algo, updates, args.device))
             if args.compile and "compile_losses" in cfg.algo:
                 compiled_overrides = [*args.override, "algo.compile_losses=true"]
                 cfg_compiled = config(
@@ -128,6 +161,10 @@ def main() -> None:
             "plain_loop_all": plain,
             "lightning_all": lightning,
         }
+        if corl:
+            line["corl_style_median"] = statistics.median(corl)
+            line["ratio_lightning_over_corl_style"] = statistics.median(lightning) / statistics.median(corl)
+            line["corl_style_all"] = corl
         if compiled:
             line["lightning_compiled_median"] = statistics.median(compiled)
             line["ratio_compiled_over_plain"] = statistics.median(compiled) / statistics.median(plain)

@@ -1,7 +1,7 @@
 """Cross-check of algo=td3bc against an independent TD3+BC written the way CORL's td3_bc.py is.
 
-The reference below shares no code with vla_hydra's TD3+BC: plain nn.Sequential networks, two
-separate critics, separate Adam optimizers, and CORL's update order (critic step first, then on every
+The reference (benchmarks/corl_style.py) shares no code with vla_hydra's TD3+BC: plain nn.Sequential
+networks, two separate critics, separate Adam optimizers, and CORL's update order (critic step first, then on every
 second update the actor step against the freshly updated critic). Both train on the same D4RL-format
 file for the same number of updates and are evaluated on the same seeded episodes, so a gap between
 them that persists across seeds points at the implementation and a shared trend points at the data.
@@ -15,7 +15,6 @@ One JSON line per evaluation (appended to benchmarks/results/td3bc_crosscheck.js
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import subprocess
@@ -26,83 +25,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.common import emit, run_header  # noqa: E402
+from benchmarks.corl_style import BATCH, CorlTD3BC, batch_at, load_d4rl_tensors  # noqa: E402
 from vla_hydra.envs.evaluation import rollout_episodes  # noqa: E402
 from vla_hydra.envs.factory import normalized_score  # noqa: E402
 
 EVAL_SEED = 100000  # eval.seed in conf/train.yaml
 
-# CORL td3_bc.py defaults
-BATCH, DISCOUNT, TAU, ALPHA, POLICY_NOISE, NOISE_CLIP, POLICY_FREQ, LR = 256, 0.99, 5e-3, 2.5, 0.2, 0.5, 2, 3e-4  # fmt: skip
-
-
-def mlp(inputs: int, outputs: int, tanh: bool = False) -> nn.Sequential:
-    layers = [nn.Linear(inputs, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, outputs)]
-    return nn.Sequential(*layers, *([nn.Tanh()] if tanh else []))
-
-
-def polyak(target: nn.Module, source: nn.Module) -> None:
-    with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters(), strict=True):
-            t.mul_(1 - TAU).add_(TAU * s)
-
 
 def reference_run(path: Path, env_cfg, seed: int, updates: int, eval_every: int, episodes: int):
-    """CORL-style TD3+BC; yields (updates, eval return mean) every eval_every updates."""
+    """CORL-style TD3+BC (benchmarks/corl_style.py); yields (updates, eval return mean) every eval_every
+    updates."""
     from hydra.utils import instantiate
 
     torch.manual_seed(seed)
-    with h5py.File(path) as f:
-        data = {
-            k: torch.as_tensor(np.asarray(f[k]), dtype=torch.float32)
-            for k in ("observations", "actions", "rewards", "next_observations", "terminals")
-        }
-    mean, std = data["observations"].mean(0), data["observations"].std(0) + 1e-3
-    obs, next_obs = (data["observations"] - mean) / std, (data["next_observations"] - mean) / std
-    actions, rewards, terminals = data["actions"], data["rewards"], data["terminals"]
     env = instantiate(env_cfg)
-    low, high = (
-        torch.as_tensor(b, dtype=torch.float32) for b in (env.spec().action_low, env.spec().action_high)
-    )
-    actions = (actions - low) / (high - low) * 2 - 1  # the actor works in [-1, 1]
-    n, obs_dim, act_dim = obs.shape[0], obs.shape[1], actions.shape[1]
-    actor, q1, q2 = mlp(obs_dim, act_dim, tanh=True), mlp(obs_dim + act_dim, 1), mlp(obs_dim + act_dim, 1)
-    target_actor, target_q1, target_q2 = (copy.deepcopy(m) for m in (actor, q1, q2))
-    actor_opt = torch.optim.Adam(actor.parameters(), LR)
-    critic_opt = torch.optim.Adam([*q1.parameters(), *q2.parameters()], LR)
+    spec = env.spec()
+    low, high = (torch.as_tensor(b, dtype=torch.float32) for b in (spec.action_low, spec.action_high))
+    data = load_d4rl_tensors(path, spec.action_low, spec.action_high)
+    mean, std = data["obs_mean"], data["obs_std"]
+    agent = CorlTD3BC(data["observations"].shape[1], data["actions"].shape[1])
 
     def policy(raw_obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            a = actor((torch.as_tensor(raw_obs, dtype=torch.float32) - mean) / std)
+            a = agent.act((torch.as_tensor(raw_obs, dtype=torch.float32) - mean) / std)
         return ((a + 1) / 2 * (high - low) + low).numpy()
 
+    n = data["observations"].shape[0]
     for it in range(1, updates + 1):
-        idx = torch.randint(0, n, (BATCH,))
-        s, a, r, s2, done = obs[idx], actions[idx], rewards[idx], next_obs[idx], terminals[idx]
-        with torch.no_grad():
-            noise = (torch.randn_like(a) * POLICY_NOISE).clamp(-NOISE_CLIP, NOISE_CLIP)
-            x2 = torch.cat([s2, (target_actor(s2) + noise).clamp(-1, 1)], 1)
-            target = r + DISCOUNT * (1 - done) * torch.min(target_q1(x2), target_q2(x2)).squeeze(-1)
-        x = torch.cat([s, a], 1)
-        critic_loss = F.mse_loss(q1(x).squeeze(-1), target) + F.mse_loss(q2(x).squeeze(-1), target)
-        critic_opt.zero_grad()
-        critic_loss.backward()
-        critic_opt.step()
-        if it % POLICY_FREQ == 0:
-            pi = actor(s)
-            q = q1(torch.cat([s, pi], 1))
-            actor_loss = -ALPHA / q.abs().mean().detach() * q.mean() + F.mse_loss(pi, a)
-            actor_opt.zero_grad()
-            actor_loss.backward()
-            actor_opt.step()
-            for target_net, net in ((target_actor, actor), (target_q1, q1), (target_q2, q2)):
-                polyak(target_net, net)
+        # torch indices (not CORL's numpy ones), as in this cross-check's first results in the README
+        agent.update(batch_at(data, torch.randint(0, n, (BATCH,))))
         if it % eval_every == 0:  # the same episodes (seeds) as train.py's evaluations
             yield it, rollout_episodes(policy, env, episodes, seed=EVAL_SEED).return_mean
 
