@@ -94,6 +94,10 @@ def test_submitit_local_sweep_waits_for_jobs_longer_than_a_status_poll(tmp_path,
     )  # fmt: skip
     assert [r["seed"] for r in results] == [0, 1]
     assert all(r["train_steps"] == 100 for r in results)
+    # one log folder per job, not also submitit's unexpanded `%j` template
+    (submitit_dir,) = tmp_path.rglob(".submitit")
+    job_folders = [p.name for p in submitit_dir.iterdir()]
+    assert len(job_folders) == 2 and all(name.isdigit() for name in job_folders), job_folders
 
 
 def test_ctrl_c_on_a_submitit_local_sweep_cancels_its_job_processes(tmp_path, data_dir):

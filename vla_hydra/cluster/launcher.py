@@ -83,6 +83,13 @@ def job_error_line(job: Any, error: Exception) -> str:
     return " ".join(str(error).split())[:500]
 
 
+def _remove_empty_template_folder(folder: Path) -> None:
+    """submitit's local job controllers create the folder template itself (`.submitit/%j`, unexpanded)
+    next to the per-job folders; it stays empty."""
+    if "%" in folder.name and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 class WaitForAllJobs(BaseSubmititLauncher):
     """Subclassed in hydra_plugins.vla_hydra_cluster.launchers (Hydra loads launchers from there only)."""
 
@@ -131,6 +138,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
         if not wait:
             return self._detach(sweep_dir, numbers, job_overrides, jobs)
         returns = self._wait_for_all(sweep_dir, numbers, job_overrides, jobs)
+        _remove_empty_template_folder(Path(str(self.params["submitit_folder"])))
         failures = [r._return_value for r in returns if r.status != JobStatus.COMPLETED]
         # Optuna's sweeper records a failed trial in its study before it re-raises: it gets the returns
         if failures and not sweeper_needs_results(self.config):
