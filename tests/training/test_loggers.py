@@ -27,6 +27,30 @@ def test_many_loggers_write_their_files_and_no_api_key(tmp_path, data_dir, monke
             assert FAKE_KEY.encode() not in path.read_bytes(), f"API key written to {path}"
 
 
+def test_training_losses_and_evaluations_share_the_update_count_axis(tmp_path, data_dir):
+    """Loss rows used to be written at Lightning's batch count (steps 9, 19, ... for a block of 50 updates
+    per step) while evaluations were at gradient updates (500, 1000, ...)."""
+    import csv
+
+    cfg = small_train_config(
+        tmp_path,
+        data_dir,
+        [
+            "trainer.max_steps=1000",
+            "algo.updates_per_step=50",
+            "trainer.log_every_n_steps=5",
+            "eval.every_n_updates=500",
+        ],
+    )
+    train(cfg)
+    with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    loss_steps = [int(r["step"]) for r in rows if r.get("train/bc_loss")]
+    eval_steps = [int(r["step"]) for r in rows if r.get("eval/return_mean")]
+    assert loss_steps == [250, 500, 750, 1000]  # every 5 Lightning steps of 50 updates
+    assert eval_steps == [0, 500, 1000]
+
+
 def test_wandb_login_detection(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))

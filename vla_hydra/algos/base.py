@@ -195,12 +195,14 @@ class PolicyAlgorithm(L.LightningModule):
             for name, value in losses.items():
                 totals[name] = totals[name] + value if name in totals else value
         if self.logging_this_step():
-            self.log_dict(
-                {f"train/{name}": v / updates for name, v in totals.items()},
-                on_step=True,
-                on_epoch=False,
-                prog_bar=True,
-            )
+            self.log_train_metrics({f"train/{name}": v / updates for name, v in totals.items()})
+
+    def log_train_metrics(self, metrics: dict[str, Any]) -> None:
+        """Training metrics (progress bar too), written at global_step: the gradient-update count that
+        evaluations and checkpoints use. Lightning would write them at its own batch count, which is
+        algo.updates_per_step times smaller, so losses and evaluation returns would not share an x-axis."""
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("step", float(self.trainer.global_step), on_step=True, on_epoch=False)
 
     def logging_this_step(self) -> bool:
         """Whether Lightning writes logs after this step (every trainer.log_every_n_steps). Each

@@ -165,7 +165,7 @@ class OnlineAlgorithm(PolicyAlgorithm):
             if recent:
                 metrics["rollout/episode_return"] = float(np.mean([e["return"] for e in recent]))
             metrics["rollout/env_steps"] = float(self.env_steps)
-            self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True)
+            self.log_train_metrics(metrics)
         if int(self.env_steps) >= self.total_timesteps:
             self.trainer.should_stop = True
 
