@@ -35,6 +35,8 @@ from vla_hydra.core.exceptions import ConfigError
         (["trainer.max_steps=-5"], "trainer.max_steps=-5: expected an integer >= 0, or -1 for no limit"),
         (["seed=abc"], "seed=abc: expected an integer >= 0"),
         (["torch_threads=0"], "torch_threads=0: expected an integer >= 1"),
+        (["eval.video=nope"], "eval.video=nope: expected true or false"),
+        (["data.normalize_observations=maybe"], "data.normalize_observations=maybe: expected true or false"),
     ],
 )
 def test_out_of_range_values_name_the_option(overrides, message):
@@ -92,3 +94,28 @@ def test_cli_names_an_unknown_constructor_argument_before_the_run_dir_is_written
         "error: algo.lrr: vla_hydra.algos.bc.BC takes no argument 'lrr'; did you mean algo.lr?"
     ]
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_every_switch_in_the_conf_tree_is_checked_as_a_boolean():
+    """A new true/false setting in conf/ is covered too (`overwrite=no` used to mean overwrite)."""
+    import re
+
+    from tests.conftest import CONF_DIR
+    from vla_hydra.core.config import _BOOL_KEYS
+
+    not_only_boolean = {"_partial_", "chdir", "deterministic", "fast_dev_run"}  # Hydra's or Lightning's
+    found = set()
+    for path in CONF_DIR.rglob("*.yaml"):
+        found |= set(re.findall(r"^\s*([a-z_]+):\s*(?:true|false)\b", path.read_text(), flags=re.M))
+    assert found - not_only_boolean <= _BOOL_KEYS, sorted(found - not_only_boolean - _BOOL_KEYS)
+
+
+def test_collect_refuses_a_word_for_overwrite_and_keeps_the_file(tmp_path):
+    out = tmp_path / "data.hdf5"
+    out.write_bytes(b"an earlier file")
+    proc = run_module(
+        "vla_hydra.collect", f"output={out}", "overwrite=no", "data.recipe.episodes=2", timeout=120
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == ["error: overwrite=no: expected true or false"]
+    assert out.read_bytes() == b"an earlier file"

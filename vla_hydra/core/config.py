@@ -72,6 +72,16 @@ _NON_NEGATIVE_KEYS = {
 # per-episode levels a collection recipe cycles through
 _NON_NEGATIVE_LIST_KEYS = {"action_noise_std"}
 _PROBABILITY_LIST_KEYS = {"random_action_prob"}
+# switches: Hydra reads `true`/`false` as booleans, any other word (`overwrite=no`) as a string that
+# Python would take as true. (Lightning's `deterministic` and `fast_dev_run` also take other values.)
+_BOOL_KEYS = {
+    "anneal_lr", "auto_requeue", "auto_resume", "autotune", "backup_entropy", "broadcast_buffers",
+    "checkpoint_replay_buffer", "clip_value_loss", "compile_losses", "cpu_offload", "critic_orthogonal_init",
+    "default_hp_metric", "enable_model_summary", "enable_progress_bar", "find_unused_parameters",
+    "layer_norm", "normalize_advantages", "normalize_observations", "normalize_reward", "normalize_rewards",
+    "offload_optimizer", "offload_parameters", "orthogonal_init", "overwrite", "print_config",
+    "scale_by_std", "video", "wait",
+}  # fmt: skip
 # (low, high, low included, high included)
 _INTERVAL_KEYS = {
     "discount": (0.0, 1.0, True, True),
@@ -93,6 +103,7 @@ _CHECKED_KEYS = (
     | _NON_NEGATIVE_KEYS
     | _NON_NEGATIVE_LIST_KEYS
     | _PROBABILITY_LIST_KEYS
+    | _BOOL_KEYS
     | set(_INTERVAL_KEYS)
 )
 
@@ -110,6 +121,8 @@ def _expected(key: str, value: Any) -> str | None:
         return None if is_int and value >= 0 else "an integer >= 0"
     if value is None:
         return None  # optional settings (target_kl: null, ...)
+    if key in _BOOL_KEYS:
+        return None if isinstance(value, bool) else "true or false"
     if key in _POSITIVE_INT_KEYS:
         return (
             None
