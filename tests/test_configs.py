@@ -33,8 +33,14 @@ def _choices(group: str) -> list[str]:
 @pytest.mark.parametrize("group,choice", [(g, c) for g in GROUPS for c in _choices(g)])
 def test_every_group_choice_composes(group, choice):
     overrides = [f"{group}={choice}"]
-    if group == "data" and choice == "hdf5":
-        overrides.append("data.path=/tmp/some.hdf5")
+    # the values these choices require (`???`)
+    required = {
+        ("data", "hdf5"): "data.path=/tmp/some.hdf5",
+        ("data", "minari"): "data.dataset_id=local/some-v0",
+        ("data", "checkpoint_rollouts"): "data.recipe.behavior_policy.ckpt_path=/tmp/some.ckpt",
+    }
+    if (group, choice) in required:
+        overrides.append(required[group, choice])
     # a multirun experiment composes as each of its jobs does: with the first value of each swept key
     if group == "experiment":
         sweep = OmegaConf.select(OmegaConf.load(CONF_DIR / group / f"{choice}.yaml"), "hydra.sweeper.params")

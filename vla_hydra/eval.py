@@ -64,6 +64,7 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu", option: str = "ckpt_
     algo = instantiate(config.algo, _partial_=True)(spec=spec, model=instantiate(config.model))
     algo.load_state_dict(checkpoint["state_dict"])
     algo.ref_returns = meta.get("ref_returns")
+    algo.algo_choice, algo.dataset_name = meta.get("algo_choice"), meta.get("dataset_name")
     algo.run_config = meta["config"]  # a checkpoint saved from it again (export=) stays loadable
     algo.trained_steps = int(checkpoint.get("global_step", 0))
     algo.to(device).eval()
@@ -131,10 +132,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     result = rollout_episodes(algo, env, cfg.episodes, cfg.seed, ref_returns=algo.ref_returns)
     results = {
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
-        "algo": algo.name or type(algo).__name__.lower(),
+        "algo": algo.algo_choice or algo.name or type(algo).__name__.lower(),
         "env": env.id,
         # what the checkpoint was trained on: the training run's data= name and seed, its update count
-        "dataset": config.get("data", {}).get("name") if config.get("data") else None,
+        "dataset": algo.dataset_name or (config.get("data", {}).get("name") if config.get("data") else None),
         "train_seed": config.get("seed"),
         "train_steps": algo.trained_steps,
         "seed": int(cfg.seed),

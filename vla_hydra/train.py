@@ -52,6 +52,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     set_torch_threads(cfg.get("torch_threads"))
     seed_everything(cfg.seed)
     output_dir = Path(cfg.paths.output_dir).resolve()
+    if cfg.get("eval_only"):
+        return _evaluate_checkpoint(cfg, output_dir, start)
     ckpt_path = resume_checkpoint(cfg, output_dir)
 
     env = instantiate(cfg.env)
@@ -71,6 +73,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
             "from a fixed dataset and has no other end; expected a number of gradient updates >= 1"
         )
     algo.run_config = OmegaConf.to_container(cfg, resolve=True)
+    algo.algo_choice, algo.dataset_name = _algo_choice(), datamodule.name
     algo.ref_returns = datamodule.reference_returns(env.ref_returns)
 
     callbacks = instantiate_dict_values(cfg.get("callbacks"))
@@ -110,7 +113,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     final = rollout_episodes(policy, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
     evals = [cb for cb in callbacks if isinstance(cb, PolicyEvaluation)]
     results = {
-        "algo": _algo_choice() or algo.name or type(algo).__name__.lower(),
+        "algo": algo.algo_choice or algo.name or type(algo).__name__.lower(),
         "env": spec.env_id,
         "dataset": datamodule.name,
         "dataset_path": str(datamodule.path.resolve()) if datamodule.path else None,
@@ -151,6 +154,58 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     )
     log.info(f"run dir:    {output_dir}")
     log.info(f"checkpoint: {results['checkpoint']}")
+    log.info(f"results:    {output_dir / 'results.json'}")
+    metric = results.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
+    return metric, results
+
+
+def _evaluate_checkpoint(
+    cfg: DictConfig, output_dir: Path, start: float
+) -> tuple[float | None, dict[str, Any]]:
+    """`eval_only=true` (experiment=eval): no training. The checkpoint brings its own algorithm, networks
+    and env (the config it carries, as for vla_hydra.eval), so one sweep re-evaluates checkpoints of any
+    algorithms; results.json has the fields of a training run's, labelled with the run's algo, dataset
+    and seed, so vla_hydra.report tables them."""
+    from vla_hydra.cluster.resume import refuse_finished_run_dir
+    from vla_hydra.core.io import write_json_atomic
+    from vla_hydra.core.logging import get_logger
+    from vla_hydra.envs.evaluation import rollout_episodes
+    from vla_hydra.eval import load_policy
+
+    log = get_logger(__name__)
+    from vla_hydra.core.exceptions import ConfigError
+
+    if not cfg.get("ckpt_path"):
+        raise ConfigError(
+            "ckpt_path: required with eval_only=true (experiment=eval); pass ckpt_path=<checkpoint>, or "
+            "several separated by commas (one job each)"
+        )
+    refuse_finished_run_dir(output_dir)
+    ckpt_path = Path(str(cfg.ckpt_path)).resolve()
+    algo, env, config = load_policy(ckpt_path)
+    final = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
+    data_config = config.get("data") or {}
+    results = {
+        "algo": algo.algo_choice or algo.name or type(algo).__name__.lower(),
+        "env": env.id,
+        "dataset": algo.dataset_name or data_config.get("name") or Path(str(data_config.get("path"))).stem,
+        "seed": int(config.get("seed", cfg.seed)),  # the training run's: reports group runs by it
+        "train_steps": algo.trained_steps,
+        "env_steps": int(algo.env_steps) if hasattr(algo, "env_steps") else None,
+        "wall_seconds": time.perf_counter() - start,
+        **final.to_dict(),
+        "eval_history": [],
+        "checkpoint": str(ckpt_path),
+        "eval_only": True,
+        "run_dir": str(output_dir),
+    }
+    write_json_atomic(output_dir / "results.json", results)
+    score = results["normalized_score"]
+    log.info(
+        f"{results['algo']} checkpoint after {results['train_steps']} updates: eval return "
+        f"{final.return_mean:.1f} ± {final.return_std:.1f} over {cfg.eval.episodes} episodes"
+        + (f", normalized score {score:.1f}" if score is not None else "")
+    )
     log.info(f"results:    {output_dir / 'results.json'}")
     metric = results.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
     return metric, results

@@ -73,16 +73,42 @@ def test_whole_experiment_sweep_shrunk_runs(tmp_path, data_dir, experiment):
 
 
 def test_eval_experiment_reproduces_the_runs_final_evaluation(tmp_path, data_dir):
+    """Checkpoints of different algorithms in one sweep: each job rebuilds its checkpoint's own
+    algorithm, networks and env (no algo=/model= on the command line)."""
     from tests.conftest import small_train_config
     from vla_hydra.train import train
 
-    _, trained = train(small_train_config(tmp_path / "trained", data_dir, ["trainer.max_steps=100"]))
-    (evaluated,) = _run_sweep(
-        tmp_path, data_dir, "experiment=eval", f"ckpt_path={trained['checkpoint']}", "eval.episodes=4"
+    trained = {}
+    for algo in ("bc", "td3bc"):
+        cfg = small_train_config(tmp_path / algo, data_dir, [f"algo={algo}", "trainer.max_steps=100"])
+        trained[algo] = train(cfg)[1]
+    evaluated = _run_sweep(
+        tmp_path, data_dir, "experiment=eval",
+        f"ckpt_path={trained['bc']['checkpoint']},{trained['td3bc']['checkpoint']}", "eval.episodes=4",
+    )  # fmt: skip
+    assert [r["algo"] for r in evaluated] == ["bc", "td3bc"]
+    for result in evaluated:
+        run = trained[result["algo"]]
+        # no further updates; same weights and evaluation seeds -> the same returns, labelled like the run
+        assert result["train_steps"] == run["train_steps"] == 100
+        assert result["eval_return_mean"] == run["eval_return_mean"]
+        assert (result["dataset"], result["seed"]) == (run["dataset"], run["seed"])
+        assert result["checkpoint"] == run["checkpoint"]
+
+
+def test_eval_experiment_without_a_checkpoint_is_refused(tmp_path):
+    """`ckpt_path: ???` in the experiment never took effect (train.yaml's null wins the merge): the job
+    evaluated an untrained policy and exited 0."""
+    proc = run_module(
+        "vla_hydra.train", "experiment=eval", f"paths.root_dir={tmp_path}", cwd=tmp_path, timeout=120
     )
-    # no further updates; same weights and evaluation seeds -> the same returns
-    assert evaluated["train_steps"] == trained["train_steps"] == 100
-    assert evaluated["eval_return_mean"] == trained["eval_return_mean"]
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: job 0 (") and last.endswith(
+        "): ckpt_path: required with eval_only=true (experiment=eval); pass ckpt_path=<checkpoint>, or "
+        "several separated by commas (one job each)"
+    )
+    assert not list(tmp_path.rglob("results.json"))
 
 
 def test_submitit_local_sweep_waits_for_jobs_longer_than_a_status_poll(tmp_path, data_dir):

@@ -67,9 +67,13 @@ class PolicyAlgorithm(L.LightningModule):
         stats = stats or DatasetStats()
         self.obs_normalizer = ObservationNormalizer(spec.observation_shape, stats.obs_mean, stats.obs_std)
         self.action_scaler = ActionScaler(spec.action_low, spec.action_high)
-        # Set by train.py, saved into checkpoints: the composed config and the normalized-score references.
+        # Set by train.py, saved into checkpoints: the composed config, the normalized-score references,
+        # the `algo=` choice (ppo and ppo_continuous are one class; dt is DecisionTransformer) and the
+        # dataset's name, which label the results of a re-evaluation (experiment=eval, vla_hydra.eval).
         self.run_config: dict[str, Any] | None = None
         self.ref_returns: dict[str, float] | None = None
+        self.algo_choice: str | None = None
+        self.dataset_name: str | None = None
 
     def build_network(self, model, *args, needs: tuple[str, ...] = (), use: str = "", **kwargs):
         """`model(*args, **kwargs)` from the `model=` partial, refused in one line when that network cannot
@@ -215,6 +219,8 @@ class PolicyAlgorithm(L.LightningModule):
         return {
             "format_version": 1,
             "algo": self.name or type(self).__name__.lower(),
+            "algo_choice": self.algo_choice,
+            "dataset_name": self.dataset_name,
             "env_spec": self.spec.to_dict(),
             "obs_mean": self.obs_normalizer.mean.cpu().tolist(),
             "obs_std": self.obs_normalizer.std.cpu().tolist(),

@@ -77,7 +77,7 @@ _PROBABILITY_LIST_KEYS = {"random_action_prob"}
 _BOOL_KEYS = {
     "anneal_lr", "auto_requeue", "auto_resume", "autotune", "backup_entropy", "broadcast_buffers",
     "checkpoint_replay_buffer", "clip_value_loss", "compile_losses", "cpu_offload", "critic_orthogonal_init",
-    "default_hp_metric", "enable_model_summary", "enable_progress_bar", "find_unused_parameters",
+    "default_hp_metric", "enable_model_summary", "eval_only", "enable_progress_bar", "find_unused_parameters",
     "layer_norm", "normalize_advantages", "normalize_observations", "normalize_reward", "normalize_rewards",
     "offload_optimizer", "offload_parameters", "orthogonal_init", "overwrite", "print_config",
     "scale_by_std", "video", "wait",
@@ -162,9 +162,12 @@ def _check_node(node: DictConfig, prefix: str) -> None:
             not isinstance(key, str)
             or (key == "hydra" and not prefix)  # Hydra's own settings
             or OmegaConf.is_interpolation(node, key)
-            or OmegaConf.is_missing(node, key)
         ):
             continue
+        if OmegaConf.is_missing(node, key):  # `???`: some code may read it with .get() and see None
+            from vla_hydra.core.exceptions import ConfigError
+
+            raise ConfigError(f"{prefix}{key}: required, not set (pass {prefix}{key}=<value>)")
         value = node[key]
         if isinstance(value, DictConfig):
             _check_node(value, f"{prefix}{key}.")
