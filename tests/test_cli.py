@@ -92,3 +92,17 @@ def test_hydra_full_error_keeps_hydras_own_report(tmp_path):
     )
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "Key 'lrr' is not in struct" in proc.stderr
+
+
+@pytest.mark.parametrize("entry,args", [("vla_hydra.train", []), ("vla_hydra.eval", ["ckpt_path=x.ckpt"])])
+def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, entry, args):
+    """Hydra creates the run dir before the entry point runs: a traceback used to end the command."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    proc = run_module(entry, *args, f"hydra.run.dir={a_file}", timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"error: cannot create the directory {a_file}: a file of that name exists (runs go to hydra.run.dir / "
+        "hydra.sweep.dir, under paths.root_dir or $VLA_HYDRA_ROOT)"
+    ]
+    assert a_file.read_text() == "mine"

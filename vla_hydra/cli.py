@@ -11,6 +11,10 @@ from typing import Any
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+# whether the entry point's own function has started (errors before it are Hydra's set-up: config,
+# run directory, logging)
+_entry_point_state = {"task_started": False}
+
 
 def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run `task(cfg)`; a VlaHydraError or a bad config value prints `error: <one line>` and exits 1."""
@@ -18,6 +22,7 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
     from vla_hydra.core.exceptions import VlaHydraError
 
+    _entry_point_state["task_started"] = True
     try:
         return task(cfg)
     except (VlaHydraError, OmegaConfBaseException, InstantiationException) as err:
@@ -172,6 +177,15 @@ def one_line_hydra_errors() -> Iterator[None]:
                 return func()
             except Exception as err:
                 line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else hydra_error_line(err)
+                if line is None and isinstance(err, OSError) and not _entry_point_state["task_started"]:
+                    # Hydra creating the run dir or its log file (hydra.run.dir=<a file>, a read-only root)
+                    problem = (
+                        "a file of that name exists" if isinstance(err, FileExistsError) else err.strerror
+                    )
+                    line = (
+                        f"cannot create the directory {err.filename}: {problem} (runs go to "
+                        "hydra.run.dir / hydra.sweep.dir, under paths.root_dir or $VLA_HYDRA_ROOT)"
+                    )
                 if line is None:
                     raise
                 print(f"error: {line}", file=sys.stderr, flush=True)

@@ -36,6 +36,7 @@ from vla_hydra.core.exceptions import ConfigError
         (["seed=abc"], "seed=abc: expected an integer >= 0"),
         (["torch_threads=0"], "torch_threads=0: expected an integer >= 1"),
         (["eval.video=nope"], "eval.video=nope: expected true or false"),
+        (["algo=dt", "algo.target_return=abc"], "algo.target_return=abc: expected a number"),
         (["data.normalize_observations=maybe"], "data.normalize_observations=maybe: expected true or false"),
     ],
 )

@@ -203,3 +203,14 @@ def test_discrete_stochastic_policy_samples_its_softmax_and_returns_matching_log
     # Gumbel-max sampling: frequencies match the softmax (e^1 : e^0 : e^-1 ~ 0.665 : 0.245 : 0.090)
     torch.testing.assert_close(frequencies, probs.double(), atol=0.005, rtol=0)
     torch.testing.assert_close(log_prob, policy.log_prob(obs, action))
+
+
+@pytest.mark.parametrize("build", ["mlp", "critics"])
+def test_an_unknown_activation_is_a_one_line_config_error(build):
+    from vla_hydra.core.exceptions import ConfigError
+    from vla_hydra.models.mlp import mlp
+
+    with pytest.raises(ConfigError, match=r"^activation=foo: expected one of gelu, relu, silu, tanh$"):
+        mlp(3, 1, [8], activation="foo") if build == "mlp" else EnsembleQNetwork(
+            (3,), 1, [8], activation="foo"
+        )

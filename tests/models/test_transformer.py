@@ -89,5 +89,7 @@ def test_dropout_is_active_in_training_mode_only(net):
 
 
 def test_heads_must_divide_embedding_dim():
-    with pytest.raises(ValueError, match="embedding_dim=10 is not divisible by num_heads=3"):
+    from vla_hydra.core.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="model.embedding_dim=10: expected a multiple of model.num_heads=3"):
         DecisionTransformerNet(3, 1, embedding_dim=10, num_heads=3)

@@ -72,6 +72,12 @@ _NON_NEGATIVE_KEYS = {
 # per-episode levels a collection recipe cycles through
 _NON_NEGATIVE_LIST_KEYS = {"action_noise_std"}
 _PROBABILITY_LIST_KEYS = {"random_action_prob"}
+# real numbers without a range (any sign); a word here would fail deep inside a build or a float()
+_NUMBER_KEYS = {
+    "target_return", "return_scale", "reward_norm_scale", "advantage_eps", "alpha", "alpha_multiplier",
+    "beta", "cql_temp", "max_weight", "log_std_init", "log_std_min", "log_std_max", "log_std_offset",
+    "random", "expert",  # env.ref_returns
+}  # fmt: skip
 # switches: Hydra reads `true`/`false` as booleans, any other word (`overwrite=no`) as a string that
 # Python would take as true. (Lightning's `deterministic` and `fast_dev_run` also take other values.)
 _BOOL_KEYS = {
@@ -104,6 +110,7 @@ _CHECKED_KEYS = (
     | _NON_NEGATIVE_LIST_KEYS
     | _PROBABILITY_LIST_KEYS
     | _BOOL_KEYS
+    | _NUMBER_KEYS
     | set(_INTERVAL_KEYS)
 )
 
@@ -123,6 +130,8 @@ def _expected(key: str, value: Any) -> str | None:
         return None  # optional settings (target_kl: null, ...)
     if key in _BOOL_KEYS:
         return None if isinstance(value, bool) else "true or false"
+    if key in _NUMBER_KEYS:
+        return None if _is_number(value) else "a number"
     if key in _POSITIVE_INT_KEYS:
         return (
             None

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vla_hydra.models.mlp import _ACTIVATIONS, FlattenEncoder, mlp, orthogonal_init_
+from vla_hydra.models.mlp import _ACTIVATIONS, FlattenEncoder, check_activation, mlp, orthogonal_init_
 
 
 @torch.no_grad()
@@ -80,8 +80,7 @@ class EnsembleQNetwork(nn.Module):
         orthogonal_init: bool = False,
     ):
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation={activation!r}: expected one of {sorted(_ACTIVATIONS)}")
+        check_activation(activation)
         self.encoder = FlattenEncoder(observation_shape)
         self.observation_shape = tuple(observation_shape)
         self.obs_dim, self.action_dim, self.num_critics = self.encoder.out_dim, action_dim, num_critics

@@ -10,6 +10,14 @@ from torch import nn
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
+def check_activation(activation: str) -> None:
+    """A one-line error for an unknown activation name (model.activation, the critics' activation)."""
+    if activation not in _ACTIVATIONS:
+        from vla_hydra.core.exceptions import ConfigError
+
+        raise ConfigError(f"activation={activation}: expected one of {', '.join(sorted(_ACTIVATIONS))}")
+
+
 def mlp(
     in_dim: int,
     out_dim: int,
@@ -18,8 +26,7 @@ def mlp(
     layer_norm: bool = False,
     dropout: float = 0.0,
 ) -> nn.Sequential:
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation={activation!r}: expected one of {sorted(_ACTIVATIONS)}")
+    check_activation(activation)
     layers: list[nn.Module] = []
     dims = [in_dim, *hidden_dims]
     for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):

@@ -17,7 +17,11 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, embedding_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
         if embedding_dim % num_heads:
-            raise ValueError(f"embedding_dim={embedding_dim} is not divisible by num_heads={num_heads}")
+            from vla_hydra.core.exceptions import ConfigError
+
+            raise ConfigError(
+                f"model.embedding_dim={embedding_dim}: expected a multiple of model.num_heads={num_heads}"
+            )
         self.num_heads, self.dropout = num_heads, dropout
         self.qkv = nn.Linear(embedding_dim, 3 * embedding_dim)
         self.proj = nn.Linear(embedding_dim, embedding_dim)
