@@ -37,6 +37,16 @@ def test_max_steps_counts_updates_exactly_when_not_a_multiple_of_the_block(tmp_p
     _, results = train(cfg)
     assert results["train_steps"] == 120
     assert torch.load(results["checkpoint"], weights_only=False)["global_step"] == 120
+    # 3 Lightning steps: the rate is timed over the two after the first
+    assert results["train_updates_per_s"] > 0
+
+
+def test_a_run_of_one_lightning_step_reports_no_rate_rather_than_zero(tmp_path, data_dir):
+    _, results = train(
+        small_train_config(tmp_path, data_dir, ["trainer.max_steps=10", "algo.updates_per_step=50"])
+    )
+    assert results["train_steps"] == 10
+    assert results["train_updates_per_s"] is None  # it used to say 0.0 updates/s
 
 
 def test_checkpoint_carries_inference_metadata_and_resume_continues_step_count(tmp_path, data_dir):

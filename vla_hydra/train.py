@@ -103,6 +103,14 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
             last_ckpt = str(fallback)
     if trainer.global_rank != 0:
         return None, {}  # rank 0 alone evaluates and writes results
+    max_steps = int(cfg.trainer.get("max_steps", -1))
+    if hasattr(algo, "total_timesteps") and 0 <= max_steps < trainer.global_step:
+        # offline blocks are cut at max_steps; an online iteration (rollout + its updates) is not
+        log.info(
+            f"trainer.max_steps={max_steps}: algo={algo.algo_choice or algo.name} updates in whole iterations, "
+            f"so it stopped after {trainer.global_step} updates ({int(algo.env_steps)} env steps; "
+            f"its budget is algo.total_timesteps={algo.total_timesteps})"
+        )
     policy = algo
     if weights_sharded(trainer.strategy) and last_ckpt:
         # FSDP-wrapped / ZeRO-3-partitioned weights are not plain modules after fit: evaluate what

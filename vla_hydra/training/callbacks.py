@@ -252,8 +252,8 @@ class Throughput(L.Callback):
         return sum(getattr(cb, attribute, 0.0) for cb in trainer.callbacks)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._start_time is None:
-            return
+        if self._start_time is None or trainer.global_step == self._start_step:
+            return  # a single Lightning step: no steady-state interval to time (the rates stay null)
         if pl_module.device.type == "cuda":
             import torch
 
