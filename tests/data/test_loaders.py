@@ -407,3 +407,18 @@ def test_missing_minari_dataset_says_where_it_looked_and_how_to_get_it(tmp_path,
     assert len(lines) == 1 and lines[0].startswith("error: dataset ") and "not found locally" in lines[0], (
         proc.stderr
     )
+
+
+def test_a_batch_larger_than_the_dataset_is_warned_about(tmp_path, caplog):
+    """Minibatches are drawn with replacement, so it runs, but a batch of 1,000,000 on a 40k-row file
+    (a typo) used to sit at step 0 for minutes without a word."""
+    from vla_hydra.data.datamodule import OfflineDataModule
+
+    path = write_d4rl_like(tmp_path / "tiny.hdf5", d4rl_arrays())
+    for batch_size, warned in ((8, False), (100, True)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            OfflineDataModule(str(path), batch_size=batch_size, updates_per_step=1).setup("fit")
+        messages = [r.getMessage() for r in caplog.records if "larger than the dataset" in r.getMessage()]
+        assert bool(messages) == warned
+    assert messages[0].startswith("data.batch_size=100 is larger than the dataset (15 transitions in ")

@@ -141,6 +141,12 @@ class OfflineDataModule(L.LightningDataModule):
             self.buffer = TrajectoryBuffer(arrays, self.segment_length)
         else:
             self.buffer = TensorBuffer(transitions_from_d4rl(arrays))
+        if self.batch_size > len(self.buffer):
+            unit = "trajectory segments" if self.segment_length else "transitions"
+            log.warning(
+                f"data.batch_size={self.batch_size} is larger than the dataset ({len(self.buffer):,} {unit} in "
+                f"{self.path}): minibatches are drawn with replacement, so each repeats rows"
+            )
 
     @property
     def ref_returns(self) -> dict[str, float] | None:
