@@ -279,3 +279,22 @@ def test_no_reference_returns_are_stored_when_the_policy_does_not_beat_random(tm
     _, meta = read_d4rl_hdf5(tmp_path / "bad.hdf5")
     assert "ref_expert_return" not in summary and "ref_expert_return" not in meta
     assert "ref_random_return" not in meta
+
+
+def test_an_env_the_recipe_does_not_roll_out_is_refused(tmp_path):
+    """collect rolls out data.recipe.env_id: `env=cartpole` with the Pendulum recipe used to be ignored."""
+    out = tmp_path / "x.hdf5"
+    proc = run_module("vla_hydra.collect", "env=cartpole", f"output={out}", f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "error: env=cartpole: collection rolls out data.recipe.env_id=Pendulum-v1 (data=pendulum_mixed), not "
+        "CartPole-v1; choose a data= recipe made in CartPole-v1, or set data.recipe.env_id"
+    ]
+    assert not out.exists()
+    # the env a recipe selects itself may be named too
+    ok = run_module(
+        "vla_hydra.collect", "data=cartpole_mixed", "env=cartpole", "data.recipe.episodes=2",
+        "data.recipe.reference_episodes=2", f"output={out}", f"hydra.run.dir={tmp_path}/run2",
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "scores use CartPole-v1's published ones" in ok.stdout

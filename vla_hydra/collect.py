@@ -310,6 +310,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
             f"output={output}: a directory; expected a file path, e.g. {output / 'dataset.hdf5'}"
         )
     recipe = hydra.utils.instantiate(cfg.data.recipe)
+    _refuse_an_env_the_recipe_does_not_use(cfg, recipe.env_id)
     if output.exists() and not cfg.overwrite:
         if _stored_fingerprint(output) == recipe.fingerprint():
             # e.g. the default dataset, already collected by the first `make train`: nothing to redo
@@ -323,13 +324,37 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
         f"wrote {summary['path']}: {summary['transitions']} transitions, {summary['episodes']} episodes, "
         f"dataset return {summary['dataset_return_mean']:.1f}"
         + (
-            f" (random {summary['ref_random_return']:.1f}, expert {summary['ref_expert_return']:.1f})"
+            f"; reference returns stored in the file: uniform-random policy {summary['ref_random_return']:.1f}, "
+            f"noiseless behaviour policy {summary['ref_expert_return']:.1f}"
             if "ref_expert_return" in summary
             else ""
         )
-        + f" in {summary['seconds']:.1f}s"
+        + (
+            # train/eval score with the env's published references when conf/env/<env>.yaml has them
+            f" (scores use {recipe.env_id}'s published ones: {dict(cfg.env.ref_returns)})"
+            if cfg.env.get("ref_returns") and cfg.env.get("id") == recipe.env_id
+            else ""
+        )
+        + f"; {summary['seconds']:.1f}s"
     )
     return summary
+
+
+def _refuse_an_env_the_recipe_does_not_use(cfg: DictConfig, recipe_env_id: str) -> None:
+    """`collect env=cartpole` with a Pendulum recipe used to write Pendulum data without a word: collection
+    rolls out data.recipe.env_id, so an `env=` on the command line must name that env."""
+    from vla_hydra.cli import hydra_job_config
+    from vla_hydra.core.exceptions import ConfigError
+
+    hydra_cfg = hydra_job_config()
+    chosen = [
+        o for o in (hydra_cfg.overrides.task if hydra_cfg else []) if o.split("=", 1)[0].lstrip("+") == "env"
+    ]
+    if chosen and cfg.env.id != recipe_env_id:
+        raise ConfigError(
+            f"{chosen[0]}: collection rolls out data.recipe.env_id={recipe_env_id} (data={_data_choice(cfg)}), "
+            f"not {cfg.env.id}; choose a data= recipe made in {cfg.env.id}, or set data.recipe.env_id"
+        )
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="collect")
