@@ -73,6 +73,12 @@ def test_composition_errors_become_one_line(overrides, line):
             ["data=pendulum_mixd"],
             "error: data=pendulum_mixd: no such choice; data= choices: ",
         ),
+        # an experiment that sweeps by itself: Hydra used to call the sweep's comma values ambiguous
+        (
+            "vla_hydra.train",
+            ["experiment=il", "algo=bc,dagger", "algo.total_timesteps=400"],
+            "error: algo.total_timesteps=400: algo (vla_hydra.algos.bc.BC) has no option 'total_timesteps'",
+        ),
     ],
 )
 def test_entry_points_print_one_line_and_write_nothing(tmp_path, entry, args, line):

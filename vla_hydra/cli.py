@@ -157,8 +157,28 @@ def _unknown_key_line(override: str, cause: Any) -> str:
     return line
 
 
+def _multirun_composition_error(config_name: str) -> BaseException | None:
+    """Hydra picks multirun mode for `experiment=`/`hparams_search=` sweeps by composing the config in that
+    mode first; when that fails it falls back to a single run and reports the sweep's comma values as
+    ambiguous instead. The error of that first composition (e.g. an override one swept algo lacks)."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    if not GlobalHydra.instance().is_initialized():
+        return None
+    overrides = get_args_parser().parse_known_args(sys.argv[1:])[0].overrides
+    try:
+        GlobalHydra.instance().hydra.compose_config(
+            config_name, overrides, run_mode=RunMode.MULTIRUN, validate_sweep_overrides=False
+        )
+    except Exception as err:  # noqa: BLE001 - whatever stopped the sweep's composition
+        return err
+    return None
+
+
 @contextmanager
-def one_line_hydra_errors() -> Iterator[None]:
+def one_line_hydra_errors(config_name: str) -> Iterator[None]:
     """While an entry point runs under @hydra.main: Hydra's composition and override errors end the
     command with one `error:` line on stderr and exit code 1 (HYDRA_FULL_ERROR=1 still shows Hydra's
     full report). Hydra reports errors through `run_and_report`; this wraps the function it is given."""
@@ -177,6 +197,9 @@ def one_line_hydra_errors() -> Iterator[None]:
                 return func()
             except Exception as err:
                 line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else hydra_error_line(err)
+                if line and "a comma-separated value; add -m" in line:
+                    real = _multirun_composition_error(config_name)
+                    line = (hydra_error_line(real) or line) if real is not None else line
                 if line is None and isinstance(err, OSError) and not _entry_point_state["task_started"]:
                     # Hydra creating the run dir or its log file (hydra.run.dir=<a file>, a read-only root)
                     problem = (

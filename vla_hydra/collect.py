@@ -363,7 +363,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    with one_line_hydra_errors():
+    with one_line_hydra_errors("collect"):
         _hydra_main()
 
 

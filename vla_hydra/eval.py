@@ -169,7 +169,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    with one_line_hydra_errors():
+    with one_line_hydra_errors("eval"):
         _hydra_main()
 
 

@@ -287,7 +287,7 @@ def main() -> None:
     from vla_hydra.cli import refuse_finished_run_dir_early
 
     refuse_finished_run_dir_early(sys.argv[1:])
-    with one_line_hydra_errors():
+    with one_line_hydra_errors("train"):
         _hydra_main()
 
 
