@@ -112,10 +112,11 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
         history = _hist((0, -900, seed * 10), (100, ret, score), *extra)
         overrides = ["algo=x", f"seed={seed}", "data=alpha"]
         _write_run(a / str(seed), "x", "alpha", seed, ret, score, history, overrides, wall=seed + 1.0)
-    # alpha/y: scores 60, 66 -> mean 63, std sqrt((3² + 3²) / 1) = 4.243; returns -400, -380 -> -390 ± 14.14
-    # (its two runs also differ in lr: not a grid -> one command each, and a "mixed" note)
+    # alpha/y at lr 1e-3: scores 60, 66 -> mean 63, std sqrt((3² + 3²) / 1) = 4.243; returns -400, -380 ->
+    # -390 ± 14.14. A third run at lr 3e-4 is another configuration: a row of its own, not in that mean
     _write_run(a / "3", "y", "alpha", 0, -400, 60, overrides=["algo=y", "seed=0", "algo.lr=1e-3"], steps=100)
-    _write_run(a / "4", "y", "alpha", 1, -380, 66, overrides=["algo=y", "seed=1", "algo.lr=3e-4"], steps=200)
+    _write_run(a / "4", "y", "alpha", 1, -380, 66, overrides=["algo=y", "seed=1", "algo.lr=1e-3"], steps=200)
+    _write_run(a / "7", "y", "alpha", 0, -300, 70, overrides=["algo=y", "seed=0", "algo.lr=3e-4"], steps=100)
     (a / "5" / ".hydra").mkdir(parents=True)  # a training job that never wrote results.json
     (a / "5" / "train.log").write_text("")
     (a / "6" / ".hydra").mkdir(parents=True)  # not a training job (e.g. a vla_hydra.eval run): not listed
@@ -129,8 +130,15 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
 
     report = write_report([a, b, a], out=tmp_path / "out")  # a given twice: its runs count once
     by_key = {(g.dataset, g.algo): g for g in report.groups}
-    assert list(by_key) == [("alpha", "x"), ("alpha", "y"), ("beta", "x"), ("beta", "y")]
-    ax, ay, bx, by = by_key.values()
+    assert list(by_key) == [
+        ("alpha", "x"),
+        ("alpha", "y [algo.lr=1e-3]"),
+        ("alpha", "y [algo.lr=3e-4]"),
+        ("beta", "x"),
+        ("beta", "y"),
+    ]
+    ax, ay, ay_other, bx, by = by_key.values()
+    assert ay_other.seeds == [0] and ay_other.score == (70.0, None)
     assert (
         ax.seeds == [0, 1, 2]
         and ax.score == pytest.approx((90.0, 10.0))
@@ -146,16 +154,14 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
 
     md = report.files["report.md"].read_text()
     assert "| alpha | x | 3 | 0,1,2 | 90.0 ± 10.0 | -200.0 ± 100.0 | 100 | 2.0 |" in md
-    assert "| alpha | y | 2 | 0,1 | 63.0 ± 4.2 | -390.0 ± 14.1 | 150 |" in md
+    assert "| alpha | y [algo.lr=1e-3] | 2 | 0,1 | 63.0 ± 4.2 | -390.0 ± 14.1 | 150 |" in md
+    assert "| alpha | y [algo.lr=3e-4] | 1 | 0 | 70.0 | -300.0 | 100 |" in md
     assert "| beta | x | 2 | 0,1 | — | -12.0 ± 2.8 | 100 |" in md
     assert "| beta | y | 1 | 7 | — | -5.0 | 100 |" in md
     assert "Seeds found: 0, 1, 2, 7." in md
     assert "python -m vla_hydra.train -m algo=x seed=0,1,2 data=alpha\n" in md
-    assert (
-        "python -m vla_hydra.train algo=y seed=0 algo.lr=1e-3\npython -m vla_hydra.train algo=y seed=1 algo.lr=3e-4\n"
-        in md
-    )
-    assert "alpha / y: runs differ in more than the seed (algo.lr=1e-3/3e-4)" in md
+    assert "python -m vla_hydra.train -m algo=y seed=0,1 algo.lr=1e-3\n" in md
+    assert "python -m vla_hydra.train algo=y seed=0 algo.lr=3e-4\n" in md
     assert f"skipped {(a / '5').resolve()}: no results.json" in md and f"{(a / '6').resolve()}" not in md
     assert "(no .hydra/overrides.yaml in its run dirs)" in md  # beta groups
     assert report.table.splitlines()[2].split() == [
@@ -177,12 +183,13 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r["dataset"], r["algo"], r["n_runs"]) for r in rows] == [
         ("alpha", "x", "3"),
-        ("alpha", "y", "2"),
+        ("alpha", "y [algo.lr=1e-3]", "2"),
+        ("alpha", "y [algo.lr=3e-4]", "1"),
         ("beta", "x", "2"),
         ("beta", "y", "1"),
     ]
     assert float(rows[1]["normalized_score_std"]) == pytest.approx(math.sqrt(18))
-    assert rows[2]["normalized_score_mean"] == "" and rows[3]["eval_return_std"] == ""
+    assert rows[3]["normalized_score_mean"] == "" and rows[4]["eval_return_std"] == ""
 
     curves, _ = learning_curves(report.groups)
     key, (cx,) = curves["alpha"]  # alpha/y wrote no eval history: no curve
@@ -192,7 +199,7 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
     )
     key, (bcurve,) = curves["beta"]  # beta/y has no history: no curve; no scores: the return is plotted
     assert key == "eval/return_mean" and bcurve.mean == [-20, -11] and bcurve.std == [0, 0]
-    assert "alpha / y: no eval_history in its runs, no learning curve" in report.notes
+    assert "alpha / y [algo.lr=1e-3]: no eval_history in its runs, no learning curve" in report.notes
     assert "beta / y: no eval_history in its runs, no learning curve" in report.notes
     png = report.files["learning_curves.png"].read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
@@ -207,15 +214,19 @@ def test_mixed_configurations_are_found_in_the_composed_configs_not_the_override
         history = _hist((0, -900, 10), (100, -100, 50)) if name == "0" else []
         _write_run(tmp_path / name, "x", "alpha", int(name), -100.0, 50.0, history, overrides=overrides)
         (tmp_path / name / ".hydra" / "config.yaml").write_text(config.format(seed=name, lr=lr))
-    notes = write_report([tmp_path / "0", tmp_path / "1"], out=tmp_path / "same").notes
-    assert not [n for n in notes if "differ" in n], notes
-    notes = write_report([tmp_path], out=tmp_path / "mixed").notes
+    same = write_report([tmp_path / "0", tmp_path / "1"], out=tmp_path / "same")
+    assert [(g.algo, g.seeds) for g in same.groups] == [("x", [0, 1])]
+    mixed = write_report([tmp_path], out=tmp_path / "mixed")
+    # a default changed in the yaml (lr) is another configuration: one row each, named by the setting
+    assert [(g.algo, g.seeds) for g in mixed.groups] == [
+        ("x [algo.lr=0.0003]", [2]),
+        ("x [algo.lr=0.001]", [0, 1]),
+    ]
+    # only run 0 has an eval history: its curve is not the table's 2 runs, and the report says so
     assert (
-        "alpha / x: runs differ in more than the seed (algo.lr=0.001/0.0003); its mean ± std mixes "
-        in notes[0]
+        "alpha / x [algo.lr=0.001]: learning curve over 1 of its 2 runs (the others have no eval_history)"
+        in (mixed.notes)
     )
-    # only run 0 has an eval history: its curve is not the table's 3 runs, and the report says so
-    assert "alpha / x: learning curve over 1 of its 3 runs (the others have no eval_history)" in notes
 
 
 def test_where_a_run_was_launched_and_newer_config_keys_do_not_make_it_another_experiment(tmp_path):
@@ -227,14 +238,16 @@ def test_where_a_run_was_launched_and_newer_config_keys_do_not_make_it_another_e
     for seed, (config, overrides) in enumerate([(local, ["seed=0"]), (slurm, ["seed=1", "cluster=slurm"])]):
         _write_run(tmp_path / str(seed), "x", "alpha", seed, -100.0, 50.0, overrides=overrides)
         (tmp_path / str(seed) / ".hydra" / "config.yaml").write_text(config.format(seed=seed))
-    assert not [n for n in write_report([tmp_path], out=tmp_path / "r1").notes if "differ" in n]
+    assert [g.algo for g in write_report([tmp_path], out=tmp_path / "r1").groups] == ["x"]
     # a key only one run has, set on its command line, is a real difference
     _write_run(tmp_path / "2", "x", "alpha", 2, -100.0, 50.0, overrides=["seed=2", "+algo.extra=3"])
     extra = local.replace("  lr: 0.001\n", "  lr: 0.001\n  extra: 3\n")
     (tmp_path / "2" / ".hydra" / "config.yaml").write_text(extra.format(seed=2))
-    notes = write_report([tmp_path], out=tmp_path / "r2").notes
-    assert "alpha / x: runs differ in more than the seed (cluster.auto_resume" not in " ".join(notes)
-    assert any("runs differ in more than the seed (algo.extra=(unset)/3)" in n for n in notes), notes
+    groups = write_report([tmp_path], out=tmp_path / "r2").groups
+    assert [(g.algo, g.seeds) for g in groups] == [
+        ("x [algo.extra=(unset)]", [0, 1]),
+        ("x [algo.extra=3]", [2]),
+    ]
 
 
 def test_online_runs_are_grouped_by_their_env(tmp_path):
@@ -302,3 +315,15 @@ def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path, case, expected
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected.format(d=d)), proc.stderr
     assert not (d / "report.md").exists() and not (d / "report.csv").exists()
+
+
+def test_an_empty_sweep_dir_among_several_is_named_not_fatal(tmp_path):
+    """`report logs/il/multiruns/*` with one aborted sweep among them used to stop the whole report."""
+    _write_run(tmp_path / "good" / "0", "bc", "pendulum", 0, -100.0, 50.0)
+    (tmp_path / "aborted").mkdir()
+    report = write_report([tmp_path / "good", tmp_path / "aborted"], out=tmp_path / "out")
+    assert [(g.algo, g.seeds) for g in report.groups] == [("bc", [0])]
+    assert (
+        f"skipped {(tmp_path / 'aborted').resolve()}: no results.json (the job failed or is still running)"
+        in report.notes
+    )

@@ -244,26 +244,56 @@ def find_runs(sweep_dirs: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
         if not root.is_dir():
             raise VlaHydraError(f"sweep dir {root}: not a directory")
         found = sorted(p.resolve() for p in root.rglob(RESULTS_FILE) if p.is_file())
-        if not found:
-            raise VlaHydraError(
-                f"sweep dir {root}: no {RESULTS_FILE} found in it or any subdirectory "
-                "(expected run dirs written by vla_hydra.train)"
-            )
         files.update(dict.fromkeys(found))
         # a training job dir has .hydra/ and train.log from its start; results.json only at its end
-        for log_file in sorted(root.rglob("train.log")):
-            job_dir = log_file.parent
-            if (job_dir / ".hydra").is_dir() and not (job_dir / RESULTS_FILE).is_file():
-                incomplete[job_dir.resolve()] = None
+        unfinished = [
+            log_file.parent.resolve()
+            for log_file in sorted(root.rglob("train.log"))
+            if (log_file.parent / ".hydra").is_dir() and not (log_file.parent / RESULTS_FILE).is_file()
+        ]
+        # a sweep dir with nothing in it (e.g. aborted before its first job) is named too
+        incomplete.update(dict.fromkeys(unfinished or ([] if found else [root.resolve()])))
+    if not files:
+        raise VlaHydraError(
+            f"sweep dir {', '.join(str(Path(d).expanduser().absolute()) for d in sweep_dirs)}: no {RESULTS_FILE} "
+            "found in it or any subdirectory (expected run dirs written by vla_hydra.train)"
+        )
     runs = [load_run(p) for p in files]
     return sorted(runs, key=lambda r: (r.dataset, r.algo, r.seed, str(r.path))), list(incomplete)
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """One group per (dataset, algo) and configuration: runs of one algo on one dataset that differ in
+    more than the seed (a grid over lr, two budgets) are one row each, labelled with the settings that
+    differ (`bc [algo.lr=0.001]`), so no mean mixes configurations."""
     groups: dict[tuple[str, str], Group] = {}
     for run in runs:
         groups.setdefault((run.dataset, run.algo), Group(run.dataset, run.algo)).runs.append(run)
-    return [groups[key] for key in sorted(groups)]
+    return [part for key in sorted(groups) for part in _split_by_settings(groups[key])]
+
+
+def _split_by_settings(group: Group) -> list[Group]:
+    varying = varying_overrides(group)
+    if not varying:
+        return [group]
+    composed = all(r.settings is not None for r in group.runs)  # as varying_overrides compares them
+
+    def value(run: Run, key: str) -> str:
+        given = run.settings if composed else dict(map(_split, run.overrides or []))
+        text = str((given or {}).get(key, "(unset)"))
+        return text[1:-1] if composed and text.startswith('"') else text  # JSON strings without quotes
+
+    parts: dict[tuple[str, ...], list[Run]] = {}
+    for run in group.runs:
+        parts.setdefault(tuple(value(run, key) for key in varying), []).append(run)
+    return [
+        Group(
+            group.dataset,
+            f"{group.algo} [{', '.join(f'{k}={v}' for k, v in zip(varying, values, strict=True))}]",
+            runs,
+        )
+        for values, runs in sorted(parts.items())
+    ]
 
 
 # ------------------------------------------------------------------------------------- command lines
@@ -575,12 +605,6 @@ def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None
 
     notes = []
     for g in groups:
-        varying = varying_overrides(g)
-        if varying:
-            detail = ", ".join(f"{k}={'/'.join(v)}" for k, v in varying.items())
-            notes.append(
-                f"{g.dataset} / {g.algo}: runs differ in more than the seed ({detail}); its mean ± std mixes configurations"
-            )
         missing = sum(r.score is None for r in g.runs)
         if 0 < missing < len(g.runs):
             notes.append(
