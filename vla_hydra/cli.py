@@ -37,7 +37,18 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         else:
             message = " ".join(str(cause).split())
         print(f"error: {_sweep_job_prefix()}{message}", file=sys.stderr, flush=True)
+        _record_in_job_log(f"error: {message}")
         raise SystemExit(1) from None
+
+
+def _record_in_job_log(line: str) -> None:
+    """The error line also goes to the run dir's log file (train.log, ...), so a failed run's dir says
+    why it failed; not to the console again, which already has it on stderr."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(logging.LogRecord("vla_hydra", logging.ERROR, __file__, 0, line, None, None))
 
 
 def hydra_job_config():
