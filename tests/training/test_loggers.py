@@ -51,6 +51,15 @@ def test_training_losses_and_evaluations_share_the_update_count_axis(tmp_path, d
     assert eval_steps == [0, 500, 1000]
 
 
+def test_wandb_logger_does_not_pass_the_deprecated_anonymous_setting(tmp_path, monkeypatch):
+    """wandb warns on every run that is given `anonymous` (Lightning passes None): noise on stderr."""
+    from vla_hydra.training.loggers import wandb_logger
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    logger = wandb_logger(str(tmp_path), mode="offline")
+    assert "anonymous" not in logger._wandb_init and logger._offline
+
+
 def test_wandb_login_detection(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))

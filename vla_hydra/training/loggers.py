@@ -33,7 +33,11 @@ def wandb_logger(
     if mode == "auto":
         mode = "online" if wandb_logged_in() else "offline"
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(save_dir=save_dir, project=project, name=name, offline=(mode == "offline"), **kwargs)
+    logger = WandbLogger(save_dir=save_dir, project=project, name=name, offline=(mode == "offline"), **kwargs)
+    if logger._wandb_init.get("anonymous") is None:
+        # Lightning passes anonymous=None, which wandb (>= 0.19) answers with a deprecation warning per run
+        logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 class AppendingExperimentWriter(ExperimentWriter):
