@@ -59,6 +59,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     env = instantiate(cfg.env)
     spec = env.spec()
     datamodule = instantiate(cfg.data)
+    if hasattr(datamodule, "check_recipe_env"):
+        datamodule.check_recipe_env(spec.env_id)
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.check_compatible(spec)

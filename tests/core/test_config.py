@@ -64,8 +64,11 @@ def test_cli_refuses_a_value_that_used_to_hang_before_touching_the_run_dir(tmp_p
     assert proc.stderr.strip() == "error: algo.updates_per_step=0: expected an integer >= 1"
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "results.json").exists()
     # the run dir Hydra created says why it holds no results
-    assert (run_dir / "train.log").read_text().strip().endswith(
-        "[ERROR] - error: algo.updates_per_step=0: expected an integer >= 1"
+    assert (
+        (run_dir / "train.log")
+        .read_text()
+        .strip()
+        .endswith("[ERROR] - error: algo.updates_per_step=0: expected an integer >= 1")
     )
 
 

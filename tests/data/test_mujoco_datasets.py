@@ -85,3 +85,16 @@ def test_every_mujoco_recipe_collects_from_its_own_env_and_policy(tmp_path, choi
         assert meta["random_action_prob"] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.0])
     if behaviour == "CheckpointPolicy":  # a trained policy beats uniform-random actions clearly
         assert summary["ref_expert_return"] > summary["ref_random_return"] + 500
+
+
+def test_a_recipe_for_another_env_is_refused_before_collecting(tmp_path):
+    """data=hopper_sac_medium env=pendulum used to collect 72k Hopper transitions (~20 s) and only then
+    find that they do not fit Pendulum."""
+    from vla_hydra.core.exceptions import DatasetError
+
+    cfg = small_train_config(tmp_path, tmp_path / "data", ["data=hopper_sac_medium", "env=pendulum"])
+    with pytest.raises(
+        DatasetError, match=r"would be collected in Hopper-v5, but .* in env Pendulum-v1; use env=hopper"
+    ):
+        train(cfg)
+    assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())

@@ -99,6 +99,21 @@ class OfflineDataModule(L.LightningDataModule):
         self._file_actions: np.ndarray | None = None
         self.metadata: dict = {}
 
+    def check_recipe_env(self, env_id: str) -> None:
+        """Before a missing dataset is collected (seconds to minutes): its recipe must roll out the env the
+        policy is evaluated in (the same check check_compatible makes on a collected file)."""
+        recipe_env = getattr(self.recipe, "env_id", None)
+        if self.path.exists() or recipe_env is None or recipe_env == env_id:
+            return
+        from vla_hydra.envs.factory import env_choice_hint
+
+        raise DatasetError(
+            self.path,
+            "data.recipe.env_id",
+            f"would be collected in {recipe_env}, but the policy would be evaluated in env {env_id}; "
+            f"use {env_choice_hint(recipe_env)}",
+        )
+
     def prepare_data(self) -> None:
         if not self.path.exists() and self.recipe is not None:
             from vla_hydra.collect import collect_dataset
