@@ -254,6 +254,15 @@ def test_a_checkpoint_from_another_env_or_an_output_dir_is_a_one_line_error(tmp_
     assert proc.stderr.strip().splitlines() == [
         f"error: output={tmp_path}: a directory; expected a file path, e.g. {tmp_path / 'dataset.hdf5'}"
     ]
+    (tmp_path / "notes.txt").write_text("mine")
+    proc = run_module(
+        "vla_hydra.collect", f"output={tmp_path / 'notes.txt' / 'x.hdf5'}", "data.recipe.episodes=5"
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: output={tmp_path / 'notes.txt' / 'x.hdf5'}: cannot write there ({tmp_path / 'notes.txt'} is a "
+        "file, not a directory)"
+    ]
     proc = run_module(
         "vla_hydra.collect",
         "data=checkpoint_rollouts",

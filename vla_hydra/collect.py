@@ -291,6 +291,7 @@ def _stored_fingerprint(path: Path) -> str | None:
 
 def collect(cfg: DictConfig) -> dict[str, Any]:
     from vla_hydra.core.exceptions import ConfigError
+    from vla_hydra.core.io import check_writable
     from vla_hydra.core.runtime import set_torch_threads
 
     check_config_values(cfg)
@@ -305,10 +306,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("output") is None:
         raise ConfigError("output: required (this data= has no data.path to default to)")
     output = Path(cfg.output)
-    if output.is_dir():
-        raise ConfigError(
-            f"output={output}: a directory; expected a file path, e.g. {output / 'dataset.hdf5'}"
-        )
+    check_writable(output, "output")
     recipe = hydra.utils.instantiate(cfg.data.recipe)
     _refuse_an_env_the_recipe_does_not_use(cfg, recipe.env_id)
     if output.exists() and not cfg.overwrite:

@@ -80,6 +80,9 @@ def _refuse_existing_export(output: str | Path) -> None:
         )
     if Path(output).exists():
         raise ConfigError(f"export={output}: file exists; delete it or choose another path")
+    from vla_hydra.core.io import check_writable
+
+    check_writable(output, "export")
 
 
 def export_policy(ckpt_path: str | Path, output: str | Path, algo=None) -> Path:

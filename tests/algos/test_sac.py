@@ -22,7 +22,7 @@ from vla_hydra.algos.sac import (
     write_replay_dataset,
 )
 from vla_hydra.core.config import ASSETS_DIR
-from vla_hydra.core.exceptions import ConfigError
+from vla_hydra.core.exceptions import ConfigError, OutputError
 from vla_hydra.data.d4rl_format import read_d4rl_hdf5
 from vla_hydra.envs.evaluation import rollout_episodes
 from vla_hydra.eval import load_policy
@@ -191,6 +191,17 @@ def test_short_sac_run_on_pendulum_learns_and_checkpoint_reproduces_it(tmp_path,
     with pytest.raises(ConfigError, match=r"algo.replay_dataset_path=.*replay.hdf5: file exists"):
         train(again)
     assert (tmp_path / "replay.hdf5").read_bytes() == before
+    # nor trains for nothing: a path that cannot take the file stops it before training too
+    blocked = small_train_config(
+        tmp_path / "blocked",
+        data_dir,
+        [*SMALL, f"algo.replay_dataset_path={tmp_path / 'replay.hdf5' / 'r.hdf5'}"],
+    )
+    with pytest.raises(
+        OutputError, match=r"algo.replay_dataset_path=.*: cannot write there \(.*replay.hdf5 is a file"
+    ):
+        train(blocked)
+    assert not (tmp_path / "blocked" / "run" / "checkpoints").exists()
     start = results["eval_history"][0]
     assert start["env_steps"] == 0
     assert results["eval_return_mean"] > start["eval/return_mean"] + 500, results["eval_history"]

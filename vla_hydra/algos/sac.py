@@ -217,11 +217,16 @@ class SAC(OnlineAlgorithm):
         return ReplayBuffer(capacity, fields, self.device)
 
     def on_fit_start(self) -> None:
-        if self.replay_dataset_path and Path(self.replay_dataset_path).exists():
+        if self.replay_dataset_path:
             # checked before training, not after it: never overwrite a dataset, never waste a run
-            raise ConfigError(
-                f"algo.replay_dataset_path={self.replay_dataset_path}: file exists; delete it or choose another path"
-            )
+            from vla_hydra.core.io import check_writable
+
+            check_writable(self.replay_dataset_path, "algo.replay_dataset_path")
+            if Path(self.replay_dataset_path).exists():
+                raise ConfigError(
+                    f"algo.replay_dataset_path={self.replay_dataset_path}: file exists; delete it or choose "
+                    "another path"
+                )
         super().on_fit_start()
         if (
             self.total_timesteps <= self.learning_starts

@@ -40,6 +40,24 @@ def atomic_path(path: str | os.PathLike):
             os.unlink(tmp)
 
 
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """Before long work whose result goes to `path` (a dataset, a replay buffer): the path can take a file,
+    so the work is not lost at its end. `option` names the setting in the error."""
+    from vla_hydra.core.exceptions import OutputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option}={path}: a directory; expected a file path, e.g. {path / 'dataset.hdf5'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"):
+            pass
+    except OSError as err:
+        blocking = next((p for p in path.parents if p.is_file()), None)  # a file where a directory must be
+        reason = f"{blocking} is a file, not a directory" if blocking else err.strerror or err
+        raise OutputError(f"{option}={path}: cannot write there ({reason})") from err
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")

@@ -117,6 +117,9 @@ class OfflineDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if not self.path.exists() and self.recipe is not None:
             from vla_hydra.collect import collect_dataset
+            from vla_hydra.core.io import check_writable
+
+            check_writable(self.path, "data.path")  # before the collection, not after it
 
             log.info(f"dataset {self.path} not found: collecting it from its recipe (once; cached)")
             summary = collect_dataset(self.recipe, self.path)
