@@ -28,7 +28,7 @@ def atomic_path(path: str | os.PathLike):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:  # read-only or virtual file systems (/proc), permissions, a file in the way
-        raise OutputError(f"{path}: cannot write there ({err.strerror or err})") from err
+        raise OutputError(f"{path}: cannot write there ({_why_not_writable(path, err)})") from err
     os.close(fd)
     # mkstemp creates 0600; give the file the permissions a plain open() would (shared results dirs)
     os.chmod(tmp, 0o666 & ~_current_umask())
@@ -53,9 +53,12 @@ def check_writable(path: str | os.PathLike, option: str) -> None:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"):
             pass
     except OSError as err:
-        blocking = next((p for p in path.parents if p.is_file()), None)  # a file where a directory must be
-        reason = f"{blocking} is a file, not a directory" if blocking else err.strerror or err
-        raise OutputError(f"{option}={path}: cannot write there ({reason})") from err
+        raise OutputError(f"{option}={path}: cannot write there ({_why_not_writable(path, err)})") from err
+
+
+def _why_not_writable(path: Path, err: OSError) -> str:
+    blocking = next((p for p in path.parents if p.is_file()), None)  # a file where a directory must be
+    return f"{blocking} is a file, not a directory" if blocking else str(err.strerror or err)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
