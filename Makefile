@@ -40,7 +40,7 @@ gpu-check: install ## CUDA-only tests (trainer=gpu/fsdp/deepspeed) on a GPU mach
 bench: install ## benchmarks, JSON lines to stdout and benchmarks/results/ (~45 min on 2 CPU cores)
 	$(PY) benchmarks/bench_bc.py
 	$(PY) benchmarks/bench_load.py
-	$(PY) benchmarks/bench_offline.py --compile $(ARGS)
+	$(PY) benchmarks/bench_offline.py --compile --corl $(ARGS)
 	$(PY) benchmarks/bench_ppo.py
 	$(PY) benchmarks/bench_online.py --rounds 3 --sac-steps 2000
 	$(PY) benchmarks/bench_cluster.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -108,6 +109,9 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
 # search path, a HYDRA_FULL_ERROR note). The entry points print them as one `error:` line instead.
 
 
+_AMBIGUOUS = re.compile(r"Ambiguous value for argument '([^=]+)=(.*)'")
+
+
 def hydra_error_line(err: BaseException) -> str | None:
     """One line for an error Hydra raised while composing the config or parsing the command line; None
     for anything else (the job's own errors, bugs)."""
@@ -138,7 +142,7 @@ def hydra_error_line(err: BaseException) -> str | None:
         cause = err.__cause__
         if appended and isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
             return _unknown_key_line(appended.group(1), cause)
-        ambiguous = re.match(r"Ambiguous value for argument '([^=]+)=(.*)'", text)
+        ambiguous = _AMBIGUOUS.match(text)
         if ambiguous:
             key, value = ambiguous.groups()
             return (
@@ -202,15 +206,14 @@ def one_line_hydra_errors(config_name: str) -> Iterator[None]:
 
     def run_and_report(func: Callable[[], Any]) -> Any:
         def one_line() -> Any:
-            import os
-
             try:
                 return func()
             except Exception as err:
-                line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else hydra_error_line(err)
-                if line and "a comma-separated value; add -m" in line:
-                    real = _multirun_composition_error(config_name)
-                    line = (hydra_error_line(real) or line) if real is not None else line
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                if _AMBIGUOUS.match(str(err)):  # Hydra's fallback when a sweep failed to compose
+                    err = _multirun_composition_error(config_name) or err
+                line = hydra_error_line(err)
                 if line is None and isinstance(err, OSError) and not _entry_point_state["task_started"]:
                     # Hydra creating the run dir or its log file (hydra.run.dir=<a file>, a read-only root)
                     problem = (
