@@ -86,6 +86,13 @@ def run_module(
     )
 
 
+def run_python(code: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python -c code` in a fresh interpreter (import side effects, files left in cwd); output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def random_pendulum_batch(n: int) -> dict:
     """A minibatch shaped like the datamodule's for Pendulum-v1 (obs 3, torque in [-2, 2]), for update tests."""
     import torch

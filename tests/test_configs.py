@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from tests.conftest import CONF_DIR, ROOT, compose_config, run_module
+from tests.conftest import CONF_DIR, compose_config, run_module, run_python
 from vla_hydra.core.config import check_config_values
 
 GROUPS = [
@@ -93,12 +93,7 @@ def test_cfg_job_prints_config_without_importing_lightning():
         "try:\n    runpy.run_module('vla_hydra.train', run_name='__main__')\nexcept SystemExit:\n    pass\n"
         "assert 'lightning' not in sys.modules and 'torch' not in sys.modules, 'heavy import on config path'"
     )
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    proc = run_python(probe)
     assert proc.returncode == 0, proc.stderr
     assert "_target_: vla_hydra.algos.bc.BC" in proc.stdout
 

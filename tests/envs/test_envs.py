@@ -73,17 +73,14 @@ def test_configured_wrappers_apply_to_every_env_and_the_spec(tmp_path):
 def test_mujoco_warnings_go_to_the_log_not_to_a_file_in_the_working_directory(tmp_path):
     """gymnasium's HalfCheetah-v5 model triggers a deprecation warning that MuJoCo, left alone, prints and
     appends to MUJOCO_LOG.TXT in the cwd on every env made (640 KB after one test session)."""
-    import subprocess
-    import sys
+    from tests.conftest import run_python
 
     probe = (
         "from vla_hydra.envs.factory import EnvFactory\n"
         "for _ in range(3):\n"
         "    env = EnvFactory(id='HalfCheetah-v5').make(); env.reset(seed=0); env.close()\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    proc = run_python(probe, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
     assert "settotalmass" not in proc.stdout + proc.stderr  # known and harmless: debug level only
