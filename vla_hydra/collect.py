@@ -312,13 +312,13 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     if output.exists() and not cfg.overwrite:
         if _stored_fingerprint(output) == recipe.fingerprint():
             # e.g. the default dataset, already collected by the first `make train`: nothing to redo
-            print(f"already collected: {output} (same data.recipe; overwrite=true collects it again)")
+            log.info(f"already collected: {output} (same data.recipe; overwrite=true collects it again)")
             return {"path": str(output), "collected": False}
         raise ConfigError(
             f"output={output}: file exists (not from this data.recipe); pass overwrite=true to replace it"
         )
     summary = collect_dataset(recipe, output)
-    print(
+    log.info(
         f"wrote {summary['path']}: {summary['transitions']} transitions, {summary['episodes']} episodes, "
         f"dataset return {summary['dataset_return_mean']:.1f}"
         + (

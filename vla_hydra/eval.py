@@ -15,6 +15,9 @@ from omegaconf import DictConfig
 
 from vla_hydra.cli import one_line_hydra_errors, run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values
+from vla_hydra.core.logging import get_logger
+
+log = get_logger(__name__)
 
 
 def load_policy(ckpt_path: str | Path, device: str = "cpu", option: str = "ckpt_path"):
@@ -151,18 +154,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             algo, env, Path(cfg.paths.output_dir) / "videos" / "eval.mp4", cfg.video_episodes, cfg.seed
         )
         results["video"] = video["path"]
-        print(f"video: {video['path']}")
+        log.info(f"video: {video['path']}")
     if cfg.get("export"):
         results["exported"] = str(export_policy(cfg.ckpt_path, cfg.export, algo))
-        print(f"exported: {results['exported']}")
+        log.info(f"exported: {results['exported']}")
     out = Path(cfg.paths.output_dir) / "eval_results.json"
     write_json_atomic(out, results)
     score = results["normalized_score"]
-    print(
+    # logged, not printed: the run dir's eval.log keeps them too
+    log.info(
         f"eval return {result.return_mean:.1f} ± {result.return_std:.1f} over {cfg.episodes} episodes"
         + (f", normalized score {score:.1f}" if score is not None else "")
-        + f"\nresults: {out.resolve()}"
     )
+    log.info(f"results: {out.resolve()}")
     return results
 
 
