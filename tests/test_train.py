@@ -97,6 +97,9 @@ def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_
     assert evaluated["eval_return_mean"] == pytest.approx(results["eval_return_mean"], rel=1e-6)
     assert evaluated["normalized_score"] == pytest.approx(results["normalized_score"], rel=1e-6)
     assert "results:" in proc.stdout
+    # the run dir's log keeps the result lines (it used to stay empty)
+    eval_log = (tmp_path / "eval" / "eval.log").read_text()
+    assert f"eval return {evaluated['eval_return_mean']:.1f}" in eval_log and "exported: " in eval_log
 
     # export=: a smaller inference-only checkpoint that evaluates the same
     small = torch.load(exported, weights_only=False)
