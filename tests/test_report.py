@@ -327,3 +327,12 @@ def test_an_empty_sweep_dir_among_several_is_named_not_fatal(tmp_path):
         f"skipped {(tmp_path / 'aborted').resolve()}: no results.json (the job failed or is still running)"
         in report.notes
     )
+
+
+def test_a_usage_error_is_one_line_and_exit_code_1():
+    proc = run_module("vla_hydra.report")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "error: the following arguments are required: SWEEP_DIR (usage: python -m vla_hydra.report [-h] "
+        "[--out OUT] SWEEP_DIR [SWEEP_DIR ...])"
+    ]

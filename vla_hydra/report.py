@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import shlex
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -630,8 +631,16 @@ def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None
     return Report(groups=groups, notes=notes, table=text_table(groups), files=files)
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one `error:` line and exit code 1, like every other bad input of vla_hydra."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (usage: {' '.join(self.format_usage().split()[1:])})", file=sys.stderr)
+        raise SystemExit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="python -m vla_hydra.report",
         description="Aggregate the run dirs of one or more sweeps (every results.json below them) into a "
         "table grouped by (dataset, algo): mean ± sample std (ddof=1) over seeds. Writes report.md, "
