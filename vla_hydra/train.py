@@ -30,7 +30,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     first_run_in_process = _runs_in_this_process == 0
     _runs_in_this_process += 1
     started_at = time.time()
-    from hydra.utils import instantiate
+    from hydra.utils import get_object, instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from vla_hydra.cluster.resume import check_resumable, resume_checkpoint
@@ -58,6 +58,9 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
 
     env = instantiate(cfg.env)
     spec = env.spec()
+    algo_class = get_object(cfg.algo._target_)
+    if hasattr(algo_class, "check_action_space"):
+        algo_class.check_action_space(spec)  # before a dataset is collected for nothing
     datamodule = instantiate(cfg.data)
     if hasattr(datamodule, "check_recipe_env"):
         datamodule.check_recipe_env(spec.env_id)

@@ -53,3 +53,17 @@ def test_sac_with_a_deterministic_actor_fails_before_training_in_one_line(tmp_pa
         "error: algo=sac: model= built a DeterministicActor, which has no sample(); use model=sac_actor"
     ]
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.parametrize("algo", ["td3bc", "iql", "cql", "dt", "sac"])
+def test_continuous_only_algorithms_refuse_a_discrete_env_before_collecting_its_dataset(tmp_path, algo):
+    """algo=td3bc data=cartpole_mixed used to collect 59k CartPole transitions first, then refuse them."""
+    from tests.conftest import small_train_config
+    from vla_hydra.train import train
+
+    cfg = small_train_config(tmp_path, tmp_path / "data", [f"algo={algo}", "data=cartpole_mixed"])
+    with pytest.raises(
+        ConfigError, match=r"env CartPole-v1 has a discrete action space; this algorithm needs"
+    ):
+        train(cfg)
+    assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())

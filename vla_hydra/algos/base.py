@@ -48,11 +48,7 @@ class PolicyAlgorithm(L.LightningModule):
         compile_losses: bool = False,
     ):
         super().__init__()
-        if spec.discrete and not self.supports_discrete:
-            raise ConfigError(
-                f"algo={self.name or type(self).__name__.lower()}: env {spec.env_id} has a discrete action "
-                "space; this algorithm needs continuous (Box) actions"
-            )
+        self.check_action_space(spec)
         self.automatic_optimization = False
         self.compile_losses = compile_losses
         self._compiled_losses = None
@@ -74,6 +70,16 @@ class PolicyAlgorithm(L.LightningModule):
         self.ref_returns: dict[str, float] | None = None
         self.algo_choice: str | None = None
         self.dataset_name: str | None = None
+
+    @classmethod
+    def check_action_space(cls, spec: EnvSpec) -> None:
+        """Discrete actions only for algorithms that handle them; train.py asks before any dataset is
+        collected or read."""
+        if spec.discrete and not cls.supports_discrete:
+            raise ConfigError(
+                f"algo={cls.name or cls.__name__.lower()}: env {spec.env_id} has a discrete action "
+                "space; this algorithm needs continuous (Box) actions"
+            )
 
     def build_network(self, model, *args, needs: tuple[str, ...] = (), use: str = "", **kwargs):
         """`model(*args, **kwargs)` from the `model=` partial, refused in one line when that network cannot
