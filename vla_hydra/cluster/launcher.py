@@ -9,6 +9,8 @@ Everything else (parameters, the job-side `__call__`, requeue via `checkpoint`) 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import time
 from collections.abc import Sequence
@@ -121,20 +123,24 @@ class WaitForAllJobs(BaseSubmititLauncher):
         for num, overrides in zip(numbers, job_overrides, strict=True):
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         state = Singleton.get_state()
+        # submitit echoes sbatch's stderr itself; a refusal is reported once, in the line below
+        sbatch_stderr = io.StringIO()
         try:
-            jobs = self._executor().map_array(
-                self,
-                [list(overrides) for overrides in job_overrides],
-                ["hydra.sweep.dir"] * len(numbers),
-                numbers,
-                [f"job_id_for_{num}" for num in numbers],
-                [state] * len(numbers),
-            )
+            with contextlib.redirect_stderr(sbatch_stderr):
+                jobs = self._executor().map_array(
+                    self,
+                    [list(overrides) for overrides in job_overrides],
+                    ["hydra.sweep.dir"] * len(numbers),
+                    numbers,
+                    [f"job_id_for_{num}" for num in numbers],
+                    [state] * len(numbers),
+                )
         except Exception as err:  # noqa: BLE001 - e.g. submitit's FailedJobError: sbatch refused the jobs
             # nothing ran: one line and exit 1 (SystemExit passes Hydra's traceback printer)
-            message = " ".join(str(err).split())
+            message = " ".join((str(err) or sbatch_stderr.getvalue()).split())
             print(f"error: cluster: the scheduler refused the job(s): {message}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
+        sys.stderr.write(sbatch_stderr.getvalue())  # sbatch's warnings on an accepted submission
         if not wait:
             return self._detach(sweep_dir, numbers, job_overrides, jobs)
         returns = self._wait_for_all(sweep_dir, numbers, job_overrides, jobs)
