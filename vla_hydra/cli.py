@@ -172,6 +172,23 @@ def _unknown_key_line(override: str, cause: Any) -> str:
     return line
 
 
+def _config_value_line(err: BaseException) -> str | None:
+    """A value of the wrong type for a typed config node before the entry point runs (the launcher's
+    `hydra.launcher.timeout_min: ${cluster.time_min}` given `cluster.time_min=abc`): one line naming
+    the user's key when the value came through an interpolation."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(err, OmegaConfBaseException) or _entry_point_state["task_started"]:
+        return None
+    message = str(getattr(err, "msg", "") or err).splitlines()[0]
+    if not getattr(err, "full_key", None):  # e.g. merged into the launcher's typed config, key unnamed
+        return f"{message} (a value Hydra's launcher or sweeper takes: check this command's cluster.* / hydra.* values)"
+    source = re.match(r"While dereferencing interpolation '\$\{([^}]+)\}': (.*)", message)
+    if source:
+        return f"{source.group(1)}: {source.group(2)} (it sets {err.full_key})"
+    return f"{err.full_key}: {message}"
+
+
 def _multirun_composition_error(config_name: str) -> BaseException | None:
     """Hydra picks multirun mode for `experiment=`/`hparams_search=` sweeps by composing the config in that
     mode first; when that fails it falls back to a single run and reports the sweep's comma values as
@@ -213,7 +230,7 @@ def one_line_hydra_errors(config_name: str) -> Iterator[None]:
                     raise
                 if _AMBIGUOUS.match(str(err)):  # Hydra's fallback when a sweep failed to compose
                     err = _multirun_composition_error(config_name) or err
-                line = hydra_error_line(err)
+                line = hydra_error_line(err) or _config_value_line(err)
                 if line is None and isinstance(err, OSError) and not _entry_point_state["task_started"]:
                     # Hydra creating the run dir or its log file (hydra.run.dir=<a file>, a read-only root)
                     problem = (

@@ -63,3 +63,31 @@ def test_an_optuna_search_gets_every_result_back_and_a_grid_sweep_does_not():
     assert launcher.sweeper_needs_results(optuna)
     grid = compose_config("train", ["hparams_search=bc_lr_grid", "cluster=slurm"], return_hydra_config=True)
     assert not launcher.sweeper_needs_results(grid)
+
+
+@pytest.mark.parametrize(
+    "override,line",
+    [
+        # any word used to count as true (and cluster.wait=0 detached the sweep, whose jobs then failed)
+        ("cluster.wait=maybe", "error: cluster.wait=maybe: expected true or false"),
+        ("cluster.wait=0", "error: cluster.wait=0: expected true or false"),
+        ("cluster.auto_resume=no", "error: cluster.auto_resume=no: expected true or false"),
+        ("cluster.max_num_timeout=-1", "error: cluster.max_num_timeout=-1: expected a number >= 0"),
+        # a wrong type for the launcher's typed config used to be an OmegaConf traceback
+        (
+            "cluster.time_min=abc",
+            "error: cluster.time_min: Value 'abc' of type 'str' could not be converted to Integer "
+            "(it sets hydra.launcher.timeout_min)",
+        ),
+    ],
+)
+def test_cluster_settings_are_refused_in_one_line_before_anything_is_submitted(tmp_path, override, line):
+    """No SLURM needed: these stop before sbatch is called."""
+    from tests.conftest import run_module
+
+    proc = run_module(
+        "vla_hydra.train", "-m", "cluster=slurm", override, f"hydra.sweep.dir={tmp_path}/sweep", timeout=120
+    )
+    assert proc.returncode == 1
+    assert [ln for ln in proc.stderr.splitlines() if not ln.startswith("[")] == [line]
+    assert not list(tmp_path.rglob(".submitit"))

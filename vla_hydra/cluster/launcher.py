@@ -273,16 +273,17 @@ def _check_cluster_settings(config: Any) -> None:
 
     cluster = config.get("cluster") or {}
     try:
-        for key in (
-            "time_min",
-            "nodes",
-            "tasks_per_node",
-            "cpus_per_task",
-            "array_parallelism",
-            "signal_delay_s",
-        ):
-            if key in cluster:
-                check_value(f"cluster.{key}", cluster[key])
+        # every cluster.* value with a known rule (time_min, nodes, ..., the switches wait and auto_resume)
+        for key in cluster:
+            if (
+                isinstance(key, str)
+                and not OmegaConf.is_interpolation(cluster, key)
+                and not OmegaConf.is_missing(cluster, key)
+            ):
+                value = cluster[key]
+                check_value(
+                    f"cluster.{key}", OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+                )
         if (
             "time_min" in cluster
             and "signal_delay_s" in cluster

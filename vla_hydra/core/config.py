@@ -68,6 +68,7 @@ _LEARNING_RATE_KEYS = {
 _NON_NEGATIVE_KEYS = {
     "weight_decay", "ent_coef", "vf_coef", "kl_coef", "learning_starts", "max_grad_norm", "grad_clip",
     "policy_noise", "noise_clip", "cql_alpha", "gradient_penalty_coef", "warmup_updates", "signal_delay_s",
+    "max_num_timeout",
 }  # fmt: skip
 # per-episode levels a collection recipe cycles through
 _NON_NEGATIVE_LIST_KEYS = {"action_noise_std"}
