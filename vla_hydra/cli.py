@@ -172,6 +172,17 @@ def _unknown_key_line(override: str, cause: Any) -> str:
     return line
 
 
+def _own_error_line(err: BaseException) -> str | None:
+    """A vla_hydra error that reached Hydra's reporting (a sweeper re-raising a failed job's error) is
+    printed as the one line it is, not with Hydra's HYDRA_FULL_ERROR hint."""
+    from vla_hydra.core.exceptions import VlaHydraError
+
+    if not isinstance(err, VlaHydraError):
+        return None
+    message = " ".join(str(err).split())
+    return message.removeprefix("error: ")
+
+
 def _config_value_line(err: BaseException) -> str | None:
     """A value of the wrong type for a typed config node before the entry point runs (the launcher's
     `hydra.launcher.timeout_min: ${cluster.time_min}` given `cluster.time_min=abc`): one line naming
@@ -230,7 +241,7 @@ def one_line_hydra_errors(config_name: str) -> Iterator[None]:
                     raise
                 if _AMBIGUOUS.match(str(err)):  # Hydra's fallback when a sweep failed to compose
                     err = _multirun_composition_error(config_name) or err
-                line = hydra_error_line(err) or _config_value_line(err)
+                line = hydra_error_line(err) or _config_value_line(err) or _own_error_line(err)
                 if line is None and isinstance(err, OSError) and not _entry_point_state["task_started"]:
                     # Hydra creating the run dir or its log file (hydra.run.dir=<a file>, a read-only root)
                     problem = (

@@ -8,7 +8,10 @@
   The offset keeps a continuation reproducible (same stored study + same command = same proposals).
 """
 
+import contextlib
+import io
 import logging
+import sys
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -33,6 +36,12 @@ def stored_trial_count(storage: str, study_name: str) -> int:
 
 class OptunaSweeper(_OptunaSweeper):
     def sweep(self, arguments):
+        import optuna
+
+        # optuna's own lines ("A new study created ...") through Hydra's log handlers (console + the sweep's
+        # log), not its separate stderr handler
+        optuna.logging.disable_default_handler()
+        optuna.logging.enable_propagation()
         impl = self.sweeper
         storage = impl.storage
         if isinstance(storage, str) and storage.startswith("sqlite:///"):
@@ -47,4 +56,10 @@ class OptunaSweeper(_OptunaSweeper):
                     f"study {impl.study_name} already holds {stored} trials: continuing it with sampler "
                     f"seed {int(seed) + stored} (hydra.sweeper.sampler.seed {seed} + {stored})"
                 )
-        return super().sweep(arguments)
+        # Hydra writes "Error executing job with overrides: [...]" to stderr for every failed trial it
+        # reads back; the launcher has named each failed job already, and the search ends on one line
+        job_errors = io.StringIO()
+        with contextlib.redirect_stderr(job_errors):
+            returns = super().sweep(arguments)
+        sys.stderr.write(job_errors.getvalue())
+        return returns

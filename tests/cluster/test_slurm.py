@@ -186,6 +186,22 @@ def test_optuna_search_on_slurm_is_stored_and_resumable(slurm, pendulum_data, tm
     assert _study_trials(db, "bc_optuna") == ["COMPLETE"] * 5
 
 
+def test_an_optuna_search_on_slurm_with_failing_trials_ends_on_one_line(slurm, pendulum_data, tmp_path):
+    """Hydra used to add an "Error executing job with overrides" line per failed trial and its
+    HYDRA_FULL_ERROR hint; optuna its own "A new study created" line."""
+    proc = run_module(
+        "vla_hydra.train", "hparams_search=bc_optuna", "cluster=slurm", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2", "data.batch_size=choice(0)", *small_job_args(tmp_path, pendulum_data), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: job #0 (") and line.endswith(
+        ": data.batch_size=0: expected an integer >= 1"
+    )
+    db = tmp_path / "logs" / "bc_optuna" / "optuna" / "bc_optuna.db"
+    assert _study_trials(db, "bc_optuna") == ["FAIL"] * 2  # the study records them
+
+
 def test_a_job_that_cannot_start_is_reported_and_ctrl_c_leaves_it_queued(slurm, pendulum_data, tmp_path):
     """A held job (any pending reason that waiting does not clear) is named at once, not waited on in
     silence; Ctrl-C stops the waiting, not the job (as after sbatch), and says how to cancel it."""
