@@ -180,14 +180,13 @@ def _evaluate_checkpoint(
     algorithms; results.json has the fields of a training run's, labelled with the run's algo, dataset
     and seed, so vla_hydra.report tables them."""
     from vla_hydra.cluster.resume import refuse_finished_run_dir
+    from vla_hydra.core.exceptions import ConfigError
     from vla_hydra.core.io import write_json_atomic
     from vla_hydra.core.logging import get_logger
     from vla_hydra.envs.evaluation import rollout_episodes
     from vla_hydra.eval import load_policy
 
     log = get_logger(__name__)
-    from vla_hydra.core.exceptions import ConfigError
-
     if not cfg.get("ckpt_path"):
         raise ConfigError(
             "ckpt_path: required with eval_only=true (experiment=eval); pass ckpt_path=<checkpoint>, or "
