@@ -58,8 +58,13 @@ class OptunaSweeper(_OptunaSweeper):
                 )
         # Hydra writes "Error executing job with overrides: [...]" to stderr for every failed trial it
         # reads back; the launcher has named each failed job already, and the search ends on one line
-        job_errors = io.StringIO()
-        with contextlib.redirect_stderr(job_errors):
-            returns = super().sweep(arguments)
-        sys.stderr.write(job_errors.getvalue())
-        return returns
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(captured):
+                return super().sweep(arguments)
+        finally:  # everything else written to stderr (e.g. the launcher's one-line refusals) passes on
+            sys.stderr.writelines(
+                line
+                for line in captured.getvalue().splitlines(keepends=True)
+                if not line.startswith("Error executing job with overrides:")
+            )
