@@ -269,21 +269,13 @@ class WaitForAllJobs(BaseSubmititLauncher):
 def _check_cluster_settings(config: Any) -> None:
     """Before anything is submitted: the `cluster.*` values vla_hydra's config checks know (time_min,
     nodes, tasks, CPUs, ...), and a time limit longer than the pre-emption warning. One line, exit 1."""
-    from vla_hydra.core.config import check_value
+    from vla_hydra.core.config import check_config_values
 
     cluster = config.get("cluster") or {}
     try:
         # every cluster.* value with a known rule (time_min, nodes, ..., the switches wait and auto_resume)
-        for key in cluster:
-            if (
-                isinstance(key, str)
-                and not OmegaConf.is_interpolation(cluster, key)
-                and not OmegaConf.is_missing(cluster, key)
-            ):
-                value = cluster[key]
-                check_value(
-                    f"cluster.{key}", OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-                )
+        if OmegaConf.is_dict(cluster):
+            check_config_values(cluster, "cluster.")
         if (
             "time_min" in cluster
             and "signal_delay_s" in cluster

@@ -236,7 +236,8 @@ def check_value(option: str, value: Any) -> None:
         raise ConfigError(f"{option}={value}: expected {problem}")
 
 
-def check_config_values(cfg: DictConfig) -> None:
+def check_config_values(cfg: DictConfig, prefix: str = "") -> None:
     """Raise a one-line ConfigError for the first known hyper-parameter outside its valid range, or the
-    first argument an object's constructor does not take (the whole config but Hydra's own settings)."""
-    _check_node(cfg, "")
+    first argument an object's constructor does not take (the whole config but Hydra's own settings).
+    `prefix`: where `cfg` sits in the whole config (`cluster.`), for the option names in errors."""
+    _check_node(cfg, prefix)
