@@ -130,6 +130,11 @@ def main() -> None:
             cfg = config(
                 algo, args.data, work / f"{algo}{r}", updates, args.threads, args.device, args.override
             )
+            per_step = int(cfg.algo.updates_per_step)
+            if updates < 2 * per_step:  # train.py times from the end of its first step
+                parser.error(
+                    f"--updates {updates}: {algo} needs at least {2 * per_step} (2 × algo.updates_per_step)"
+                )
             plain.append(plain_loop_updates_per_s(cfg, updates, args.device))
             lightning.append(train(cfg)[1]["train_updates_per_s"])
             if args.corl and algo in CORL_STYLE:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, which CI (CPU-only) cannot run: the CUDA-only tests (trainer=gpu,
-# trainer=fsdp, trainer=deepspeed with ZeRO-2/3) and, with --bench, the offline-RL GPU benchmark.
+# trainer=fsdp, trainer=deepspeed with ZeRO-2/3) and, with --bench, the offline-RL GPU benchmark (plain loop,
+# train.py eager and compiled, CORL-style script).
 #   bash scripts/gpu_checks.sh [--bench] [out_dir]
 # Needs the project's Python packages. Where they are missing and a folder .whl/ of wheels is present,
 # those are installed into /tmp/site first (a GPU machine whose Python has torch and lightning but not
@@ -27,7 +28,7 @@ python3 -m pytest -v -rs -p no:cacheprovider --junitxml="$out/junit.xml" \
 status=${PIPESTATUS[0]}
 echo "gpu tests: exit $status in $(( $(date +%s) - start )) s" | tee -a "$out/machine.txt"
 if [ $bench = 1 ]; then
-    timeout 240 python3 benchmarks/bench_offline.py --device cuda --algos bc,td3bc,iql --updates 1000 \
-        --rounds 2 --compile 2>"$out/bench.err" | tee "$out/bench_offline.jsonl"
+    timeout 300 python3 benchmarks/bench_offline.py --device cuda --algos bc,td3bc,iql --updates 1000 \
+        --rounds 2 --compile --corl 2>"$out/bench.err" | tee "$out/bench_offline.jsonl"
 fi
 exit "$status"

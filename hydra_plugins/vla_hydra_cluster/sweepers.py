@@ -15,7 +15,20 @@ import sys
 from pathlib import Path
 
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _OptunaSweeper
+
+try:
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _OptunaSweeper
+except ImportError:  # Hydra imports every plugin module at start-up: without the package, no warning there
+
+    class _OptunaSweeper:  # type: ignore[no-redef]
+        def __init__(self, *args, **kwargs):
+            from vla_hydra.core.exceptions import ConfigError
+
+            raise ConfigError(
+                "hparams_search: the Optuna sweeper needs the package hydra-optuna-sweeper "
+                "(pip install 'hydra-optuna-sweeper>=1.2' 'optuna<3'; make install installs it)"
+            )
+
 
 log = logging.getLogger(__name__)
 
