@@ -30,6 +30,15 @@ from vla_hydra.cli import hydra_error_line
             "paths.dat_dir=/x: paths has no option 'dat_dir'; did you mean paths.data_dir=/x? "
             "(+paths.dat_dir=/x adds it as a new key)",
         ),
+        # an option of another choice of the same group: name that choice, do not suggest adding the key
+        (
+            ["cluster=submitit_local", "cluster.wait=false"],
+            "cluster.wait=false: cluster has no option 'wait'; cluster=slurm has it",
+        ),
+        (
+            ["algo.expert_ckpt=x.ckpt"],
+            "algo.expert_ckpt=x.ckpt: algo (vla_hydra.algos.bc.BC) has no option 'expert_ckpt'; algo=dagger has it",
+        ),
         (
             ["env=nope"],
             "env=nope: no such choice; env= choices: cartpole, halfcheetah, hopper, pendulum, walker2d",

@@ -7,6 +7,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -167,9 +168,33 @@ def _unknown_key_line(override: str, cause: Any) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     if close:
         line += f"; did you mean {f'{parent}.' if parent else ''}{close[0]}={value}?"
-    if target is None:  # a new key in a node that builds an object would only fail in its constructor
+    elsewhere = _choices_with_key(parent, key)
+    if elsewhere:  # e.g. cluster.wait under cluster=submitit_local: the option belongs to another choice
+        line += f"; {' and '.join(elsewhere)} {'has' if len(elsewhere) == 1 else 'have'} it"
+    elif target is None:  # a new key in a node that builds an object would only fail in its constructor
         line += f" (+{override} adds it as a new key)"
     return line
+
+
+def _choices_with_key(parent: str, key: str) -> list[str]:
+    """`group=choice` for each config file of group `parent` (conf/<parent>/*.yaml) that sets `key`."""
+    import yaml
+
+    from vla_hydra.core.config import CONF_DIR
+
+    if not parent or "." in parent:
+        return []
+    found = []
+    for path in sorted((Path(CONF_DIR) / parent).glob("*.yaml")):
+        try:
+            text = path.read_text()
+            data = yaml.safe_load(text) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        node = data.get(parent) if "@package _global_" in text else data
+        if isinstance(node, dict) and key in node:
+            found.append(f"{parent}={path.stem}")
+    return found
 
 
 def _own_error_line(err: BaseException) -> str | None:
