@@ -56,6 +56,9 @@ class OptunaSweeper(_OptunaSweeper):
         optuna.logging.disable_default_handler()
         optuna.logging.enable_propagation()
         impl = self.sweeper
+        check_settings = getattr(impl.launcher, "check_settings", None)
+        if check_settings is not None:  # a refused submission must not leave an empty study database
+            check_settings()
         storage = impl.storage
         if isinstance(storage, str) and storage.startswith("sqlite:///"):
             Path(storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)

@@ -274,6 +274,7 @@ def test_detached_optuna_search_is_refused_in_one_line(tmp_path, pendulum_data):
         "error: cluster.wait=false: an Optuna search (hparams_search=) needs each trial's result to propose "
         "the next"
     )
+    assert not list(tmp_path.rglob("*.db")), "a refused search left a study database behind"
 
 
 @pytest.mark.slow

@@ -110,12 +110,17 @@ class WaitForAllJobs(BaseSubmititLauncher):
         )
         return executor
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def check_settings(self) -> None:
+        """The cluster.* checks, one line and exit 1; also called by a sweeper before it writes anything
+        (an Optuna study's database), so a refused submission leaves nothing behind."""
         assert self.config is not None
         _check_cluster_settings(self.config)
-        wait = bool(OmegaConf.select(self.config, "cluster.wait", default=True))
-        if not wait:
+        if not OmegaConf.select(self.config, "cluster.wait", default=True):
             _check_detached_submission(self.config, self._EXECUTOR)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        self.check_settings()
+        wait = bool(OmegaConf.select(self.config, "cluster.wait", default=True))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"submitit '{self._EXECUTOR}': {len(job_overrides)} job(s), sweep dir {sweep_dir}")
