@@ -46,11 +46,11 @@ bench: install ## benchmarks, JSON lines to stdout and benchmarks/results/ (~45 
 	$(PY) benchmarks/bench_cluster.py
 
 format: install ## auto-format and fix imports
-	$(PY) -m ruff format vla_hydra tests benchmarks
-	$(PY) -m ruff check --fix vla_hydra tests benchmarks
+	$(PY) -m ruff format vla_hydra hydra_plugins tests benchmarks
+	$(PY) -m ruff check --fix vla_hydra hydra_plugins tests benchmarks notebooks
 
 lint: install ## static checks
-	$(PY) -m ruff check vla_hydra tests benchmarks
+	$(PY) -m ruff check vla_hydra hydra_plugins tests benchmarks notebooks
 
 clean: ## remove caches and run outputs (keeps .venv and data/)
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache benchmarks/results
