@@ -59,8 +59,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     env = instantiate(cfg.env)
     spec = env.spec()
     algo_class = get_object(cfg.algo._target_)
-    if hasattr(algo_class, "check_action_space"):
-        algo_class.check_action_space(spec)  # before a dataset is collected for nothing
+    if hasattr(algo_class, "check_settings"):
+        algo_class.check_settings(spec, cfg.algo)  # before a dataset is collected for nothing
     datamodule = instantiate(cfg.data)
     if hasattr(datamodule, "check_recipe_env"):
         datamodule.check_recipe_env(spec.env_id)

@@ -67,3 +67,14 @@ def test_continuous_only_algorithms_refuse_a_discrete_env_before_collecting_its_
     ):
         train(cfg)
     assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())
+
+
+def test_gail_refuses_a_budget_below_one_rollout_before_collecting_its_expert_dataset(tmp_path):
+    """algo=gail with algo.total_timesteps under one iteration used to collect the expert data first."""
+    from tests.conftest import small_train_config
+    from vla_hydra.train import train
+
+    cfg = small_train_config(tmp_path, tmp_path / "data", ["algo=gail", "algo.total_timesteps=100"])
+    with pytest.raises(ConfigError, match=r"algo.total_timesteps=100: less than one iteration's rollout"):
+        train(cfg)
+    assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())

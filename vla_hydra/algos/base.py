@@ -72,6 +72,12 @@ class PolicyAlgorithm(L.LightningModule):
         self.dataset_name: str | None = None
 
     @classmethod
+    def check_settings(cls, spec: EnvSpec, algo_cfg: Any) -> None:
+        """The checks that need only the env and the `algo=` config: train.py runs them before any dataset
+        is collected or read (subclasses add theirs)."""
+        cls.check_action_space(spec)
+
+    @classmethod
     def check_action_space(cls, spec: EnvSpec) -> None:
         """Discrete actions only for algorithms that handle them; train.py asks before any dataset is
         collected or read."""

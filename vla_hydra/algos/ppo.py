@@ -78,11 +78,35 @@ def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return (x - x.mean()) / (x.std() + eps)
 
 
+def check_rollout_settings(total_timesteps: int, num_envs: int, num_steps: int, num_minibatches: int) -> None:
+    """An iteration's rollout must split into equal minibatches and fit in the env-step budget."""
+    batch_size = num_envs * num_steps
+    rollout = f"env.num_envs={num_envs} x algo.num_steps={num_steps} = {batch_size} steps"
+    if batch_size % num_minibatches or batch_size // num_minibatches < 2:
+        # a short last minibatch (1 step: NaN advantage std) or none at all
+        raise ConfigError(
+            f"algo.num_minibatches={num_minibatches}: an iteration's rollout ({rollout}) must split "
+            "into that many equal minibatches of at least 2 steps"
+        )
+    if total_timesteps < batch_size:
+        raise ConfigError(f"algo.total_timesteps={total_timesteps}: less than one iteration's rollout ({rollout})")
+
+
 class PPO(OnlineAlgorithm):
     clips_gradients = True
 
     name = "ppo"
     supports_discrete = True
+
+    @classmethod
+    def check_settings(cls, spec, algo_cfg) -> None:
+        super().check_settings(spec, algo_cfg)
+        check_rollout_settings(
+            int(algo_cfg.total_timesteps),
+            int(algo_cfg.env.num_envs),
+            int(algo_cfg.num_steps),
+            int(algo_cfg.num_minibatches),
+        )
 
     def __init__(
         self,
@@ -127,17 +151,7 @@ class PPO(OnlineAlgorithm):
             target_kl,
         )
         self.batch_size = self.num_envs * self.num_steps
-        rollout = f"env.num_envs={self.num_envs} x algo.num_steps={self.num_steps} = {self.batch_size} steps"
-        if self.batch_size % self.num_minibatches or self.batch_size // self.num_minibatches < 2:
-            # a short last minibatch (1 step: NaN advantage std) or none at all
-            raise ConfigError(
-                f"algo.num_minibatches={self.num_minibatches}: an iteration's rollout ({rollout}) must split "
-                "into that many equal minibatches of at least 2 steps"
-            )
-        if self.total_timesteps < self.batch_size:
-            raise ConfigError(
-                f"algo.total_timesteps={self.total_timesteps}: less than one iteration's rollout ({rollout})"
-            )
+        check_rollout_settings(self.total_timesteps, self.num_envs, self.num_steps, self.num_minibatches)
         self.minibatch_size = self.batch_size // self.num_minibatches
         self.actor = self.build_network(
             model,
