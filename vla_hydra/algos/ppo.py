@@ -89,7 +89,9 @@ def check_rollout_settings(total_timesteps: int, num_envs: int, num_steps: int, 
             "into that many equal minibatches of at least 2 steps"
         )
     if total_timesteps < batch_size:
-        raise ConfigError(f"algo.total_timesteps={total_timesteps}: less than one iteration's rollout ({rollout})")
+        raise ConfigError(
+            f"algo.total_timesteps={total_timesteps}: less than one iteration's rollout ({rollout})"
+        )
 
 
 class PPO(OnlineAlgorithm):
