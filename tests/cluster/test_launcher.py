@@ -91,3 +91,41 @@ def test_cluster_settings_are_refused_in_one_line_before_anything_is_submitted(t
     assert proc.returncode == 1
     assert [ln for ln in proc.stderr.splitlines() if not ln.startswith("[")] == [line]
     assert not list(tmp_path.rglob(".submitit"))
+
+
+def test_ctrl_c_inside_sbatch_ends_in_one_line_that_says_how_to_find_the_jobs(tmp_path):
+    """A Ctrl-C while sbatch runs used to end in a traceback without a word about the jobs it may have
+    queued. A real `sbatch` on PATH that hangs (as on a slow controller) gets the interrupt."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    bin_dir, started = tmp_path / "bin", tmp_path / "sbatch_started"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {started}\nexec sleep 120\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    args = ["-m", "cluster=slurm", "seed=0,1", f"paths.root_dir={tmp_path}", "trainer.max_steps=10"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vla_hydra.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert started.exists(), proc.communicate(timeout=30)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted while submitting 2 job(s); if sbatch had accepted them, the jobs are")
+    assert last.endswith("squeue -u $USER -n train")
+    assert "Traceback" not in stderr

@@ -140,6 +140,16 @@ class WaitForAllJobs(BaseSubmititLauncher):
                     [f"job_id_for_{num}" for num in numbers],
                     [state] * len(numbers),
                 )
+        except KeyboardInterrupt:  # Ctrl-C inside sbatch: whether it queued the array is unknown here
+            name = str(self.params.get("name", "")) or "?"
+            where = (
+                f"if sbatch had accepted them, the jobs are queued as '{name}' and write to {sweep_dir}: "
+                f"squeue -u $USER -n {name}"
+                if self._EXECUTOR == "slurm"
+                else "the local jobs already started got the same Ctrl-C"
+            )
+            print(f"interrupted while submitting {len(numbers)} job(s); {where}", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
         except Exception as err:  # noqa: BLE001 - e.g. submitit's FailedJobError: sbatch refused the jobs
             # nothing ran: one line and exit 1 (SystemExit passes Hydra's traceback printer)
             message = " ".join((str(err) or sbatch_stderr.getvalue()).split())
