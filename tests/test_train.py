@@ -101,6 +101,21 @@ def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_
     eval_log = (tmp_path / "eval" / "eval.log").read_text()
     assert f"eval return {evaluated['eval_return_mean']:.1f}" in eval_log and "exported: " in eval_log
 
+    # a video that cannot be written fails the command, but the evaluation's results are kept
+    (tmp_path / "eval_video" / "videos").parent.mkdir()
+    (tmp_path / "eval_video" / "videos").write_text("a file where the videos folder would go")
+    failed = run_module(
+        "vla_hydra.eval",
+        f"ckpt_path={results['checkpoint']}",
+        f"episodes={cfg.eval.episodes}",
+        f"seed={cfg.eval.seed}",
+        "video=true",
+        f"hydra.run.dir={tmp_path}/eval_video",
+    )
+    assert failed.returncode == 1 and "cannot write the video there" in failed.stderr.strip().splitlines()[-1]
+    kept = json.loads((tmp_path / "eval_video" / "eval_results.json").read_text())
+    assert kept["eval_return_mean"] == pytest.approx(results["eval_return_mean"], rel=1e-6)
+
     # export=: a smaller inference-only checkpoint that evaluates the same
     small = torch.load(exported, weights_only=False)
     assert "optimizer_states" not in small and small["global_step"] == 300

@@ -147,6 +147,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "seed": int(cfg.seed),
         **result.to_dict(),
     }
+    out = Path(cfg.paths.output_dir) / "eval_results.json"
+    write_json_atomic(out, results)  # before the video and export: a failure there loses no result
     if cfg.get("video"):
         from vla_hydra.envs.video import record_video
 
@@ -155,11 +157,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
         results["video"] = video["path"]
         log.info(f"video: {video['path']}")
+        write_json_atomic(out, results)
     if cfg.get("export"):
         results["exported"] = str(export_policy(cfg.ckpt_path, cfg.export, algo))
         log.info(f"exported: {results['exported']}")
-    out = Path(cfg.paths.output_dir) / "eval_results.json"
-    write_json_atomic(out, results)
+        write_json_atomic(out, results)
     score = results["normalized_score"]
     # logged, not printed: the run dir's eval.log keeps them too
     log.info(
