@@ -25,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import emit, run_header  # noqa: E402
+from vla_hydra.core.io import atomic_path  # noqa: E402
 
 SECTION = "## GRPO vs PPO"
 # env -> [(label, algo config, evaluation every N gradient updates ~ every few thousand env steps)]
@@ -129,8 +130,8 @@ def plot(all_curves: dict[str, tuple[np.ndarray, dict]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:  # the tracked figure is replaced only by a complete one
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def markdown_section(all_curves: dict[str, tuple[np.ndarray, dict]], seeds: list[int], command: str) -> str:
@@ -141,7 +142,7 @@ def markdown_section(all_curves: dict[str, tuple[np.ndarray, dict]], seeds: list
         "steps, each with its config defaults (`algo=ppo` on CartPole, `algo=ppo_continuous` on Pendulum;",
         "GRPO: 4 groups x 8 episodes per iteration, lr 1e-3, 20 epochs x 8 minibatches, no KL, no entropy",
         f"bonus). Seeds {', '.join(map(str, seeds))}; cells are the eval return (deterministic policy, 10",
-        "episodes) of the latest evaluation at or before that many env steps, mean ± std over seeds.",
+        "episodes) of the latest evaluation at or before that many env steps, mean ± std over seeds (population std, ddof=0; the other tables use the sample std).",
         "GRPO's env steps count the steps of its collected episodes; an iteration ends when its longest",
         "episode does, so GRPO overshoots its budget by up to one iteration (32 episodes).",
         "",
@@ -183,7 +184,8 @@ def write_section(doc: Path, section: str) -> None:
         end = text.find("\n## ", start + len(SECTION))
         rest = text[end + 1 :] if end >= 0 else ""
         text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
-    doc.write_text(text)
+    with atomic_path(doc) as tmp:  # a crash mid-write must not truncate the shared doc
+        tmp.write_text(text)
 
 
 def main() -> None:
