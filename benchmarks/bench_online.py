@@ -24,7 +24,6 @@ SAC (Pendulum-v1, CleanRL defaults unless noted):
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import statistics
 import sys
@@ -60,22 +59,6 @@ class StopWhenSolved(L.Callback):
             if isinstance(callback, PolicyEvaluation) and callback.history:
                 if callback.history[-1]["eval/return_mean"] >= self.threshold:
                     trainer.should_stop = True
-
-
-class ProcessTime(L.Callback):
-    """CPU seconds of this process over the fit loop (first training batch to train end): unlike wall
-    time it barely moves when other jobs share the CPU. The latest fit's figures are class attributes."""
-
-    seconds: float | None = None
-    env_steps: int = 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == 0:
-            self._start, self._start_steps = time.process_time(), int(pl_module.env_steps)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        ProcessTime.seconds = time.process_time() - self._start
-        ProcessTime.env_steps = int(pl_module.env_steps) - self._start_steps
 
 
 def online_config(algo: str, env: str, out: Path, threads: int, device: str, extra: list[str]):
@@ -225,7 +208,6 @@ def bench_sac(args, common: dict, work: Path) -> None:
         f"algo.learning_starts={args.sac_learning_starts}",
         *args.override,
     ]
-    extra.append("+callbacks.process_time._target_=benchmarks.bench_online.ProcessTime")
     # the plain loops write no checkpoints; neither does the timed Lightning path (as in bench_ppo.py)
     extra.append("callbacks.model_checkpoint=null")
     plain, lightning, plain_cpu, lightning_cpu, cleanrl, cleanrl_cpu = [], [], [], [], [], []
@@ -244,10 +226,9 @@ def bench_sac(args, common: dict, work: Path) -> None:
                 cleanrl_cpu.append(cpu)
 
         def run_lightning(cfg=cfg):
-            lightning.append(train(cfg)[1]["train_env_steps_per_s"])
-            # Hydra instantiated benchmarks.bench_online.ProcessTime, not this script's __main__ copy
-            timed = importlib.import_module("benchmarks.bench_online").ProcessTime
-            lightning_cpu.append(timed.env_steps / timed.seconds)
+            results = train(cfg)[1]
+            lightning.append(results["train_env_steps_per_s"])
+            lightning_cpu.append(results["train_env_steps_per_cpu_s"])
 
         # rotate which path goes first, so none always runs on a warmer (or busier) machine
         paths = [run_lightning, run_plain, run_cleanrl]

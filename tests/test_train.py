@@ -67,6 +67,22 @@ def test_checkpoint_carries_inference_metadata_and_resume_continues_step_count(t
     assert torch.load(resumed["checkpoint"], weights_only=False)["global_step"] == 400
 
 
+def test_final_evaluation_runs_the_policy_with_dropout_off(tmp_path, data_dir):
+    """Lightning leaves the module in training mode after fit; the final evaluation used to run with
+    dropout on (a noisy policy, a score that eval of the checkpoint did not reproduce)."""
+    from vla_hydra.envs.evaluation import rollout_episodes
+    from vla_hydra.eval import load_policy
+
+    cfg = small_train_config(tmp_path, data_dir, ["model.dropout=0.5", "callbacks.policy_eval=null"])
+    _, results = train(cfg)
+    algo, env, _ = load_policy(results["checkpoint"])  # load_policy returns it in eval mode
+    again = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed)
+    assert results["eval_return_mean"] == pytest.approx(again.return_mean, rel=1e-9)
+    algo.train()  # a module in training mode is evaluated in eval mode and handed back as it was
+    assert rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed).return_mean == again.return_mean
+    assert algo.training
+
+
 def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_dir):
     cfg = small_train_config(tmp_path, data_dir, ["trainer.max_steps=300"])
     _, results = train(cfg)

@@ -138,7 +138,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     result = rollout_episodes(algo, env, cfg.episodes, cfg.seed, ref_returns=algo.ref_returns)
     results = {
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
-        "algo": algo.algo_choice or algo.name or type(algo).__name__.lower(),
+        "algo": algo.run_label,
         "env": env.id,
         # what the checkpoint was trained on: the training run's data= name and seed, its update count
         "dataset": algo.dataset_name or (config.get("data", {}).get("name") if config.get("data") else None),

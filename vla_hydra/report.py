@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from vla_hydra.cli import run_cli
+from vla_hydra.core.config import is_number
 from vla_hydra.core.exceptions import VlaHydraError
 from vla_hydra.core.io import atomic_path
 
@@ -104,14 +105,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 _KINDS = {
     "str": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
     "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    "number": ("a number", _is_number),
+    "number": ("a number", is_number),
     "list": ("a list", lambda v: isinstance(v, list)),
 }
 
@@ -202,12 +199,12 @@ def load_run(path: Path) -> Run:
     history = _field(data, path, "eval_history", "list", optional=True) or []
     for i, entry in enumerate(history):
         if not (
-            isinstance(entry, dict) and _is_number(entry.get("step")) and _is_number(entry.get(RETURN_KEY))
+            isinstance(entry, dict) and is_number(entry.get("step")) and is_number(entry.get(RETURN_KEY))
         ):
             raise VlaHydraError(
                 f"{path} [eval_history][{i}]: expected an object with numeric 'step' and '{RETURN_KEY}', got {entry!r}"
             )
-        if entry.get(SCORE_KEY) is not None and not _is_number(entry[SCORE_KEY]):
+        if entry.get(SCORE_KEY) is not None and not is_number(entry[SCORE_KEY]):
             raise VlaHydraError(
                 f"{path} [eval_history][{i}][{SCORE_KEY}]: expected a number, got {entry[SCORE_KEY]!r}"
             )

@@ -74,7 +74,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         check_resumable(ckpt_path, algo, int(cfg.trainer.get("max_steps", -1)))
     if cfg.trainer.get("max_steps", -1) < 0 and not hasattr(algo, "total_timesteps"):
         raise ConfigError(
-            f"trainer.max_steps={cfg.trainer.max_steps}: algo={algo.name or type(algo).__name__.lower()} learns "
+            f"trainer.max_steps={cfg.trainer.max_steps}: algo={algo.short_name()} learns "
             "from a fixed dataset and has no other end; expected a number of gradient updates >= 1"
         )
     algo.run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -112,7 +112,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if hasattr(algo, "total_timesteps") and 0 <= max_steps < trainer.global_step:
         # offline blocks are cut at max_steps; an online iteration (rollout + its updates) is not
         log.info(
-            f"trainer.max_steps={max_steps}: algo={algo.algo_choice or algo.name} updates in whole iterations, "
+            f"trainer.max_steps={max_steps}: algo={algo.run_label} updates in whole iterations, "
             f"so it stopped after {trainer.global_step} updates ({int(algo.env_steps)} env steps; "
             f"its budget is algo.total_timesteps={algo.total_timesteps})"
         )
@@ -126,7 +126,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     final = rollout_episodes(policy, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
     evals = [cb for cb in callbacks if isinstance(cb, PolicyEvaluation)]
     results = {
-        "algo": algo.algo_choice or algo.name or type(algo).__name__.lower(),
+        "algo": algo.run_label,
         "env": spec.env_id,
         "dataset": datamodule.name,
         "dataset_path": str(datamodule.path.resolve()) if datamodule.path else None,
@@ -198,7 +198,7 @@ def _evaluate_checkpoint(
     final = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
     data_config = config.get("data") or {}
     results = {
-        "algo": algo.algo_choice or algo.name or type(algo).__name__.lower(),
+        "algo": algo.run_label,
         "env": env.id,
         "dataset": algo.dataset_name or data_config.get("name") or Path(str(data_config.get("path"))).stem,
         "seed": int(config.get("seed", cfg.seed)),  # the training run's: reports group runs by it

@@ -72,6 +72,17 @@ class PolicyAlgorithm(L.LightningModule):
         self.dataset_name: str | None = None
 
     @classmethod
+    def short_name(cls) -> str:
+        """The algorithm's name in messages and checkpoints: `name`, else the class name in lower case."""
+        return cls.name or cls.__name__.lower()
+
+    @property
+    def run_label(self) -> str:
+        """What results and reports call this run's algorithm: the algo= choice it was trained as
+        (ppo_continuous), else its short name."""
+        return self.algo_choice or self.short_name()
+
+    @classmethod
     def check_settings(cls, spec: EnvSpec, algo_cfg: Any) -> None:
         """The checks that need only the env and the `algo=` config: train.py runs them before any dataset
         is collected or read (subclasses add theirs)."""
@@ -83,14 +94,14 @@ class PolicyAlgorithm(L.LightningModule):
         collected or read."""
         if spec.discrete and not cls.supports_discrete:
             raise ConfigError(
-                f"algo={cls.name or cls.__name__.lower()}: env {spec.env_id} has a discrete action "
+                f"algo={cls.short_name()}: env {spec.env_id} has a discrete action "
                 "space; this algorithm needs continuous (Box) actions"
             )
 
     def build_network(self, model, *args, needs: tuple[str, ...] = (), use: str = "", **kwargs):
         """`model(*args, **kwargs)` from the `model=` partial, refused in one line when that network cannot
         be built that way or lacks a method this algorithm calls (`needs`); `use` names a model= that fits."""
-        algo = self.name or type(self).__name__.lower()
+        algo = self.short_name()
         try:
             network = model(*args, **kwargs)
         except TypeError as err:  # e.g. model=mlp given discrete=...: a network made for other algorithms
@@ -230,7 +241,7 @@ class PolicyAlgorithm(L.LightningModule):
         """What inference needs besides the weights (vla_hydra.eval.load_policy reads it)."""
         return {
             "format_version": 1,
-            "algo": self.name or type(self).__name__.lower(),
+            "algo": self.short_name(),
             "algo_choice": self.algo_choice,
             "dataset_name": self.dataset_name,
             "env_spec": self.spec.to_dict(),

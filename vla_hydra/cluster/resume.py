@@ -109,7 +109,7 @@ def check_resumable(ckpt_path: str, algo, max_steps: int = -1) -> None:
             "it has no optimizer or loop state to resume; resume from a run's checkpoints/last.ckpt"
         )
     meta = checkpoint.get(CHECKPOINT_KEY) or {}
-    name = algo.name or type(algo).__name__.lower()
+    name = algo.short_name()
     if meta.get("algo") and meta["algo"] != name:
         raise CheckpointError(f"ckpt_path={ckpt_path}: a checkpoint of algo={meta['algo']}, not algo={name}")
     expected = {k: tuple(v.shape) for k, v in algo.state_dict().items()}

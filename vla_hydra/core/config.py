@@ -116,7 +116,8 @@ _CHECKED_KEYS = (
 )
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or float, not a bool (which Python counts as an int)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -132,7 +133,7 @@ def _expected(key: str, value: Any) -> str | None:
     if key in _BOOL_KEYS:
         return None if isinstance(value, bool) else "true or false"
     if key in _NUMBER_KEYS:
-        return None if _is_number(value) else "a number"
+        return None if is_number(value) else "a number"
     if key in _POSITIVE_INT_KEYS:
         return (
             None
@@ -145,19 +146,19 @@ def _expected(key: str, value: Any) -> str | None:
     if key in _NON_NEGATIVE_LIST_KEYS | _PROBABILITY_LIST_KEYS:
         probability = key in _PROBABILITY_LIST_KEYS
         ok = isinstance(value, (list, tuple)) and len(value) > 0
-        ok = ok and all(_is_number(v) and v >= 0 and (v <= 1 or not probability) for v in value)
+        ok = ok and all(is_number(v) and v >= 0 and (v <= 1 or not probability) for v in value)
         return (
             None
             if ok
             else f"a non-empty list of {'probabilities in [0, 1]' if probability else 'numbers >= 0'}"
         )
     if key in _LEARNING_RATE_KEYS:
-        return None if _is_number(value) and value > 0 else "a learning rate > 0"
+        return None if is_number(value) and value > 0 else "a learning rate > 0"
     if key in _NON_NEGATIVE_KEYS:
-        return None if _is_number(value) and value >= 0 else "a number >= 0"
+        return None if is_number(value) and value >= 0 else "a number >= 0"
     if key in _INTERVAL_KEYS:
         low, high, low_in, high_in = _INTERVAL_KEYS[key]
-        ok = _is_number(value) and (low <= value if low_in else low < value)
+        ok = is_number(value) and (low <= value if low_in else low < value)
         ok = ok and (value <= high if high_in else value < high)
         return (
             None if ok else f"a number in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,23 @@ class EvalResult:
         }
 
 
+@contextmanager
+def evaluation_mode(policy: Any) -> Iterator[None]:
+    """A torch module policy in eval mode (dropout off) while it is evaluated, its own mode afterwards:
+    Lightning leaves a module in training mode after fit."""
+    import torch
+
+    if not isinstance(policy, torch.nn.Module):
+        yield
+        return
+    was_training = policy.training
+    policy.eval()
+    try:
+        yield
+    finally:
+        policy.train(was_training)
+
+
 def rollout_episodes(
     policy: Callable[[np.ndarray], np.ndarray] | Any,
     env_factory: EnvFactory,
@@ -57,19 +75,20 @@ def rollout_episodes(
     if hasattr(policy, "begin_rollout"):
         policy.begin_rollout(num_episodes)
     envs = env_factory.make_vector(num_episodes)
-    try:
-        obs, _ = envs.reset(seed=[seed + i for i in range(num_episodes)])
-        returns = np.zeros(num_episodes)
-        lengths = np.zeros(num_episodes, dtype=np.int64)
-        running = np.ones(num_episodes, dtype=bool)
-        while running.any():
-            actions = act(obs)
-            obs, rewards, terminated, truncated, _ = envs.step(actions)
-            returns += rewards * running
-            lengths += running
-            running &= ~(terminated | truncated)
-            if hasattr(policy, "observe_rollout_step"):
-                policy.observe_rollout_step(rewards, ~running)
-    finally:
-        envs.close()
+    with evaluation_mode(policy):
+        try:
+            obs, _ = envs.reset(seed=[seed + i for i in range(num_episodes)])
+            returns = np.zeros(num_episodes)
+            lengths = np.zeros(num_episodes, dtype=np.int64)
+            running = np.ones(num_episodes, dtype=bool)
+            while running.any():
+                actions = act(obs)
+                obs, rewards, terminated, truncated, _ = envs.step(actions)
+                returns += rewards * running
+                lengths += running
+                running &= ~(terminated | truncated)
+                if hasattr(policy, "observe_rollout_step"):
+                    policy.observe_rollout_step(rewards, ~running)
+        finally:
+            envs.close()
     return EvalResult(returns=returns, lengths=lengths, ref_returns=ref_returns or env_factory.ref_returns)

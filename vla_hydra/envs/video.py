@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_hydra.envs.evaluation import evaluation_mode
 from vla_hydra.envs.factory import EnvFactory
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -45,21 +46,22 @@ def record_video(
     fps = fps or int(env.metadata.get("render_fps", 30))
     frames, returns = [], []
     try:
-        for episode in range(episodes):
-            if hasattr(policy, "begin_rollout"):
-                policy.begin_rollout(1)
-            obs, _ = env.reset(seed=seed + episode)
-            frames.append(env.render())
-            done, total = False, 0.0
-            while not done:
-                action = act(obs[None])[0]
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                done = terminated or truncated
+        with evaluation_mode(policy):
+            for episode in range(episodes):
+                if hasattr(policy, "begin_rollout"):
+                    policy.begin_rollout(1)
+                obs, _ = env.reset(seed=seed + episode)
                 frames.append(env.render())
-                if hasattr(policy, "observe_rollout_step"):
-                    policy.observe_rollout_step(np.array([reward]), np.array([done]))
-            returns.append(total)
+                done, total = False, 0.0
+                while not done:
+                    action = act(obs[None])[0]
+                    obs, reward, terminated, truncated, _ = env.step(action)
+                    total += float(reward)
+                    done = terminated or truncated
+                    frames.append(env.render())
+                    if hasattr(policy, "observe_rollout_step"):
+                        policy.observe_rollout_step(np.array([reward]), np.array([done]))
+                returns.append(total)
     finally:
         env.close()
     # written next to the target, then renamed: an interrupted run never leaves a truncated video

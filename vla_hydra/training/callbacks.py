@@ -136,12 +136,9 @@ class PolicyEvaluation(L.Callback):
             # rollouts (same seeds and weights: the same forwards); rank 0 reports
             prepare_sharded_forward(trainer)
         start, cpu_start = time.perf_counter(), time.process_time()
-        was_training = pl_module.training
-        pl_module.eval()
-        result = rollout_episodes(
+        result = rollout_episodes(  # in eval mode, then back in training mode
             pl_module, self.env, self.episodes, self.seed, ref_returns=pl_module.ref_returns
         )
-        pl_module.train(was_training)
         metrics = {"eval/return_mean": result.return_mean, "eval/return_std": result.return_std}
         if result.normalized_score is not None:
             metrics["eval/normalized_score"] = result.normalized_score

@@ -101,7 +101,7 @@ def prepare_strategy(trainer, module: torch.nn.Module) -> None:
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     if isinstance(trainer.strategy, DeepSpeedStrategy):
-        name = getattr(module, "name", None) or type(module).__name__.lower()
+        name = module.short_name()
         if getattr(module, "clips_gradients", False):
             raise ConfigError(
                 f"trainer=deepspeed: algo={name} clips gradient norms inside its update, which ZeRO's "
