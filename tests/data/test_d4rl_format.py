@@ -160,6 +160,28 @@ def test_cut_final_episode_is_refused_or_truncated_on_request(tmp_path):
     assert len(transitions_from_d4rl(loaded)["observations"]) == len(arrays["observations"]) - 3
 
 
+def test_a_cut_last_episode_is_left_out_of_the_episode_return_range(tmp_path):
+    """IQL/CQL scale rewards by 1000 / (max - min episode return): the 2-step remainder of a cut episode
+    is no episode and used to set the minimum (2 instead of 5 here)."""
+    from vla_hydra.data.datamodule import OfflineDataModule
+
+    arrays = {k: v[:-3] for k, v in make_arrays(n_episodes=3, length=5).items()}  # episodes of 5, 5, 2 (cut)
+    path = write_d4rl_hdf5(tmp_path / "cut.hdf5", arrays, {})
+    data = OfflineDataModule(str(path), batch_size=4, updates_per_step=1, cut_final_episode="truncate")
+    data.setup("fit")
+    stats = data.stats()
+    assert (stats.episode_return_min, stats.episode_return_max) == (5.0, 5.0)
+    # a file whose last episode ends properly keeps all of its episodes
+    whole = OfflineDataModule(
+        str(write_d4rl_hdf5(tmp_path / "whole.hdf5", make_arrays(n_episodes=2, length=4), {})),
+        batch_size=4,
+        updates_per_step=1,
+        cut_final_episode="truncate",
+    )
+    whole.setup("fit")
+    assert list(whole.episode_returns) == [4.0, 4.0]
+
+
 @pytest.mark.parametrize(
     "actions,env_id,message",
     [

@@ -81,10 +81,16 @@ def read_d4rl_hdf5(
     except OSError as err:  # truncated or corrupt: h5py's header check passes, reading fails
         raise DatasetError(path, None, f"unreadable HDF5 file ({' '.join(str(err).split())})") from err
     if cut_final_episode == "truncate" and len(arrays["timeouts"]) and not arrays["terminals"][-1]:
+        if not arrays["timeouts"][-1]:
+            # read as a time limit (bootstrapped); noted so statistics over whole episodes can leave it out
+            metadata[FINAL_EPISODE_CUT] = True
         arrays["timeouts"][-1] = True
     validate_transitions(path, arrays)
     return arrays, metadata
 
+
+# metadata entry read_d4rl_hdf5 adds (not stored in files) when it ended a cut last episode with a timeout
+FINAL_EPISODE_CUT = "final_episode_cut"
 
 # per-step scalars: one value per row; a trailing axis of 1 ((N, 1), as some converters write) is accepted
 SCALAR_KEYS = ("rewards", "terminals", "timeouts")

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from vla_hydra.core.exceptions import DatasetError
 from vla_hydra.core.logging import get_logger
 from vla_hydra.data.buffer import TensorBuffer, transitions_from_d4rl
-from vla_hydra.data.d4rl_format import read_d4rl_hdf5
+from vla_hydra.data.d4rl_format import FINAL_EPISODE_CUT, read_d4rl_hdf5
 from vla_hydra.data.stats import DatasetStats, episode_returns
 
 log = get_logger(__name__)
@@ -153,6 +153,10 @@ class OfflineDataModule(L.LightningDataModule):
         self._obs_mean = torch.as_tensor(observations.mean(axis=0, dtype=np.float64), dtype=torch.float32)
         self._obs_std = torch.as_tensor(observations.std(axis=0, dtype=np.float64), dtype=torch.float32)
         self.episode_returns = episode_returns(arrays["rewards"], arrays["terminals"], arrays["timeouts"])
+        if self.metadata.get(FINAL_EPISODE_CUT) and len(self.episode_returns) > 1:
+            # a partial last episode's return is no episode return (its short sum would widen the range
+            # that IQL/CQL reward scaling divides by); CORL's return range leaves it out too
+            self.episode_returns = self.episode_returns[:-1]
         if self.segment_length:
             from vla_hydra.data.trajectories import TrajectoryBuffer
 
