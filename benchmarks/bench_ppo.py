@@ -169,7 +169,7 @@ def solve_config(out: Path, seed: int, threads: int):
     """The default `algo=ppo env=cartpole` run (CleanRL's 500k budget), evaluated every 20 iterations."""
     from omegaconf import open_dict
 
-    from tests.conftest import compose_config
+    from vla_hydra.core.config import compose_config
 
     cfg = compose_config(
         "train",

@@ -47,7 +47,7 @@ def bench_config(
     extra: list[str] | None = None,
 ):
     """The training config a benchmark times: `updates` gradient updates, periodic env evaluation off."""
-    from tests.conftest import compose_config
+    from vla_hydra.core.config import compose_config
 
     cfg = compose_config(
         "train",

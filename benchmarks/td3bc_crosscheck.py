@@ -92,7 +92,7 @@ def main() -> None:
 
     from hydra.utils import instantiate
 
-    from tests.conftest import compose_config
+    from vla_hydra.core.config import compose_config
 
     cfg = compose_config("train", [f"data={args.data}", f"env={args.env}", "algo=td3bc"])
     datamodule = instantiate(cfg.data)

@@ -8,28 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
-
-import vla_hydra.core.config  # noqa: F401  (registers resolvers used by the configs)
 
 # Before anything imports torch: OMP_WAIT_POLICY=PASSIVE (set by this module) keeps small-model ops from
 # collapsing under OpenMP spin-waiting on a shared 2-core machine.
 import vla_hydra.core.runtime  # noqa: F401  (first torch import of the session: sets OMP_WAIT_POLICY)
+from vla_hydra.core.config import compose_config  # noqa: F401  (also registers the configs' resolvers)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
-
-
-def compose_config(
-    config_name: str = "train", overrides: list[str] | None = None, return_hydra_config: bool = False
-) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(
-            config_name=config_name, overrides=overrides or [], return_hydra_config=return_hydra_config
-        )
 
 
 @pytest.fixture(autouse=True, scope="session")

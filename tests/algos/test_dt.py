@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import compose_config, small_train_config
-from vla_hydra.algos.dt import DecisionTransformer, dt_action_loss, warmup_lr
+from vla_hydra.algos.dt import DecisionTransformer, dt_action_loss
 from vla_hydra.data.stats import DatasetStats
 from vla_hydra.data.trajectories import TrajectoryBuffer
 from vla_hydra.envs.evaluation import rollout_episodes
@@ -32,14 +32,6 @@ def test_dt_action_loss_hand_computed_with_padding():
     assert dt_action_loss(predicted, target, mask).item() == pytest.approx(1.75 / 6)
     # an all-padding batch is 0, not NaN
     assert dt_action_loss(predicted, target, torch.zeros(2, 3)).item() == 0.0
-
-
-def test_warmup_lr_is_linear_then_constant():
-    # base 1e-4 over 1000 updates: update k uses 1e-4 * (k + 1) / 1000
-    assert warmup_lr(1e-4, 0, 1000) == pytest.approx(1e-7)
-    assert warmup_lr(1e-4, 499, 1000) == pytest.approx(5e-5)
-    assert warmup_lr(1e-4, 999, 1000) == pytest.approx(1e-4)
-    assert warmup_lr(1e-4, 50_000, 1000) == pytest.approx(1e-4)
 
 
 def _tiny_dt(**kwargs) -> DecisionTransformer:

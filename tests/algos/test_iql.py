@@ -10,11 +10,11 @@ import torch
 from tests.conftest import compose_config, small_train_config
 from vla_hydra.algos.iql import (
     IQL,
-    cosine_lr,
     exp_advantage_weights,
     expectile_loss,
     return_range_reward_scale,
 )
+from vla_hydra.algos.schedules import cosine_lr
 from vla_hydra.data.stats import DatasetStats
 from vla_hydra.envs.factory import EnvSpec
 from vla_hydra.models.actors import GaussianActor
@@ -37,15 +37,6 @@ def test_exp_advantage_weights_hand_computed_with_clip():
     weights = exp_advantage_weights(torch.tensor([-1.0, 0.0, 1.0, 2.0]), beta=3.0, max_weight=100.0)
     # exp(-3) = 0.049787, exp(0) = 1, exp(3) = 20.085537, exp(6) = 403.43 -> clipped to 100
     torch.testing.assert_close(weights, torch.tensor([0.049787, 1.0, 20.085537, 100.0]))
-
-
-def test_cosine_lr_hand_computed():
-    assert cosine_lr(3e-4, 0, 1000) == pytest.approx(3e-4)
-    # half way: 3e-4 * (1 + cos(pi/2)) / 2 = 1.5e-4; a quarter: 3e-4 * (1 + 0.707107) / 2 = 2.56066e-4
-    assert cosine_lr(3e-4, 500, 1000) == pytest.approx(1.5e-4)
-    assert cosine_lr(3e-4, 250, 1000) == pytest.approx(2.56066e-4, rel=1e-5)
-    assert cosine_lr(3e-4, 1000, 1000) == pytest.approx(0.0, abs=1e-12)
-    assert cosine_lr(3e-4, 5000, 1000) == pytest.approx(0.0, abs=1e-12)  # stays at 0 past the horizon
 
 
 def test_reward_scale_from_dataset_return_range_survives_a_rebuild_without_stats():

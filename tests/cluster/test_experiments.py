@@ -26,14 +26,9 @@ SHRINK = [
 
 @pytest.mark.parametrize("experiment", sorted(SWEEPS))
 def test_every_combination_of_the_sweep_composes(experiment):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from tests.conftest import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        sweep = compose("train", [f"experiment={experiment}"], return_hydra_config=True).hydra.sweeper.params
+    sweep = compose_config(
+        "train", [f"experiment={experiment}"], return_hydra_config=True
+    ).hydra.sweeper.params
     assert sweep.algo.split(",") == SWEEPS[experiment]
     for algo in SWEEPS[experiment]:
         cfg = compose_config("train", [f"experiment={experiment}", f"algo={algo}"])

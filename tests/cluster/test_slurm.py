@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_module
+from tests.conftest import run_module
 
 
 def small_job_args(root: Path, data_dir: Path, steps: int = 100) -> list[str]:
@@ -290,16 +290,13 @@ def test_admin_requeue_resumes_from_last_periodic_checkpoint(slurm, pendulum_dat
 
 
 def test_cluster_settings_flow_into_the_trainer_and_launcher():
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from vla_hydra.core.config import compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            ["cluster=slurm", "cluster.nodes=2", "cluster.tasks_per_node=4", "cluster.partition=gpu"],
-            return_hydra_config=True,
-        )
+    cfg = compose_config(
+        "train",
+        ["cluster=slurm", "cluster.nodes=2", "cluster.tasks_per_node=4", "cluster.partition=gpu"],
+        return_hydra_config=True,
+    )
     assert cfg.trainer.num_nodes == 2 and cfg.trainer.devices == 4
     launcher = cfg.hydra.launcher
     assert (launcher.nodes, launcher.tasks_per_node, launcher.partition) == (2, 4, "gpu")

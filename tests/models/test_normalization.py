@@ -91,3 +91,15 @@ def test_running_stats_are_pooled_over_processes(tmp_path):
         np.testing.assert_allclose(rank["var"], single.var.numpy(), rtol=1e-5)
         np.testing.assert_allclose(rank["mean"], everything.mean(0), rtol=1e-4)
     assert ranks[0]["draw"] != ranks[1]["draw"]
+
+
+def test_observation_normalizer_without_statistics_is_the_exact_identity():
+    """It used to divide by 1 + eps (1.001): online policies trained on raw observations were then
+    evaluated on slightly shrunken ones."""
+    from vla_hydra.models.normalization import ObservationNormalizer
+
+    obs = torch.tensor([[3.0, -7.5]])
+    assert torch.equal(ObservationNormalizer((2,))(obs), obs)
+    with_stats = ObservationNormalizer((2,), mean=torch.tensor([1.0, 1.0]), std=torch.tensor([2.0, 0.0]))
+    # eps only where statistics exist: it keeps a constant feature (std 0) from dividing by zero
+    torch.testing.assert_close(with_stats(obs), torch.tensor([[2.0 / 2.001, -8.5 / 0.001]]))

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.algos.schedules import warmup_lr
 from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.models.transformer import DecisionTransformerNet
 
@@ -19,11 +20,6 @@ def dt_action_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Te
     """
     squared = (predicted - target).square().sum(-1) * mask
     return squared.sum() / (mask.sum() * predicted.shape[-1]).clamp(min=1.0)
-
-
-def warmup_lr(base_lr: float, updates_done: int, warmup_updates: int) -> float:
-    """Linear warm-up: base_lr * (updates_done + 1) / warmup_updates, then constant (CORL's DT schedule)."""
-    return base_lr * min(1.0, (updates_done + 1) / max(warmup_updates, 1))
 
 
 class DecisionTransformer(PolicyAlgorithm):

@@ -28,6 +28,7 @@ import torch
 
 from vla_hydra.algos.online import OnlineAlgorithm
 from vla_hydra.algos.ppo import approx_kl, clipped_surrogate_loss
+from vla_hydra.algos.schedules import linear_decay_lr, set_lr
 from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.core.runtime import all_gather_rows, any_process
 from vla_hydra.envs.factory import EnvFactory, EnvSpec
@@ -218,9 +219,7 @@ class GRPO(OnlineAlgorithm):
 
     def train_iteration(self, optimizer) -> dict[str, torch.Tensor]:
         if self.anneal_lr:
-            frac = max(0.0, 1.0 - int(self.env_steps) / self.total_timesteps)
-            for group in optimizer.param_groups:
-                group["lr"] = frac * self.lr
+            set_lr(optimizer, linear_decay_lr(self.lr, int(self.env_steps), self.total_timesteps))
         if self.ref_policy is not None and self.ref_update_every > 0:
             if int(self.iterations) % self.ref_update_every == 0 and int(self.iterations) > 0:
                 self.ref_policy.load_state_dict(self.policy.state_dict())

@@ -13,12 +13,12 @@ and one Adam step (a parameter group per network) equals CORL's three sequential
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
 
 from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.algos.schedules import cosine_lr
 from vla_hydra.data.stats import DatasetStats
 from vla_hydra.models.critics import EnsembleQNetwork, ValueNetwork, soft_update
 
@@ -33,13 +33,6 @@ def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
 def exp_advantage_weights(advantage: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
     """exp(beta * A), clipped at max_weight (the advantage-weighted regression weights)."""
     return torch.exp(beta * advantage).clamp(max=max_weight)
-
-
-def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
-    """CosineAnnealingLR (eta_min 0) at `step`: base_lr * (1 + cos(pi * step / total)) / 2, 0 after."""
-    if total_steps <= 0:
-        return base_lr
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
 def return_range_reward_scale(stats: DatasetStats | None, scale: float = 1000.0) -> float:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from vla_hydra.algos.online import OnlineAlgorithm
+from vla_hydra.algos.schedules import linear_decay_lr, set_lr
 from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.envs.factory import EnvFactory, EnvSpec
 from vla_hydra.models.critics import ValueNetwork
@@ -233,9 +234,7 @@ class PPO(OnlineAlgorithm):
             iteration = int(self.env_steps) // steps_per_iteration
             # iterations the budget runs (the last one may pass it): its lr stays above 0
             iterations = -(-self.total_timesteps // steps_per_iteration)
-            frac = max(0.0, 1.0 - iteration / iterations)
-            for group in optimizer.param_groups:
-                group["lr"] = frac * self.lr
+            set_lr(optimizer, linear_decay_lr(self.lr, iteration, iterations))
         batch = self.collect_rollout()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         stats: dict[str, torch.Tensor] = {}

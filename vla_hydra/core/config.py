@@ -11,6 +11,23 @@ from omegaconf import DictConfig, OmegaConf
 # The conf/ tree next to the package (editable install / source checkout). Absolute, so the entry
 # points find it both under `python -m` and as console scripts.
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def compose_config(
+    config_name: str = "train", overrides: list[str] | None = None, return_hydra_config: bool = False
+) -> DictConfig:
+    """The config `python -m vla_hydra.<config_name> <overrides>` would run with, composed through Hydra's
+    compose API (for tests, benchmarks, notebooks and scripts; no run directory is made)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(
+            config_name=config_name, overrides=overrides or [], return_hydra_config=return_hydra_config
+        )
+
+
 # Files shipped inside the package (e.g. behaviour-policy checkpoints): `${vla.asset:<relative path>}`.
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 

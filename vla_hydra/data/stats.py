@@ -20,7 +20,10 @@ class DatasetStats:
 
 
 def episode_returns(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
-    """Sum of rewards per episode, episodes ending at terminal or timeout rows (D4RL files end with one)."""
+    """Sum of rewards per episode, episodes ending at terminal or timeout rows (D4RL files end with one).
+    Rows after the last such row (a cut episode) count in no episode. CORL's return range cuts at
+    terminals and every 1000 steps instead of timeouts: the same episodes in the locomotion files, not
+    in medium-replay files, whose timeouts can fall between those 1000-step marks."""
     ends = np.flatnonzero(np.asarray(terminals, bool) | np.asarray(timeouts, bool))
     starts = np.concatenate([[0], ends[:-1] + 1])
     sums = np.concatenate([[0.0], np.cumsum(rewards, dtype=np.float64)])

@@ -22,10 +22,11 @@ class ObservationNormalizer(nn.Module):
     ):
         super().__init__()
         mean = torch.zeros(shape) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
-        std = torch.ones(shape) if std is None else torch.as_tensor(std, dtype=torch.float32)
+        # eps keeps near-constant features from exploding (same convention as CORL); without statistics
+        # the identity is exact, so the policy sees the same inputs in training and evaluation
+        std = torch.ones(shape) if std is None else torch.as_tensor(std, dtype=torch.float32) + eps
         self.register_buffer("mean", mean.clone())
-        # eps keeps near-constant features from exploding (same convention as CORL).
-        self.register_buffer("std", std.clone() + eps)
+        self.register_buffer("std", std.clone())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.mean) / self.std
