@@ -22,6 +22,8 @@ import math
 import torch
 
 from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.algos.critic_losses import per_critic_mse, td_target
+from vla_hydra.algos.sac import sac_actor_loss
 from vla_hydra.models.critics import EnsembleQNetwork, soft_update
 
 
@@ -95,14 +97,13 @@ class CQL(PolicyAlgorithm):
 
         alpha_loss = sac_alpha_loss(self.log_alpha, log_pi, self.target_entropy)
         alpha = self.log_alpha.detach().exp() * self.alpha_multiplier
-        q_pi = self.critic(obs, pi, detach_params=True).min(0).values
-        actor_loss = (alpha * log_pi - q_pi).mean()
+        actor_loss = sac_actor_loss(self.critic(obs, pi, detach_params=True), log_pi, alpha)
 
         with torch.no_grad():
-            target_q = self.target_critic(next_obs, sampled[B:, 0]).min(0).values
+            next_value = self.target_critic(next_obs, sampled[B:, 0]).min(0).values
             if self.backup_entropy:
-                target_q = target_q - alpha * log_probs[B:, 0]
-            q_target = batch["rewards"] + self.discount * (1.0 - batch["terminals"]) * target_q
+                next_value = next_value - alpha * log_probs[B:, 0]
+            q_target = td_target(batch["rewards"], batch["terminals"], next_value, self.discount)
 
         # candidates at s: [dataset action | n uniform | n from pi(.|s) | n from pi(.|s')] (CORL
         # evaluates the s'-policy actions at s), all detached: the penalty trains the critics only
@@ -113,7 +114,7 @@ class CQL(PolicyAlgorithm):
         )
         q_all = self.critic(obs, candidates)  # (2, B, 1 + 3n)
         q_data = q_all[..., 0]
-        td_loss = (q_data - q_target).square().mean(-1).sum()  # sum of the two critics' MSEs (CORL)
+        td_loss = per_critic_mse(q_data, q_target).sum()  # the two critics' MSEs summed (CORL)
         # importance-sampled logsumexp: subtract each proposal's log density
         policy_log_probs = log_probs[:, 1:].detach()
         q_ood = torch.cat(

@@ -15,9 +15,9 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 
 from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.algos.critic_losses import per_critic_mse, td_target
 from vla_hydra.algos.schedules import cosine_lr
 from vla_hydra.data.stats import DatasetStats
 from vla_hydra.models.critics import EnsembleQNetwork, ValueNetwork, soft_update
@@ -33,6 +33,19 @@ def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
 def exp_advantage_weights(advantage: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
     """exp(beta * A), clipped at max_weight (the advantage-weighted regression weights)."""
     return torch.exp(beta * advantage).clamp(max=max_weight)
+
+
+def awr_log_prob_loss(weights: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor:
+    """Advantage-weighted regression, stochastic actor: -mean(w * log pi(a|s)) (CORL's GaussianPolicy)."""
+    return -(weights * log_prob).mean()
+
+
+def awr_regression_loss(
+    weights: torch.Tensor, predicted: torch.Tensor, actions: torch.Tensor
+) -> torch.Tensor:
+    """Advantage-weighted regression, deterministic actor: mean(w * ||pi(s) - a||^2) (CORL's
+    DeterministicPolicy, squared error summed over action dimensions)."""
+    return (weights * (predicted - actions).square().sum(-1)).mean()
 
 
 def return_range_reward_scale(stats: DatasetStats | None, scale: float = 1000.0) -> float:
@@ -105,19 +118,19 @@ class IQL(PolicyAlgorithm):
         with torch.no_grad():
             next_v = self.value(next_obs)
             target_q = self.target_critic(obs, actions).min(0).values
-            q_target = rewards + self.discount * (1.0 - batch["terminals"]) * next_v
+            q_target = td_target(rewards, batch["terminals"], next_v, self.discount)
 
         advantage = target_q - self.value(obs)
         value_loss = expectile_loss(advantage, self.expectile)
 
         q = self.critic(obs, actions)  # (2, B)
-        critic_loss = F.mse_loss(q, q_target.expand_as(q))  # mean of the two critics' MSEs (CORL)
+        critic_loss = per_critic_mse(q, q_target).mean()  # the two critics' MSEs averaged (CORL)
 
         weights = exp_advantage_weights(advantage.detach(), self.beta, self.max_weight)
         if self.stochastic_actor:
-            actor_loss = -(weights * self.actor.log_prob(obs, actions)).mean()
+            actor_loss = awr_log_prob_loss(weights, self.actor.log_prob(obs, actions))
         else:
-            actor_loss = (weights * (self.actor(obs) - actions).square().sum(-1)).mean()
+            actor_loss = awr_regression_loss(weights, self.actor(obs), actions)
         figures = {
             "value_loss": value_loss.detach(),
             "critic_loss": critic_loss.detach(),

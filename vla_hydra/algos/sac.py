@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vla_hydra.algos.critic_losses import per_critic_mse, td_target
 from vla_hydra.algos.online import OnlineAlgorithm
 from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.core.logging import get_logger
@@ -50,13 +51,12 @@ def sac_critic_target(
 ) -> torch.Tensor:
     """Soft Bellman target r + gamma * (1 - terminated) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')),
     a' ~ pi(.|s'); `next_q` is (num_critics, B) from the target critics."""
-    soft_value = next_q.min(0).values - alpha * next_log_pi
-    return rewards + gamma * (1.0 - terminated) * soft_value
+    return td_target(rewards, terminated, next_q.min(0).values - alpha * next_log_pi, gamma)
 
 
 def sac_critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Sum over critics of MSE(Q_i(s, a), target); q is (num_critics, B) (CleanRL: qf1_loss + qf2_loss)."""
-    return (q - target).square().mean(-1).sum()
+    return per_critic_mse(q, target).sum()
 
 
 def sac_actor_loss(q_pi: torch.Tensor, log_pi: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:

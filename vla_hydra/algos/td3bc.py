@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.algos.critic_losses import per_critic_mse, td_target
 from vla_hydra.models.critics import EnsembleQNetwork, soft_update
 
 
@@ -81,12 +82,11 @@ class TD3BC(PolicyAlgorithm):
             next_actions = smoothed_target_action(
                 self.target_actor(next_obs), self.policy_noise, self.noise_clip
             )
-            target_q = self.target_critic(next_obs, next_actions).min(0).values
-            q_target = batch["rewards"] + self.discount * (1.0 - batch["terminals"]) * target_q
+            next_value = self.target_critic(next_obs, next_actions).min(0).values
+            q_target = td_target(batch["rewards"], batch["terminals"], next_value, self.discount)
 
         q = self.critic(obs, actions)  # (2, B)
-        # sum of the two critics' MSEs (CORL)
-        critic_loss = F.mse_loss(q, q_target.expand_as(q)) * q.shape[0]
+        critic_loss = per_critic_mse(q, q_target).sum()  # the two critics' MSEs summed (CORL)
         loss = critic_loss
         figures = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
         if update_actor:
