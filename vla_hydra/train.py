@@ -29,7 +29,20 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     global _runs_in_this_process
     first_run_in_process = _runs_in_this_process == 0
     _runs_in_this_process += 1
-    started_at = time.time()
+    from vla_hydra.training.loggers import finish_wandb_run
+
+    failed = True
+    try:
+        outcome = _train(cfg, first_run_in_process, time.time())
+        failed = False
+        return outcome
+    finally:  # the next job of a local sweep (same process) must get a wandb run of its own
+        finish_wandb_run(failed)
+
+
+def _train(
+    cfg: DictConfig, first_run_in_process: bool, started_at: float
+) -> tuple[float | None, dict[str, Any]]:
     from hydra.utils import get_object, instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
 

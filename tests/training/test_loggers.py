@@ -95,3 +95,49 @@ def test_terminal_run_shows_progress_bar_with_updates_and_eval_return(tmp_path, 
     assert proc.returncode == 0, proc.stdout[-2000:]
     for text in ["updates/s", "eval_return", "200/200"]:
         assert text in proc.stdout, text
+
+
+def test_a_misspelt_or_unusable_wandb_mode_is_refused_in_one_line(tmp_path):
+    """logger.wandb.mode=offlne used to mean online (anything but "offline" did): a logged-in user's typo
+    uploaded the run, and without credentials it ended in a 46-line wandb traceback."""
+    from tests.conftest import run_module
+
+    home = tmp_path / "home"  # no ~/.netrc, no WANDB_API_KEY: not logged in
+    home.mkdir()
+    env = {"HOME": str(home), "WANDB_API_KEY": ""}
+    common = ["logger=wandb", "trainer.max_steps=5", f"hydra.run.dir={tmp_path}/run"]
+    typo = run_module("vla_hydra.train", *common, "logger.wandb.mode=offlne", env=env, timeout=300)
+    assert typo.returncode == 1
+    assert typo.stderr.strip().splitlines() == [
+        "error: logger.wandb.mode=offlne: expected one of auto, online, offline, disabled"
+    ]
+    online = run_module("vla_hydra.train", *common, "logger.wandb.mode=online", env=env, timeout=300)
+    assert online.returncode == 1
+    assert (
+        online.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: logger.wandb.mode=online: no wandb credentials on this machine")
+    )
+
+
+def test_wandb_mode_disabled_trains_without_wandb_files(tmp_path, data_dir):
+    cfg = small_train_config(tmp_path, data_dir, ["logger=wandb", "logger.wandb.mode=disabled"])
+    _, results = train(cfg)
+    assert results["train_steps"] == 200
+    assert not list((Path(cfg.paths.output_dir) / "wandb").glob("*run-*"))
+
+
+def test_each_run_of_one_process_gets_its_own_wandb_run(tmp_path, data_dir, monkeypatch):
+    """The jobs of a local sweep share a process: the second used to log into the first one's wandb run
+    (wandb.init reused the open run), leaving its own run dir without one."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run_ids = []
+    for seed in (0, 1):
+        cfg = small_train_config(
+            tmp_path / str(seed), data_dir, ["logger=wandb", "logger.wandb.mode=offline", f"seed={seed}"]
+        )
+        train(cfg)
+        runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, f"seed {seed}: {runs}"
+        run_ids.append(runs[0].name.rsplit("-", 1)[-1])
+    assert run_ids[0] != run_ids[1]

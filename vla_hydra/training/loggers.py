@@ -23,15 +23,39 @@ def wandb_logged_in() -> bool:
         return False
 
 
+def finish_wandb_run(failed: bool = False) -> None:
+    """End the wandb run this process has open, if any (wandb not imported: none). Without it the next
+    job of a local sweep, in the same process, logged into the previous job's run."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
 def wandb_logger(
     save_dir: str, project: str = "vla_hydra", name: str | None = None, mode: str = "auto", **kwargs
 ):
-    """WandbLogger that runs offline unless the user has logged in (mode=auto);
-    mode=online|offline forces it."""
+    """WandbLogger that runs offline unless the user has logged in (mode=auto); mode=online|offline forces
+    it, mode=disabled turns wandb off. Anything else is refused: a misspelt "offline" must not upload."""
     from lightning.pytorch.loggers import WandbLogger
 
+    from vla_hydra.core.exceptions import ConfigError
+
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"logger.wandb.mode={mode}: expected one of {', '.join(WANDB_MODES)}")
     if mode == "auto":
         mode = "online" if wandb_logged_in() else "offline"
+    elif mode == "online" and not wandb_logged_in():
+        raise ConfigError(
+            "logger.wandb.mode=online: no wandb credentials on this machine (run `wandb login` or set "
+            "WANDB_API_KEY), or use logger.wandb.mode=offline"
+        )
+    if mode == "disabled":
+        kwargs["mode"] = "disabled"
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     logger = WandbLogger(save_dir=save_dir, project=project, name=name, offline=(mode == "offline"), **kwargs)
     if logger._wandb_init.get("anonymous") is None:
