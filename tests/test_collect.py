@@ -42,7 +42,8 @@ def test_collect_cli_writes_mixed_quality_d4rl_file_and_never_overwrites_another
     other = run_module("vla_hydra.collect", "data.recipe.episodes=20", *args[1:])
     assert other.returncode == 1
     assert other.stderr.strip() == (
-        f"error: output={out}: file exists (not from this data.recipe); pass overwrite=true to replace it"
+        f"error: output={out}: file exists, collected with another data.recipe; write this one to another file "
+        "(output=<file>; train on it with data=hdf5 data.path=<file>) or pass overwrite=true to replace it"
     )
     assert out.read_bytes() == before
 

@@ -315,7 +315,8 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
             log.info(f"already collected: {output} (same data.recipe; overwrite=true collects it again)")
             return {"path": str(output), "collected": False}
         raise ConfigError(
-            f"output={output}: file exists (not from this data.recipe); pass overwrite=true to replace it"
+            f"output={output}: file exists, collected with another data.recipe; write this one to another "
+            "file (output=<file>; train on it with data=hdf5 data.path=<file>) or pass overwrite=true to replace it"
         )
     summary = collect_dataset(recipe, output)
     log.info(
