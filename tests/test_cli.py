@@ -101,6 +101,17 @@ def test_entry_points_print_one_line_and_write_nothing(tmp_path, entry, args, li
     assert written == (["sweep/multirun.yaml"] if "-m" in args else [])
 
 
+def test_cfg_of_a_sweep_is_one_line_saying_how_to_see_a_jobs_config(tmp_path):
+    """Hydra refuses --cfg with -m by a ValueError traceback."""
+    proc = run_module("vla_hydra.train", "-m", "seed=0,1", "--cfg", "job", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "error: -m (--multirun) cannot be combined with --cfg/--info/-r: Hydra shows one job's config; "
+        "drop -m and give each swept option one value (seed=0, not seed=0,1)"
+    ]
+    assert not list(tmp_path.rglob("*"))
+
+
 def test_hydra_full_error_keeps_hydras_own_report(tmp_path):
     proc = run_module(
         "vla_hydra.train", "algo.lrr=1", f"hydra.run.dir={tmp_path}/run", env={"HYDRA_FULL_ERROR": "1"}

@@ -286,5 +286,18 @@ def one_line_hydra_errors(config_name: str) -> Iterator[None]:
     hydra_utils.run_and_report = run_and_report
     try:
         yield
+    except ValueError as err:  # raised by Hydra's argument handling, before run_and_report
+        if (
+            not str(err).startswith("Only one of --run, --multirun")
+            or os.environ.get("HYDRA_FULL_ERROR") == "1"
+        ):
+            raise
+        print(
+            "error: -m (--multirun) cannot be combined with --cfg/--info/-r: Hydra shows one job's config; "
+            "drop -m and give each swept option one value (seed=0, not seed=0,1)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(1) from None
     finally:
         hydra_utils.run_and_report = original
