@@ -93,8 +93,10 @@ def test_terminal_run_shows_progress_bar_with_updates_and_eval_return(tmp_path, 
         cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.returncode == 0, proc.stdout[-2000:]
-    for text in ["updates/s", "eval_return", "200/200"]:
+    # the bar counts updates (200), not blocks of 50 against data.steps_per_epoch (it showed "4/100")
+    for text in ["updates", "updates/s", "eval_return", "200/200"]:
         assert text in proc.stdout, text
+    assert "4/100" not in proc.stdout and "Epoch" not in proc.stdout
 
 
 def test_a_misspelt_or_unusable_wandb_mode_is_refused_in_one_line(tmp_path):

@@ -37,19 +37,41 @@ def progress_bar(refresh_rate: int = 1):
             super().on_train_start(trainer, pl_module)
             self._t0, self._step0 = time.perf_counter(), trainer.global_step
 
+        # The bar counts the run's budget, not the dataloader's batches: one Lightning step is a block of
+        # updates (or env steps), and an "epoch" of data.steps_per_epoch blocks means nothing to the user
+        @property
+        def total_train_batches(self):
+            module = self.trainer.lightning_module
+            if hasattr(module, "total_timesteps"):
+                return int(module.total_timesteps)
+            return self.trainer.max_steps if self.trainer.max_steps > 0 else float("inf")
+
+        def _budget_done(self, trainer, pl_module) -> int:
+            return int(pl_module.env_steps) if hasattr(pl_module, "total_timesteps") else trainer.global_step
+
         def _get_train_description(self, current_epoch: int) -> str:
-            return f"Epoch {current_epoch}"  # max_epochs is -1: training is bounded by updates
+            online = hasattr(self.trainer.lightning_module, "total_timesteps")
+            return "env steps" if online else "updates"
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            if self.train_progress_bar_id is None:  # one bar for the whole run: never reset per epoch
+                super().on_train_epoch_start(trainer, pl_module)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if not self.is_disabled and self.train_progress_bar_id is None:
+                self._initialize_train_progress_bar_id()  # a run resumed mid-epoch
+            self._update(self.train_progress_bar_id, self._budget_done(trainer, pl_module))
+            self._update_metrics(trainer, pl_module)
+            self.refresh()
 
         def get_metrics(self, trainer, pl_module):
             metrics = super().get_metrics(trainer, pl_module)
             metrics.pop("v_num", None)
-            total = f"/{trainer.max_steps}" if trainer.max_steps > 0 else ""
-            metrics["updates"] = f"{trainer.global_step}{total}"
+            if hasattr(pl_module, "total_timesteps"):  # the bar counts env steps: show the updates here
+                metrics["updates"] = str(trainer.global_step)
             elapsed = time.perf_counter() - getattr(self, "_t0", time.perf_counter())
             if elapsed > 0:
                 metrics["updates/s"] = f"{(trainer.global_step - self._step0) / elapsed:.0f}"
-            if hasattr(pl_module, "env_steps"):
-                metrics["env_steps"] = f"{int(pl_module.env_steps)}/{pl_module.total_timesteps}"
             for callback in trainer.callbacks:
                 if isinstance(callback, PolicyEvaluation) and callback.history:
                     metrics["eval_return"] = f"{callback.history[-1]['eval/return_mean']:.1f}"
@@ -155,11 +177,15 @@ class PolicyEvaluation(L.Callback):
             score = (
                 f" (normalized {result.normalized_score:.1f})" if result.normalized_score is not None else ""
             )
-            max_steps = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
-            log.info(
-                f"step {trainer.global_step}{max_steps}: eval return {result.return_mean:.1f} "
-                f"± {result.return_std:.1f}{score}"
-            )
+            if hasattr(pl_module, "total_timesteps"):  # online: the budget is in env steps
+                where = (
+                    f"env step {int(pl_module.env_steps)}/{pl_module.total_timesteps} "
+                    f"(update {trainer.global_step})"
+                )
+            else:
+                max_steps = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+                where = f"step {trainer.global_step}{max_steps}"
+            log.info(f"{where}: eval return {result.return_mean:.1f} ± {result.return_std:.1f}{score}")
         if self.best_checkpoint and not trainer.sanity_checking and not trainer.fast_dev_run:
             self._save_if_best(trainer, pl_module, self.history[-1])
 
