@@ -93,6 +93,22 @@ def test_checkpoints_that_cannot_continue_this_config_are_refused_in_one_line(tm
     )
 
 
+def test_resuming_an_online_run_in_another_env_names_the_env_to_use(tmp_path, data_dir):
+    """algo=ppo ckpt_path=<a CartPole run> without env=cartpole used to fail on weight shapes
+    ("actor.log_std missing; 6 more") instead of naming the env the checkpoint was trained in."""
+    from vla_hydra.core.exceptions import CheckpointError
+
+    budget = ["algo=ppo", "algo.total_timesteps=512", "env.num_envs=4", "algo.num_steps=128"]
+    _, cartpole = train(small_train_config(tmp_path / "a", data_dir, [*budget, "env=cartpole"]))
+    resumed = small_train_config(tmp_path / "b", data_dir, [*budget, f"ckpt_path={cartpole['checkpoint']}"])
+    with pytest.raises(CheckpointError) as err:
+        train(resumed)
+    assert str(err.value) == (
+        f"ckpt_path={cartpole['checkpoint']}: trained in CartPole-v1, but this run's env is Pendulum-v1; "
+        "resume with env=cartpole"
+    )
+
+
 def test_advance_iterable_restarts_finished_epochs():
     class Counter(torch.utils.data.IterableDataset):
         def __init__(self):

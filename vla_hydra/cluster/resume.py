@@ -112,6 +112,14 @@ def check_resumable(ckpt_path: str, algo, max_steps: int = -1) -> None:
     name = algo.short_name()
     if meta.get("algo") and meta["algo"] != name:
         raise CheckpointError(f"ckpt_path={ckpt_path}: a checkpoint of algo={meta['algo']}, not algo={name}")
+    trained_in = (meta.get("env_spec") or {}).get("env_id")
+    if trained_in and trained_in != algo.spec.env_id:
+        from vla_hydra.envs.factory import env_choice_hint
+
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: trained in {trained_in}, but this run's env is {algo.spec.env_id}; "
+            f"resume with {env_choice_hint(trained_in)}"
+        )
     expected = {k: tuple(v.shape) for k, v in algo.state_dict().items()}
     saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
     problems = [f"{k} missing" for k in expected if k not in saved]
