@@ -171,7 +171,10 @@ def _unknown_key_line(override: str, cause: Any) -> str:
     elsewhere = _choices_with_key(parent, key)
     if elsewhere:  # e.g. cluster.wait under cluster=submitit_local: the option belongs to another choice
         line += f"; {' and '.join(elsewhere)} {'has' if len(elsewhere) == 1 else 'have'} it"
-    elif target is None:  # a new key in a node that builds an object would only fail in its constructor
+    elif target is None and not known:
+        # a free-form map (cluster.additional_parameters): new keys are how it is used. Not elsewhere: a new
+        # key in a node that builds an object fails in its constructor, and one in a settings node
+        # (eval, paths) is read by nothing, so `+` would only silence the typo
         line += f" (+{override} adds it as a new key)"
     return line
 
