@@ -75,6 +75,11 @@ def test_reference_kl_is_k3_estimate_of_kl_policy_to_reference():
     # KL(pi || ref) = 0.25 log(0.5) + 0.75 log(1.5) = 0.130812 (KL(ref || pi) would be 0.143841)
     pi, ref = torch.tensor([0.25, 0.75, 0.75, 0.75]), torch.tensor([0.5] * 4)
     assert reference_kl(pi.log(), ref.log()).item() == pytest.approx(0.130812, abs=1e-6)
+    # weighted like the policy loss (loss_aggregation): steps' k3 terms 0.193147 and 0, weights 1.5 and 0.5
+    weighted = reference_kl(
+        torch.tensor([math.log(0.5), -1.0]), torch.tensor([math.log(0.25), -1.0]), torch.tensor([1.5, 0.5])
+    )
+    assert weighted.item() == pytest.approx(1.5 * (0.5 - 1 + math.log(2)) / 2)
 
 
 def _cartpole_grpo(**kwargs) -> GRPO:

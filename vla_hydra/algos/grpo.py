@@ -82,10 +82,16 @@ def grpo_policy_loss(
     return clipped_surrogate_loss(log_prob, old_log_prob, advantages * weights, clip_coef)
 
 
-def reference_kl(log_prob: torch.Tensor, ref_log_prob: torch.Tensor) -> torch.Tensor:
+def reference_kl(
+    log_prob: torch.Tensor, ref_log_prob: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """KL(pi || pi_ref) by the k3 estimator on actions sampled from pi: mean(pi_ref/pi - 1 - log(pi_ref/pi)),
-    always >= 0 (DeepSeekMath eq. 4); ppo.approx_kl's E[(r - 1) - log r] with r = pi_ref / pi."""
-    return approx_kl(ref_log_prob, log_prob)
+    always >= 0 (DeepSeekMath eq. 4); ppo.approx_kl's E[(r - 1) - log r] with r = pi_ref / pi. `weights`:
+    the per-step loss weights of `step_weights`, so the penalty aggregates like the policy loss."""
+    if weights is None:
+        return approx_kl(ref_log_prob, log_prob)
+    log_ratio = ref_log_prob - log_prob
+    return (weights * ((log_ratio.exp() - 1.0) - log_ratio)).mean()
 
 
 class GRPO(OnlineAlgorithm):
@@ -259,7 +265,7 @@ class GRPO(OnlineAlgorithm):
                 )
                 loss = pg_loss
                 if self.ref_policy is not None:
-                    kl = reference_kl(log_prob, batch["ref_log_probs"][idx])
+                    kl = reference_kl(log_prob, batch["ref_log_probs"][idx], batch["weights"][idx])
                     loss = loss + self.kl_coef * kl
                     stats["ref_kl"] = kl.detach()
                 if self.ent_coef:
