@@ -17,7 +17,6 @@ Prints JSON lines and appends them to benchmarks/results/bench_load.jsonl.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -25,10 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# isort: off
+import vla_hydra.core.runtime  # noqa: E402, F401  (sets OMP_WAIT_POLICY before torch loads)
 
+# isort: on
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

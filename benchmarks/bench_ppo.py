@@ -17,17 +17,18 @@ steps). JSON lines to stdout, appended to benchmarks/results/bench_ppo.jsonl.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# isort: off
+import vla_hydra.core.runtime  # noqa: E402, F401  (sets OMP_WAIT_POLICY before torch loads)
 
+# isort: on
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
