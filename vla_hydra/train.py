@@ -48,7 +48,7 @@ def _train(
 
     from vla_hydra.cluster.resume import check_resumable, resume_checkpoint
     from vla_hydra.core.exceptions import ConfigError
-    from vla_hydra.core.io import write_json_atomic
+    from vla_hydra.core.io import check_writable, write_json_atomic
     from vla_hydra.core.logging import get_logger, silence_known_warnings
     from vla_hydra.core.runtime import seed_everything, set_torch_threads
     from vla_hydra.envs.evaluation import rollout_episodes
@@ -95,6 +95,9 @@ def _train(
     algo.ref_returns = datamodule.reference_returns(env.ref_returns)
 
     callbacks = instantiate_dict_values(cfg.get("callbacks"))
+    for callback in callbacks:  # before training, not at its first save (debug=fdr saves nothing)
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath and not cfg.trainer.get("fast_dev_run"):
+            check_writable(Path(callback.dirpath) / "last.ckpt", "callbacks.model_checkpoint.dirpath")
     # the first run of a process: from its launch (what the user waits for); later sweep jobs: from train()
     throughput = Throughput(since=None if first_run_in_process else started_at)
     callbacks.append(throughput)
@@ -275,9 +278,12 @@ def _build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list):
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from vla_hydra.core.exceptions import ConfigError
+    from vla_hydra.training.checkpoint_io import use_atomic_checkpoint_io
 
     try:
-        return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+        trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+        use_atomic_checkpoint_io(trainer)
+        return trainer
     except InstantiationException as err:
         # MisconfigurationException: a setting this machine cannot run; ValueError/TypeError: a value
         # Lightning does not accept (trainer.precision=fp8, ...)
