@@ -27,6 +27,14 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     _entry_point_state["task_started"] = True
     try:
         return task(cfg)
+    except KeyboardInterrupt:  # outside Lightning's loop (evaluation, collection): no traceback
+        _report_interruption(None)
+    except SystemExit:  # Lightning ends a fit stopped by Ctrl-C or SIGTERM this way
+        from vla_hydra.training.callbacks import InterruptionRecord
+
+        if InterruptionRecord.last is None:
+            raise
+        _report_interruption(InterruptionRecord.last)
     except (VlaHydraError, OmegaConfBaseException, InstantiationException) as err:
         # Hydra wraps errors raised while building a `_target_`: report the user-facing cause.
         cause = err.__cause__ if isinstance(err, InstantiationException) else err
@@ -41,6 +49,28 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         print(f"error: {_sweep_job_prefix()}{message}", file=sys.stderr, flush=True)
         _record_in_job_log(f"error: {message}")
         raise SystemExit(1) from None
+
+
+def _report_interruption(record: dict | None) -> None:
+    """One line for a run stopped by Ctrl-C or SIGTERM, saying where to continue from; exit 130 / 143."""
+    if record is None:
+        line = "interrupted (Ctrl-C)"
+    elif record["saved"]:
+        line = (
+            f"terminated ({record['signal']}) at update {record['step']}; saved {record['checkpoint']}: continue "
+            f"with ckpt_path={record['checkpoint']}"
+        )
+    else:
+        where = (
+            f"continue from its last checkpoint with ckpt_path={record['checkpoint']}"
+            if record["checkpoint"]
+            else "no checkpoint had been saved yet"
+        )
+        verb = "interrupted" if record["signal"] == "Ctrl-C" else "terminated"
+        line = f"{verb} ({record['signal']}) at update {record['step']}; {where}"
+    print(f"{_sweep_job_prefix()}{line}", file=sys.stderr, flush=True)
+    _record_in_job_log(line)
+    raise SystemExit(143 if record is not None and record["signal"] == "SIGTERM" else 130)
 
 
 def _record_in_job_log(line: str) -> None:

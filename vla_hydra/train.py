@@ -52,7 +52,7 @@ def _train(
     from vla_hydra.core.logging import get_logger, silence_known_warnings
     from vla_hydra.core.runtime import seed_everything, set_torch_threads
     from vla_hydra.envs.evaluation import rollout_episodes
-    from vla_hydra.training.callbacks import PolicyEvaluation, Throughput
+    from vla_hydra.training.callbacks import InterruptionRecord, PolicyEvaluation, Throughput
     from vla_hydra.training.sharding import prepare_strategy, weights_sharded
 
     # wall_seconds counts from here: the one-off library imports above (~3 s, paid by the first run of
@@ -101,6 +101,7 @@ def _train(
     # the first run of a process: from its launch (what the user waits for); later sweep jobs: from train()
     throughput = Throughput(since=None if first_run_in_process else started_at)
     callbacks.append(throughput)
+    callbacks.append(InterruptionRecord())  # what stopped a fit early, for the command's last line
     loggers = instantiate_dict_values(cfg.get("logger"))
     trainer = _build_trainer(cfg.trainer, callbacks, loggers)
     prepare_strategy(trainer, algo)

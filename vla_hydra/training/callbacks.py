@@ -296,3 +296,42 @@ class Throughput(L.Callback):
             metrics["perf/env_steps_per_s"] = self.env_steps_per_s
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+
+
+class InterruptionRecord(L.Callback):
+    """What ended a fit early, for the command's last line (vla_hydra.cli.run_cli): Ctrl-C or SIGTERM, at
+    which update, and the checkpoint to continue from.
+
+    SIGTERM reaches the loop at a step boundary (Lightning raises it there), so on one process the state
+    is consistent and `last.ckpt` is saved first; a Ctrl-C can land inside an update block, so nothing is
+    saved and the last periodic checkpoint is named instead.
+    """
+
+    last: dict | None = None  # the latest interruption in this process (cleared by each fit)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        InterruptionRecord.last = None
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        checkpoint = next(
+            (
+                Path(cb.dirpath) / "last.ckpt"
+                for cb in trainer.callbacks
+                if isinstance(cb, ModelCheckpoint) and cb.dirpath
+            ),
+            None,
+        )
+        saved = False
+        if isinstance(exception, SIGTERMException) and checkpoint is not None and trainer.world_size == 1:
+            trainer.save_checkpoint(checkpoint)
+            saved = True
+        InterruptionRecord.last = {
+            "signal": "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C",
+            "step": int(trainer.global_step),
+            "checkpoint": str(checkpoint) if checkpoint is not None and checkpoint.is_file() else None,
+            "saved": saved,
+        }

@@ -1,0 +1,79 @@
+"""A run stopped by Ctrl-C or SIGTERM ends in one line naming the checkpoint to continue from, with the
+conventional exit code (130 / 143), and continues from it to the same step count."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, run_module
+
+
+def start_long_run(run_dir, data_dir) -> subprocess.Popen:
+    args = [
+        "trainer.max_steps=200000",
+        "callbacks.model_checkpoint.every_n_updates=500",
+        "eval.episodes=2",
+        "callbacks.policy_eval.episodes=2",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-m", "vla_hydra.train", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path, proc, timeout=180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert path.is_file(), proc.communicate(timeout=30)[1]
+
+
+@pytest.mark.parametrize(
+    "signum,code,start",
+    [(signal.SIGTERM, 143, "terminated (SIGTERM) at update"), (signal.SIGINT, 130, "interrupted")],
+)
+def test_a_stopped_run_names_its_checkpoint_and_continues_from_it(tmp_path, data_dir, signum, code, start):
+    """SIGTERM used to end the run with exit 0 and nothing on stderr; Ctrl-C with exit 1 and only
+    Lightning's "attempting graceful shutdown" on stdout."""
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    proc = start_long_run(run, data_dir)
+    wait_for(ckpt, proc)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(start) and last.endswith(f"ckpt_path={ckpt}"), last
+    stopped_at = int(last.split(" at update ")[1].split(";")[0])
+    saved_step = torch.load(ckpt, weights_only=False, map_location="cpu")["global_step"]
+    if signum == signal.SIGTERM:  # at a step boundary: saved where it stopped
+        assert saved_step == stopped_at
+    else:  # a Ctrl-C may land inside an update block: the last periodic checkpoint
+        assert saved_step <= stopped_at and saved_step % 500 == 0
+    assert not (run / "results.json").exists()
+    resumed = run_module(
+        "vla_hydra.train",
+        f"trainer.max_steps={saved_step + 100}",
+        "eval.episodes=2",
+        "callbacks.policy_eval.episodes=2",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run}",
+        f"ckpt_path={ckpt}",
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / "results.json").read_text())["train_steps"] == saved_step + 100
