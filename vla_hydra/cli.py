@@ -125,14 +125,22 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
     if overrides.get("hydra.sweep.dir") and "${" not in overrides["hydra.sweep.dir"]:
         run_dirs += sorted(p.parent for p in Path(overrides["hydra.sweep.dir"]).glob("*/results.json"))
     finished = [d for d in run_dirs if (d / "results.json").is_file()]
-    if finished:
-        try:
-            from vla_hydra.cluster.resume import refuse_finished_run_dir
+    try:
+        from vla_hydra.cluster.resume import (
+            refuse_finished_run_dir,
+            refuse_run_dir_in_use,
+            refuse_unfinished_run_dir,
+        )
 
+        if finished:
             refuse_finished_run_dir(finished[0])
-        except CheckpointError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            raise SystemExit(1) from None
+        if overrides.get("hydra.run.dir") and "${" not in overrides["hydra.run.dir"]:
+            run_dir = Path(overrides["hydra.run.dir"])
+            refuse_run_dir_in_use(run_dir)  # first: a running run's dir is not an interrupted one
+            refuse_unfinished_run_dir(run_dir)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 # -- Hydra's own errors (composing the config, parsing overrides) --------------------------------------

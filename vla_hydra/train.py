@@ -29,15 +29,23 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     global _runs_in_this_process
     first_run_in_process = _runs_in_this_process == 0
     _runs_in_this_process += 1
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    from vla_hydra.cluster.resume import lock_run_dir
     from vla_hydra.training.loggers import finish_wandb_run
 
+    started_at = time.time()
+    # one run per run dir; the other processes of a multi-process run (ranks > 0) share rank 0's
+    lock = lock_run_dir(Path(cfg.paths.output_dir)) if (_get_rank() or 0) == 0 else None
     failed = True
     try:
-        outcome = _train(cfg, first_run_in_process, time.time())
+        outcome = _train(cfg, first_run_in_process, started_at)
         failed = False
         return outcome
     finally:  # the next job of a local sweep (same process) must get a wandb run of its own
         finish_wandb_run(failed)
+        if lock is not None:
+            lock.close()
 
 
 def _train(

@@ -3,6 +3,8 @@ run, and a requeued job picks its own run dir's checkpoint."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -143,3 +145,49 @@ def test_a_mid_epoch_resume_from_the_command_line_does_not_warn_of_an_unresumabl
     output = resumed.stdout + resumed.stderr
     assert "resume: sampler advanced past the" in output
     assert "dataloader is not resumable" not in output
+
+
+def test_a_run_dir_in_use_or_holding_an_interrupted_run_is_refused_before_anything_is_written(
+    tmp_path, data_dir
+):
+    """Two runs into one hydra.run.dir overwrote each other's results.json and interleaved metrics.csv; a
+    fresh run into an interrupted run's dir appended a second step history beside the old last.ckpt."""
+    import shutil
+
+    from tests.conftest import run_module
+    from vla_hydra.cluster.resume import lock_run_dir
+
+    _, first = train(small_train_config(tmp_path / "a", data_dir, ["trainer.max_steps=50"]))
+    args = ["trainer.max_steps=50", f"paths.data_dir={data_dir}"]
+
+    busy = tmp_path / "busy"
+    held = lock_run_dir(busy)  # as a run in progress holds it
+    try:
+        proc = run_module("vla_hydra.train", *args, f"hydra.run.dir={busy}", timeout=120)
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines() == [
+            f"error: run dir {busy} is in use by another running process; wait for it or choose another "
+            "hydra.run.dir"
+        ]
+    finally:
+        held.close()
+    assert sorted(p.name for p in busy.rglob("*")) == [".hydra", "run.lock"]  # nothing else written
+
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(Path(first["checkpoint"]).parent, interrupted / "checkpoints")
+    proc = run_module("vla_hydra.train", *args, f"hydra.run.dir={interrupted}", timeout=120)
+    assert proc.returncode == 1
+    ckpt = interrupted / "checkpoints" / "last.ckpt"
+    assert proc.stderr.strip().splitlines() == [
+        f"error: run dir {interrupted} holds an unfinished run (checkpoints/last.ckpt); continue it with "
+        f"ckpt_path={ckpt}, or choose another hydra.run.dir"
+    ]
+    assert not (interrupted / ".hydra").exists()
+    again = run_module(
+        "vla_hydra.train",
+        *args[1:],
+        "trainer.max_steps=80",
+        f"hydra.run.dir={interrupted}",
+        f"ckpt_path={ckpt}",
+    )
+    assert again.returncode == 0, again.stderr

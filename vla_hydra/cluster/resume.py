@@ -51,6 +51,7 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     path = cfg.get("ckpt_path")
     if path is None:
         refuse_finished_run_dir(run_dir)
+        refuse_unfinished_run_dir(run_dir)
         return None
     path = str(path)
     if path == "last":
@@ -79,6 +80,46 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"ckpt_path={path}: not a checkpoint (expected a file written by torch.save)")
     return path
+
+
+RUN_LOCK = Path(".hydra") / "run.lock"
+
+
+def lock_run_dir(run_dir: Path):
+    """An exclusive lock on `run_dir` for this process's run (released when the returned file is closed or
+    the process ends, however it ends). Two runs into one dir used to overwrite each other's results and
+    interleave one metrics.csv; the second is now refused in one line."""
+    import fcntl
+
+    path = Path(run_dir) / RUN_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a")  # noqa: SIM115 - held open for the run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise CheckpointError(
+            f"run dir {run_dir} is in use by another running process; wait for it or choose another "
+            "hydra.run.dir"
+        ) from None
+    return handle
+
+
+def refuse_run_dir_in_use(run_dir: Path) -> None:
+    """The same refusal before Hydra writes into the dir (test, then release)."""
+    if (Path(run_dir) / RUN_LOCK).is_file():
+        lock_run_dir(run_dir).close()
+
+
+def refuse_unfinished_run_dir(run_dir: Path) -> None:
+    """A fresh run may not start over in the dir of an interrupted one either: it would append a second
+    step history to its metrics.csv and leave its last.ckpt beside results that are not from it."""
+    own = Path(run_dir) / RUN_DIR_CHECKPOINT
+    if own.is_file() or is_deepspeed_checkpoint(own):
+        raise CheckpointError(
+            f"run dir {run_dir} holds an unfinished run ({RUN_DIR_CHECKPOINT}); continue it with "
+            f"ckpt_path={own}, or choose another hydra.run.dir"
+        )
 
 
 def refuse_finished_run_dir(run_dir: Path) -> None:
