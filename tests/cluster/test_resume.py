@@ -171,7 +171,7 @@ def test_a_run_dir_in_use_or_holding_an_interrupted_run_is_refused_before_anythi
         ]
     finally:
         held.close()
-    assert sorted(p.name for p in busy.rglob("*")) == [".hydra", "run.lock"]  # nothing else written
+    assert not list(busy.iterdir())  # nothing written into it
 
     interrupted = tmp_path / "interrupted"
     shutil.copytree(Path(first["checkpoint"]).parent, interrupted / "checkpoints")

@@ -10,6 +10,7 @@ what training consumed.
 
 from __future__ import annotations
 
+import os
 import warnings
 import zipfile
 from itertools import islice
@@ -82,32 +83,40 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     return path
 
 
-RUN_LOCK = Path(".hydra") / "run.lock"
+class RunDirLock:
+    """An exclusive flock on the run dir itself (no lock file): held until close() or the process ends,
+    however it ends."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+
+        self.fd = os.open(run_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
-def lock_run_dir(run_dir: Path):
-    """An exclusive lock on `run_dir` for this process's run (released when the returned file is closed or
-    the process ends, however it ends). Two runs into one dir used to overwrite each other's results and
-    interleave one metrics.csv; the second is now refused in one line."""
-    import fcntl
-
-    path = Path(run_dir) / RUN_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a")  # noqa: SIM115 - held open for the run
+def lock_run_dir(run_dir: Path) -> RunDirLock:
+    """Lock `run_dir` for this process's run. Two runs into one dir used to overwrite each other's results
+    and interleave one metrics.csv; the second is now refused in one line."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return RunDirLock(Path(run_dir))
     except BlockingIOError:
-        handle.close()
         raise CheckpointError(
             f"run dir {run_dir} is in use by another running process; wait for it or choose another "
             "hydra.run.dir"
         ) from None
-    return handle
 
 
 def refuse_run_dir_in_use(run_dir: Path) -> None:
-    """The same refusal before Hydra writes into the dir (test, then release)."""
-    if (Path(run_dir) / RUN_LOCK).is_file():
+    """The same refusal before Hydra writes into an existing dir (test, then release)."""
+    if Path(run_dir).is_dir():
         lock_run_dir(run_dir).close()
 
 
