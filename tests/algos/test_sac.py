@@ -281,3 +281,32 @@ def test_a_budget_inside_the_random_warm_up_still_leaves_a_checkpoint(tmp_path, 
     assert Path(results["checkpoint"]).name == "last.ckpt"
     algo, _, _ = load_policy(results["checkpoint"])
     assert int(algo.env_steps) == 200
+
+
+def test_a_resumed_run_writes_every_transition_of_the_run_into_its_replay_dataset(tmp_path, data_dir):
+    """Without the buffer in its checkpoint, a resumed run's replay dataset silently lost every transition
+    from before the interruption (4300 of 6000 written); replay_dataset_path now keeps the buffer."""
+    common = [*SMALL, "algo.learning_starts=300", "eval.every_n_updates=100000"]
+    first = small_train_config(
+        tmp_path / "a",
+        data_dir,
+        [*common, "algo.total_timesteps=600", f"algo.replay_dataset_path={tmp_path / 'a.hdf5'}"],
+    )
+    _, a = train(first)
+    resumed = small_train_config(
+        tmp_path / "b",
+        data_dir,
+        [
+            *common,
+            "algo.total_timesteps=1200",
+            f"algo.replay_dataset_path={tmp_path / 'b.hdf5'}",
+            f"ckpt_path={a['checkpoint']}",
+        ],
+    )
+    _, b = train(resumed)
+    assert b["env_steps"] == 1200
+    replay, _ = read_d4rl_hdf5(tmp_path / "b.hdf5")
+    assert len(replay["rewards"]) == 1200
+    first_part, _ = read_d4rl_hdf5(tmp_path / "a.hdf5")
+    # the resumed run's file begins with the first run's transitions
+    assert (replay["observations"][:600] == first_part["observations"]).all()

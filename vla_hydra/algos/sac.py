@@ -126,7 +126,8 @@ class SAC(OnlineAlgorithm):
             updating again.
         replay_dataset_path: at the end of training, write the replay buffer as a D4RL-format file (a
             "medium-replay"-style dataset: every transition of the run, from random to final policy,
-            when buffer_size >= total_timesteps). null = don't.
+            when buffer_size >= total_timesteps). null = don't. Implies checkpoint_replay_buffer, so a
+            resumed run's dataset still holds the transitions from before the interruption.
     """
 
     name = "sac"
@@ -168,7 +169,8 @@ class SAC(OnlineAlgorithm):
         self.target_network_frequency = int(target_network_frequency)
         self.autotune = autotune
         self.target_entropy = float(-spec.action_dim if target_entropy is None else target_entropy)
-        self.checkpoint_replay_buffer = checkpoint_replay_buffer
+        # a replay dataset is every transition of the run: its buffer must survive an interruption
+        self.checkpoint_replay_buffer = checkpoint_replay_buffer or bool(replay_dataset_path)
         self.replay_dataset_path = replay_dataset_path
         self.actor = self.build_network(
             model, spec.observation_shape, spec.action_dim, needs=("sample",), use="model=sac_actor"
@@ -247,6 +249,12 @@ class SAC(OnlineAlgorithm):
         elif int(self.env_steps) > 0:
             refill = max(self.batch_size, self.learning_starts)
             self._min_buffer_size = min(refill, self.replay_buffer.capacity)
+            if self.replay_dataset_path:
+                log.warning(
+                    f"algo.replay_dataset_path: resumed at env step {int(self.env_steps)} from a checkpoint "
+                    f"without the replay buffer: {self.replay_dataset_path} will hold only the transitions "
+                    "collected from here on"
+                )
 
     def on_fit_end(self) -> None:
         super().on_fit_end()
