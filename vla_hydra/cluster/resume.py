@@ -79,7 +79,10 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     if not Path(path).is_file():
         raise CheckpointError(f"ckpt_path={path}: file not found")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"ckpt_path={path}: not a checkpoint (expected a file written by torch.save)")
+        raise CheckpointError(
+            f"ckpt_path={path}: not a complete checkpoint (truncated, or not written by torch.save); resume "
+            "from another one, e.g. the run's checkpoints/last.ckpt"
+        )
     return path
 
 
@@ -148,7 +151,8 @@ def check_resumable(ckpt_path: str, algo, max_steps: int = -1) -> None:
     from vla_hydra.algos.base import CHECKPOINT_KEY
 
     try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        # read in full (not mmap): a corrupted tensor record fails here, in one line, not inside Lightning
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         raise CheckpointError(f"ckpt_path={ckpt_path}: not a readable torch checkpoint ({err})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:

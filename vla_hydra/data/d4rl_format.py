@@ -61,6 +61,8 @@ def read_d4rl_hdf5(
         )
     if path.is_dir():
         raise DatasetError(path, None, "a directory; expected a D4RL-format HDF5 file")
+    if not os.access(path, os.R_OK):
+        raise DatasetError(path, None, "not readable by this user (permissions)")
     if not h5py.is_hdf5(path):
         raise DatasetError(path, None, "not an HDF5 file")
     try:
@@ -79,7 +81,12 @@ def read_d4rl_hdf5(
             group = f["metadata"] if "metadata" in f else {}
             metadata = {k: _decode(v[()]) for k, v in group.items() if isinstance(v, h5py.Dataset)}
     except OSError as err:  # truncated or corrupt: h5py's header check passes, reading fails
-        raise DatasetError(path, None, f"unreadable HDF5 file ({' '.join(str(err).split())})") from err
+        raise DatasetError(
+            path,
+            None,
+            f"unreadable HDF5 file ({' '.join(str(err).split())}); a partial copy or an interrupted write? "
+            "delete it (a generated dataset is collected again on the next run)",
+        ) from err
     if cut_final_episode == "truncate" and len(arrays["timeouts"]) and not arrays["terminals"][-1]:
         if not arrays["timeouts"][-1]:
             # read as a time limit (bootstrapped); noted so statistics over whole episodes can leave it out
