@@ -120,11 +120,15 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
     from vla_hydra.core.exceptions import CheckpointError
 
     run_dirs = []
+    run_dir = None
     if overrides.get("hydra.run.dir") and "${" not in overrides["hydra.run.dir"]:
-        run_dirs.append(Path(overrides["hydra.run.dir"]))
+        run_dir = Path(overrides["hydra.run.dir"])
+        run_dirs.append(run_dir)
     if overrides.get("hydra.sweep.dir") and "${" not in overrides["hydra.sweep.dir"]:
         run_dirs += sorted(p.parent for p in Path(overrides["hydra.sweep.dir"]).glob("*/results.json"))
     finished = [d for d in run_dirs if (d / "results.json").is_file()]
+    if not finished and (run_dir is None or not run_dir.is_dir()):
+        return  # nothing there yet (and --cfg job stays free of torch/lightning imports)
     try:
         from vla_hydra.cluster.resume import (
             refuse_finished_run_dir,
@@ -134,8 +138,7 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
 
         if finished:
             refuse_finished_run_dir(finished[0])
-        if overrides.get("hydra.run.dir") and "${" not in overrides["hydra.run.dir"]:
-            run_dir = Path(overrides["hydra.run.dir"])
+        if run_dir is not None and run_dir.is_dir():
             refuse_run_dir_in_use(run_dir)  # first: a running run's dir is not an interrupted one
             refuse_unfinished_run_dir(run_dir)
     except CheckpointError as err:

@@ -56,7 +56,7 @@ def _train(
 
     from vla_hydra.cluster.resume import check_resumable, resume_checkpoint
     from vla_hydra.core.exceptions import ConfigError
-    from vla_hydra.core.io import check_writable, write_json_atomic
+    from vla_hydra.core.io import check_creatable, write_json_atomic
     from vla_hydra.core.logging import get_logger, silence_known_warnings
     from vla_hydra.core.runtime import seed_everything, set_torch_threads
     from vla_hydra.envs.evaluation import rollout_episodes
@@ -105,7 +105,7 @@ def _train(
     callbacks = instantiate_dict_values(cfg.get("callbacks"))
     for callback in callbacks:  # before training, not at its first save (debug=fdr saves nothing)
         if isinstance(callback, ModelCheckpoint) and callback.dirpath and not cfg.trainer.get("fast_dev_run"):
-            check_writable(Path(callback.dirpath) / "last.ckpt", "callbacks.model_checkpoint.dirpath")
+            check_creatable(Path(callback.dirpath) / "last.ckpt", "callbacks.model_checkpoint.dirpath")
     # the first run of a process: from its launch (what the user waits for); later sweep jobs: from train()
     throughput = Throughput(since=None if first_run_in_process else started_at)
     callbacks.append(throughput)

@@ -56,6 +56,22 @@ def check_writable(path: str | os.PathLike, option: str) -> None:
         raise OutputError(f"{option}={path}: cannot write there ({_why_not_writable(path, err)})") from err
 
 
+def check_creatable(path: str | os.PathLike, option: str) -> None:
+    """Like check_writable, without creating anything: the file's directory exists and takes files, or
+    its nearest existing ancestor is a directory this process may create it in."""
+    from vla_hydra.core.exceptions import OutputError
+
+    path = Path(path)
+    existing = next(p for p in path.parents if p.exists())
+    if existing.is_file():
+        problem = f"{existing} is a file, not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable by this user"
+    else:
+        return
+    raise OutputError(f"{option}={path}: cannot write there ({problem})")
+
+
 def _why_not_writable(path: Path, err: OSError) -> str:
     blocking = next((p for p in path.parents if p.is_file()), None)  # a file where a directory must be
     return f"{blocking} is a file, not a directory" if blocking else str(err.strerror or err)
