@@ -88,10 +88,7 @@ def reference_kl(
     """KL(pi || pi_ref) by the k3 estimator on actions sampled from pi: mean(pi_ref/pi - 1 - log(pi_ref/pi)),
     always >= 0 (DeepSeekMath eq. 4); ppo.approx_kl's E[(r - 1) - log r] with r = pi_ref / pi. `weights`:
     the per-step loss weights of `step_weights`, so the penalty aggregates like the policy loss."""
-    if weights is None:
-        return approx_kl(ref_log_prob, log_prob)
-    log_ratio = ref_log_prob - log_prob
-    return (weights * ((log_ratio.exp() - 1.0) - log_ratio)).mean()
+    return approx_kl(ref_log_prob, log_prob, weights)
 
 
 class GRPO(OnlineAlgorithm):

@@ -69,10 +69,14 @@ def value_loss(
     return 0.5 * torch.max(unclipped, clipped).mean()
 
 
-def approx_kl(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
-    """The low-variance KL(old || new) estimator E[(r - 1) - log r] (Schulman's k3)."""
+def approx_kl(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The low-variance KL(old || new) estimator E[(r - 1) - log r] (Schulman's k3); `weights`: per-sample
+    weights of the mean (GRPO's step weights)."""
     log_ratio = log_prob - old_log_prob
-    return ((log_ratio.exp() - 1.0) - log_ratio).mean()
+    k3 = (log_ratio.exp() - 1.0) - log_ratio
+    return k3.mean() if weights is None else (weights * k3).mean()
 
 
 def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
