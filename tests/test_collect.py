@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
-from tests.conftest import run_module
+from tests.conftest import ROOT, run_module
 from vla_hydra.data.d4rl_format import read_d4rl_hdf5
 
 
@@ -308,3 +315,57 @@ def test_an_env_the_recipe_does_not_roll_out_is_refused(tmp_path):
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert "scores use CartPole-v1's published ones" in ok.stdout
+
+
+def _start_collect(out, run_dir, log_file, *args) -> subprocess.Popen:
+    """`python -m vla_hydra.collect` in the background, its console output going to `log_file`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "vla_hydra.collect", f"output={out}", f"hydra.run.dir={run_dir}", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=open(log_file, "w"),  # noqa: SIM115 (closed with the process)
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_until(condition, proc, timeout=120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert condition(), proc.communicate(timeout=30)[1] if proc.poll() is not None else "timed out"
+
+
+def test_a_collection_waits_for_another_of_the_same_file_and_then_finds_it_collected(tmp_path):
+    """Two jobs of a sweep that both need the default dataset used to collect it twice at once."""
+    from vla_hydra.collect import collection_lock
+
+    args = ["data.recipe.episodes=10", "data.recipe.reference_episodes=5"]
+    first = run_module(
+        "vla_hydra.collect", *args, f"output={tmp_path / 'first.hdf5'}", f"hydra.run.dir={tmp_path}/r1"
+    )
+    assert first.returncode == 0, first.stderr
+    out, log_file = tmp_path / "data" / "pendulum.hdf5", tmp_path / "second.log"
+    with collection_lock(out):  # this test is the other process: it holds the lock while "collecting"
+        second = _start_collect(out, tmp_path / "r2", log_file, *args)
+        _wait_until(lambda: "waiting for another process collecting" in log_file.read_text(), second)
+        time.sleep(0.5)
+        assert second.poll() is None and not out.exists()  # still waiting, not collecting a second copy
+        shutil.copy(tmp_path / "first.hdf5", out)
+    _, stderr = second.communicate(timeout=120)
+    assert second.returncode == 0, stderr
+    assert f"already collected: {out}" in log_file.read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["pendulum.hdf5"]  # the lock file went with it
+
+
+def test_sigterm_during_a_collection_exits_143_in_one_line_and_leaves_no_files(tmp_path):
+    """The default SIGTERM action used to kill the collection where it stood, leaving its lock/temp files."""
+    out = tmp_path / "data" / "pendulum.hdf5"
+    proc = _start_collect(out, tmp_path / "run", tmp_path / "collect.log", "data.recipe.episodes=100000")
+    _wait_until(lambda: (out.parent / f".{out.name}.lock").exists(), proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert stderr.strip().splitlines() == ["terminated (SIGTERM)"]
+    assert list(out.parent.iterdir()) == []

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,10 +27,13 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     from vla_hydra.core.exceptions import VlaHydraError
 
     _entry_point_state["task_started"] = True
+    previous_sigterm = _raise_on_sigterm()
     try:
         return task(cfg)
     except KeyboardInterrupt:  # outside Lightning's loop (evaluation, collection): no traceback
         _report_interruption(None)
+    except Terminated:
+        _report_interruption(None, "SIGTERM")
     except SystemExit:  # Lightning ends a fit stopped by Ctrl-C or SIGTERM this way
         from vla_hydra.training.callbacks import InterruptionRecord
 
@@ -49,12 +54,39 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         print(f"error: {_sweep_job_prefix()}{message}", file=sys.stderr, flush=True)
         _record_in_job_log(f"error: {message}")
         raise SystemExit(1) from None
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-def _report_interruption(record: dict | None) -> None:
-    """One line for a run stopped by Ctrl-C or SIGTERM, saying where to continue from; exit 130 / 143."""
+class Terminated(BaseException):
+    """SIGTERM outside a fit (dataset collection, evaluation), raised so that `finally` blocks run: a
+    collection's temporary file is removed instead of left beside the data."""
+
+
+def _sigterm_to_exception(signum, frame) -> None:
+    # Lightning's fit wraps the handlers it finds in its own and stops at the next step boundary, saving
+    # last.ckpt (InterruptionRecord): raising here would cut a step short, so only raise when called directly
+    if signal.getsignal(signal.SIGTERM) is _sigterm_to_exception:
+        raise Terminated
+
+
+def _raise_on_sigterm():
+    """Install _sigterm_to_exception where SIGTERM still has its default action (which kills without
+    cleanup); a handler someone else installed (submitit's, in SLURM jobs) is left alone. Returns the
+    handler to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        return None
+    return signal.signal(signal.SIGTERM, _sigterm_to_exception)
+
+
+def _report_interruption(record: dict | None, signal_name: str = "Ctrl-C") -> None:
+    """One line for a run stopped by Ctrl-C or SIGTERM, saying where to continue from; exit 130 / 143.
+    `record`: the fit's InterruptionRecord, None when it was stopped outside a fit (by `signal_name`)."""
     if record is None:
-        line = "interrupted (Ctrl-C)"
+        line = "interrupted (Ctrl-C)" if signal_name == "Ctrl-C" else f"terminated ({signal_name})"
     elif record["saved"]:
         line = (
             f"terminated ({record['signal']}) at update {record['step']}; saved {record['checkpoint']}: continue "
@@ -70,7 +102,7 @@ def _report_interruption(record: dict | None) -> None:
         line = f"{verb} ({record['signal']}) at update {record['step']}; {where}"
     print(f"{_sweep_job_prefix()}{line}", file=sys.stderr, flush=True)
     _record_in_job_log(line)
-    raise SystemExit(143 if record is not None and record["signal"] == "SIGTERM" else 130)
+    raise SystemExit(143 if (record["signal"] if record else signal_name) == "SIGTERM" else 130)
 
 
 def _record_in_job_log(line: str) -> None:

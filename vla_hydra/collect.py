@@ -268,6 +268,18 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
     return summary
 
 
+def collection_lock(output: str | Path):
+    """Held while `output` is checked and collected: concurrent collections of one file (the jobs of a
+    sweep that all need the default dataset) run one at a time, and the later ones find it collected."""
+    from vla_hydra.core.io import exclusive_lock
+
+    output = Path(output)
+    return exclusive_lock(
+        output.with_name(f".{output.name}.lock"),
+        on_wait=lambda: log.info(f"waiting for another process collecting {output}"),
+    )
+
+
 def _data_choice(cfg: DictConfig) -> str:
     """The `data=` choice as the user typed it (under Hydra), else the dataset's name."""
     from hydra.core.hydra_config import HydraConfig
@@ -309,16 +321,19 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     check_writable(output, "output")
     recipe = hydra.utils.instantiate(cfg.data.recipe)
     _refuse_an_env_the_recipe_does_not_use(cfg, recipe.env_id)
-    if output.exists() and not cfg.overwrite:
-        if _stored_fingerprint(output) == recipe.fingerprint():
-            # e.g. the default dataset, already collected by the first `make train`: nothing to redo
-            log.info(f"already collected: {output} (same data.recipe; overwrite=true collects it again)")
-            return {"path": str(output), "collected": False}
-        raise ConfigError(
-            f"output={output}: file exists, collected with another data.recipe; write this one to another "
-            "file (output=<file>; train on it with data=hdf5 data.path=<file>) or pass overwrite=true to replace it"
-        )
-    summary = collect_dataset(recipe, output)
+    with collection_lock(output):
+        if output.exists() and not cfg.overwrite:
+            if _stored_fingerprint(output) == recipe.fingerprint():
+                # e.g. the default dataset, already collected by the first `make train` (or by another job
+                # of the same sweep while this one waited for the lock): nothing to redo
+                log.info(f"already collected: {output} (same data.recipe; overwrite=true collects it again)")
+                return {"path": str(output), "collected": False}
+            raise ConfigError(
+                f"output={output}: file exists, collected with another data.recipe; write this one to another "
+                "file (output=<file>; train on it with data=hdf5 data.path=<file>) or pass overwrite=true to "
+                "replace it"
+            )
+        summary = collect_dataset(recipe, output)
     log.info(
         f"wrote {summary['path']}: {summary['transitions']} transitions, {summary['episodes']} episodes, "
         f"dataset return {summary['dataset_return_mean']:.1f}"

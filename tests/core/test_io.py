@@ -34,3 +34,33 @@ def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
         os.umask(previous)
     mode = stat.S_IMODE((tmp_path / "results.json").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "plain.json").stat().st_mode) == 0o644
+
+
+def test_exclusive_lock_runs_holders_one_at_a_time_and_leaves_no_lock_file(tmp_path):
+    """Three holders, two of them waiting on the first's lock file, which it removes on release: each
+    waiter must then lock the file that is there, never two of them at once."""
+    import threading
+    import time
+
+    from vla_hydra.core.io import exclusive_lock
+
+    lock, events, waits = tmp_path / ".d.hdf5.lock", [], []
+
+    def hold(name: str) -> None:
+        with exclusive_lock(lock, on_wait=lambda: waits.append(name)):
+            events.append(f"{name} in")
+            time.sleep(0.2)
+            events.append(f"{name} out")
+
+    with exclusive_lock(lock):
+        threads = [threading.Thread(target=hold, args=(name,)) for name in "bc"]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        assert events == [] and sorted(waits) == ["b", "c"]
+    for thread in threads:
+        thread.join(timeout=10)
+    # strictly alternating: nobody entered while another was inside
+    assert [e.split()[1] for e in events] == ["in", "out", "in", "out"]
+    assert events[0].split()[0] == events[1].split()[0]
+    assert list(tmp_path.iterdir()) == []

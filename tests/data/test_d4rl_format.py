@@ -306,3 +306,18 @@ def test_the_env_a_d4rl_dataset_name_belongs_to(name, family):
     from vla_hydra.data.d4rl_format import d4rl_env_family
 
     assert d4rl_env_family(name) == family
+
+
+def test_a_flipped_bit_in_a_written_file_is_named_with_its_field(tmp_path):
+    """Without a checksum a damaged copy read back as slightly different numbers, and trained."""
+    path = write_d4rl_hdf5(tmp_path / "d.hdf5", make_arrays(n_episodes=200), {"env_id": "Pendulum-v1"})
+    with h5py.File(path, "r") as f:
+        assert all(f[key].fletcher32 for key in ("observations", "actions", "rewards", "terminals"))
+        offset = f["observations"].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset + 100] ^= 0x04  # one bit of one observation
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError) as err:
+        read_d4rl_hdf5(path)
+    text = str(err.value)
+    assert "\n" not in text and str(path) in text and "[observations]" in text and "data damaged" in text

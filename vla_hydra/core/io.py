@@ -80,3 +80,47 @@ def _why_not_writable(path: Path, err: OSError) -> str:
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, on_wait: Any = None):
+    """Hold an exclusive flock on `path` (a lock file created for it) while the block runs; a second
+    process blocks until the first leaves. The lock file is removed on the way out, so nothing is left
+    beside the data. `on_wait()` is called once if the lock is taken, before blocking.
+
+    Removing the file while others wait on it is safe: a waiter that wakes holding the lock of a removed
+    file (its inode no longer the one at `path`) drops it and locks the new file instead."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            from vla_hydra.core.exceptions import OutputError
+
+            raise OutputError(
+                f"{path}: cannot create this lock file ({_why_not_writable(path, err)})"
+            ) from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not waited and on_wait is not None:
+                on_wait()
+            waited = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the holder removed this file on release: lock the one now at `path`
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # before releasing: a waiter that then wins sees the file is gone and retries
+        os.close(fd)

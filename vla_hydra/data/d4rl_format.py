@@ -29,11 +29,25 @@ def write_d4rl_hdf5(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, value in arrays.items():
-                f.create_dataset(key, data=value, compression=None)
+                f.create_dataset(key, data=value, **_checksummed_chunks(value))
             group = f.create_group("metadata")
             for key, value in metadata.items():
                 group.create_dataset(key, data=value)
     return path
+
+
+# rows per HDF5 chunk: ~1 MiB, large enough that reading a 1M-transition file stays a few sequential reads
+_CHUNK_BYTES = 1 << 20
+
+
+def _checksummed_chunks(value: np.ndarray) -> dict[str, Any]:
+    """Chunked storage with HDF5's Fletcher-32 checksum per chunk: a flipped bit in a copied or damaged
+    file fails the read (named by read_d4rl_hdf5) instead of training on silently altered data."""
+    if value.ndim == 0 or len(value) == 0:
+        return {}
+    row_bytes = max(1, value.itemsize * int(np.prod(value.shape[1:])))
+    rows = int(min(len(value), max(1, _CHUNK_BYTES // row_bytes)))
+    return {"chunks": (rows, *value.shape[1:]), "fletcher32": True}
 
 
 def _decode(value: Any) -> Any:
@@ -75,7 +89,9 @@ def read_d4rl_hdf5(
                 if key in f and not (isinstance(f[key], h5py.Dataset) and f[key].ndim >= 1):
                     found = "a group" if isinstance(f[key], h5py.Group) else "a scalar"
                     raise DatasetError(path, key, f"is {found}; expected an array with one row per step")
-            arrays = {key: f[key][()] for key in (*REQUIRED_KEYS, "next_observations") if key in f}
+            arrays = {
+                key: _read_array(path, f, key) for key in (*REQUIRED_KEYS, "next_observations") if key in f
+            }
             # real D4RL files nest the behaviour policy's weights in sub-groups (metadata/policy/fc0/...):
             # only the group's own datasets are metadata here
             group = f["metadata"] if "metadata" in f else {}
@@ -94,6 +110,19 @@ def read_d4rl_hdf5(
         arrays["timeouts"][-1] = True
     validate_transitions(path, arrays)
     return arrays, metadata
+
+
+def _read_array(path: Path, f: h5py.File, key: str) -> np.ndarray:
+    try:
+        return f[key][()]
+    except OSError as err:  # a chunk whose Fletcher-32 checksum fails, or a damaged compressed chunk
+        raise DatasetError(
+            path,
+            key,
+            f"data damaged ({' '.join(str(err).split())}; files written by vla_hydra.collect carry a checksum "
+            "per chunk): restore the file from its source, or delete it (a generated dataset is collected "
+            "again on the next run)",
+        ) from err
 
 
 # metadata entry read_d4rl_hdf5 adds (not stored in files) when it ended a cut last episode with a timeout

@@ -115,17 +115,20 @@ class OfflineDataModule(L.LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        if not self.path.exists() and self.recipe is not None:
-            from vla_hydra.collect import collect_dataset
-            from vla_hydra.core.io import check_writable
+        if self.path.exists() or self.recipe is None:
+            return
+        from vla_hydra.collect import collect_dataset, collection_lock
+        from vla_hydra.core.io import check_writable
 
-            check_writable(self.path, "data.path")  # before the collection, not after it
-
+        check_writable(self.path, "data.path")  # before the collection, not after it
+        with collection_lock(self.path):
+            if self.path.exists():  # another job collected it while this one waited
+                return
             log.info(f"dataset {self.path} not found: collecting it from its recipe (once; cached)")
             summary = collect_dataset(self.recipe, self.path)
-            log.info(
-                f"collected {summary['transitions']} transitions in {summary['seconds']:.1f}s -> {self.path}"
-            )
+        log.info(
+            f"collected {summary['transitions']} transitions in {summary['seconds']:.1f}s -> {self.path}"
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.buffer is not None:
