@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 # whether the entry point's own function has started (errors before it are Hydra's set-up: config,
 # run directory, logging)
-_entry_point_state = {"task_started": False}
+_entry_point_state: dict[str, Any] = {"task_started": False}
 
 
 def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -27,6 +27,7 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     from vla_hydra.core.exceptions import VlaHydraError
 
     _entry_point_state["task_started"] = True
+    _entry_point_state.pop("error_line", None)
     previous_sigterm = _raise_on_sigterm()
     try:
         return task(cfg)
@@ -53,10 +54,16 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             message = " ".join(str(cause).split())
         print(f"error: {_sweep_job_prefix()}{message}", file=sys.stderr, flush=True)
         _record_in_job_log(f"error: {message}")
+        _entry_point_state["error_line"] = f"error: {message}"
         raise SystemExit(1) from None
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def last_error_line() -> str | None:
+    """The `error: ...` line run_cli printed last in this process (a cluster job's launcher passes it on)."""
+    return _entry_point_state.get("error_line")
 
 
 class Terminated(BaseException):

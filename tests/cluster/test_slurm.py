@@ -86,6 +86,13 @@ def test_failing_job_reports_its_error_and_the_other_succeeds(slurm, pendulum_da
     (sweep,) = sweep_dirs(tmp_path)
     assert json.loads((sweep / "0" / "results.json").read_text())["train_steps"] == 100
     assert not (sweep / "1" / "results.json").exists()
+    # the failed job left a result file carrying its error line: the launcher reads the failure from it
+    # at once, rather than ~15 s later from SLURM's accounting (a bare SystemExit leaves no result file)
+    import pickle
+
+    task = _array_task(sweep, 1)
+    status, trace = pickle.loads((sweep / ".submitit" / task / f"{task}_0_result.pkl").read_bytes())
+    assert status == "error" and "JobExitedWithError: error: env.id='NoSuchEnv-v0'" in trace
 
 
 def _array_task(sweep: Path, task: int) -> str:

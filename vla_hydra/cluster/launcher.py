@@ -92,8 +92,27 @@ def _remove_empty_template_folder(folder: Path) -> None:
         folder.rmdir()
 
 
+class JobExitedWithError(RuntimeError):
+    """Raised in a job in place of the user-error exit (SystemExit(1)) of the entry point. submitit writes a
+    result file for an exception, not for SystemExit, so without it the launcher learns of the failure
+    only from the scheduler's accounting (~15 s later); the job still ends FAILED, exit code 1."""
+
+
 class WaitForAllJobs(BaseSubmititLauncher):
     """Subclassed in hydra_plugins.vla_hydra_cluster.launchers (Hydra loads launchers from there only)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        """The job side (runs in the SLURM / local job process)."""
+        from vla_hydra.cli import last_error_line
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as exit_:
+            # other codes pass: submitit's requeue exits with -1 after the pre-emption checkpoint, and a job
+            # stopped by a signal keeps its 130 / 143
+            if exit_.code != 1:
+                raise
+            raise JobExitedWithError(last_error_line() or "the job exited with status 1") from None
 
     def _executor(self):
         import submitit
