@@ -335,6 +335,30 @@ def test_a_failing_sweep_job_names_itself_in_its_one_line_error(tmp_path, data_d
     )
 
 
+def test_a_failing_job_of_a_local_sweep_does_not_stop_the_jobs_after_it(tmp_path, data_dir):
+    """Hydra's basic launcher ended the sweep at the first failing job: the jobs after it never ran."""
+    sweep = tmp_path / "sweep"
+    proc = run_module(
+        "vla_hydra.train", "-m", "data.batch_size=0,64,-1", "trainer.max_steps=50", "eval.episodes=2",
+        "callbacks.policy_eval.episodes=2", f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert json.loads((sweep / "1" / "results.json").read_text())["train_steps"] == 50
+    assert not (sweep / "0" / "results.json").exists() and not (sweep / "2" / "results.json").exists()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    first = (
+        f"error: job 0 (data.batch_size=0 trainer.max_steps=50 eval.episodes=2 callbacks.policy_eval.episodes=2 "
+        f"paths.data_dir={data_dir}): data.batch_size=0: expected an integer >= 1"
+    )
+    assert errors[0] == first and errors[1].startswith("error: job 2 (data.batch_size=-1 ")
+    # the last line: the first failure again, after the other jobs' output
+    assert (
+        errors[-1]
+        == proc.stderr.strip().splitlines()[-1]
+        == f"{first} (2 of 3 jobs failed, each named above)"
+    )
+
+
 def test_a_sweep_into_a_finished_sweep_dir_is_refused_before_anything_is_written(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     args = ["-m", "seed=0", "trainer.max_steps=50", "eval.episodes=2", f"paths.data_dir={data_dir}"]

@@ -52,9 +52,10 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             message = f"{cause.full_key}: required, not set (pass {cause.full_key}=<value>)"
         else:
             message = " ".join(str(cause).split())
-        print(f"error: {_sweep_job_prefix()}{message}", file=sys.stderr, flush=True)
+        line = f"error: {_sweep_job_prefix()}{message}"
+        print(line, file=sys.stderr, flush=True)
         _record_in_job_log(f"error: {message}")
-        _entry_point_state["error_line"] = f"error: {message}"
+        _entry_point_state["error_line"] = line
         raise SystemExit(1) from None
     finally:
         if previous_sigterm is not None:
@@ -131,8 +132,8 @@ def hydra_job_config():
 
 
 def _sweep_job_prefix() -> str:
-    """In a local multirun, which job failed (Hydra's basic launcher stops the sweep at the first failing
-    job and reports no more than the exception)."""
+    """In a local multirun, which job failed (its line is followed by the later jobs' logs, and the
+    sweep's last line repeats the first failure's)."""
     from hydra.types import RunMode
 
     hydra_cfg = hydra_job_config()
@@ -140,7 +141,7 @@ def _sweep_job_prefix() -> str:
     if (
         hydra_cfg is None
         or hydra_cfg.mode != RunMode.MULTIRUN
-        or "BasicLauncher" not in str(hydra_cfg.launcher.get("_target_"))
+        or not str(hydra_cfg.launcher.get("_target_")).endswith(("BasicLauncher", "SequentialLauncher"))
     ):
         return ""
     return f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): "

@@ -1,6 +1,6 @@
-"""cluster=slurm and cluster=submitit_local launchers (see vla_hydra.cluster.launcher)."""
+"""cluster=slurm, cluster=submitit_local and cluster=local launchers (see vla_hydra.cluster.launcher)."""
 
-from vla_hydra.cluster.launcher import WaitForAllJobs
+from vla_hydra.cluster.launcher import RunEveryJob, WaitForAllJobs
 
 
 class SlurmLauncher(WaitForAllJobs):
@@ -9,3 +9,7 @@ class SlurmLauncher(WaitForAllJobs):
 
 class LocalLauncher(WaitForAllJobs):
     _EXECUTOR = "local"
+
+
+class SequentialLauncher(RunEveryJob):
+    pass

@@ -38,3 +38,20 @@ def test_rerunning_an_optuna_sweep_continues_the_study_with_new_proposals(pendul
     learning_rates = [t["algo.lr"] for t in trials]
     assert len(set(learning_rates)) == 4, learning_rates
     assert "continuing it with sampler seed 2 " in again.stderr + again.stdout
+
+
+def test_a_local_optuna_search_records_failing_trials_as_failed(pendulum_data, tmp_path):
+    """A failing trial's exit used to end the local search at once, its trial left RUNNING in the study."""
+    proc = run_module(
+        "vla_hydra.train", "hparams_search=bc_optuna", "cluster=local", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2", "data.batch_size=choice(0)", *small_job_args(tmp_path, pendulum_data)[:-2],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    # each trial's line as it failed, then the search's last line: the first failure
+    assert [e.split(" (")[0] for e in errors] == ["error: job 0", "error: job 1", "error: job 0"]
+    assert all(e.endswith("): data.batch_size=0: expected an integer >= 1") for e in errors)
+    assert proc.stderr.strip().splitlines()[-1] == errors[0]
+    db = tmp_path / "logs" / "bc_optuna" / "optuna" / "bc_optuna.db"
+    assert [t["state"] for t in stored_trials(db, "bc_optuna")] == ["FAIL"] * 2

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import CompactHydraException
@@ -69,6 +70,28 @@ class JobFailed(VlaHydraError, CompactHydraException):
     (`error: job #1 (...): ...`), not as a traceback through its own sweep loop."""
 
 
+class JobExitedWithError(JobFailed):
+    """Raised in a sweep job in place of the entry point's user-error exit (SystemExit(1), after its
+    `error: ...` line), so the job ends as a failed result and the sweep goes on: Hydra's launchers treat
+    an exception as a failed job, while SystemExit ends the basic launcher's sweep at once, and submitit
+    writes no result file for it (the failure was then learnt ~15 s later from SLURM's accounting)."""
+
+
+@contextlib.contextmanager
+def user_error_as_exception():
+    """Around one sweep job: its user-error exit becomes JobExitedWithError carrying its error line. Other
+    exits pass: Ctrl-C / SIGTERM (130 / 143) stop the sweep, and submitit's requeue exits with -1 after
+    the pre-emption checkpoint."""
+    from vla_hydra.cli import last_error_line
+
+    try:
+        yield
+    except SystemExit as exit_:
+        if exit_.code != 1:
+            raise
+        raise JobExitedWithError(last_error_line() or "error: the job exited with status 1") from None
+
+
 def job_error_line(job: Any, error: Exception) -> str:
     """The job's own one-line `error: ...` if it printed one, else the last line of its stderr or the
     scheduler's message."""
@@ -92,27 +115,13 @@ def _remove_empty_template_folder(folder: Path) -> None:
         folder.rmdir()
 
 
-class JobExitedWithError(RuntimeError):
-    """Raised in a job in place of the user-error exit (SystemExit(1)) of the entry point. submitit writes a
-    result file for an exception, not for SystemExit, so without it the launcher learns of the failure
-    only from the scheduler's accounting (~15 s later); the job still ends FAILED, exit code 1."""
-
-
 class WaitForAllJobs(BaseSubmititLauncher):
     """Subclassed in hydra_plugins.vla_hydra_cluster.launchers (Hydra loads launchers from there only)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
-        """The job side (runs in the SLURM / local job process)."""
-        from vla_hydra.cli import last_error_line
-
-        try:
+        """The job side (runs in the SLURM / local job process); the job still ends FAILED, exit code 1."""
+        with user_error_as_exception():
             return super().__call__(*args, **kwargs)
-        except SystemExit as exit_:
-            # other codes pass: submitit's requeue exits with -1 after the pre-emption checkpoint, and a job
-            # stopped by a signal keeps its 130 / 143
-            if exit_.code != 1:
-                raise
-            raise JobExitedWithError(last_error_line() or "the job exited with status 1") from None
 
     def _executor(self):
         import submitit
@@ -421,3 +430,47 @@ def _requeued(job: Any) -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     return bool(listed)
+
+
+class RunEveryJob(BasicLauncher):
+    """cluster=local's launcher: Hydra's basic launcher (jobs one after another in this process), except
+    that a failing job no longer ends the sweep. Each failure is named when it happens (a user error by its
+    own `error: job N (...)` line, anything else with its traceback); the jobs after it still run, and the
+    command then ends (exit 1) on the first failure's line, as the cluster launchers do."""
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        def job(cfg: Any) -> Any:
+            try:
+                with user_error_as_exception():
+                    return task_function(cfg)
+            except JobExitedWithError:
+                raise  # its line is out already
+            except Exception:
+                from hydra.core.hydra_config import HydraConfig
+
+                # a bug: its traceback now, not after the other jobs
+                log.exception(f"job {HydraConfig.get().job.num} failed:")
+                raise
+
+        super().setup(hydra_context=hydra_context, task_function=job, config=config)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        returns = super().launch(job_overrides, initial_job_idx)
+        failed = [(initial_job_idx + i, r) for i, r in enumerate(returns) if r.status == JobStatus.FAILED]
+        # an Optuna search records failed trials itself (and then stops): it gets every return
+        if not failed or sweeper_needs_results(self.config):
+            return returns
+        if len(returns) > 1:
+            num, first = failed[0]
+            error = first._return_value
+            line = (
+                str(error)
+                if isinstance(error, JobExitedWithError)
+                else f"error: job {num} ({' '.join(filter_overrides(first.overrides))}): "
+                f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+            )
+            more = (
+                f" ({len(failed)} of {len(returns)} jobs failed, each named above)" if len(failed) > 1 else ""
+            )
+            print(f"{line}{more}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
