@@ -150,6 +150,20 @@ def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_
     algo_small, _, _ = load_policy(exported)
     np.testing.assert_allclose(algo_small.act(obs), algo.act(obs), rtol=0, atol=0)
 
+    # an evaluation into a dir that holds a run replaced that run's .hydra/ config, or an earlier
+    # evaluation's eval_results.json: refused before anything is written
+    run_dir = Path(results["checkpoint"]).parents[1]
+    for occupied, held in [(run_dir, "results.json, checkpoints"), (tmp_path / "eval", "eval_results.json")]:
+        before = {p: p.read_bytes() for p in occupied.rglob("*") if p.is_file()}
+        refused = run_module(
+            "vla_hydra.eval", f"ckpt_path={results['checkpoint']}", "episodes=2", f"hydra.run.dir={occupied}"
+        )
+        assert refused.returncode == 1 and refused.stderr.strip() == (
+            f"error: hydra.run.dir={occupied}: holds another run ({held}); an evaluation writes its own config "
+            "and eval_results.json: choose a new dir (or leave hydra.run.dir at its default)"
+        )
+        assert {p: p.read_bytes() for p in occupied.rglob("*") if p.is_file()} == before
+
 
 def test_eval_cli_bad_checkpoint_is_one_line_error(tmp_path):
     bad = tmp_path / "last.ckpt"
@@ -159,6 +173,18 @@ def test_eval_cli_bad_checkpoint_is_one_line_error(tmp_path):
         assert proc.returncode == 1
         lines = proc.stderr.strip().splitlines()
         assert lines[-1].startswith(f"error: ckpt_path={path}") and len(lines) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("option", ["env=cartpole", "+env=cartpole", "algo.lr=1", "+trainer.max_steps=5"])
+def test_eval_refuses_training_options_instead_of_ignoring_them(tmp_path, option):
+    """Hydra advised `+env=cartpole` for `env=cartpole`, and the evaluation then ran in the checkpoint's
+    env all the same (exit 0)."""
+    proc = run_module("vla_hydra.eval", "ckpt_path=x.ckpt", option, f"hydra.run.dir={tmp_path}/eval")
+    assert proc.returncode == 1 and proc.stderr.strip().startswith(
+        f"error: {option}: vla_hydra.eval rolls out the checkpoint with the env, algo and model it was trained "
+        "with (stored in it) and takes no training options; its options: ckpt_path, episodes,"
+    )
+    assert not (tmp_path / "eval").exists()
 
 
 def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path, data_dir):

@@ -151,21 +151,20 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
     """Before Hydra writes `.hydra/` (or multirun.yaml) into an explicit `hydra.run.dir=` /
     `hydra.sweep.dir=` that holds finished runs: the same one-line refusal train() gives
     (resume.refuse_finished_run_dir), so not even the earlier runs' configs are replaced. Continuing a
-    run (`ckpt_path=`) is allowed."""
-    overrides = dict(arg.split("=", 1) for arg in argv if "=" in arg and not arg.startswith("-"))
+    run (`ckpt_path=`) is allowed, and keeps the config of the run's earlier leg."""
+    overrides = _plain_overrides(argv)
+    run_dir = _explicit_dir(overrides, "hydra.run.dir")
     if any(key.lstrip("+~") == "ckpt_path" for key in overrides):
+        writes_run_dir = not any(arg in _INFO_FLAGS or arg.startswith("--cfg") for arg in argv)
+        if run_dir is not None and writes_run_dir:
+            keep_config_of_earlier_leg(run_dir)
         return
-    from pathlib import Path
-
     from vla_hydra.core.exceptions import CheckpointError
 
-    run_dirs = []
-    run_dir = None
-    if overrides.get("hydra.run.dir") and "${" not in overrides["hydra.run.dir"]:
-        run_dir = Path(overrides["hydra.run.dir"])
-        run_dirs.append(run_dir)
-    if overrides.get("hydra.sweep.dir") and "${" not in overrides["hydra.sweep.dir"]:
-        run_dirs += sorted(p.parent for p in Path(overrides["hydra.sweep.dir"]).glob("*/results.json"))
+    run_dirs = [run_dir] if run_dir is not None else []
+    sweep_dir = _explicit_dir(overrides, "hydra.sweep.dir")
+    if sweep_dir is not None:
+        run_dirs += sorted(p.parent for p in sweep_dir.glob("*/results.json"))
     finished = [d for d in run_dirs if (d / "results.json").is_file()]
     if not finished and (run_dir is None or not run_dir.is_dir()):
         return  # nothing there yet (and --cfg job stays free of torch/lightning imports)
@@ -184,6 +183,72 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+
+
+# Hydra flags that print and exit without writing a run dir
+_INFO_FLAGS = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--cfg",
+    "-c",
+    "--resolve",
+    "--shell-completion",
+)
+
+
+def _plain_overrides(argv: list[str]) -> dict[str, str]:
+    return dict(arg.split("=", 1) for arg in argv if "=" in arg and not arg.startswith("-"))
+
+
+def _explicit_dir(overrides: dict[str, str], key: str) -> Path | None:
+    """The directory an override names literally (None when absent or interpolated)."""
+    value = overrides.get(key)
+    return Path(value) if value and "${" not in value else None
+
+
+# the files Hydra writes into <run dir>/.hydra/ at the start of every run into that dir
+_HYDRA_RUN_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def keep_config_of_earlier_leg(run_dir: Path) -> None:
+    """A run continued in its own dir (`ckpt_path=<run>/checkpoints/last.ckpt hydra.run.dir=<run>`): Hydra
+    replaces `.hydra/` with the new command's config, and the run's original settings (its first
+    trainer.max_steps, its command) were lost. They are kept as `.hydra/earlier/<n>/`, n = 1 for the
+    first leg."""
+    hydra_dir = Path(run_dir) / ".hydra"
+    if not (hydra_dir / "overrides.yaml").is_file():
+        return
+    earlier = hydra_dir / "earlier"
+    n = 1 + sum(1 for p in earlier.glob("*") if p.name.isdigit()) if earlier.is_dir() else 1
+    kept = earlier / str(n)
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in _HYDRA_RUN_FILES:
+        if (hydra_dir / name).is_file():
+            (kept / name).write_bytes((hydra_dir / name).read_bytes())
+
+
+def refuse_occupied_eval_dir_early(argv: list[str]) -> None:
+    """`vla_hydra.eval ... hydra.run.dir=<dir>` into a dir that holds a training run (results.json,
+    checkpoints/) or a finished evaluation (eval_results.json): Hydra would replace that run's saved config
+    and the evaluation its results. Refused in one line before anything is written. (A failed
+    evaluation's dir, with only its config and log, may be reused.)"""
+    run_dir = _explicit_dir(_plain_overrides(argv), "hydra.run.dir")
+    if run_dir is None or not run_dir.is_dir():
+        return
+    held = [
+        name for name in ("results.json", "checkpoints", "eval_results.json") if (run_dir / name).exists()
+    ]
+    if held:
+        print(
+            f"error: hydra.run.dir={run_dir}: holds another run ({', '.join(held)}); an evaluation writes its "
+            "own config and eval_results.json: choose a new dir (or leave hydra.run.dir at its default)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(1)
 
 
 # -- Hydra's own errors (composing the config, parsing overrides) --------------------------------------

@@ -7,6 +7,7 @@ python -m vla_hydra.eval ckpt_path=... export=policy.ckpt   # also write a small
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,34 @@ def _hydra_main(cfg: DictConfig) -> None:
     run_cli(evaluate, cfg)
 
 
+# vla_hydra.train's config groups: an evaluation takes all of them from the checkpoint
+_TRAINING_GROUPS = (
+    "algo", "model", "data", "env", "trainer", "logger", "callbacks", "cluster", "experiment", "hparams_search",
+    "debug",
+)  # fmt: skip
+
+
+def refuse_training_options_early(argv: list[str]) -> None:
+    """`env=cartpole` failed with Hydra's advice to write `+env=cartpole`, which then evaluated in the
+    checkpoint's env all the same: any training group on eval's command line is refused in one line."""
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if "=" in arg and not arg.startswith("-") and key.split(".")[0] in _TRAINING_GROUPS:
+            print(
+                f"error: {arg}: vla_hydra.eval rolls out the checkpoint with the env, algo and model it was "
+                "trained with (stored in it) and takes no training options; its options: ckpt_path, episodes, "
+                "seed, device, torch_threads, video, video_episodes, export",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(1)
+
+
 def main() -> None:
+    from vla_hydra.cli import refuse_occupied_eval_dir_early
+
+    refuse_training_options_early(sys.argv[1:])
+    refuse_occupied_eval_dir_early(sys.argv[1:])
     with one_line_hydra_errors("eval"):
         _hydra_main()
 

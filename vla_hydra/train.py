@@ -141,6 +141,12 @@ def _train(
             f"so it stopped after {trainer.global_step} updates ({int(algo.env_steps)} env steps; "
             f"its budget is algo.total_timesteps={algo.total_timesteps})"
         )
+    elif hasattr(algo, "total_timesteps") and int(algo.env_steps) > algo.total_timesteps:
+        # rollouts are whole (PPO: num_envs x num_steps; GRPO: whole episodes; SAC: one step per env)
+        log.info(
+            f"algo.total_timesteps={algo.total_timesteps}: algo={algo.run_label} collects in whole rollouts, "
+            f"so it ran {int(algo.env_steps)} env steps"
+        )
     policy = algo
     if weights_sharded(trainer.strategy) and last_ckpt:
         # FSDP-wrapped / ZeRO-3-partitioned weights are not plain modules after fit: evaluate what

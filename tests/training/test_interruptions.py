@@ -77,3 +77,8 @@ def test_a_stopped_run_names_its_checkpoint_and_continues_from_it(tmp_path, data
     )
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "results.json").read_text())["train_steps"] == saved_step + 100
+    # Hydra replaced .hydra/ with the resume's config; the first leg's is kept beside it
+    assert f"trainer.max_steps={saved_step + 100}" in (run / ".hydra" / "overrides.yaml").read_text()
+    first_leg = run / ".hydra" / "earlier" / "1"
+    assert "trainer.max_steps=200000" in (first_leg / "overrides.yaml").read_text()
+    assert "max_steps: 200000" in (first_leg / "config.yaml").read_text()
