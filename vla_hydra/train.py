@@ -129,7 +129,7 @@ def _train(
         # rank takes part (sharded weights are gathered collectively); rank 0's view of the file decides.
         fallback = Path(checkpointing[0].dirpath) / "last.ckpt"
         if not trainer.strategy.broadcast(fallback.exists()):
-            trainer.save_checkpoint(fallback)
+            trainer.save_checkpoint(fallback, weights_only=False)
             last_ckpt = str(fallback)
     if trainer.global_rank != 0:
         return None, {}  # rank 0 alone evaluates and writes results

@@ -407,6 +407,13 @@ def test_missing_minari_dataset_says_where_it_looked_and_how_to_get_it(tmp_path,
     assert len(lines) == 1 and lines[0].startswith("error: dataset ") and "not found locally" in lines[0], (
         proc.stderr
     )
+    # looking creates nothing: minari's own listing used to create a missing datasets root
+    empty_root = tmp_path / "no-minari-here"
+    proc = run_module(
+        "vla_hydra.train", "data=minari", "data.dataset_id=mujoco/hopper/medium-v0", "env=hopper",
+        f"hydra.run.dir={tmp_path}/run2", env={"MINARI_DATASETS_PATH": str(empty_root)},
+    )  # fmt: skip
+    assert proc.returncode == 1 and "local datasets there: none" in proc.stderr and not empty_root.exists()
 
 
 def test_a_batch_larger_than_the_dataset_is_warned_about(tmp_path, caplog):

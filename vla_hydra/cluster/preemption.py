@@ -90,7 +90,7 @@ class PreemptionCheckpoint(L.Callback):
                 callback._save_last_now(trainer)
                 return callback.last_model_path
         path = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints") / "last.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         return str(path)
 
     def _hand_on(self) -> None:

@@ -63,9 +63,11 @@ def resolve_minari_path(dataset_id: str) -> Path:
     path = minari_data_path(dataset_id)
     if path.is_dir():
         return path
-    with warnings.catch_warnings():  # Minari warns about every misconfigured neighbour; not our concern
-        warnings.simplefilter("ignore")
-        local = sorted(minari.list_local_datasets())
+    local = []
+    if minari_root().is_dir():  # minari.list_local_datasets() would create the folder it lists
+        with warnings.catch_warnings():  # Minari warns about every misconfigured neighbour; not our concern
+            warnings.simplefilter("ignore")
+            local = sorted(minari.list_local_datasets())
     shown = ", ".join(local[:10]) + (f" (+{len(local) - 10} more)" if len(local) > 10 else "")
     raise DatasetError(
         path,

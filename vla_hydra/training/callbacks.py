@@ -327,7 +327,7 @@ class InterruptionRecord(L.Callback):
         )
         saved = False
         if isinstance(exception, SIGTERMException) and checkpoint is not None and trainer.world_size == 1:
-            trainer.save_checkpoint(checkpoint)
+            trainer.save_checkpoint(checkpoint, weights_only=False)
             saved = True
         InterruptionRecord.last = {
             "signal": "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C",
