@@ -26,6 +26,7 @@ class ParameterDigest(L.Callback):
             "direct_backward": pl_module._direct_backward,
             "strategy": type(trainer.strategy).__name__,
             "backend": trainer.strategy._process_group_backend,
+            "find_unused_parameters": getattr(trainer.strategy.model, "find_unused_parameters", None),
             "params": params.tolist(),
             "buffers": {
                 name: b.detach().double().flatten().tolist() for name, b in pl_module.named_buffers()

@@ -73,6 +73,8 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path, data_dir):
     for rank in ranks:
         assert (rank["world_size"], rank["global_step"], rank["strategy"]) == (2, 100, "DDPStrategy")
         assert rank["backend"] == "gloo"
+        # BC's one loss reaches every parameter: DDP does not search for unused ones
+        assert rank["find_unused_parameters"] is False
         # manual optimization goes through Lightning's manual_backward (DDP's gradient all-reduce)
         assert rank["direct_backward"] is False
     # each rank samples different minibatches (seed + rank): equal weights mean gradients were averaged

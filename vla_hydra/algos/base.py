@@ -35,6 +35,10 @@ class PolicyAlgorithm(L.LightningModule):
     # whether `update` clips gradient norms (clip_gradients_): refused under DeepSpeed ZeRO, whose
     # partitioned gradients the clipping would not see
     clips_gradients = False
+    # whether every backward pass reaches every trainable parameter (one loss over all networks): DDP
+    # can then skip its search for unused parameters (an extra autograd traversal per step, and a torch
+    # warning on every rank when it finds none); actor-critic updates leave networks out of some passes
+    every_backward_uses_all_parameters = False
     # short name in results/reports; defaults to the lower-cased class name
     name: str | None = None
     # whether the algorithm handles Discrete action spaces (class-index actions)

@@ -21,6 +21,7 @@ def bc_cross_entropy_loss(logits: torch.Tensor, dataset_actions: torch.Tensor) -
 
 
 class BC(PolicyAlgorithm):
+    every_backward_uses_all_parameters = True
     supports_discrete = True
 
     def __init__(

@@ -33,6 +33,7 @@ class DecisionTransformer(PolicyAlgorithm):
     """
 
     clips_gradients = True
+    every_backward_uses_all_parameters = True
 
     name = "dt"
 

@@ -86,6 +86,7 @@ class GAIL(PPO):
 
     name = "gail"
     supports_discrete = True
+    every_backward_uses_all_parameters = False  # the discriminator's passes leave the policy out
 
     def __init__(
         self,

@@ -103,6 +103,7 @@ class GRPO(OnlineAlgorithm):
     """
 
     clips_gradients = True
+    every_backward_uses_all_parameters = True
 
     name = "grpo"
     supports_discrete = True

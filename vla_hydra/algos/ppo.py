@@ -101,6 +101,7 @@ def check_rollout_settings(total_timesteps: int, num_envs: int, num_steps: int, 
 
 class PPO(OnlineAlgorithm):
     clips_gradients = True
+    every_backward_uses_all_parameters = True
 
     name = "ppo"
     supports_discrete = True

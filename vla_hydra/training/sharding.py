@@ -98,8 +98,13 @@ def prepare_strategy(trainer, module: torch.nn.Module) -> None:
     out a backward a zero gradient, which Adam still steps on (a layer left out of one step moved by
     6.7e-3 at lr 1e-2 under ZeRO-2, where plain PyTorch skips it), so a delayed actor would not be
     delayed."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
+    if type(trainer.strategy) is DDPStrategy and module.every_backward_uses_all_parameters:
+        # conf/trainer/ddp.yaml asks DDP to look for parameters a backward left out (actor-critic
+        # updates); for a single loss over every network that search only costs time. Set before fit
+        # wraps the module (Lightning passes these kwargs to DistributedDataParallel then).
+        trainer.strategy._ddp_kwargs["find_unused_parameters"] = False
     if isinstance(trainer.strategy, DeepSpeedStrategy):
         name = module.short_name()
         if getattr(module, "clips_gradients", False):
