@@ -398,3 +398,21 @@ def test_a_sweep_into_a_finished_sweep_dir_is_refused_before_anything_is_written
         f"hydra.sweep.dir, or continue that run with ckpt_path={sweep / '0' / 'checkpoints' / 'last.ckpt'}"
     ]
     assert all(p.read_bytes() == data for p, data in kept.items())
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+callbacks.bad._target_=builtins.dict", "callbacks.bad._target_=builtins.dict: built a dict, expected a lightning Callback"),
+        ("+logger.bad._target_=builtins.list", "logger.bad._target_=builtins.list: built a list, expected a lightning Logger"),
+    ],
+)  # fmt: skip
+def test_a_callback_or_logger_entry_that_builds_something_else_is_named(
+    tmp_path, data_dir, override, message
+):
+    """Lightning failed on such an entry with OmegaConf's "Missing key on_exception full_key: [3]"."""
+    from vla_hydra.core.exceptions import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        train(small_train_config(tmp_path, data_dir, [override]))
+    assert str(err.value) == message

@@ -52,7 +52,8 @@ def _train(
     cfg: DictConfig, first_run_in_process: bool, started_at: float
 ) -> tuple[float | None, dict[str, Any]]:
     from hydra.utils import get_object, instantiate
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+    from lightning.pytorch.loggers import Logger
 
     from vla_hydra.cluster.resume import check_resumable, resume_checkpoint
     from vla_hydra.core.exceptions import ConfigError
@@ -102,7 +103,7 @@ def _train(
     algo.algo_choice, algo.dataset_name = _algo_choice(), datamodule.name
     algo.ref_returns = datamodule.reference_returns(env.ref_returns)
 
-    callbacks = instantiate_dict_values(cfg.get("callbacks"))
+    callbacks = instantiate_dict_values(cfg.get("callbacks"), "callbacks", Callback)
     for callback in callbacks:  # before training, not at its first save (debug=fdr saves nothing)
         if isinstance(callback, ModelCheckpoint) and callback.dirpath and not cfg.trainer.get("fast_dev_run"):
             check_creatable(Path(callback.dirpath) / "last.ckpt", "callbacks.model_checkpoint.dirpath")
@@ -110,7 +111,7 @@ def _train(
     throughput = Throughput(since=None if first_run_in_process else started_at)
     callbacks.append(throughput)
     callbacks.append(InterruptionRecord())  # what stopped a fit early, for the command's last line
-    loggers = instantiate_dict_values(cfg.get("logger"))
+    loggers = instantiate_dict_values(cfg.get("logger"), "logger", Logger)
     trainer = _build_trainer(cfg.trainer, callbacks, loggers)
     prepare_strategy(trainer, algo)
     trainer.fit(algo, datamodule=datamodule, ckpt_path=ckpt_path)

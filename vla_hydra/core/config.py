@@ -42,15 +42,24 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
-def instantiate_dict_values(cfg: DictConfig | None) -> list[Any]:
-    """Instantiate each entry of a config dict (callbacks, loggers); entries that are null or build None
-    are skipped, so any entry can be switched off with `callbacks.<name>=null`."""
+def instantiate_dict_values(cfg: DictConfig | None, option: str, expected: type) -> list[Any]:
+    """Instantiate each entry of the config dict `option` (callbacks, logger); entries that are null or
+    build None are skipped, so any entry can be switched off with `callbacks.<name>=null`. An entry that
+    builds something other than an `expected` is a one-line error naming it (Lightning failed on it
+    later with an OmegaConf message about a missing key)."""
     from hydra.utils import instantiate
 
+    from vla_hydra.core.exceptions import ConfigError
+
     objects = []
-    for value in (cfg or {}).values():
+    for name, value in (cfg or {}).items():
         if value is not None and "_target_" in value:
             obj = instantiate(value)
+            if obj is not None and not isinstance(obj, expected):
+                raise ConfigError(
+                    f"{option}.{name}._target_={value._target_}: built a {type(obj).__name__}, expected a "
+                    f"{expected.__module__.split('.')[0]} {expected.__name__}"
+                )
             if obj is not None:
                 objects.append(obj)
     return objects
