@@ -385,6 +385,23 @@ def test_a_failing_job_of_a_local_sweep_does_not_stop_the_jobs_after_it(tmp_path
     )
 
 
+def test_a_bug_in_one_job_of_a_local_sweep_shows_its_traceback_and_the_next_job_runs(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    proc = run_module(
+        "vla_hydra.train", "-m", "+callbacks.probe._target_=tests.cluster.probes.FailAtStart",
+        "+callbacks.probe.fail=true,false", "trainer.max_steps=50", "eval.episodes=2",
+        "callbacks.policy_eval.episodes=2", f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stdout and "RuntimeError: probe failure at train start" in proc.stdout
+    assert json.loads((sweep / "1" / "results.json").read_text())["train_steps"] == 50
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: job 0 (+callbacks.probe._target_=tests.cluster.probes.FailAtStart +callbacks.probe.fail=True "
+        f"trainer.max_steps=50 eval.episodes=2 callbacks.policy_eval.episodes=2 paths.data_dir={data_dir}): "
+        "RuntimeError: probe failure at train start"
+    )
+
+
 def test_a_sweep_into_a_finished_sweep_dir_is_refused_before_anything_is_written(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     args = ["-m", "seed=0", "trainer.max_steps=50", "eval.episodes=2", f"paths.data_dir={data_dir}"]

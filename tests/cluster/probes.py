@@ -93,3 +93,14 @@ def _patched_state_dict_context():
     return mock.patch(
         "lightning.pytorch.strategies.fsdp._get_full_state_dict_context", _full_state_dict_without_offload
     )
+
+
+class FailAtStart(L.Callback):
+    """Raises a plain exception (a bug, not a user error) when training starts, if `fail`."""
+
+    def __init__(self, fail: bool):
+        self.fail = fail
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.fail:
+            raise RuntimeError("probe failure at train start")

@@ -460,9 +460,10 @@ class RunEveryJob(BasicLauncher):
         # an Optuna search records failed trials itself (and then stops): it gets every return
         if not failed or sweeper_needs_results(self.config):
             return returns
-        if len(returns) > 1:
-            num, first = failed[0]
-            error = first._return_value
+        num, first = failed[0]
+        error = first._return_value
+        # a one-job sweep's user error is on stderr already; a bug's traceback went to the log (stdout)
+        if len(returns) > 1 or not isinstance(error, JobExitedWithError):
             line = (
                 str(error)
                 if isinstance(error, JobExitedWithError)
