@@ -358,7 +358,8 @@ def test_a_local_sweep_of_multi_process_jobs_is_refused_in_one_line(tmp_path, pe
         .splitlines()[-1]
         .endswith(
             "trainer.devices=2: a local sweep (-m, hparams_search=, cluster=submitit_local) cannot run several "
-            "processes per job; run the jobs one at a time without -m, or use cluster=slurm"
+            "processes per job; run the jobs one at a time without -m, or use cluster=slurm "
+            "(2 of 2 jobs failed, each named above)"
         )
     )
     assert not list(tmp_path.glob("logs/train/multiruns/*/0/results.json"))
