@@ -178,19 +178,18 @@ def _hydra_main(cfg: DictConfig) -> None:
     run_cli(evaluate, cfg)
 
 
-# vla_hydra.train's config groups: an evaluation takes all of them from the checkpoint
-_TRAINING_GROUPS = (
-    "algo", "model", "data", "env", "trainer", "logger", "callbacks", "cluster", "experiment", "hparams_search",
-    "debug",
-)  # fmt: skip
+# the config groups conf/eval.yaml composes itself; every other group under conf/ is vla_hydra.train's,
+# which an evaluation takes from the checkpoint
+_EVAL_GROUPS = {"paths", "hydra", "local"}
 
 
 def refuse_training_options_early(argv: list[str]) -> None:
     """`env=cartpole` failed with Hydra's advice to write `+env=cartpole`, which then evaluated in the
     checkpoint's env all the same: any training group on eval's command line is refused in one line."""
+    training_groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()} - _EVAL_GROUPS
     for arg in argv:
         key = arg.split("=", 1)[0].lstrip("+~")
-        if "=" in arg and not arg.startswith("-") and key.split(".")[0] in _TRAINING_GROUPS:
+        if "=" in arg and not arg.startswith("-") and key.split(".")[0] in training_groups:
             print(
                 f"error: {arg}: vla_hydra.eval rolls out the checkpoint with the env, algo and model it was "
                 "trained with (stored in it) and takes no training options; its options: ckpt_path, episodes, "
