@@ -57,7 +57,7 @@ def test_wandb_logger_does_not_pass_the_deprecated_anonymous_setting(tmp_path, m
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     logger = wandb_logger(str(tmp_path), mode="offline")
-    assert "anonymous" not in logger._wandb_init and logger._offline
+    assert "anonymous" not in logger._wandb_init and logger._wandb_init["mode"] == "offline"
 
 
 def test_wandb_login_detection(tmp_path, monkeypatch):
@@ -127,6 +127,22 @@ def test_wandb_mode_disabled_trains_without_wandb_files(tmp_path, data_dir):
     _, results = train(cfg)
     assert results["train_steps"] == 200
     assert not list((Path(cfg.paths.output_dir) / "wandb").glob("*run-*"))
+
+
+def test_an_offline_wandb_run_after_a_disabled_one_in_the_same_process_needs_no_login(
+    tmp_path, data_dir, monkeypatch
+):
+    """A local sweep `logger.wandb.mode=disabled,offline`: the offline job failed with "No API key
+    configured" (Lightning signals offline through WANDB_MODE, which wandb had already read)."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for mode in ("disabled", "offline"):
+        cfg = small_train_config(
+            tmp_path / mode, data_dir, ["logger=wandb", f"logger.wandb.mode={mode}", "trainer.max_steps=50"]
+        )
+        train(cfg)
+    assert "WANDB_MODE" not in os.environ  # no mode left behind for the process's later runs
+    assert list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*/*.wandb"))
 
 
 def test_each_run_of_one_process_gets_its_own_wandb_run(tmp_path, data_dir, monkeypatch):

@@ -54,10 +54,13 @@ def wandb_logger(
             "logger.wandb.mode=online: no wandb credentials on this machine (run `wandb login` or set "
             "WANDB_API_KEY), or use logger.wandb.mode=offline"
         )
-    if mode == "disabled":
-        kwargs["mode"] = "disabled"
+    if mode in ("offline", "disabled"):
+        # passed to wandb.init itself, not as Lightning's offline=True: that sets WANDB_MODE=dryrun in the
+        # process environment, which wandb reads only when it first sets up, so after an earlier run of the
+        # process (a local sweep's job with mode=disabled) the offline run asked for a login instead
+        kwargs["mode"] = mode
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    logger = WandbLogger(save_dir=save_dir, project=project, name=name, offline=(mode == "offline"), **kwargs)
+    logger = WandbLogger(save_dir=save_dir, project=project, name=name, **kwargs)
     if logger._wandb_init.get("anonymous") is None:
         # Lightning passes anonymous=None, which wandb (>= 0.19) answers with a deprecation warning per run
         logger._wandb_init.pop("anonymous", None)
