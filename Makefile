@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 # (install warns when it finds a CUDA build on a machine without nvidia-smi).
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# tests run in one pytest-xdist worker per CPU (most use one torch thread); SLURM tests share a worker
+# (xdist_group). XDIST= runs them in one process.
+XDIST ?= -n auto --dist loadgroup
 
 .PHONY: help install train test test-full gpu-check bench format lint clean
 
@@ -28,11 +31,11 @@ install: $(STAMP) ## create .venv and install the package with dev tools (idempo
 train: install ## train BC on the embedded Pendulum dataset (collected on first use), < 1 min on 2 CPU cores
 	$(PY) -m vla_hydra.train $(ARGS)
 
-test: install ## fast test suite (excludes tests marked slow)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+test: install ## fast test suite (excludes tests marked slow), one pytest-xdist worker per CPU
+	$(PY) -m pytest -m "not slow" $(XDIST) $(ARGS)
 
 test-full: install ## every test, including slow ones
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(XDIST) $(ARGS)
 
 gpu-check: install ## CUDA-only tests (trainer=gpu/fsdp/deepspeed) on a GPU machine; ARGS=--bench adds the GPU benchmark
 	PATH=$(VENV)/bin:$$PATH bash scripts/gpu_checks.sh $(ARGS)

@@ -28,6 +28,25 @@ def _one_torch_thread():
     torch.set_num_threads(1)
 
 
+def session_root(tmp_path_factory) -> Path:
+    """The temp dir of the whole test session: under pytest-xdist each worker's basetemp is a
+    sub-directory of the controller's (`popen-gw<N>`)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def pytest_sessionfinish(session):
+    """Services a test started for the session are stopped once, by the controller, after every worker."""
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: others may still use them
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    from tests.cluster.conftest import stop_slurm_started_by_tests
+
+    stop_slurm_started_by_tests(factory.getbasetemp())
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """Generated datasets are cached here for the whole test session (collected once on first use)."""

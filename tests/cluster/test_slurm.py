@@ -13,6 +13,9 @@ import pytest
 
 from tests.conftest import run_module
 
+# under pytest-xdist (make test) these share one worker: one local SLURM node, jobs queued one test at a time
+pytestmark = pytest.mark.xdist_group("slurm")
+
 
 def small_job_args(root: Path, data_dir: Path, steps: int = 100) -> list[str]:
     return [
