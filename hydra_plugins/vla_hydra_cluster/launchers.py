@@ -12,4 +12,4 @@ class LocalLauncher(WaitForAllJobs):
 
 
 class SequentialLauncher(RunEveryJob):
-    pass
+    """cluster=local: jobs one after another in this process, every job run (RunEveryJob)."""
