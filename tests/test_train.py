@@ -175,7 +175,9 @@ def test_eval_cli_bad_checkpoint_is_one_line_error(tmp_path):
         assert lines[-1].startswith(f"error: ckpt_path={path}") and len(lines) == 1, proc.stderr
 
 
-@pytest.mark.parametrize("option", ["env=cartpole", "+env=cartpole", "algo.lr=1", "+trainer.max_steps=5"])
+@pytest.mark.parametrize(
+    "option", ["env=cartpole", "+env=cartpole", "algo.lr=1", "+trainer.max_steps=5", "eval.every_n_updates=5"]
+)
 def test_eval_refuses_training_options_instead_of_ignoring_them(tmp_path, option):
     """Hydra advised `+env=cartpole` for `env=cartpole`, and the evaluation then ran in the checkpoint's
     env all the same (exit 0)."""
@@ -183,6 +185,19 @@ def test_eval_refuses_training_options_instead_of_ignoring_them(tmp_path, option
     assert proc.returncode == 1 and proc.stderr.strip().startswith(
         f"error: {option}: vla_hydra.eval rolls out the checkpoint with the env, algo and model it was trained "
         "with (stored in it) and takes no training options; its options: ckpt_path, episodes,"
+    )
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "hint"), [("eval.video=true", "video=true"), ("+eval.episodes=50", "episodes=50")]
+)
+def test_eval_answers_trains_spelling_of_its_options_with_its_own(tmp_path, option, hint):
+    """`eval.video=true` (how train.py asks for a video) failed on eval's command line with "the config
+    has no option 'eval'", leaving the user to find that eval spells it `video=true`."""
+    proc = run_module("vla_hydra.eval", "ckpt_path=x.ckpt", option, f"hydra.run.dir={tmp_path}/eval")
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"error: {option}: train.py's spelling; vla_hydra.eval takes {hint}"
     )
     assert not (tmp_path / "eval").exists()
 

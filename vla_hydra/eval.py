@@ -183,21 +183,40 @@ def _hydra_main(cfg: DictConfig) -> None:
 _EVAL_GROUPS = {"paths", "hydra", "local"}
 
 
+# eval's own options (conf/eval.yaml), named in its refusals
+_EVAL_OPTIONS = (
+    "ckpt_path",
+    "episodes",
+    "seed",
+    "device",
+    "torch_threads",
+    "video",
+    "video_episodes",
+    "export",
+)
+
+
 def refuse_training_options_early(argv: list[str]) -> None:
     """`env=cartpole` failed with Hydra's advice to write `+env=cartpole`, which then evaluated in the
-    checkpoint's env all the same: any training group on eval's command line is refused in one line."""
+    checkpoint's env all the same: any training group on eval's command line is refused in one line.
+    train.py's spelling of an eval option (`eval.video=true`) is refused with eval's own (`video=true`)."""
     training_groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()} - _EVAL_GROUPS
     for arg in argv:
-        key = arg.split("=", 1)[0].lstrip("+~")
-        if "=" in arg and not arg.startswith("-") and key.split(".")[0] in training_groups:
-            print(
-                f"error: {arg}: vla_hydra.eval rolls out the checkpoint with the env, algo and model it was "
-                "trained with (stored in it) and takes no training options; its options: ckpt_path, episodes, "
-                "seed, device, torch_threads, video, video_episodes, export",
-                file=sys.stderr,
-                flush=True,
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        if key.startswith("eval.") and key.removeprefix("eval.") in _EVAL_OPTIONS:
+            message = f"train.py's spelling; vla_hydra.eval takes {key.removeprefix('eval.')}={value}"
+        elif key.split(".")[0] in training_groups or key.startswith("eval."):
+            message = (
+                "vla_hydra.eval rolls out the checkpoint with the env, algo and model it was trained with "
+                f"(stored in it) and takes no training options; its options: {', '.join(_EVAL_OPTIONS)}"
             )
-            raise SystemExit(1)
+        else:
+            continue
+        print(f"error: {arg}: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
 
 
 def main() -> None:
