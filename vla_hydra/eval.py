@@ -202,10 +202,10 @@ def refuse_training_options_early(argv: list[str]) -> None:
     train.py's spelling of an eval option (`eval.video=true`) is refused with eval's own (`video=true`)."""
     training_groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()} - _EVAL_GROUPS
     for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue  # a flag (--cfg job, -m), not an override
         key, _, value = arg.partition("=")
         key = key.lstrip("+~")
-        if "=" not in arg or arg.startswith("-"):
-            continue
         if key.startswith("eval.") and key.removeprefix("eval.") in _EVAL_OPTIONS:
             message = f"train.py's spelling; vla_hydra.eval takes {key.removeprefix('eval.')}={value}"
         elif key.split(".")[0] in training_groups or key.startswith("eval."):
