@@ -44,7 +44,7 @@ def pytest_sessionfinish(session):
         return
     from tests.cluster.conftest import stop_slurm_started_by_tests
 
-    stop_slurm_started_by_tests(factory.getbasetemp())
+    stop_slurm_started_by_tests(session_root(factory))
 
 
 @pytest.fixture(scope="session")

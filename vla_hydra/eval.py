@@ -183,17 +183,13 @@ def _hydra_main(cfg: DictConfig) -> None:
 _EVAL_GROUPS = {"paths", "hydra", "local"}
 
 
-# eval's own options (conf/eval.yaml), named in its refusals
-_EVAL_OPTIONS = (
-    "ckpt_path",
-    "episodes",
-    "seed",
-    "device",
-    "torch_threads",
-    "video",
-    "video_episodes",
-    "export",
-)
+def _eval_options() -> list[str]:
+    """conf/eval.yaml's own keys: what an evaluation takes on its command line (read from the file, so the
+    refusals below name exactly its options)."""
+    import yaml
+
+    keys = yaml.safe_load((Path(CONF_DIR) / "eval.yaml").read_text())
+    return [key for key in keys if key not in ("defaults", "hydra", "task_name")]
 
 
 def refuse_training_options_early(argv: list[str]) -> None:
@@ -201,17 +197,18 @@ def refuse_training_options_early(argv: list[str]) -> None:
     checkpoint's env all the same: any training group on eval's command line is refused in one line.
     train.py's spelling of an eval option (`eval.video=true`) is refused with eval's own (`video=true`)."""
     training_groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()} - _EVAL_GROUPS
+    options = _eval_options()
     for arg in argv:
         if "=" not in arg or arg.startswith("-"):
             continue  # a flag (--cfg job, -m), not an override
         key, _, value = arg.partition("=")
         key = key.lstrip("+~")
-        if key.startswith("eval.") and key.removeprefix("eval.") in _EVAL_OPTIONS:
+        if key.startswith("eval.") and key.removeprefix("eval.") in options:
             message = f"train.py's spelling; vla_hydra.eval takes {key.removeprefix('eval.')}={value}"
         elif key.split(".")[0] in training_groups or key.startswith("eval."):
             message = (
                 "vla_hydra.eval rolls out the checkpoint with the env, algo and model it was trained with "
-                f"(stored in it) and takes no training options; its options: {', '.join(_EVAL_OPTIONS)}"
+                f"(stored in it) and takes no training options; its options: {', '.join(options)}"
             )
         else:
             continue
