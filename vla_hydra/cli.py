@@ -101,8 +101,9 @@ def _report_interruption(record: dict | None, signal_name: str = "Ctrl-C") -> No
             f"with ckpt_path={record['checkpoint']}"
         )
     else:
+        at = f" (update {record['checkpoint_step']})" if record.get("checkpoint_step") is not None else ""
         where = (
-            f"continue from its last checkpoint with ckpt_path={record['checkpoint']}"
+            f"continue from its last checkpoint{at} with ckpt_path={record['checkpoint']}"
             if record["checkpoint"]
             else "no checkpoint had been saved yet"
         )
@@ -152,14 +153,22 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
     `hydra.sweep.dir=` that holds finished runs: the same one-line refusal train() gives
     (resume.refuse_finished_run_dir), so not even the earlier runs' configs are replaced. Continuing a
     run (`ckpt_path=`) is allowed, and keeps the config of the run's earlier leg."""
+    from vla_hydra.core.exceptions import CheckpointError
+
     overrides = _plain_overrides(argv)
     run_dir = _explicit_dir(overrides, "hydra.run.dir")
     if any(key.lstrip("+~") == "ckpt_path" for key in overrides):
         writes_run_dir = not any(arg in _INFO_FLAGS or arg.startswith("--cfg") for arg in argv)
-        if run_dir is not None and writes_run_dir:
+        if run_dir is not None and writes_run_dir and (run_dir / ".hydra").is_dir():
+            try:  # a live run's config must not be replaced by a command that will be refused
+                from vla_hydra.cluster.resume import refuse_run_dir_in_use
+
+                refuse_run_dir_in_use(run_dir)
+            except CheckpointError as err:
+                print(f"error: {err}", file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
             keep_config_of_earlier_leg(run_dir)
         return
-    from vla_hydra.core.exceptions import CheckpointError
 
     run_dirs = [run_dir] if run_dir is not None else []
     sweep_dir = _explicit_dir(overrides, "hydra.sweep.dir")
@@ -228,6 +237,42 @@ def keep_config_of_earlier_leg(run_dir: Path) -> None:
     for name in _HYDRA_RUN_FILES:
         if (hydra_dir / name).is_file():
             (kept / name).write_bytes((hydra_dir / name).read_bytes())
+    log_sizes = {path: path.stat().st_size for path in Path(run_dir).glob("*.log")}
+    _entry_point_state["continuation"] = (hydra_dir, kept, log_sizes)
+
+
+def continuation_started() -> None:
+    """train() calls this just before its fit: from here on, a continuation's config (Hydra's new
+    `.hydra/`) is the run's, whatever happens next."""
+    _entry_point_state.pop("continuation", None)
+
+
+@contextmanager
+def undo_refused_continuation() -> Iterator[None]:
+    """A continuation that ends before its fit starts (refused: another algo's checkpoint, a bad value,
+    a typo Hydra rejects; or interrupted) did not continue the run: put the run's `.hydra/` and log files
+    back as they were, and drop the `.hydra/earlier/<n>/` copy keep_config_of_earlier_leg made."""
+    import shutil
+
+    try:
+        yield
+    except BaseException:
+        pending = _entry_point_state.pop("continuation", None)
+        if pending is not None:
+            hydra_dir, kept, log_sizes = pending
+            for name in _HYDRA_RUN_FILES:
+                if (kept / name).is_file():
+                    (hydra_dir / name).write_bytes((kept / name).read_bytes())
+            shutil.rmtree(kept, ignore_errors=True)
+            if kept.parent.is_dir() and not any(kept.parent.iterdir()):
+                kept.parent.rmdir()
+            for path in Path(hydra_dir.parent).glob("*.log"):
+                if path in log_sizes:
+                    if path.stat().st_size > log_sizes[path]:
+                        os.truncate(path, log_sizes[path])
+                else:
+                    path.unlink()
+        raise
 
 
 def refuse_occupied_eval_dir_early(argv: list[str]) -> None:

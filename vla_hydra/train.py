@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vla_hydra.cli import hydra_job_config, one_line_hydra_errors, run_cli
+from vla_hydra.cli import continuation_started, hydra_job_config, one_line_hydra_errors, run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values, instantiate_dict_values
 
 # train() calls so far in this process (a local multirun runs its jobs one after another in one process)
@@ -114,6 +114,7 @@ def _train(
     loggers = instantiate_dict_values(cfg.get("logger"), "logger", Logger)
     trainer = _build_trainer(cfg.trainer, callbacks, loggers)
     prepare_strategy(trainer, algo)
+    continuation_started()
     trainer.fit(algo, datamodule=datamodule, ckpt_path=ckpt_path)
 
     # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
@@ -323,10 +324,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     import sys
 
-    from vla_hydra.cli import refuse_finished_run_dir_early
+    from vla_hydra.cli import refuse_finished_run_dir_early, undo_refused_continuation
 
     refuse_finished_run_dir_early(sys.argv[1:])
-    with one_line_hydra_errors("train"):
+    with undo_refused_continuation(), one_line_hydra_errors("train"):
         _hydra_main()
 
 

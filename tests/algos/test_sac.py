@@ -283,6 +283,19 @@ def test_a_budget_inside_the_random_warm_up_still_leaves_a_checkpoint(tmp_path, 
     assert int(algo.env_steps) == 200
 
 
+def test_a_buffer_smaller_than_a_batch_is_refused_before_the_run(tmp_path, data_dir):
+    """algo.buffer_size=200 with batch 256 ran every env step, never updated once (updates wait for a full
+    batch in the buffer) and ended with exit 0 and an untrained policy."""
+    cfg = small_train_config(tmp_path, data_dir, [*SMALL, "algo.buffer_size=200", "algo.total_timesteps=700"])
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert str(err.value) == (
+        "algo.buffer_size=200: smaller than algo.batch_size=256, so no batch could ever be drawn; "
+        "expected >= algo.batch_size"
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_resumed_run_writes_every_transition_of_the_run_into_its_replay_dataset(tmp_path, data_dir):
     """Without the buffer in its checkpoint, a resumed run's replay dataset silently lost every transition
     from before the interruption (4300 of 6000 written); replay_dataset_path now keeps the buffer."""

@@ -192,3 +192,50 @@ def test_a_run_dir_in_use_or_holding_an_interrupted_run_is_refused_before_anythi
         f"ckpt_path={ckpt}",
     )
     assert again.returncode == 0, again.stderr
+
+
+def test_a_refused_continuation_leaves_the_run_dir_as_it_was(tmp_path, data_dir):
+    """A continuation into a run's own dir (ckpt_path= + hydra.run.dir=) that was refused (another algo's
+    checkpoint, a typo, the run still going) replaced the run's .hydra/ config with the refused command's
+    and appended to its train.log: the report then named the refused command as the run's."""
+    from tests.conftest import run_module
+    from vla_hydra.cluster.resume import lock_run_dir
+
+    run = tmp_path / "run"
+    args = [
+        "eval.episodes=2",
+        "callbacks.policy_eval=null",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run}",
+    ]
+    first = run_module("vla_hydra.train", "trainer.max_steps=50", *args, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    ckpt = run / "checkpoints" / "last.ckpt"
+
+    def snapshot() -> dict:
+        return {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    before = snapshot()
+    assert (run / "train.log").stat().st_size > 0
+    refusals = {
+        ("algo=td3bc",): "a checkpoint of algo=bc, not algo=td3bc",
+        ("algo.lrr=1",): "algo (vla_hydra.algos.bc.BC) has no option 'lrr'",
+    }
+    for extra, message in refusals.items():
+        proc = run_module("vla_hydra.train", "trainer.max_steps=100", *extra, f"ckpt_path={ckpt}", *args)
+        assert proc.returncode == 1 and message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+        assert snapshot() == before, extra
+    held = lock_run_dir(run)  # as the run would while still going
+    try:
+        proc = run_module("vla_hydra.train", "trainer.max_steps=100", f"ckpt_path={ckpt}", *args)
+    finally:
+        held.close()
+    assert proc.returncode == 1 and "is in use by another running process" in proc.stderr
+    assert snapshot() == before
+
+    # an accepted continuation keeps the first leg's config as .hydra/earlier/1/
+    again = run_module("vla_hydra.train", "trainer.max_steps=80", f"ckpt_path={ckpt}", *args, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(p.name for p in (run / ".hydra" / "earlier").iterdir()) == ["1"]
+    assert "trainer.max_steps=50" in (run / ".hydra" / "earlier" / "1" / "overrides.yaml").read_text()
+    assert "trainer.max_steps=80" in (run / ".hydra" / "overrides.yaml").read_text()

@@ -38,6 +38,8 @@ from vla_hydra.core.exceptions import ConfigError
         (["eval.video=nope"], "eval.video=nope: expected true or false"),
         (["algo=dt", "algo.target_return=abc"], "algo.target_return=abc: expected a number"),
         (["data.normalize_observations=maybe"], "data.normalize_observations=maybe: expected true or false"),
+        (["algo=iql", "algo.beta=-1"], "algo.beta=-1: expected a number >= 0"),
+        (["algo=td3bc", "algo.alpha=-1"], "algo.alpha=-1: expected a number >= 0"),
     ],
 )
 def test_out_of_range_values_name_the_option(overrides, message):
@@ -54,6 +56,7 @@ def test_boundary_values_and_optional_settings_pass():
         )
     )
     check_config_values(compose_config("train", ["algo=td3bc", "algo.tau=1.0", "algo.policy_noise=0"]))
+    check_config_values(compose_config("train", ["algo=td3bc", "algo.alpha=0"]))  # pure BC: allowed
 
 
 def test_cli_refuses_a_value_that_used_to_hang_before_touching_the_run_dir(tmp_path):
@@ -86,6 +89,16 @@ def test_cli_refuses_a_value_that_used_to_hang_before_touching_the_run_dir(tmp_p
             ["algo._target_=vla_hydra.algos.bc.Nope"],
             "algo._target_=vla_hydra.algos.bc.Nope: cannot be imported",
         ),
+        # items of a list of objects too (it was Hydra's "Error locating target ... full_key: env.wrappers0")
+        (
+            ["env.wrappers=[{_target_: gymnasium.wrappers.NoSuchWrapper, _partial_: true}]"],
+            "env.wrappers[0]._target_=gymnasium.wrappers.NoSuchWrapper: cannot be imported",
+        ),
+        (
+            ["env.wrappers=[{_target_: gymnasium.wrappers.ClipReward, _partial_: true, min_rewrd: 0}]"],
+            "env.wrappers[0].min_rewrd: gymnasium.wrappers.ClipReward takes no argument 'min_rewrd'; "
+            "did you mean env.wrappers[0].min_reward?",
+        ),
     ],
 )
 def test_arguments_a_constructor_does_not_take_are_named(overrides, message):
@@ -101,6 +114,12 @@ def test_cli_names_an_unknown_constructor_argument_before_the_run_dir_is_written
     assert proc.stderr.splitlines() == [
         "error: algo.lrr: vla_hydra.algos.bc.BC takes no argument 'lrr'; did you mean algo.lr?"
     ]
+    # an unimportable _target_: the one line only (Hydra's own 3-line log of the failure is silenced)
+    proc = run_module(
+        "vla_hydra.train", "algo._target_=vla_hydra.algos.bc.Nope", f"hydra.run.dir={tmp_path}/b"
+    )
+    assert proc.returncode == 1 and proc.stdout.strip() == ""
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: algo._target_=")
     assert not (tmp_path / "run" / "results.json").exists()
 
 

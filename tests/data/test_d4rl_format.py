@@ -250,7 +250,9 @@ def test_a_file_from_another_env_with_the_same_shapes_is_refused(tmp_path):
         datamodule.check_compatible(EnvFactory(id="Walker2d-v5").spec())
     assert str(err.value) == (
         f"dataset {path} [metadata/env_id]: collected in HalfCheetah-v5, but the policy would be "
-        "evaluated in env Walker2d-v5; use env=halfcheetah"
+        "evaluated in env Walker2d-v5; use env=halfcheetah, or keep this env with data=walker2d_random or "
+        "data=walker2d_sac_expert or data=walker2d_sac_medium or data=walker2d_sac_medium_expert or "
+        "data=walker2d_sac_medium_replay"
     )
     datamodule.check_compatible(EnvFactory(id="HalfCheetah-v5").spec())  # its own env is fine
 

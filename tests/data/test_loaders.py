@@ -308,7 +308,10 @@ def test_minari_dataset_from_another_env_names_that_env(tmp_path, data_dir, mina
         "[observations]: shape per step (11,) does not match env Pendulum-v1 observation shape (3,) "
         in str(err.value)
     )
-    assert str(err.value).endswith("(the dataset was collected in Hopper-v5: env=hopper)")
+    assert str(err.value).endswith(
+        "(the dataset was collected in Hopper-v5: env=hopper, or keep this env with data=pendulum_expert or "
+        "data=pendulum_mixed or data=pendulum_random_expert)"
+    )
 
 
 def _episode(steps=3, end="truncated", **override):

@@ -62,8 +62,9 @@ def test_a_stopped_run_names_its_checkpoint_and_continues_from_it(tmp_path, data
     saved_step = torch.load(ckpt, weights_only=False, map_location="cpu")["global_step"]
     if signum == signal.SIGTERM:  # at a step boundary: saved where it stopped
         assert saved_step == stopped_at
-    else:  # a Ctrl-C may land inside an update block: the last periodic checkpoint
+    else:  # a Ctrl-C may land inside an update block: the last periodic checkpoint, and which update it holds
         assert saved_step <= stopped_at and saved_step % 500 == 0
+        assert f"continue from its last checkpoint (update {saved_step}) with ckpt_path=" in last, last
     assert not (run / "results.json").exists()
     # a full checkpoint on purpose (RNG and loop state): Lightning's "weights_only was not set" note is noise
     assert "weights_only" not in (run / "train.log").read_text()

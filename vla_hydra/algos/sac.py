@@ -132,6 +132,17 @@ class SAC(OnlineAlgorithm):
 
     name = "sac"
 
+    @classmethod
+    def check_settings(cls, spec, algo_cfg) -> None:
+        super().check_settings(spec, algo_cfg)
+        # updates wait for a full batch in the buffer, which a smaller ring never holds: the run would
+        # end without a single update and say nothing
+        if int(algo_cfg.buffer_size) < int(algo_cfg.batch_size):
+            raise ConfigError(
+                f"algo.buffer_size={algo_cfg.buffer_size}: smaller than algo.batch_size={algo_cfg.batch_size}, "
+                "so no batch could ever be drawn; expected >= algo.batch_size"
+            )
+
     def __init__(
         self,
         spec: EnvSpec,

@@ -95,14 +95,15 @@ _NON_NEGATIVE_KEYS = {
     "weight_decay", "ent_coef", "vf_coef", "kl_coef", "learning_starts", "max_grad_norm", "grad_clip",
     "policy_noise", "noise_clip", "cql_alpha", "gradient_penalty_coef", "warmup_updates", "signal_delay_s",
     "max_num_timeout",
+    "alpha", "beta",  # TD3+BC's BC weight, SAC's entropy coefficient; IQL's inverse temperature
 }  # fmt: skip
 # per-episode levels a collection recipe cycles through
 _NON_NEGATIVE_LIST_KEYS = {"action_noise_std"}
 _PROBABILITY_LIST_KEYS = {"random_action_prob"}
 # real numbers without a range (any sign); a word here would fail deep inside a build or a float()
 _NUMBER_KEYS = {
-    "target_return", "return_scale", "reward_norm_scale", "advantage_eps", "alpha", "alpha_multiplier",
-    "beta", "cql_temp", "max_weight", "log_std_init", "log_std_min", "log_std_max", "log_std_offset",
+    "target_return", "return_scale", "reward_norm_scale", "advantage_eps", "alpha_multiplier", "cql_temp",
+    "max_weight", "log_std_init", "log_std_min", "log_std_max", "log_std_offset",
     "random", "expert",  # env.ref_returns
 }  # fmt: skip
 # switches: Hydra reads `true`/`false` as booleans, any other word (`overwrite=no`) as a string that
@@ -209,6 +210,10 @@ def _check_node(node: DictConfig, prefix: str) -> None:
         if isinstance(value, DictConfig):
             _check_node(value, f"{prefix}{key}.")
             continue
+        if OmegaConf.is_list(value):  # objects built from a list (env.wrappers): each item's _target_
+            for index, item in enumerate(value):
+                if isinstance(item, DictConfig):
+                    _check_node(item, f"{prefix}{key}[{index}].")
         if key not in _CHECKED_KEYS:
             continue
         if OmegaConf.is_list(value):
@@ -234,12 +239,19 @@ def _check_target_arguments(node: DictConfig, prefix: str) -> None:
     target_path = node["_target_"]
     if not isinstance(target_path, str):
         return
+    import logging
+
     from hydra.utils import get_object
 
+    hydra_log = logging.getLogger("hydra.utils")
+    level = hydra_log.level
+    hydra_log.setLevel(logging.CRITICAL)  # it logs the failure in 3 lines of its own before raising
     try:
         target = get_object(target_path)
     except Exception as err:  # ImportError, AttributeError, or the module's own import-time error
         raise ConfigError(f"{prefix}_target_={target_path}: cannot be imported ({err})") from err
+    finally:
+        hydra_log.setLevel(level)
     try:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):  # builtins without a signature

@@ -111,7 +111,7 @@ class OfflineDataModule(L.LightningDataModule):
             self.path,
             "data.recipe.env_id",
             f"would be collected in {recipe_env}, but the policy would be evaluated in env {env_id}; "
-            f"use {env_choice_hint(recipe_env)}",
+            f"use {env_choice_hint(recipe_env)}{dataset_choice_hint(env_id)}",
         )
 
     def prepare_data(self) -> None:
@@ -211,14 +211,17 @@ class OfflineDataModule(L.LightningDataModule):
         if source and source != spec.env_id:
             from vla_hydra.envs.factory import env_choice_hint
 
-            hint = f" (the dataset was collected in {source}: {env_choice_hint(source)})"
+            hint = (
+                f" (the dataset was collected in {source}: {env_choice_hint(source)}"
+                f"{dataset_choice_hint(spec.env_id)})"
+            )
         if obs_shape == tuple(spec.observation_shape) and hint:
             # same shapes, other env (e.g. HalfCheetah data in Walker2d): it would train and score nonsense
             raise DatasetError(
                 self.path,
                 "metadata/env_id",
                 f"collected in {source}, but the policy would be evaluated in env {spec.env_id}; "
-                f"use {env_choice_hint(source)}",
+                f"use {env_choice_hint(source)}{dataset_choice_hint(spec.env_id)}",
             )
         if obs_shape != tuple(spec.observation_shape):
             raise DatasetError(
@@ -326,3 +329,33 @@ def minari_datamodule(dataset_id: str, **kwargs) -> OfflineDataModule:
         arrays_loader=partial(load_minari_arrays, dataset_id),
         **kwargs,
     )
+
+
+def dataset_choice_hint(env_id: str) -> str:
+    """For error messages: the `data=` choices whose recipe collects in `env_id` (", or keep this env
+    with data=a or data=b"), or "" when there are none. A choice that inherits its recipe from another
+    (cartpole_expert from cartpole_mixed) is followed through its defaults list."""
+    from omegaconf import OmegaConf
+
+    from vla_hydra.core.config import CONF_DIR
+
+    data_dir = Path(CONF_DIR, "data")
+
+    def recipe_env(name: str, depth: int = 0) -> str | None:
+        path = data_dir / f"{name}.yaml"
+        if depth > 5 or not path.is_file():
+            return None
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        recipe = raw.get("recipe") if isinstance(raw.get("recipe"), dict) else {}
+        if (
+            "env_id" in recipe
+        ):  # null (checkpoint_rollouts: the checkpoint's env) or an interpolation: unknown
+            env = recipe["env_id"]
+            return env if isinstance(env, str) and "${" not in env else None
+        parents = [entry for entry in raw.get("defaults", []) if isinstance(entry, str) and entry != "_self_"]
+        return next((found for found in (recipe_env(p, depth + 1) for p in parents) if found), None)
+
+    choices = [
+        f"data={path.stem}" for path in sorted(data_dir.glob("*.yaml")) if recipe_env(path.stem) == env_id
+    ]
+    return f", or keep this env with {' or '.join(choices)}" if choices else ""

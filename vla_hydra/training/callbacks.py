@@ -213,10 +213,19 @@ class UpdateCheckpoint(ModelCheckpoint):
         super().__init__(save_last=True, save_top_k=0, every_n_train_steps=0, every_n_epochs=0, **kwargs)
         self.every_n_updates = every_n_updates
         self._next_save = every_n_updates
+        # the update last.ckpt holds, when known (an interrupted run's last line names it)
+        self.saved_step: int | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
         self._next_save = (trainer.global_step // self.every_n_updates + 1) * self.every_n_updates
+        last = Path(self.dirpath or ".") / "last.ckpt"
+        resumed_from_it = bool(trainer.ckpt_path) and Path(trainer.ckpt_path).resolve() == last.resolve()
+        self.saved_step = trainer.global_step if resumed_from_it else None
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self.saved_step = trainer.global_step
 
     def _save_last_now(self, trainer) -> None:
         if (
@@ -329,9 +338,13 @@ class InterruptionRecord(L.Callback):
         if isinstance(exception, SIGTERMException) and checkpoint is not None and trainer.world_size == 1:
             trainer.save_checkpoint(checkpoint, weights_only=False)
             saved = True
+        saved_step = next(
+            (cb.saved_step for cb in trainer.callbacks if isinstance(cb, UpdateCheckpoint)), None
+        )
         InterruptionRecord.last = {
             "signal": "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C",
             "step": int(trainer.global_step),
             "checkpoint": str(checkpoint) if checkpoint is not None and checkpoint.is_file() else None,
+            "checkpoint_step": int(trainer.global_step) if saved else saved_step,
             "saved": saved,
         }
