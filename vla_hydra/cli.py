@@ -262,7 +262,7 @@ def undo_refused_continuation() -> Iterator[None]:
             hydra_dir, kept, log_sizes = pending
             for name in _HYDRA_RUN_FILES:
                 if (kept / name).is_file():
-                    (hydra_dir / name).write_bytes((kept / name).read_bytes())
+                    os.replace(kept / name, hydra_dir / name)  # a rename: never a half-written config
             shutil.rmtree(kept, ignore_errors=True)
             if kept.parent.is_dir() and not any(kept.parent.iterdir()):
                 kept.parent.rmdir()
