@@ -70,6 +70,21 @@ def test_a_run_resumed_into_a_new_dir_keeps_its_curve_and_its_best_policy_file(t
     assert rescored["eval/return_mean"] == pytest.approx(original["eval/return_mean"], rel=1e-6)
 
 
+def test_a_run_resumed_off_its_evaluation_grid_evaluates_where_an_uninterrupted_run_does(tmp_path, data_dir):
+    """A run stopped at update 125 (a requeued SLURM job, SIGTERM between evaluations) used to evaluate at
+    125, 175, 225 after resuming, so its curve did not line up with an uninterrupted run's 0, 50, ..., 250."""
+    common = ["trainer.max_steps=250", "algo.updates_per_step=25"]
+    _, whole = train(_config(tmp_path / "whole", data_dir, "null", common))
+    _, first = train(_config(tmp_path / "a", data_dir, "null", [*common, "trainer.max_steps=125"]))
+    resume = [*common, f"ckpt_path={first['checkpoint']}"]
+    _, resumed = train(_config(tmp_path / "b", data_dir, "null", resume))
+    assert [e["step"] for e in whole["eval_history"]] == [0, 50, 100, 150, 200, 250]
+    assert [e["step"] for e in resumed["eval_history"]] == [0, 50, 100, 150, 200, 250]
+    # the resume replays the sampler and RNGs: the same returns at every step
+    returns = [e["eval/return_mean"] for e in resumed["eval_history"]]
+    assert returns == pytest.approx([e["eval/return_mean"] for e in whole["eval_history"]], rel=1e-5)
+
+
 def test_a_run_continued_in_its_own_dir_appends_to_its_metrics_csv(tmp_path, data_dir):
     import csv
 

@@ -91,7 +91,7 @@ class PolicyEvaluation(L.Callback):
         resumed into a new dir starts from a copy of the earlier best file).
 
     The evaluation history travels in training checkpoints too: a resumed run's results.json holds the
-    whole curve (its evaluation at start replaces an entry of the same step: the same weights).
+    whole curve, evaluated at the same steps (multiples of every_n_updates) as an uninterrupted run's.
     """
 
     def __init__(
@@ -189,16 +189,24 @@ class PolicyEvaluation(L.Callback):
         if self.best_checkpoint and not trainer.sanity_checking and not trainer.fast_dev_run:
             self._save_if_best(trainer, pl_module, self.history[-1])
 
+    def _schedule_after(self, step: int) -> int:
+        # a fixed grid of multiples (as UpdateCheckpoint's): a run resumed mid-way (a requeued SLURM job
+        # at update 2200) evaluates at the same steps as its uninterrupted twin, so their curves line up
+        return (step // self.every_n_updates + 1) * self.every_n_updates
+
     def on_train_start(self, trainer, pl_module) -> None:
-        self._next_eval = trainer.global_step + self.every_n_updates
+        step = trainer.global_step
+        self._next_eval = self._schedule_after(step)
         self._carry_best_file(trainer)
-        if self.at_start and not trainer.sanity_checking:
+        # a fresh run's start, or a resume at a scheduled step (re-scoring restored weights replaces the
+        # history's entry of that step); a resume between scheduled steps waits for the next one
+        if self.at_start and step % self.every_n_updates == 0 and not trainer.sanity_checking:
             self._evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self._next_eval:
             self._evaluate(trainer, pl_module)
-            self._next_eval = trainer.global_step + self.every_n_updates
+            self._next_eval = self._schedule_after(trainer.global_step)
 
 
 class UpdateCheckpoint(ModelCheckpoint):
