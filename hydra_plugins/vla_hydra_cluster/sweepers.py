@@ -5,7 +5,12 @@
 - a continued study sampled afresh: the sampler is seeded with `sampler.seed + <trials already stored>`.
   A sampler restarts from its seed in every process, so rerunning the same command with the same seed
   would propose the first run's parameters again while TPE is still in its random start-up trials.
-  The offset keeps a continuation reproducible (same stored study + same command = same proposals).
+  The offset keeps a continuation reproducible (same stored study + same command = same proposals);
+- failed trials that do not end the search: once a trial of the search has completed, a failed one (a
+  diverged run, a bad corner of the search space) is stored as FAIL and the search goes on to n_trials,
+  then ends with one line counting the failures (exit 1, like any sweep with a failed job). While no trial
+  has completed, a failure is most likely common to every trial (a bad path, a bad fixed value), and the
+  search stops on it (the plugin's own behaviour, max_failure_rate 0).
 """
 
 import contextlib
@@ -31,6 +36,14 @@ except ImportError:  # Hydra imports every plugin module at start-up: without th
 
 
 log = logging.getLogger(__name__)
+
+
+class _DropFailedExperimentLines(logging.Filter):
+    """The plugin logs "Failed experiment: <error>" for each failed trial, whose line the launcher has
+    printed already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed experiment:")
 
 
 def stored_trial_count(storage: str, study_name: str) -> int:
@@ -72,15 +85,50 @@ class OptunaSweeper(_OptunaSweeper):
                     f"study {impl.study_name} already holds {stored} trials: continuing it with sampler "
                     f"seed {int(seed) + stored} (hydra.sweeper.sampler.seed {seed} + {stored})"
                 )
+        failed = self._go_on_after_failed_trials(impl)
+        logging.getLogger(type(impl).__module__).addFilter(_DropFailedExperimentLines())
         # Hydra writes "Error executing job with overrides: [...]" to stderr for every failed trial it
         # reads back; the launcher has named each failed job already, and the search ends on one line
         captured = io.StringIO()
         try:
             with contextlib.redirect_stderr(captured):
-                return super().sweep(arguments)
+                super().sweep(arguments)
         finally:  # everything else written to stderr (e.g. the launcher's one-line refusals) passes on
             sys.stderr.writelines(
                 line
                 for line in captured.getvalue().splitlines(keepends=True)
                 if not line.startswith("Error executing job with overrides:")
             )
+        if failed:
+            print(
+                f"error: {len(failed)} of {impl.n_trials} trials failed (job{'s' if len(failed) > 1 else ''} "
+                f"{', '.join(map(str, failed))}, named above); the best of the others: "
+                f"{impl.config.hydra.sweep.dir}/optimization_results.yaml",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(1)
+
+    @staticmethod
+    def _go_on_after_failed_trials(impl) -> list[int]:
+        """Count the trials each batch returns; the plugin stops the search when a batch's failed share
+        exceeds max_failure_rate, which is set here before it looks: 0 while no trial has completed, 1
+        after. Returns the list the failed job numbers are collected in."""
+        from hydra.core.utils import JobStatus
+
+        failed: list[int] = []
+        completed = [0]
+        launch = impl.launcher.launch
+
+        def launch_and_count(job_overrides, initial_job_idx):
+            returns = launch(job_overrides, initial_job_idx=initial_job_idx)
+            for offset, ret in enumerate(returns):
+                if ret.status == JobStatus.COMPLETED:
+                    completed[0] += 1
+                else:
+                    failed.append(initial_job_idx + offset)
+            impl.max_failure_rate = 1.0 if completed[0] else 0.0
+            return returns
+
+        impl.launcher.launch = launch_and_count
+        return failed

@@ -3,6 +3,7 @@ same command continues with fresh proposals."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.cluster.test_slurm import small_job_args
@@ -55,3 +56,31 @@ def test_a_local_optuna_search_records_failing_trials_as_failed(pendulum_data, t
     assert proc.stderr.strip().splitlines()[-1] == errors[0]
     db = tmp_path / "logs" / "bc_optuna" / "optuna" / "bc_optuna.db"
     assert [t["state"] for t in stored_trials(db, "bc_optuna")] == ["FAIL"] * 2
+
+
+def test_a_failed_trial_is_stored_as_failed_and_the_search_goes_on(pendulum_data, tmp_path):
+    """One failed trial (weight_decay=-1 here; a diverged run in practice) used to end the whole search
+    after its batch: no further trials, no best parameters, no optimization_results.yaml."""
+    import yaml
+
+    proc = run_module(
+        "vla_hydra.train", "hparams_search=bc_optuna", "cluster=local", "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2", "algo.weight_decay=choice(0.0,-1.0)",
+        *small_job_args(tmp_path, pendulum_data)[:-2], cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    db = tmp_path / "logs" / "bc_optuna" / "optuna" / "bc_optuna.db"
+    trials = stored_trials(db, "bc_optuna")
+    # TPE's seeded start-up proposals: trials 1 and 3 draw weight_decay=-1
+    assert [t["state"] for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "FAIL"]
+    assert [t["algo.weight_decay"] for t in trials] == [0.0, -1.0, 0.0, -1.0]
+    (sweep,) = sorted((tmp_path / "logs" / "bc_optuna" / "multiruns").glob("*"))
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"error: 2 of 4 trials failed (jobs 1, 3, named above); the best of the others: "
+        f"{sweep}/optimization_results.yaml"
+    )
+    assert "Failed experiment" not in proc.stdout + proc.stderr
+    scores = [json.loads((sweep / str(i) / "results.json").read_text())["normalized_score"] for i in (0, 2)]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(scores) and best["best_params"]["algo.weight_decay"] == 0.0
