@@ -28,7 +28,7 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
     _entry_point_state["task_started"] = True
     _entry_point_state.pop("error_line", None)
-    previous_sigterm = _raise_on_sigterm()
+    previous_sigterm = raise_on_sigterm()
     try:
         return task(cfg)
     except KeyboardInterrupt:  # outside Lightning's loop (evaluation, collection): no traceback
@@ -79,7 +79,7 @@ def _sigterm_to_exception(signum, frame) -> None:
         raise Terminated
 
 
-def _raise_on_sigterm():
+def raise_on_sigterm():
     """Install _sigterm_to_exception where SIGTERM still has its default action (which kills without
     cleanup); a handler someone else installed (submitit's, in SLURM jobs) is left alone. Returns the
     handler to restore, or None."""

@@ -121,9 +121,12 @@ def test_submitit_local_sweep_waits_for_jobs_longer_than_a_status_poll(tmp_path,
     assert len(job_folders) == 2 and all(name.isdigit() for name in job_folders), job_folders
 
 
-def test_ctrl_c_on_a_submitit_local_sweep_cancels_its_job_processes(tmp_path, data_dir):
-    """Local jobs are this command's children: Ctrl-C ends them too, and says so (exit 130)."""
-    import signal
+@pytest.mark.parametrize(
+    ("signum", "code", "stopped"), [(2, 130, "interrupted"), (15, 143, "terminated (SIGTERM)")]
+)
+def test_ctrl_c_on_a_submitit_local_sweep_cancels_its_job_processes(tmp_path, data_dir, signum, code, stopped):
+    """Local jobs are this command's children: Ctrl-C ends them too, and says so (exit 130). SIGTERM used
+    to end the command in silence (143) and leave its jobs training, orphaned."""
     import subprocess
     import sys
     import time
@@ -149,12 +152,10 @@ def test_ctrl_c_on_a_submitit_local_sweep_cancels_its_job_processes(tmp_path, da
             assert time.monotonic() < deadline, "the jobs did not start"
             time.sleep(0.5)
         assert job_processes()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         output, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 130, output[-2000:]
-        assert (
-            output.strip().splitlines()[-1] == f"interrupted: cancelled 2 unfinished local job(s) of {sweep}"
-        )
+        assert proc.returncode == code, output[-2000:]
+        assert output.strip().splitlines()[-1] == f"{stopped}: cancelled 2 unfinished local job(s) of {sweep}"
         deadline = time.monotonic() + 60
         while job_processes():
             assert time.monotonic() < deadline, f"job processes left running: {job_processes()}"

@@ -212,11 +212,15 @@ def test_an_optuna_search_on_slurm_with_failing_trials_ends_on_one_line(slurm, p
     assert _study_trials(db, "bc_optuna") == ["FAIL"] * 2  # the study records them
 
 
-def test_a_job_that_cannot_start_is_reported_and_ctrl_c_leaves_it_queued(slurm, pendulum_data, tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "code", "stopped"), [(2, 130, "interrupted"), (15, 143, "terminated (SIGTERM)")]
+)
+def test_a_job_that_cannot_start_is_reported_and_ctrl_c_leaves_it_queued(
+    slurm, pendulum_data, tmp_path, signum, code, stopped
+):
     """A held job (any pending reason that waiting does not clear) is named at once, not waited on in
-    silence; Ctrl-C stops the waiting, not the job (as after sbatch), and says how to cancel it."""
-    import signal
-
+    silence; Ctrl-C stops the waiting, not the job (as after sbatch), and says how to cancel it. SIGTERM
+    does the same (it used to end the command in silence)."""
     output = tmp_path / "sweep.out"
     cmd = [
         sys.executable,
@@ -239,12 +243,12 @@ def test_a_job_that_cannot_start_is_reported_and_ctrl_c_leaves_it_queued(slurm, 
             lambda: "pending with reason JobHeldUser" in output.read_text(), 90, "the held-job warning"
         )
         job = output.read_text().split("SLURM job ")[1].split()[0]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == code
         text = output.read_text()
         assert "waiting for 1 job(s): 0 running, 1 pending (JobHeldUser: 1)" in text
         last = text.strip().splitlines()[-1]
-        assert last.startswith("interrupted: 1 SLURM job(s) of this sweep stay queued or running")
+        assert last.startswith(f"{stopped}: 1 SLURM job(s) of this sweep stay queued or running")
         assert f"cancel them: scancel {job};" in last and "Traceback" not in text
         queued = subprocess.run(
             ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -207,10 +208,19 @@ class WaitForAllJobs(BaseSubmititLauncher):
         # SLURM jobs only: local jobs are child processes that report their own state, and their
         # watcher has no scheduler to ask (its update() raises NotImplementedError)
         watcher = getattr(jobs[0], "watcher", None) if _is_slurm_job(jobs[0]) else None
+        from vla_hydra.cli import Terminated, raise_on_sigterm
+
+        # SIGTERM's default action would end this command in silence, leaving local jobs orphaned
+        previous_sigterm = raise_on_sigterm()
         try:
             self._wait_loop(pending, returns, watcher)
         except KeyboardInterrupt:
             self._interrupted(sweep_dir, [job for _, job in pending.values()])
+        except Terminated:
+            self._interrupted(sweep_dir, [job for _, job in pending.values()], "SIGTERM")
+        finally:
+            if previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, previous_sigterm)
         return [returns[num] for num in numbers]
 
     def _wait_loop(self, pending: dict, returns: dict, watcher: Any) -> None:
@@ -256,16 +266,17 @@ class WaitForAllJobs(BaseSubmititLauncher):
             returns.append(returned)
         return returns
 
-    def _interrupted(self, sweep_dir: Path, unfinished: Sequence[Any]) -> None:
-        """Ctrl-C while waiting for `unfinished` (the jobs not yet reported). SLURM jobs keep running (as
-        after `sbatch`) and the user is told how to follow or cancel them; local jobs are this command's
-        children, so they are cancelled."""
+    def _interrupted(self, sweep_dir: Path, unfinished: Sequence[Any], signal_name: str = "Ctrl-C") -> None:
+        """Ctrl-C (or SIGTERM) while waiting for `unfinished` (the jobs not yet reported). SLURM jobs keep
+        running (as after `sbatch`) and the user is told how to follow or cancel them; local jobs are this
+        command's children, so they are cancelled. Exit 130 (143 for SIGTERM)."""
         ids = " ".join(str(job.job_id) for job in unfinished)
+        stopped = "interrupted" if signal_name == "Ctrl-C" else f"terminated ({signal_name})"
         if not unfinished:
-            message = f"interrupted: every job of this sweep had ended; results in {sweep_dir}"
+            message = f"{stopped}: every job of this sweep had ended; results in {sweep_dir}"
         elif self._EXECUTOR == "slurm":
             message = (
-                f"interrupted: {len(unfinished)} SLURM job(s) of this sweep stay queued or running and write to "
+                f"{stopped}: {len(unfinished)} SLURM job(s) of this sweep stay queued or running and write to "
                 f"{sweep_dir}; cancel them: scancel {ids}; summary when they are done: "
                 f"python -m vla_hydra.report {sweep_dir}"
             )
@@ -277,9 +288,9 @@ class WaitForAllJobs(BaseSubmititLauncher):
                     job._process.wait(timeout=30)
             except (Exception, KeyboardInterrupt):  # noqa: BLE001 - no handle, too slow, or Ctrl-C again
                 pass
-            message = f"interrupted: cancelled {len(unfinished)} unfinished local job(s) of {sweep_dir}"
+            message = f"{stopped}: cancelled {len(unfinished)} unfinished local job(s) of {sweep_dir}"
         print(message, file=sys.stderr, flush=True)
-        raise SystemExit(130)
+        raise SystemExit(130 if signal_name == "Ctrl-C" else 143)
 
     def _collect(self, num: int, overrides: Sequence[str], job: Any) -> JobReturn:
         # submitit waits 15 s for a missing result file (shared-filesystem lag) even when the scheduler
