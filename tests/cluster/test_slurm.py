@@ -166,6 +166,28 @@ def test_preempted_job_checkpoints_requeues_and_matches_uninterrupted_twin(slurm
     assert preempted["normalized_score"] == twin["normalized_score"]
 
 
+def test_a_job_out_of_time_limit_requeues_names_its_checkpoint(slurm, pendulum_data, tmp_path):
+    """With no time-limit requeue left (cluster.max_num_timeout=0) the sweep used to end on submitit's
+    "UncompletedJobError: Job not requeued because: timed-out too many times." and no word of the
+    checkpoint the job had saved at the warning."""
+    args = [*small_job_args(tmp_path, pendulum_data, 10_000_000)[:-2], "callbacks.policy_eval=null"]
+    limits = ["cluster.time_min=1", "cluster.signal_delay_s=30", "cluster.max_num_timeout=0"]
+    proc = run_module("vla_hydra.train", "-m", "cluster=slurm", *args, *limits, cwd=tmp_path, timeout=240)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    reason = last.split("SLURM/submitit id ")[1].split(": ", 1)[1]
+    assert reason.startswith(
+        "reached its time limit (cluster.time_min=1) with no requeue left (cluster.max_num_timeout=0)"
+    ), last
+    (sweep,) = sweep_dirs(tmp_path)
+    ckpt = sweep / "0" / "checkpoints" / "last.ckpt"
+    # SLURM sends the warning up to a minute early: before the fit has started there is no checkpoint
+    if ckpt.is_file():
+        assert reason.endswith(f"; continue it with ckpt_path={ckpt}"), last
+    else:
+        assert "ckpt_path" not in reason
+
+
 def _study_trials(db: Path, study: str) -> list[str]:
     import optuna
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import signal
 import sys
 import time
@@ -311,6 +312,11 @@ class WaitForAllJobs(BaseSubmititLauncher):
             # their own line): its type and first line; the traceback is in the job's stderr file
             error = returned._return_value
             reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+        output = _job_output(job)
+        # submitit's words (in the job's log) when no time-limit requeue is left; the job's own error is then
+        # whatever its exit interrupted (a warning during start-up can break an import mid-way)
+        if "Job not requeued because: timed-out too many times" in output:
+            reason = self._out_of_time(output)
         failure = JobFailed(
             f"error: job #{num} ({' '.join(filter_overrides(overrides))}), SLURM/submitit id {job.job_id}: {reason}"
         )
@@ -318,6 +324,26 @@ class WaitForAllJobs(BaseSubmititLauncher):
         returned.return_value = failure
         log.error(f"\t#{num} failed (job {job.job_id}): {reason} (job log: {job.paths.stderr})")
         return returned
+
+
+    def _out_of_time(self, output: str) -> str:
+        """A job that reached its time limit once more than cluster.max_num_timeout requeues allow: how
+        far it got is in its last checkpoint, which its log names (PreemptionCheckpoint's line)."""
+        cluster = self.config.get("cluster") or {}
+        saved = re.findall(r"saved (\S+last\.ckpt):? (?:at step|continue)", output)
+        where = f"; continue it with ckpt_path={saved[-1]}" if saved else ""
+        return (
+            f"reached its time limit (cluster.time_min={cluster.get('time_min')}) with no requeue left "
+            f"(cluster.max_num_timeout={cluster.get('max_num_timeout')}){where}"
+        )
+
+
+def _job_output(job: Any) -> str:
+    """A job's stdout and stderr files as far as they exist."""
+    try:
+        return (job.stdout() or "") + (job.stderr() or "")
+    except OSError:
+        return ""
 
 
 def _check_cluster_settings(config: Any) -> None:
