@@ -66,8 +66,10 @@ def test_a_stopped_run_names_its_checkpoint_and_continues_from_it(tmp_path, data
         assert saved_step <= stopped_at and saved_step % 500 == 0
         assert f"continue from its last checkpoint (update {saved_step}) with ckpt_path=" in last, last
     assert not (run / "results.json").exists()
-    # a full checkpoint on purpose (RNG and loop state): Lightning's "weights_only was not set" note is noise
+    # a full checkpoint on purpose (RNG and loop state): Lightning's "weights_only was not set" note is noise,
+    # and so is its Ctrl-C notice beside the run's own last line
     assert "weights_only" not in (run / "train.log").read_text()
+    assert "attempting graceful shutdown" not in (run / "train.log").read_text()
     resumed = run_module(
         "vla_hydra.train",
         f"trainer.max_steps={saved_step + 100}",

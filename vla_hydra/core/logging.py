@@ -27,8 +27,10 @@ def get_logger(name: str) -> logging.Logger:
 
 
 class _DropLightningTips(logging.Filter):
+    # its adverts, and its Ctrl-C notice: the run's own last line says where it stopped and how to continue
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        message = str(record.msg).lstrip()
+        return not message.startswith(("💡 Tip", "Detected KeyboardInterrupt, attempting graceful shutdown"))
 
 
 def silence_known_warnings() -> None:
