@@ -117,17 +117,17 @@ class OptunaSweeper(_OptunaSweeper):
         from hydra.core.utils import JobStatus
 
         failed: list[int] = []
-        completed = [0]
         launch = impl.launcher.launch
 
         def launch_and_count(job_overrides, initial_job_idx):
             returns = launch(job_overrides, initial_job_idx=initial_job_idx)
-            for offset, ret in enumerate(returns):
-                if ret.status == JobStatus.COMPLETED:
-                    completed[0] += 1
-                else:
-                    failed.append(initial_job_idx + offset)
-            impl.max_failure_rate = 1.0 if completed[0] else 0.0
+            failed.extend(
+                initial_job_idx + offset
+                for offset, ret in enumerate(returns)
+                if ret.status != JobStatus.COMPLETED
+            )
+            # trials launched so far (job numbers count from 0) minus the failed ones: completed
+            impl.max_failure_rate = 1.0 if initial_job_idx + len(returns) > len(failed) else 0.0
             return returns
 
         impl.launcher.launch = launch_and_count

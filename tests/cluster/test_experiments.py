@@ -124,7 +124,9 @@ def test_submitit_local_sweep_waits_for_jobs_longer_than_a_status_poll(tmp_path,
 @pytest.mark.parametrize(
     ("signum", "code", "stopped"), [(2, 130, "interrupted"), (15, 143, "terminated (SIGTERM)")]
 )
-def test_ctrl_c_on_a_submitit_local_sweep_cancels_its_job_processes(tmp_path, data_dir, signum, code, stopped):
+def test_ctrl_c_on_a_submitit_local_sweep_cancels_its_job_processes(
+    tmp_path, data_dir, signum, code, stopped
+):
     """Local jobs are this command's children: Ctrl-C ends them too, and says so (exit 130). SIGTERM used
     to end the command in silence (143) and leave its jobs training, orphaned."""
     import subprocess

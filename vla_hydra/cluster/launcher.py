@@ -325,7 +325,6 @@ class WaitForAllJobs(BaseSubmititLauncher):
         log.error(f"\t#{num} failed (job {job.job_id}): {reason} (job log: {job.paths.stderr})")
         return returned
 
-
     def _out_of_time(self, output: str) -> str:
         """A job that reached its time limit once more than cluster.max_num_timeout requeues allow: how
         far it got is in its last checkpoint, which its log names (PreemptionCheckpoint's line)."""

@@ -347,10 +347,8 @@ def dataset_choice_hint(env_id: str) -> str:
             return None
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         recipe = raw.get("recipe") if isinstance(raw.get("recipe"), dict) else {}
-        if (
-            "env_id" in recipe
-        ):  # null (checkpoint_rollouts: the checkpoint's env) or an interpolation: unknown
-            env = recipe["env_id"]
+        if "env_id" in recipe:
+            env = recipe["env_id"]  # null (checkpoint_rollouts: the checkpoint's env) or ${...}: unknown
             return env if isinstance(env, str) and "${" not in env else None
         parents = [entry for entry in raw.get("defaults", []) if isinstance(entry, str) and entry != "_self_"]
         return next((found for found in (recipe_env(p, depth + 1) for p in parents) if found), None)

@@ -80,6 +80,13 @@ def progress_bar(refresh_rate: int = 1):
     return TrainingProgressBar(refresh_rate=refresh_rate)
 
 
+def next_multiple(step: int, every: int) -> int:
+    """The first multiple of `every` after `step`. Evaluations and checkpoints run on this fixed grid (not
+    `step + every`): one Lightning step may cross a multiple without landing on it, and a run resumed
+    mid-way (a requeued SLURM job at update 2200) keeps the schedule of its uninterrupted twin."""
+    return (step // every + 1) * every
+
+
 class PolicyEvaluation(L.Callback):
     """Every `every_n_updates` gradient updates, run `episodes` env episodes and log eval/* metrics.
 
@@ -189,14 +196,9 @@ class PolicyEvaluation(L.Callback):
         if self.best_checkpoint and not trainer.sanity_checking and not trainer.fast_dev_run:
             self._save_if_best(trainer, pl_module, self.history[-1])
 
-    def _schedule_after(self, step: int) -> int:
-        # a fixed grid of multiples (as UpdateCheckpoint's): a run resumed mid-way (a requeued SLURM job
-        # at update 2200) evaluates at the same steps as its uninterrupted twin, so their curves line up
-        return (step // self.every_n_updates + 1) * self.every_n_updates
-
     def on_train_start(self, trainer, pl_module) -> None:
         step = trainer.global_step
-        self._next_eval = self._schedule_after(step)
+        self._next_eval = next_multiple(step, self.every_n_updates)
         self._carry_best_file(trainer)
         # a fresh run's start, or a resume at a scheduled step (re-scoring restored weights replaces the
         # history's entry of that step); a resume between scheduled steps waits for the next one
@@ -206,7 +208,7 @@ class PolicyEvaluation(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self._next_eval:
             self._evaluate(trainer, pl_module)
-            self._next_eval = self._schedule_after(trainer.global_step)
+            self._next_eval = next_multiple(trainer.global_step, self.every_n_updates)
 
 
 class UpdateCheckpoint(ModelCheckpoint):
@@ -226,7 +228,7 @@ class UpdateCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
-        self._next_save = (trainer.global_step // self.every_n_updates + 1) * self.every_n_updates
+        self._next_save = next_multiple(trainer.global_step, self.every_n_updates)
         last = Path(self.dirpath or ".") / "last.ckpt"
         resumed_from_it = bool(trainer.ckpt_path) and Path(trainer.ckpt_path).resolve() == last.resolve()
         self.saved_step = trainer.global_step if resumed_from_it else None
@@ -247,7 +249,7 @@ class UpdateCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self._next_save:
             self._save_last_now(trainer)
-            self._next_save = (trainer.global_step // self.every_n_updates + 1) * self.every_n_updates
+            self._next_save = next_multiple(trainer.global_step, self.every_n_updates)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._save_last_now(trainer)
