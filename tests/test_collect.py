@@ -63,7 +63,11 @@ def test_collect_rolls_out_a_trained_checkpoint_in_its_own_env(tmp_path, data_di
     from vla_hydra.eval import load_policy
     from vla_hydra.train import train
 
-    _, results = train(small_train_config(tmp_path, data_dir, ["trainer.max_steps=300"]))
+    # trained with a time limit and a reward-clipping wrapper: collection rolls out in that env (50-step
+    # episodes), and stores the env's own rewards, as evaluation sums them
+    clip = "{_target_: gymnasium.wrappers.ClipReward, _partial_: true, min_reward: -1.0, max_reward: 0.0}"
+    overrides = ["trainer.max_steps=300", "env.max_episode_steps=50", f"env.wrappers=[{clip}]"]
+    _, results = train(small_train_config(tmp_path, data_dir, overrides))
     out = tmp_path / "from-ckpt.hdf5"
     proc = run_module(
         "vla_hydra.collect",
@@ -83,8 +87,9 @@ def test_collect_rolls_out_a_trained_checkpoint_in_its_own_env(tmp_path, data_di
     # noise 0: the dataset's episodes are exactly the policy's evaluation episodes on the same seeds
     algo, env, _ = load_policy(results["checkpoint"])
     expected = rollout_episodes(algo, env, 6, seed=5)
-    returns = arrays["rewards"].reshape(6, 200).sum(axis=1)
+    returns = arrays["rewards"].reshape(6, 50).sum(axis=1)
     np.testing.assert_allclose(returns, expected.returns, rtol=1e-4)
+    assert expected.returns.min() < -50  # unclipped: the clipped rewards sum to at least -50
     assert meta["dataset_return_mean"] == pytest.approx(expected.return_mean, rel=1e-4)
 
 
@@ -315,6 +320,16 @@ def test_an_env_the_recipe_does_not_roll_out_is_refused(tmp_path):
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert "scores use CartPole-v1's published ones" in ok.stdout
+    # env.<key> overrides would be ignored: refused, with where the setting goes instead
+    proc = run_module(
+        "vla_hydra.collect", "env.max_episode_steps=50", f"output={out}.2", f"hydra.run.dir={tmp_path}/r3"
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "error: env.max_episode_steps=50: collection builds its env from data.recipe.env_id and "
+        "data.recipe.env_kwargs (a checkpoint behaviour policy: from its own env settings); env.* options do "
+        "not apply (e.g. data.recipe.env_kwargs.max_episode_steps=50)"
+    ]
 
 
 def _start_collect(out, run_dir, log_file, *args) -> subprocess.Popen:

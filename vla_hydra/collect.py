@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ def _rollout(
     int64 class indices (n,), where only `random_prob` (epsilon-random actions) perturbs them."""
     import gymnasium as gym
 
-    envs = env_factory.make_vector(len(seeds))
+    envs = env_factory.make_vector(len(seeds), record_env_reward=True)
     space = envs.single_action_space
     discrete = isinstance(space, gym.spaces.Discrete)
     noise = np.asarray(noise_std, dtype=np.float32)[:, None]
@@ -169,7 +169,8 @@ def _rollout(
                     if discrete
                     else rng.uniform(space.low, space.high, size=(*shape, *space.low.shape))
                 )
-            next_obs, reward, terminated, truncated, _ = envs.step(action)
+            next_obs, reward, terminated, truncated, infos = envs.step(action)
+            reward = infos.get("env_reward", reward)  # the env's own, not a checkpoint's env.wrappers'
             steps.append((obs, action, reward, terminated, truncated, next_obs, running.copy()))
             running &= ~(terminated | truncated)
             obs = next_obs
@@ -191,14 +192,38 @@ def _rollout(
     return episodes
 
 
+def _collection_env(recipe: CollectionRecipe):
+    """The env to roll out in: a checkpoint policy's own (its env.kwargs, time limit and wrappers: it
+    acts only on the observations it was trained on), else data.recipe.env_id; data.recipe.env_kwargs
+    on top of either."""
+    from vla_hydra.core.exceptions import ConfigError
+    from vla_hydra.envs.factory import EnvFactory
+
+    trained_in = [
+        factory for p in recipe.policies if (factory := getattr(p, "env_factory", None)) is not None
+    ]
+    if not trained_in:
+        return EnvFactory(id=recipe.env_id, kwargs=dict(recipe.env_kwargs))
+
+    def settings(factory) -> tuple:
+        return (factory.kwargs, factory.max_episode_steps, [repr(wrap) for wrap in factory.wrappers or []])
+
+    if any(settings(factory) != settings(trained_in[0]) for factory in trained_in[1:]):
+        raise ConfigError(
+            "data.recipe.behavior_policy: the checkpoints were trained with different env settings "
+            f"({' vs '.join(str(settings(factory)) for factory in trained_in)}); collect with checkpoints "
+            "of one env configuration"
+        )
+    return replace(trained_in[0], kwargs={**trained_in[0].kwargs, **dict(recipe.env_kwargs)})
+
+
 def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, Any]:
     """Roll out the recipe and write `output` atomically. Returns a summary (also stored as metadata)."""
     from vla_hydra.data.d4rl_format import write_d4rl_hdf5
     from vla_hydra.envs.controllers import UniformRandomPolicy
-    from vla_hydra.envs.factory import EnvFactory
 
     start = time.perf_counter()
-    env_factory = EnvFactory(id=recipe.env_id, kwargs=dict(recipe.env_kwargs))
+    env_factory = _collection_env(recipe)
     spec = env_factory.spec()
     if spec.discrete and any(float(x) != 0.0 for x in recipe.action_noise_std):
         from vla_hydra.core.exceptions import ConfigError
@@ -356,14 +381,22 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
 
 def _refuse_an_env_the_recipe_does_not_use(cfg: DictConfig, recipe_env_id: str) -> None:
     """`collect env=cartpole` with a Pendulum recipe used to write Pendulum data without a word: collection
-    rolls out data.recipe.env_id, so an `env=` on the command line must name that env."""
+    rolls out data.recipe.env_id, so an `env=` on the command line must name that env, and `env.<key>=`
+    overrides, which collection would ignore, are refused."""
     from vla_hydra.cli import hydra_job_config
     from vla_hydra.core.exceptions import ConfigError
 
     hydra_cfg = hydra_job_config()
-    chosen = [
-        o for o in (hydra_cfg.overrides.task if hydra_cfg else []) if o.split("=", 1)[0].lstrip("+") == "env"
-    ]
+    overrides = [o for o in (hydra_cfg.overrides.task if hydra_cfg else [])]
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    for override, key in zip(overrides, keys, strict=True):
+        if key.startswith("env."):
+            raise ConfigError(
+                f"{override}: collection builds its env from data.recipe.env_id and data.recipe.env_kwargs "
+                "(a checkpoint behaviour policy: from its own env settings); env.* options do not apply "
+                "(e.g. data.recipe.env_kwargs.max_episode_steps=50)"
+            )
+    chosen = [o for o, key in zip(overrides, keys, strict=True) if key == "env"]
     if chosen and cfg.env.id != recipe_env_id:
         raise ConfigError(
             f"{chosen[0]}: collection rolls out data.recipe.env_id={recipe_env_id} (data={_data_choice(cfg)}), "

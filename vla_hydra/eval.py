@@ -119,8 +119,8 @@ class CheckpointPolicy:
 
         # identifies the weights in dataset fingerprints/metadata (a retrained file makes a new dataset)
         self.sha1 = hashlib.sha1(Path(self.ckpt_path).read_bytes()).hexdigest()[:16]
-        self._algo, env, _ = load_policy(self.ckpt_path, device, option)
-        self.env_id = env.id
+        self._algo, self.env_factory, _ = load_policy(self.ckpt_path, device, option)
+        self.env_id = self.env_factory.id
 
     def __call__(self, obs):
         return self._algo.act(obs)

@@ -42,6 +42,42 @@ def test_unknown_env_id_is_a_config_error():
         EnvFactory(id="NoSuchEnv-v0").spec()
 
 
+def test_an_argument_the_env_does_not_take_is_a_config_error():
+    from vla_hydra.core.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match=r"env.kwargs=\{'foo': 1\}: CartPole-v1 cannot be made with them"):
+        EnvFactory(id="CartPole-v1", kwargs={"foo": 1}).spec()
+
+
+def test_evaluation_sums_the_env_rewards_under_a_reward_changing_wrapper():
+    from functools import partial
+
+    import gymnasium as gym
+
+    policy = PendulumSwingUp()
+    plain = rollout_episodes(policy, EnvFactory(id="Pendulum-v1"), 3, seed=7)
+    clipped_env = EnvFactory(
+        id="Pendulum-v1", wrappers=[partial(gym.wrappers.ClipReward, min_reward=-0.01, max_reward=0.0)]
+    )
+    clipped = rollout_episodes(policy, clipped_env, 3, seed=7)
+    np.testing.assert_allclose(clipped.returns, plain.returns)
+    assert plain.returns.min() < -2.0  # what the clipped rewards (>= -0.01 x 200 steps) could not sum to
+
+
+@pytest.mark.parametrize("wrapper", ["NormalizeObservation", "NormalizeReward"])
+def test_wrappers_with_running_statistics_are_refused(wrapper):
+    from functools import partial
+
+    import gymnasium as gym
+
+    from vla_hydra.core.exceptions import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=rf"env.wrappers\[0\]: {wrapper} keeps statistics .* algo.normalize_"
+    ):
+        EnvFactory(id="Pendulum-v1", wrappers=[partial(getattr(gym.wrappers, wrapper))])
+
+
 def test_configured_wrappers_apply_to_every_env_and_the_spec(tmp_path):
     from hydra.utils import instantiate
 

@@ -87,3 +87,33 @@ def test_a_stopped_run_names_its_checkpoint_and_continues_from_it(tmp_path, data
     first_leg = run / ".hydra" / "earlier" / "1"
     assert "trainer.max_steps=200000" in (first_leg / "overrides.yaml").read_text()
     assert "max_steps: 200000" in (first_leg / "config.yaml").read_text()
+
+
+def test_ctrl_c_with_async_envs_ends_in_the_one_line_only(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: the AsyncVectorEnv workers used to print a
+    KeyboardInterrupt traceback each, and, at exit, one more each for the SIGTERM that ends them."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "vla_hydra.train", "algo=ppo", "env=cartpole", "env.vectorization=async",
+            "algo.total_timesteps=10000000", "eval.episodes=2", f"hydra.run.dir={run}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, to signal as a terminal does
+    )  # fmt: skip
+    log = run / "train.log"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if log.is_file() and "env step 0/" in log.read_text():  # training, with its workers running
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted (Ctrl-C) at update "), stderr

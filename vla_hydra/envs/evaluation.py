@@ -74,7 +74,7 @@ def rollout_episodes(
     act = policy.act if hasattr(policy, "act") else policy
     if hasattr(policy, "begin_rollout"):
         policy.begin_rollout(num_episodes)
-    envs = env_factory.make_vector(num_episodes)
+    envs = env_factory.make_vector(num_episodes, record_env_reward=True)
     with evaluation_mode(policy):
         try:
             obs, _ = envs.reset(seed=[seed + i for i in range(num_episodes)])
@@ -83,7 +83,9 @@ def rollout_episodes(
             running = np.ones(num_episodes, dtype=bool)
             while running.any():
                 actions = act(obs)
-                obs, rewards, terminated, truncated, _ = envs.step(actions)
+                obs, rewards, terminated, truncated, infos = envs.step(actions)
+                # the env's own rewards: env.wrappers may scale or shape what the policy trained on
+                rewards = infos.get("env_reward", rewards)
                 returns += rewards * running
                 lengths += running
                 running &= ~(terminated | truncated)

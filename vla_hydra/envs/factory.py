@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +66,11 @@ class EnvFactory:
         max_episode_steps: time limit overriding the env's registered one (None keeps it).
         wrappers: callables env -> env applied in order to every env made (training, evaluation,
             video), e.g. `{_target_: gymnasium.wrappers.FrameStackObservation, _partial_: true, stack_size: 4}`.
+            Evaluation returns always sum the env's own rewards, whatever a wrapper does to them.
     """
 
     id: str
     kwargs: dict[str, Any] = field(default_factory=dict)
-    eval_episodes: int = 10
     ref_returns: dict[str, float] | None = None
     num_envs: int = 1
     vectorization: str = "sync"
@@ -85,8 +88,20 @@ class EnvFactory:
             )
         if int(self.num_envs) < 1:
             raise ConfigError(f"env.num_envs={self.num_envs}: expected a positive integer")
+        for index, wrap in enumerate(self.wrappers or []):
+            wrapper_cls = getattr(wrap, "func", wrap)
+            # running statistics kept inside an env: each evaluation env would start its own, and
+            # checkpoints would not carry them; the algorithms' own normalisers do both
+            if isinstance(wrapper_cls, type) and issubclass(wrapper_cls, _STATEFUL_NORMALIZERS):
+                raise ConfigError(
+                    f"env.wrappers[{index}]: {wrapper_cls.__name__} keeps statistics that evaluation envs and "
+                    "checkpoints would not share; use algo.normalize_observations / algo.normalize_rewards "
+                    "(online algos; offline algos normalise states from the dataset)"
+                )
 
-    def make(self, **overrides: Any) -> gym.Env:
+    def make(self, record_env_reward: bool = False, **overrides: Any) -> gym.Env:
+        """One env: `gym.make(id, **kwargs, **overrides)`, then `wrappers`. `record_env_reward` puts the
+        env's own reward, before any wrapper changes it, in each step's info["env_reward"]."""
         route_mujoco_warnings(self.id)
         kwargs = {**dict(self.kwargs), **overrides}
         if self.max_episode_steps is not None:
@@ -95,20 +110,48 @@ class EnvFactory:
             env = gym.make(self.id, **kwargs)
         except gym.error.Error as err:
             raise ConfigError(f"env.id={self.id!r}: gymnasium cannot make it ({err})") from err
-        for wrap in self.wrappers or []:
-            env = wrap(env)
+        except TypeError as err:  # an argument the env's constructor does not take
+            raise ConfigError(
+                f"env.kwargs={self.kwargs}: {self.id} cannot be made with them ({err})"
+            ) from err
+        if record_env_reward:
+            env = RecordEnvReward(env)
+        for index, wrap in enumerate(self.wrappers or []):
+            try:
+                env = wrap(env)
+            except (TypeError, ValueError, gym.error.Error) as err:
+                raise ConfigError(f"env.wrappers[{index}]: cannot wrap {self.id} ({err})") from err
         return env
 
     def make_vector(
-        self, num_envs: int | None = None, vectorization: str = "sync", autoreset_mode: str = "NextStep"
+        self,
+        num_envs: int | None = None,
+        vectorization: str = "sync",
+        autoreset_mode: str = "NextStep",
+        record_env_reward: bool = False,
     ) -> gym.vector.VectorEnv:
         """`num_envs` copies stepped together (default: the configured training num_envs).
 
         Evaluation always uses sync: its envs are cheap and stepped in lock-step with one policy call."""
         num_envs = int(num_envs or self.num_envs)
-        make_fns = [self.make for _ in range(num_envs)]
-        vector_cls = gym.vector.AsyncVectorEnv if vectorization == "async" else gym.vector.SyncVectorEnv
-        return vector_cls(make_fns, autoreset_mode=gym.vector.AutoresetMode(autoreset_mode))
+        if vectorization == "async":
+            make_fns = [partial(self._make_in_worker, record_env_reward) for _ in range(num_envs)]
+            return gym.vector.AsyncVectorEnv(
+                make_fns, autoreset_mode=gym.vector.AutoresetMode(autoreset_mode)
+            )
+        make_fns = [partial(self.make, record_env_reward) for _ in range(num_envs)]
+        return gym.vector.SyncVectorEnv(make_fns, autoreset_mode=gym.vector.AutoresetMode(autoreset_mode))
+
+    def _make_in_worker(self, record_env_reward: bool) -> gym.Env:
+        """`make` in an AsyncVectorEnv worker process, which leaves Ctrl-C to the main process: a terminal
+        sends SIGINT to the whole process group, and each worker would print its own traceback.
+        A forked worker also inherits the main process's SIGTERM handler (vla_hydra.cli's), which would
+        turn the SIGTERM that ends it at exit into a traceback. (AsyncVectorEnv also calls this once in the
+        main process, for the spaces: that process keeps both handlers.)"""
+        if multiprocessing.parent_process() is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        return self.make(record_env_reward)
 
     def make_training_vector(self, num_envs: int | None = None) -> gym.vector.VectorEnv:
         """The online-RL training envs: `num_envs` copies (default: the configured number),
@@ -143,6 +186,18 @@ class EnvFactory:
             action_low=act_space.low.reshape(-1).astype(float).tolist(),
             action_high=act_space.high.reshape(-1).astype(float).tolist(),
         )
+
+
+_STATEFUL_NORMALIZERS = (gym.wrappers.NormalizeObservation, gym.wrappers.NormalizeReward)
+
+
+class RecordEnvReward(gym.Wrapper):
+    """Copies the env's own reward into info["env_reward"], so that evaluation returns are the env's
+    whatever reward-changing wrappers (scaling, clipping, shaping) sit above."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, {**info, "env_reward": reward}
 
 
 # MuJoCo warnings that say nothing about the user's run (gymnasium's v5 XML files use a deprecated
