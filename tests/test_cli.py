@@ -99,6 +99,25 @@ def test_entry_points_print_one_line_and_write_nothing(tmp_path, entry, args, li
     assert written == (["sweep/multirun.yaml"] if "-m" in args else [])
 
 
+def test_an_option_every_swept_choice_has_is_answered_with_the_way_to_give_it(tmp_path):
+    """`-m algo=ppo,grpo algo.total_timesteps=400` used to say BC lacks the option, with a list of the
+    algos that have it, the two the user swept among them."""
+    args = [
+        "-m",
+        "algo=ppo,grpo",
+        "env=cartpole",
+        "algo.total_timesteps=400",
+        f"hydra.sweep.dir={tmp_path}/s",
+    ]
+    proc = run_module("vla_hydra.train", *args, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "error: algo.total_timesteps=400: in a sweep over algo=ppo,grpo, Hydra first composes the default "
+        "algo= choice, which has no option 'total_timesteps'; write ++algo.total_timesteps=400 (every swept "
+        "choice has it)"
+    ]
+
+
 def test_cfg_of_a_sweep_is_one_line_saying_how_to_see_a_jobs_config(tmp_path):
     """Hydra refuses --cfg with -m by a ValueError traceback."""
     proc = run_module("vla_hydra.train", "-m", "seed=0,1", "--cfg", "job", cwd=tmp_path, timeout=120)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -330,6 +331,13 @@ def test_an_env_the_recipe_does_not_roll_out_is_refused(tmp_path):
         "data.recipe.env_kwargs (a checkpoint behaviour policy: from its own env settings); env.* options do "
         "not apply (e.g. data.recipe.env_kwargs.max_episode_steps=50)"
     ]
+    proc = run_module("vla_hydra.collect", "seed=5", f"output={out}.3", f"hydra.run.dir={tmp_path}/r4")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "error: seed=5: collection draws its episodes' seeds from data.recipe.seed (now 2026); set "
+        "data.recipe.seed=<n> instead"
+    ]
+    assert not Path(f"{out}.2").exists() and not Path(f"{out}.3").exists()
 
 
 def _start_collect(out, run_dir, log_file, *args) -> subprocess.Popen:

@@ -66,6 +66,59 @@ def test_checkpoint_carries_inference_metadata_and_resume_continues_step_count(t
     assert resumed["train_steps"] == 400
     assert torch.load(resumed["checkpoint"], weights_only=False)["global_step"] == 400
 
+    # another dataset: the checkpoint's normalisation statistics are its own dataset's
+    other = small_train_config(
+        tmp_path / "c",
+        data_dir,
+        ["trainer.max_steps=600", f"ckpt_path={results['checkpoint']}", "data.name=other"],
+    )
+    with pytest.raises(
+        CheckpointError, match="trained on dataset pendulum-mixed-v0, but this run's data is other"
+    ):
+        train(other)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["data.segment_length=10"],
+            "data.segment_length=10: algo=bc trains on single transitions; expected null",
+        ),
+        (
+            ["algo=dt", "data.segment_length=10"],
+            "data.segment_length=10: algo=dt trains on segments of its algo.context_length=20",
+        ),
+        (["model=decision_transformer"], "algo=bc: model= built a DecisionTransformerNet, a sequence model"),
+        (["algo=iql", "model=decision_transformer"], "algo=iql: model= built a DecisionTransformerNet"),
+        (
+            ["+data.cut_final_episode=yes"],
+            "data.cut_final_episode='yes': expected one of ['error', 'truncate']",
+        ),
+    ],
+)
+def test_settings_that_do_not_fit_the_algorithm_are_refused_before_training(
+    tmp_path, data_dir, overrides, message
+):
+    from vla_hydra.core.exceptions import ConfigError
+
+    with pytest.raises(Exception) as err:
+        train(small_train_config(tmp_path, data_dir, overrides))
+    error = err.value
+    while not isinstance(error, ConfigError) and error.__cause__ is not None:  # as the CLI unwraps Hydra's
+        error = error.__cause__
+    assert isinstance(error, ConfigError) and str(error).startswith(message), str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_bad_gail_reward_type_is_refused_before_the_expert_dataset_is_collected(tmp_path):
+    from vla_hydra.core.exceptions import ConfigError
+
+    data_dir = tmp_path / "data"
+    with pytest.raises(ConfigError, match=r"algo.reward_type='foo': expected one of \['gail', 'airl'\]"):
+        train(small_train_config(tmp_path, data_dir, ["algo=gail", "algo.reward_type=foo"]))
+    assert not data_dir.exists() or not any(data_dir.iterdir())
+
 
 def test_final_evaluation_runs_the_policy_with_dropout_off(tmp_path, data_dir):
     """Lightning leaves the module in training mode after fit; the final evaluation used to run with

@@ -132,6 +132,14 @@ def hydra_job_config():
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
+def command_line_overrides() -> list[tuple[str, str]]:
+    """The running job's command-line overrides as (override, key) pairs, the key without a leading
+    + / ++ / ~ (`env.num_envs=8` -> ("env.num_envs=8", "env.num_envs")); none outside Hydra."""
+    hydra_cfg = hydra_job_config()
+    overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
+    return [(override, override.split("=", 1)[0].lstrip("+~")) for override in overrides]
+
+
 def _sweep_job_prefix() -> str:
     """In a local multirun, which job failed (its line is followed by the later jobs' logs, and the
     sweep's last line repeats the first failure's)."""
@@ -360,6 +368,15 @@ def _unknown_key_line(override: str, cause: Any) -> str:
     if close:
         line += f"; did you mean {f'{parent}.' if parent else ''}{close[0]}={value}?"
     elsewhere = _choices_with_key(parent, key)
+    swept = _swept_choices(parent)
+    if swept and all(f"{parent}={choice}" in elsewhere for choice in swept):
+        # a sweep over the group (-m algo=ppo,grpo): Hydra composes the sweep once with the group's
+        # default choice first, and that one lacks the option every swept choice has
+        return (
+            f"{override}: in a sweep over {parent}={','.join(swept)}, Hydra first composes the default "
+            f"{parent}= choice, which has no option '{key}'; write ++{override.lstrip('+')} (every swept "
+            "choice has it)"
+        )
     if elsewhere:  # e.g. cluster.wait under cluster=submitit_local: the option belongs to another choice
         line += f"; {' and '.join(elsewhere)} {'has' if len(elsewhere) == 1 else 'have'} it"
     elif target is None and not known:
@@ -368,6 +385,20 @@ def _unknown_key_line(override: str, cause: Any) -> str:
         # (eval, paths) is read by nothing, so `+` would only silence the typo
         line += f" (+{override} adds it as a new key)"
     return line
+
+
+def _swept_choices(group: str) -> list[str]:
+    """The choices a command-line sweep override gives `group` (`algo=ppo,grpo` -> [ppo, grpo])."""
+    if not group or "." in group:
+        return []
+    from hydra._internal.utils import get_args_parser
+
+    overrides = get_args_parser().parse_known_args(sys.argv[1:])[0].overrides or []
+    for override in overrides:
+        name, _, value = override.partition("=")
+        if name.lstrip("+~") == group and "," in value:
+            return [choice.strip() for choice in value.split(",")]
+    return []
 
 
 def _choices_with_key(parent: str, key: str) -> list[str]:

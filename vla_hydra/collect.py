@@ -345,7 +345,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     output = Path(cfg.output)
     check_writable(output, "output")
     recipe = hydra.utils.instantiate(cfg.data.recipe)
-    _refuse_an_env_the_recipe_does_not_use(cfg, recipe.env_id)
+    _refuse_overrides_collection_ignores(cfg, recipe)
     with collection_lock(output):
         if output.exists() and not cfg.overwrite:
             if _stored_fingerprint(output) == recipe.fingerprint():
@@ -379,24 +379,28 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def _refuse_an_env_the_recipe_does_not_use(cfg: DictConfig, recipe_env_id: str) -> None:
+def _refuse_overrides_collection_ignores(cfg: DictConfig, recipe: CollectionRecipe) -> None:
     """`collect env=cartpole` with a Pendulum recipe used to write Pendulum data without a word: collection
     rolls out data.recipe.env_id, so an `env=` on the command line must name that env, and `env.<key>=`
-    overrides, which collection would ignore, are refused."""
-    from vla_hydra.cli import hydra_job_config
+    and `seed=` overrides, which collection would ignore, are refused."""
+    from vla_hydra.cli import command_line_overrides
     from vla_hydra.core.exceptions import ConfigError
 
-    hydra_cfg = hydra_job_config()
-    overrides = [o for o in (hydra_cfg.overrides.task if hydra_cfg else [])]
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    for override, key in zip(overrides, keys, strict=True):
+    recipe_env_id = recipe.env_id
+    overrides = command_line_overrides()
+    for override, key in overrides:
+        if key == "seed":
+            raise ConfigError(
+                f"{override}: collection draws its episodes' seeds from data.recipe.seed "
+                f"(now {recipe.seed}); set data.recipe.seed=<n> instead"
+            )
         if key.startswith("env."):
             raise ConfigError(
                 f"{override}: collection builds its env from data.recipe.env_id and data.recipe.env_kwargs "
                 "(a checkpoint behaviour policy: from its own env settings); env.* options do not apply "
                 "(e.g. data.recipe.env_kwargs.max_episode_steps=50)"
             )
-    chosen = [o for o, key in zip(overrides, keys, strict=True) if key == "env"]
+    chosen = [override for override, key in overrides if key == "env"]
     if chosen and cfg.env.id != recipe_env_id:
         raise ConfigError(
             f"{chosen[0]}: collection rolls out data.recipe.env_id={recipe_env_id} (data={_data_choice(cfg)}), "

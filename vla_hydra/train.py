@@ -48,6 +48,25 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
             lock.close()
 
 
+def _check_segment_length(cfg: DictConfig, algo_class) -> None:
+    """Sequence algorithms (DT) train on segments of algo.context_length steps, the others on single
+    transitions; data.segment_length follows algo.context_length unless overridden."""
+    from vla_hydra.core.exceptions import ConfigError
+
+    segment, context = cfg.data.get("segment_length"), cfg.algo.get("context_length")
+    if not getattr(algo_class, "takes_sequences", False):
+        if segment is not None:
+            raise ConfigError(
+                f"data.segment_length={segment}: algo={_algo_choice() or algo_class.short_name()} trains on single "
+                "transitions; expected null (segments are for algo=dt)"
+            )
+    elif segment != context:
+        raise ConfigError(
+            f"data.segment_length={segment}: algo=dt trains on segments of its algo.context_length={context}; "
+            "leave data.segment_length unset (it follows algo.context_length)"
+        )
+
+
 def _train(
     cfg: DictConfig, first_run_in_process: bool, started_at: float
 ) -> tuple[float | None, dict[str, Any]]:
@@ -83,6 +102,7 @@ def _train(
     algo_class = get_object(cfg.algo._target_)
     if hasattr(algo_class, "check_settings"):
         algo_class.check_settings(spec, cfg.algo)  # before a dataset is collected for nothing
+    _check_segment_length(cfg, algo_class)
     datamodule = instantiate(cfg.data)
     if hasattr(datamodule, "check_recipe_env"):
         datamodule.check_recipe_env(spec.env_id)
@@ -93,7 +113,7 @@ def _train(
         spec=spec, model=instantiate(cfg.model), stats=datamodule.stats()
     )
     if ckpt_path and Path(ckpt_path).is_file():
-        check_resumable(ckpt_path, algo, int(cfg.trainer.get("max_steps", -1)))
+        check_resumable(ckpt_path, algo, int(cfg.trainer.get("max_steps", -1)), datamodule.name)
     if cfg.trainer.get("max_steps", -1) < 0 and not hasattr(algo, "total_timesteps"):
         raise ConfigError(
             f"trainer.max_steps={cfg.trainer.max_steps}: algo={algo.short_name()} learns "
@@ -142,6 +162,11 @@ def _train(
             f"trainer.max_steps={max_steps}: algo={algo.run_label} updates in whole iterations, "
             f"so it stopped after {trainer.global_step} updates ({int(algo.env_steps)} env steps; "
             f"its budget is algo.total_timesteps={algo.total_timesteps})"
+        )
+    elif hasattr(algo, "total_timesteps") and algo.env_steps_at_fit_start >= algo.total_timesteps > 0:
+        log.warning(
+            f"algo.total_timesteps={algo.total_timesteps}: the checkpoint had already run "
+            f"{algo.env_steps_at_fit_start} env steps; no training, its policy is evaluated as it is"
         )
     elif hasattr(algo, "total_timesteps") and int(algo.env_steps) > algo.total_timesteps:
         # rollouts are whole (PPO: num_envs x num_steps; GRPO: whole episodes; SAC: one step per env)

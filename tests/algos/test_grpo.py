@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import small_train_config
+from tests.conftest import run_module, small_train_config
 from vla_hydra.algos.grpo import GRPO, group_advantages, grpo_policy_loss, reference_kl, step_weights
 from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.envs.factory import EnvFactory
@@ -155,3 +155,14 @@ def test_grpo_learns_cartpole_in_a_short_run(tmp_path, data_dir):
     # random CartPole play lasts ~22 steps; the learned policy several times longer
     assert first < 40 and last > 3 * first
     assert results["eval_return_mean"] > 150
+
+
+def test_an_env_num_envs_grpo_would_ignore_is_refused(tmp_path):
+    proc = run_module(
+        "vla_hydra.train", "algo=grpo", "env=cartpole", "env.num_envs=8", f"hydra.run.dir={tmp_path}/run"
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "error: env.num_envs=8: algo=grpo steps algo.group_size x algo.num_groups = 32 envs, one per group "
+        "member; set those instead"
+    ]

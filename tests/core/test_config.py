@@ -40,6 +40,8 @@ from vla_hydra.core.exceptions import ConfigError
         (["data.normalize_observations=maybe"], "data.normalize_observations=maybe: expected true or false"),
         (["algo=iql", "algo.beta=-1"], "algo.beta=-1: expected a number >= 0"),
         (["algo=td3bc", "algo.alpha=-1"], "algo.alpha=-1: expected a number >= 0"),
+        (["algo=dagger", "algo.beta0=2"], "algo.beta0=2: expected a number in [0, 1]"),
+        (["algo=ppo_continuous", "algo.target_kl=-1"], "algo.target_kl=-1: expected a number in (0, inf)"),
     ],
 )
 def test_out_of_range_values_name_the_option(overrides, message):

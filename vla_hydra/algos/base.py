@@ -43,6 +43,9 @@ class PolicyAlgorithm(L.LightningModule):
     name: str | None = None
     # whether the algorithm handles Discrete action spaces (class-index actions)
     supports_discrete: bool = False
+    # whether it trains on trajectory segments (data.segment_length = algo.context_length) with a sequence
+    # model (a network class that sets takes_sequences = True), rather than on single transitions
+    takes_sequences: bool = False
 
     def __init__(
         self,
@@ -112,6 +115,11 @@ class PolicyAlgorithm(L.LightningModule):
             raise ConfigError(
                 f"algo={algo}: model= cannot build this algorithm's network ({err}); use {use}"
             ) from err
+        if getattr(network, "takes_sequences", False) and not self.takes_sequences:
+            raise ConfigError(
+                f"algo={algo}: model= built a {type(network).__name__}, a sequence model for algo=dt; "
+                f"algo={algo} acts on single observations: use {use}"
+            )
         missing = [method for method in needs if not callable(getattr(network, method, None))]
         if missing:
             methods = ", ".join(f"{method}()" for method in missing)

@@ -37,7 +37,7 @@ class BC(PolicyAlgorithm):
         super().__init__(spec, updates_per_step, stats, compile_losses)
         self.lr, self.weight_decay = lr, weight_decay
         if not spec.discrete:
-            self.actor = model(spec.observation_shape, spec.action_dim)
+            self.actor = self.build_network(model, spec.observation_shape, spec.action_dim, use="model=mlp")
             return
         try:  # one logit per class: the network's raw outputs, no tanh
             self.actor = model(spec.observation_shape, spec.action_dim, squash=False)

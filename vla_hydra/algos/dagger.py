@@ -141,7 +141,13 @@ class DAgger(OnlineAlgorithm):
 
     def expert_labels(self, raw_obs: np.ndarray) -> np.ndarray:
         """The expert's env-unit actions for a batch of raw observations."""
-        actions = np.asarray(self._expert_act(raw_obs))
+        try:
+            actions = np.asarray(self._expert_act(raw_obs))
+        except (IndexError, ValueError, TypeError, RuntimeError) as err:  # e.g. a controller for other obs
+            raise ConfigError(
+                f"algo=dagger: the expert fails on {self.spec.env_id}'s observations of shape "
+                f"{tuple(np.shape(raw_obs))[1:]} ({err}); is it an expert for this env?"
+            ) from err
         expected = (len(raw_obs),) if self.spec.discrete else (len(raw_obs), self.spec.action_dim)
         if actions.shape != expected:
             raise ConfigError(
@@ -153,6 +159,7 @@ class DAgger(OnlineAlgorithm):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self._expert_act = self._load_expert()
+        self.expert_labels(self.obs)  # an expert for another env fails here, before any evaluation
         if self.dataset.device != self.device:  # keeps what a resumed checkpoint restored
             restored = self.dataset.state_dict()
             self.dataset = self._new_dataset(self.device)

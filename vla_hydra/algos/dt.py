@@ -36,6 +36,7 @@ class DecisionTransformer(PolicyAlgorithm):
     every_backward_uses_all_parameters = True
 
     name = "dt"
+    takes_sequences = True
 
     def __init__(
         self,

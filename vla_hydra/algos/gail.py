@@ -75,6 +75,11 @@ def discriminator_accuracy(expert_logits: torch.Tensor, policy_logits: torch.Ten
     return 0.5 * ((expert_logits > 0).float().mean() + (policy_logits < 0).float().mean())
 
 
+def _check_reward_type(reward_type: str) -> None:
+    if reward_type not in REWARD_TYPES:
+        raise ConfigError(f"algo.reward_type={reward_type!r}: expected one of {list(REWARD_TYPES)}")
+
+
 class GAIL(PPO):
     """PPO (all of its arguments) whose reward is the discriminator's. Extra args:
     updates_per_step: discriminator updates per iteration; the datamodule delivers one expert
@@ -87,6 +92,11 @@ class GAIL(PPO):
     name = "gail"
     supports_discrete = True
     every_backward_uses_all_parameters = False  # the discriminator's passes leave the policy out
+
+    @classmethod
+    def check_settings(cls, spec, algo_cfg) -> None:
+        super().check_settings(spec, algo_cfg)
+        _check_reward_type(algo_cfg.get("reward_type", "gail"))  # before the expert dataset is collected
 
     def __init__(
         self,
@@ -101,8 +111,7 @@ class GAIL(PPO):
         **ppo_kwargs: Any,
     ):
         super().__init__(spec, model, env, **ppo_kwargs)
-        if reward_type not in REWARD_TYPES:
-            raise ConfigError(f"algo.reward_type={reward_type!r}: expected one of {list(REWARD_TYPES)}")
+        _check_reward_type(reward_type)
         self.updates_per_step = int(updates_per_step)
         self.discriminator_lr, self.gradient_penalty_coef = discriminator_lr, gradient_penalty_coef
         self.reward_type = reward_type

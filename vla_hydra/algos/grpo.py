@@ -165,6 +165,19 @@ class GRPO(OnlineAlgorithm):
         # completed iterations: picks each iteration's start-state seeds, saved for resume
         self.register_buffer("iterations", torch.zeros((), dtype=torch.long))
 
+    @classmethod
+    def check_settings(cls, spec, algo_cfg) -> None:
+        super().check_settings(spec, algo_cfg)
+        from vla_hydra.cli import command_line_overrides
+
+        for override, key in command_line_overrides():
+            if key == "env.num_envs":  # would be ignored: one env per group member
+                raise ConfigError(
+                    f"{override}: algo=grpo steps algo.group_size x algo.num_groups = "
+                    f"{int(algo_cfg.group_size) * int(algo_cfg.num_groups)} envs, one per group member; "
+                    "set those instead"
+                )
+
     @property
     def num_envs(self) -> int:
         return self.group_size * self.num_groups

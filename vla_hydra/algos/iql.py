@@ -87,7 +87,9 @@ class IQL(PolicyAlgorithm):
         self.discount, self.tau, self.expectile = discount, tau, expectile
         self.beta, self.max_weight = beta, max_weight
         self.actor_lr_decay_updates = int(actor_lr_decay_updates)
-        self.actor = model(spec.observation_shape, spec.action_dim)
+        self.actor = self.build_network(
+            model, spec.observation_shape, spec.action_dim, use="model=gaussian (or model=mlp)"
+        )
         # Gaussian actors are scored by log-likelihood; a deterministic one (model=mlp) by squared error
         self.stochastic_actor = hasattr(self.actor, "log_prob")
         self.critic = EnsembleQNetwork(spec.observation_shape, spec.action_dim, critic_hidden_dims)

@@ -74,6 +74,7 @@ class OnlineAlgorithm(PolicyAlgorithm):
         self._identity_normalizer = not normalize_observations and stats is None
         # saved in checkpoints: the budget continues where it stopped after a resume
         self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))
+        self.env_steps_at_fit_start = 0
         self.envs = None
         self.obs: np.ndarray | None = None
         # this process and how many train together (set in on_fit_start; 0 and 1 outside a trainer)
@@ -101,6 +102,7 @@ class OnlineAlgorithm(PolicyAlgorithm):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+        self.env_steps_at_fit_start = int(self.env_steps)  # > 0 when resumed from a checkpoint
         self.envs = self.env_factory.make_training_vector(self.num_envs)
         # after a resume, a different first-reset seed: the resumed run should not replay its start
         first_seed = self.seed + int(self.env_steps) + self.rank * self.num_envs

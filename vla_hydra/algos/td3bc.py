@@ -57,7 +57,7 @@ class TD3BC(PolicyAlgorithm):
         self.actor_lr, self.critic_lr = actor_lr, critic_lr
         self.discount, self.tau, self.alpha = discount, tau, alpha
         self.policy_noise, self.noise_clip, self.policy_freq = policy_noise, noise_clip, int(policy_freq)
-        self.actor = model(spec.observation_shape, spec.action_dim)
+        self.actor = self.build_network(model, spec.observation_shape, spec.action_dim, use="model=mlp")
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = EnsembleQNetwork(spec.observation_shape, spec.action_dim, critic_hidden_dims)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)

@@ -144,10 +144,11 @@ def refuse_finished_run_dir(run_dir: Path) -> None:
         )
 
 
-def check_resumable(ckpt_path: str, algo, max_steps: int = -1) -> None:
+def check_resumable(ckpt_path: str, algo, max_steps: int = -1, dataset_name: str | None = None) -> None:
     """Fail in one line, before training, when `ckpt_path` cannot continue into `algo`: an inference-only
-    file (no optimizer/loop state), another algorithm, or weights of other shapes (another model= or
-    dataset/env). Warn when `max_steps` (trainer.max_steps) is already behind the checkpoint."""
+    file (no optimizer/loop state), another algorithm, another dataset (`dataset_name`: its normalisation
+    statistics and reward scale stay the checkpoint's), or weights of other shapes (another model= or
+    env). Warn when `max_steps` (trainer.max_steps) is already behind the checkpoint."""
     from vla_hydra.algos.base import CHECKPOINT_KEY
 
     try:
@@ -173,6 +174,13 @@ def check_resumable(ckpt_path: str, algo, max_steps: int = -1) -> None:
         raise CheckpointError(
             f"ckpt_path={ckpt_path}: trained in {trained_in}, but this run's env is {algo.spec.env_id}; "
             f"resume with {env_choice_hint(trained_in)}"
+        )
+    trained_on = meta.get("dataset_name")
+    if trained_on and dataset_name and trained_on != dataset_name:
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: trained on dataset {trained_on}, but this run's data is {dataset_name} "
+            "(the checkpoint's normalisation statistics belong to its dataset); resume with the data= of "
+            "the run that wrote it, or start a new run to train on this one"
         )
     expected = {k: tuple(v.shape) for k, v in algo.state_dict().items()}
     saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}

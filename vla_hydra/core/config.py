@@ -124,6 +124,8 @@ _INTERVAL_KEYS = {
     "tau": (0.0, 1.0, False, True),
     "expectile": (0.0, 1.0, False, False),
     "beta_decay": (0.0, 1.0, True, True),
+    "beta0": (0.0, 1.0, True, True),  # DAgger's first expert-mixing probability
+    "target_kl": (0.0, float("inf"), False, False),  # PPO's early stop (null: none)
     "dropout": (0.0, 1.0, True, False),
     "clip_coef": (0.0, float("inf"), False, False),
 }

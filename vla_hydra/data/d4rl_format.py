@@ -60,6 +60,10 @@ def _decode(value: Any) -> Any:
     return value
 
 
+# what read_d4rl_hdf5 does with a last episode cut mid-way (data.cut_final_episode)
+CUT_FINAL_EPISODE_CHOICES = ("error", "truncate")
+
+
 def read_d4rl_hdf5(
     path: str | os.PathLike, cut_final_episode: str = "error"
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from vla_hydra.core.exceptions import DatasetError
 from vla_hydra.core.logging import get_logger
 from vla_hydra.data.buffer import TensorBuffer, transitions_from_d4rl
-from vla_hydra.data.d4rl_format import FINAL_EPISODE_CUT, read_d4rl_hdf5
+from vla_hydra.data.d4rl_format import CUT_FINAL_EPISODE_CHOICES, FINAL_EPISODE_CUT, read_d4rl_hdf5
 from vla_hydra.data.stats import DatasetStats, episode_returns
 
 log = get_logger(__name__)
@@ -93,6 +93,12 @@ class OfflineDataModule(L.LightningDataModule):
         self.steps_per_epoch, self.seed = int(steps_per_epoch), int(seed)
         self.segment_length = int(segment_length) if segment_length else None
         self.arrays_loader = arrays_loader
+        if cut_final_episode not in CUT_FINAL_EPISODE_CHOICES:
+            from vla_hydra.core.exceptions import ConfigError
+
+            raise ConfigError(
+                f"data.cut_final_episode={cut_final_episode!r}: expected one of {list(CUT_FINAL_EPISODE_CHOICES)}"
+            )
         self.cut_final_episode = cut_final_episode
         self.env_family = env_family
         self.buffer = None  # TensorBuffer of transitions, or TrajectoryBuffer of segments

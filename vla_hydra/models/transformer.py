@@ -71,6 +71,8 @@ class DecisionTransformerNet(nn.Module):
     embedding added to all three tokens of a step and are clamped to `max_episode_steps - 1`.
     """
 
+    takes_sequences = True  # algorithms on single observations refuse it (PolicyAlgorithm.build_network)
+
     def __init__(
         self,
         observation_shape: int | Sequence[int],
