@@ -7,13 +7,24 @@ import csv
 import json
 import math
 import shlex
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import run_module
-from vla_hydra.report import find_runs, group_runs, learning_curves, sweep_commands, write_report
+from vla_hydra.report import (
+    RETURN_KEY,
+    Curve,
+    find_runs,
+    group_runs,
+    learning_curves,
+    plot_learning_curves,
+    sweep_commands,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -248,6 +259,139 @@ def test_where_a_run_was_launched_and_newer_config_keys_do_not_make_it_another_e
         ("x [algo.extra=(unset)]", [0, 1]),
         ("x [algo.extra=3]", [2]),
     ]
+
+
+# what .hydra/config.yaml holds for a `algo=dt` training run and for an `eval_only=true ckpt_path=...` run
+# (its own composition: the default algo=bc and model=mlp, which the checkpoint's config replaces)
+_DT_CONFIG = """seed: {seed}
+eval_only: false
+algo:
+  _target_: vla_hydra.algos.dt.DecisionTransformer
+  lr: {lr}
+model:
+  _target_: vla_hydra.models.transformer.DecisionTransformerNet
+trainer:
+  max_steps: 300
+"""
+_EVAL_CONFIG = """seed: 0
+eval_only: true
+ckpt_path: {ckpt}
+algo:
+  _target_: vla_hydra.algos.bc.BC
+  lr: 0.001
+model:
+  _target_: vla_hydra.models.actors.DeterministicActor
+trainer:
+  max_steps: ${{oc.select:algo.max_updates,10000}}
+"""
+
+
+def _write_config(run_dir: Path, text: str) -> None:
+    (run_dir / ".hydra" / "config.yaml").write_text(text)
+
+
+def _dt_runs_and_their_re_evaluations(root: Path) -> None:
+    """Two DT runs (lr 1e-4 and 3e-4), and each checkpoint re-evaluated by `eval_only=true ckpt_path=`."""
+    for seed, lr in enumerate(["0.0001", "0.0003"]):
+        run_dir = root / "train" / str(seed)
+        overrides = ["algo=dt", f"seed={seed}", f"algo.lr={lr}", "trainer.max_steps=300"]
+        _write_run(run_dir, "dt", "pendulum-mixed-v0", seed, -300.0, 70.0, overrides=overrides, steps=300)
+        _write_config(run_dir, _DT_CONFIG.format(seed=seed, lr=lr))
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        eval_dir = root / "eval" / str(seed)
+        # train.py's eval_only results: the checkpoint's algo, dataset and seed, and the checkpoint
+        _write_run(
+            eval_dir,
+            "dt",
+            "pendulum-mixed-v0",
+            seed,
+            -310.0,
+            69.0,
+            overrides=["eval_only=true", f"ckpt_path={ckpt}"],
+        )
+        results = json.loads((eval_dir / "results.json").read_text())
+        (eval_dir / "results.json").write_text(
+            json.dumps({**results, "eval_only": True, "checkpoint": str(ckpt)})
+        )
+        _write_config(eval_dir, _EVAL_CONFIG.format(ckpt=ckpt))
+
+
+def test_a_re_evaluated_checkpoint_is_labelled_with_its_training_settings(tmp_path):
+    """A report on `eval_only=true` runs used to compare the eval command's own config (algo=bc's
+    _target_, trainer.max_steps=${...}): labels of ~450 characters, and checkpoints trained with
+    different settings in one mean."""
+    _dt_runs_and_their_re_evaluations(tmp_path)
+    evals = write_report([tmp_path / "eval"], out=tmp_path / "r1")
+    assert [(g.algo, g.seeds) for g in evals.groups] == [
+        ("dt [algo.lr=0.0001]", [0]),
+        ("dt [algo.lr=0.0003]", [1]),
+    ]
+    # the eval runs next to the training runs: the same two configurations, whatever command ran them
+    both = write_report([tmp_path], out=tmp_path / "r2")
+    assert [(g.algo, len(g.runs)) for g in both.groups] == [
+        ("dt [algo.lr=0.0001]", 2),
+        ("dt [algo.lr=0.0003]", 2),
+    ]
+    # rerunning a group reruns its training and its re-evaluation
+    assert any("eval_only=true" in c for c in both.groups[0].commands)
+
+    # a checkpoint whose training run dir is gone: no settings to compare, so no split by its eval config
+    shutil.rmtree(tmp_path / "train")
+    assert [g.algo for g in write_report([tmp_path / "eval"], out=tmp_path / "r3").groups] == ["dt"]
+
+
+def test_labels_are_short_and_never_show_interpolations(tmp_path):
+    long_path = "/data/" + "very-long-directory-name/" * 6 + "hopper-medium-v2.hdf5"
+    configs = [
+        (
+            "0",
+            "${oc.select:algo.max_updates,10000}",
+            "vla_hydra.models.actors.DeterministicActor",
+            "/d/a.hdf5",
+        ),
+        ("1", "300", "vla_hydra.models.transformer.DecisionTransformerNet", long_path),
+        ("2", "500", "vla_hydra.models.actors.DeterministicActor", "/d/a.hdf5"),
+    ]
+    for seed, steps, model, path in configs:
+        run_dir = tmp_path / seed
+        _write_run(
+            run_dir, "x", "alpha", int(seed), -100.0, 50.0, overrides=[f"seed={seed}", f"data.path={path}"]
+        )
+        config = f"seed: {seed}\ndata:\n  path: {path}\nmodel:\n  _target_: {model}\ntrainer:\n  max_steps: '{steps}'\n"
+        _write_config(run_dir, config)
+    labels = [g.algo for g in write_report([tmp_path], out=tmp_path / "out").groups]
+    assert all("${" not in label and len(label) <= 70 for label in labels), labels
+    # only the settings that tell the rows apart, the one typed on the command line first (model._target_
+    # differs too: the ellipsis); a long value is cut in the middle
+    assert labels == [
+        "x [data.path=/d/a.hdf5, trainer.max_steps=(interpolated), …]",
+        "x [data.path=/d/a.hdf5, trainer.max_steps=500, …]",
+        "x [data.path=/data/very-…dium-v2.hdf5, trainer.max_steps=300, …]",
+    ]
+
+
+def test_long_labels_in_many_subplots_draw_without_a_matplotlib_warning(tmp_path):
+    """Legends of long labels spilled over the neighbouring subplots and matplotlib printed
+    `UserWarning: constrained_layout not applied` on stderr."""
+    for d, dataset in enumerate(["alpha", "beta", "gamma", "delta"]):
+        for i in range(6 if d % 2 == 0 else 1):
+            run_dir = tmp_path / dataset / str(i)
+            history = _hist((0, -900, 10), (100, -100 + i, 50 + i))
+            _write_run(run_dir, "dt", dataset, 0, -100.0, 50.0, history, overrides=[f"algo.lr={i}e-4"])
+            _write_config(run_dir, _DT_CONFIG.format(seed=0, lr=f"{i}e-4-{'x' * 400}"))
+    proc = run_module("vla_hydra.report", str(tmp_path))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    png = (tmp_path / "learning_curves.png").read_bytes()
+    assert png.startswith(PNG_MAGIC)
+    # a legend of many labels of the longest kind: below its subplot, in a figure made tall enough
+    label = "dt [data.path=/data/very-…dium-v2.hdf5, trainer.max_steps=300, …]"
+    many = [Curve(f"{label} {i}", [0, 100], [i, i + 1], None, 1) for i in range(20)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_learning_curves(
+            {"alpha": (RETURN_KEY, many), "beta": (RETURN_KEY, many[:1])}, tmp_path / "p.png"
+        )
+    assert [str(w.message) for w in caught] == []
 
 
 def test_online_runs_are_grouped_by_their_env(tmp_path):

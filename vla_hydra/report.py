@@ -27,6 +27,7 @@ import json
 import math
 import shlex
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,8 @@ class Run:
     history: list[dict[str, Any]]
     overrides: list[str] | None  # .hydra/overrides.yaml, None when the run dir has none
     settings: dict[str, str] | None = None  # .hydra/config.yaml flattened to dotted keys, None without one
+    # the overrides of the config `settings` come from: a re-evaluation's (eval_only) are its trained run's
+    config_overrides: list[str] | None = None
 
 
 @dataclass
@@ -182,6 +185,21 @@ def _read_settings(run_dir: Path) -> dict[str, str] | None:
     return flat
 
 
+def _trained_run_dir(results_path: Path, data: dict) -> Path | None:
+    """The run dir whose config describes this run's experiment: its own, or for a re-evaluation
+    (`eval_only=true ckpt_path=...`, whose own config is the eval command's defaults: algo=bc, ...) the
+    dir that trained its checkpoint (<run dir>/checkpoints/last.ckpt); None when that dir is gone."""
+    if not data.get("eval_only"):
+        return results_path.parent
+    checkpoint = data.get("checkpoint")
+    if not isinstance(checkpoint, str) or not checkpoint:
+        return None
+    for parent in Path(checkpoint).parents[:3]:
+        if (parent / ".hydra" / "config.yaml").is_file():
+            return parent
+    return None
+
+
 def load_run(path: Path) -> Run:
     """Read and validate one results.json (and its run's overrides); bad files name the file and the problem."""
     try:
@@ -214,6 +232,7 @@ def load_run(path: Path) -> Run:
         # online runs learn from their own experience (data=rollouts): group and title them by env;
         # an online run with a dataset (GAIL's expert data) stays with the other runs on that dataset
         dataset = f"{env} (online)"
+    config_dir = _trained_run_dir(path, data)
     return Run(
         path=path,
         dataset=dataset,
@@ -226,7 +245,8 @@ def load_run(path: Path) -> Run:
         score=_field(data, path, "normalized_score", "number", optional=True),
         history=history,
         overrides=_read_overrides(path.parent),
-        settings=_read_settings(path.parent),
+        settings=_read_settings(config_dir) if config_dir else None,
+        config_overrides=_read_overrides(config_dir) if config_dir else None,
     )
 
 
@@ -277,21 +297,63 @@ def _split_by_settings(group: Group) -> list[Group]:
     composed = all(r.settings is not None for r in group.runs)  # as varying_overrides compares them
 
     def value(run: Run, key: str) -> str:
-        given = run.settings if composed else dict(map(_split, run.overrides or []))
+        given = run.settings if composed else dict(map(_split, run.config_overrides or []))
         text = str((given or {}).get(key, "(unset)"))
         return text[1:-1] if composed and text.startswith('"') else text  # JSON strings without quotes
 
     parts: dict[tuple[str, ...], list[Run]] = {}
     for run in group.runs:
         parts.setdefault(tuple(value(run, key) for key in varying), []).append(run)
+    labels = _labels(group.algo, list(varying), sorted(parts), _overridden_keys(group))
     return [
-        Group(
-            group.dataset,
-            f"{group.algo} [{', '.join(f'{k}={v}' for k, v in zip(varying, values, strict=True))}]",
-            runs,
-        )
-        for values, runs in sorted(parts.items())
+        Group(group.dataset, label, parts[values])
+        for label, values in zip(labels, sorted(parts), strict=True)
     ]
+
+
+LABEL_VALUE_CHARS, LABEL_CHARS = 24, 60  # a label is a table cell and a legend entry
+
+
+def _shorten(text: str, width: int, middle: bool = False) -> str:
+    """text cut to `width` characters with an ellipsis: at the end, or in the middle (a path's file name
+    and a value's last digits tell most)."""
+    if len(text) <= width:
+        return text
+    if middle:
+        return f"{text[: (width - 1) // 2]}…{text[len(text) - width // 2 :]}"
+    return f"{text[: width - 1]}…"
+
+
+def _label_value(key: str, text: str) -> str:
+    if "${" in text:
+        # an interpolation's text (`${oc.select:algo.max_updates,10000}`) is not the value the run used
+        return "(interpolated)"
+    if key.endswith("_target_"):
+        text = text.rsplit(".", 1)[-1]  # the class name, not its module path
+    return _shorten(text, LABEL_VALUE_CHARS, middle=True)
+
+
+def _labels(algo: str, keys: list[str], parts: list[tuple[str, ...]], typed: set[str]) -> list[str]:
+    """`algo [key=value, ...]` per part (its values of the keys that differ within the group), kept short:
+    only the fewest keys that tell the parts apart, those typed on a command line (what a sweep varies)
+    first, the rest an ellipsis; long values cut in the middle, a long label at its end unless that
+    would make two labels equal."""
+
+    def distinct(indexes: list[int]) -> int:  # how many parts these keys' values tell apart
+        return len({tuple(values[j] for j in indexes) for values in parts})
+
+    chosen: list[int] = []
+    for i in sorted(range(len(keys)), key=lambda i: keys[i] not in typed):
+        if distinct(chosen) == len(parts):
+            break
+        if distinct([*chosen, i]) > distinct(chosen):
+            chosen.append(i)
+    more = ", …" if len(chosen) < len(keys) else ""
+    texts = [
+        ", ".join(f"{keys[i]}={_label_value(keys[i], values[i])}" for i in chosen) + more for values in parts
+    ]
+    cut = [_shorten(text, LABEL_CHARS) for text in texts]
+    return [f"{algo} [{text}]" for text in (cut if len(set(cut)) == len(cut) else texts)]
 
 
 # ------------------------------------------------------------------------------------- command lines
@@ -320,13 +382,18 @@ def sweep_commands(override_lists: Sequence[Sequence[str]]) -> list[str]:
     return [" ".join([ENTRY_POINT, *map(shlex.quote, o)]) for o in distinct]
 
 
+def _overridden_keys(group: Group) -> set[str]:
+    """The config keys that the runs' command lines set (`+key=`, `~key` included)."""
+    return {_split(o)[0].lstrip("+~") for r in group.runs for o in (r.config_overrides or [])}
+
+
 def varying_overrides(group: Group) -> dict[str, list[str]]:
     """Settings other than the seed whose values differ between a group's runs (a mixed group): compared
     in the composed configs when every run has one (so `data=pendulum_mixed` typed out equals the
     default), else in the override strings."""
     if all(r.settings is not None for r in group.runs):
         configs = [r.settings for r in group.runs]
-        overridden = {_split(o)[0].lstrip("+~") for r in group.runs for o in (r.overrides or [])}
+        overridden = _overridden_keys(group)
         varying = {}
         for key in dict.fromkeys(k for c in configs for k in c):
             # interpolations (${cluster.nodes}) are not values; a key only some runs have comes from a
@@ -339,7 +406,7 @@ def varying_overrides(group: Group) -> dict[str, list[str]]:
                 varying[key] = list(literal)
         return varying
     values: dict[str, dict[str, None]] = {}
-    known = [r.overrides for r in group.runs if r.overrides is not None]
+    known = [r.config_overrides for r in group.runs if r.config_overrides is not None]
     for overrides in known:
         for key, value in map(_split, overrides):
             values.setdefault(key, {})[str(value)] = None
@@ -399,6 +466,14 @@ def learning_curves(groups: Sequence[Group]) -> tuple[dict[str, tuple[str, list[
     return per_dataset, notes
 
 
+LEGEND_WRAP = 48  # characters per legend line; labels are at most LABEL_CHARS + the algo + " (n=..)"
+LEGEND_LINE_INCHES = 0.17  # one line of a fontsize="small" legend entry, with its spacing
+
+
+def _legend_label(curve: Curve) -> str:
+    return textwrap.fill(f"{curve.algo} (n={curve.n})", LEGEND_WRAP)
+
+
 def plot_learning_curves(curves: dict[str, tuple[str, list[Curve]]], path: Path) -> None:
     # Figure + Agg canvas directly (no pyplot): no global backend state, works headless and in-process.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -407,7 +482,15 @@ def plot_learning_curves(curves: dict[str, tuple[str, list[Curve]]], path: Path)
     datasets = list(curves) or ["(no runs)"]
     ncols = min(3, len(datasets))
     nrows = math.ceil(len(datasets) / ncols)
-    fig = Figure(figsize=(4.8 * ncols, 3.6 * nrows), layout="constrained")
+    # each subplot's legend sits below it (inside the figure, never over a neighbour): a row of subplots
+    # is as tall as its longest legend needs, or constrained layout would have no room to place them
+    legend_lines = [
+        sum(_legend_label(c).count("\n") + 1 for c in curves.get(dataset, ("", []))[1])
+        for dataset in datasets
+    ]
+    row_lines = [max(legend_lines[r * ncols : (r + 1) * ncols]) for r in range(nrows)]
+    height = sum(3.6 + (0.3 + LEGEND_LINE_INCHES * lines if lines else 0) for lines in row_lines)
+    fig = Figure(figsize=(4.8 * ncols, height), layout="constrained")
     FigureCanvasAgg(fig)
     algos = sorted({c.algo for _, cs in curves.values() for c in cs})
     colors = {algo: f"C{i % 10}" for i, algo in enumerate(algos)}  # one colour per algo across subplots
@@ -420,14 +503,14 @@ def plot_learning_curves(curves: dict[str, tuple[str, list[Curve]]], path: Path)
                 c.mean,
                 color=colors[c.algo],
                 marker="." if len(c.steps) < 30 else None,
-                label=f"{c.algo} (n={c.n})",
+                label=_legend_label(c),
             )
             if c.std is not None:
                 low = [m - s for m, s in zip(c.mean, c.std, strict=True)]
                 high = [m + s for m, s in zip(c.mean, c.std, strict=True)]
                 ax.fill_between(c.steps, low, high, color=colors[c.algo], alpha=0.2, linewidth=0)
         if dataset_curves:
-            ax.legend(fontsize="small")
+            ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
         else:
             ax.text(0.5, 0.5, "no evaluation history", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(dataset, fontsize="medium")

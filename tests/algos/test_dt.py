@@ -12,6 +12,7 @@ import torch
 
 from tests.conftest import compose_config, small_train_config
 from vla_hydra.algos.dt import DecisionTransformer, dt_action_loss
+from vla_hydra.data.d4rl_format import write_d4rl_hdf5
 from vla_hydra.data.stats import DatasetStats
 from vla_hydra.data.trajectories import TrajectoryBuffer
 from vla_hydra.envs.evaluation import rollout_episodes
@@ -168,6 +169,9 @@ def test_short_dt_run_learns(dt_run):
     assert results["eval_return_mean"] > results["ref_returns"]["random"] + 400
     checkpoint = torch.load(results["checkpoint"], weights_only=False)
     assert checkpoint["dt_num_updates"] == 600 and checkpoint["global_step"] == 600
+    # the default target is the embedded dataset's stored expert (noiseless controller) return
+    target = checkpoint["vla_hydra"]["config"]["algo"]["target_return"]
+    assert target == results["ref_returns"]["expert"] and -250 < target < -100, target
 
 
 def test_checkpoint_round_trip_reproduces_the_final_evaluation(dt_run):
@@ -221,7 +225,63 @@ def test_dt_refuses_a_model_that_is_not_a_sequence_model(tmp_path, data_dir):
         train(cfg)
 
 
-@pytest.mark.parametrize("env, target", [("pendulum", -150.0), ("hopper", 3234.3), ("cartpole", 500.0)])
-def test_target_return_defaults_to_the_envs_expert_reference(env, target):
-    cfg = compose_config("train", ["algo=dt", f"env={env}"])
-    assert cfg.algo.target_return == pytest.approx(target)
+def _pendulum_file(path, returns_per_episode, metadata):
+    """A D4RL-format Pendulum file of 8-step episodes whose returns are the given numbers."""
+    rng = np.random.default_rng(0)
+    n, length = len(returns_per_episode), 8
+    ends = np.zeros(n * length, bool)
+    ends[length - 1 :: length] = True
+    arrays = {
+        "observations": rng.normal(size=(n * length, 3)).astype(np.float32),
+        "actions": rng.uniform(-2, 2, size=(n * length, 1)).astype(np.float32),
+        "rewards": np.repeat(np.asarray(returns_per_episode, np.float32) / length, length),
+        "terminals": np.zeros(n * length, bool),
+        "timeouts": ends,
+    }
+    return write_d4rl_hdf5(path, arrays, metadata)
+
+
+def test_the_default_target_return_comes_from_the_dataset(tmp_path, data_dir, caplog):
+    """Not Pendulum's -150 for every env: a file of another scale is conditioned on its own best episode
+    return, and the checkpoint keeps that number for vla_hydra.eval (which reads no dataset)."""
+    assert compose_config("train", ["algo=dt"]).algo.target_return is None
+    path = _pendulum_file(tmp_path / "plain.hdf5", [-900.0, -400.0, -640.0], {})
+    tiny = ["algo=dt", "algo.context_length=4", "algo.updates_per_step=1", "model.embedding_dim=16"]
+    overrides = [*tiny, "data=hdf5", f"data.path={path}", "data.batch_size=4", "trainer.max_steps=2"]
+    with caplog.at_level("INFO", logger="vla_hydra.algos.dt"):
+        _, results = train(small_train_config(tmp_path, data_dir, [*overrides, "callbacks.policy_eval=null"]))
+    assert "evaluation conditioned on target return -400 (the dataset's best episode return)" in caplog.text
+    assert load_policy(results["checkpoint"])[0].target_return == pytest.approx(-400.0)
+
+
+def _dt_on_file(path, target_return=None) -> DecisionTransformer:
+    from vla_hydra.data.datamodule import OfflineDataModule
+
+    data = OfflineDataModule(str(path), batch_size=4, segment_length=4)
+    data.setup("fit")
+    algo = _tiny_dt(target_return=target_return)
+    algo.return_range = (data.stats().episode_return_min, data.stats().episode_return_max)
+    algo.ref_returns = data.reference_returns(None)  # what train.py sets before fit
+    return algo
+
+
+def test_a_stored_reference_return_wins_and_an_explicit_target_outside_the_data_is_warned(tmp_path, caplog):
+    refs = {"ref_random_return": -1200.0, "ref_expert_return": -150.0, "created_by": "minari"}
+    path = _pendulum_file(tmp_path / "refs.hdf5", [-900.0, -400.0], refs)
+    algo = _dt_on_file(path)
+    with caplog.at_level("INFO", logger="vla_hydra.algos.dt"):
+        algo.resolve_target_return()
+    assert algo.target_return == -150.0 and "(the dataset's reference expert return)" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # a default is not warned about
+
+    for explicit, warned in [(-500.0, False), (-100.0, True), (-2000.0, True)]:
+        caplog.clear()
+        algo = _dt_on_file(path, target_return=explicit)
+        algo.resolve_target_return()
+        assert algo.target_return == explicit
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        expected = [
+            f"algo.target_return={explicit:g} lies outside the dataset's episode returns [-900, -400]: "
+            "the policy is conditioned on a return it never saw"
+        ]
+        assert warnings == (expected if warned else [])

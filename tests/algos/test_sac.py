@@ -323,3 +323,17 @@ def test_a_resumed_run_writes_every_transition_of_the_run_into_its_replay_datase
     first_part, _ = read_d4rl_hdf5(tmp_path / "a.hdf5")
     # the resumed run's file begins with the first run's transitions
     assert (replay["observations"][:600] == first_part["observations"]).all()
+
+
+def test_a_run_inside_its_random_warm_up_reports_its_env_step_throughput(tmp_path, data_dir):
+    """total_timesteps below learning_starts: no gradient update, but the env stepped; results.json used
+    to leave both env-step rates null."""
+    cfg = small_train_config(
+        tmp_path,
+        data_dir,
+        [*SMALL, "algo.total_timesteps=400", "algo.learning_starts=5000", "eval.every_n_updates=100000"],
+    )
+    _, results = train(cfg)
+    assert results["env_steps"] == 400 and results["train_steps"] == 0
+    for key in ("train_env_steps_per_s", "train_env_steps_per_cpu_s"):
+        assert isinstance(results[key], float) and results[key] > 0, (key, results[key])

@@ -10,7 +10,10 @@ import torch
 from vla_hydra.algos.base import PolicyAlgorithm
 from vla_hydra.algos.schedules import warmup_lr
 from vla_hydra.core.exceptions import ConfigError
+from vla_hydra.core.logging import get_logger
 from vla_hydra.models.transformer import DecisionTransformerNet
+
+log = get_logger(__name__)
 
 
 def dt_action_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -20,6 +23,26 @@ def dt_action_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Te
     """
     squared = (predicted - target).square().sum(-1) * mask
     return squared.sum() / (mask.sum() * predicted.shape[-1]).clamp(min=1.0)
+
+
+def resolve_target_return(
+    target_return: float | None,
+    ref_returns: dict[str, float] | None,
+    return_range: tuple[float, float] | None,
+) -> tuple[float, str]:
+    """The evaluation target and where it comes from: `algo.target_return` when set; else (null) the expert
+    reference return the normalized score uses (the dataset file's, or the env's published one), else the
+    dataset's best episode return, so a dataset of any env is conditioned on a return of its own scale."""
+    if target_return is not None:
+        return float(target_return), "algo.target_return"
+    if ref_returns and ref_returns.get("expert") is not None:
+        return float(ref_returns["expert"]), "the dataset's reference expert return"
+    if return_range is not None:
+        return float(return_range[1]), "the dataset's best episode return"
+    raise ConfigError(
+        "algo.target_return=null: no dataset to take it from (no reference expert return, no episode "
+        "returns); pass a number, e.g. algo.target_return=1000"
+    )
 
 
 class DecisionTransformer(PolicyAlgorithm):
@@ -48,7 +71,7 @@ class DecisionTransformer(PolicyAlgorithm):
         weight_decay: float = 1e-4,
         warmup_updates: int = 1000,
         grad_clip: float = 0.25,
-        target_return: float = -150.0,
+        target_return: float | None = None,
         return_scale: float = 0.001,
         updates_per_step: int = 10,
         stats=None,
@@ -57,7 +80,15 @@ class DecisionTransformer(PolicyAlgorithm):
         self.context_length = int(context_length)
         self.lr, self.betas, self.weight_decay = float(lr), tuple(betas), float(weight_decay)
         self.warmup_updates, self.grad_clip = int(warmup_updates), float(grad_clip)
-        self.target_return, self.return_scale = float(target_return), float(return_scale)
+        self.return_scale = float(return_scale)
+        # null: resolved from the data at fit start (resolve_target_return), when ref_returns is known
+        self.target_return_setting = None if target_return is None else float(target_return)
+        self.target_return = self.target_return_setting
+        self.return_range = (
+            (stats.episode_return_min, stats.episode_return_max)
+            if stats is not None and stats.episode_return_min is not None
+            else None
+        )
         self.transformer = model(spec.observation_shape, spec.action_dim)
         if not isinstance(self.transformer, DecisionTransformerNet):
             raise ConfigError(
@@ -106,6 +137,32 @@ class DecisionTransformer(PolicyAlgorithm):
             foreach=True,
         )
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self.resolve_target_return()
+
+    def resolve_target_return(self) -> None:
+        """Set `target_return` from the setting or the data (see resolve_target_return) and say which."""
+        self.target_return, source = resolve_target_return(
+            self.target_return_setting, self.ref_returns, self.return_range
+        )
+        log.info(f"algo=dt: evaluation conditioned on target return {self.target_return:g} ({source})")
+        low, high = self.return_range or (self.target_return, self.target_return)
+        if self.target_return_setting is not None and not low <= self.target_return <= high:
+            log.warning(
+                f"algo.target_return={self.target_return:g} lies outside the dataset's episode returns "
+                f"[{low:g}, {high:g}]: the policy is conditioned on a return it never saw"
+            )
+
+    def checkpoint_metadata(self) -> dict:
+        meta = super().checkpoint_metadata()
+        if meta.get("config") and self.target_return is not None:
+            # a null target was resolved from the data, which load_policy does not read: the checkpoint's
+            # config records the number the policy was evaluated with, so vla_hydra.eval conditions alike
+            algo_config = {**meta["config"]["algo"], "target_return": self.target_return}
+            meta["config"] = {**meta["config"], "algo": algo_config}
+        return meta
+
     def on_save_checkpoint(self, checkpoint) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["dt_num_updates"] = self.num_updates
@@ -122,6 +179,8 @@ class DecisionTransformer(PolicyAlgorithm):
 
     def begin_rollout(self, num_envs: int) -> None:
         """Empty context per env; each env's return-to-go starts at `target_return`, its timestep at 0."""
+        if self.target_return is None:  # acting without a fit (a DT built by hand with a null target)
+            self.resolve_target_return()
         obs_dim, act_dim = int(np.prod(self.spec.observation_shape)), self.spec.action_dim
         self._rollout = {
             "states": torch.zeros(num_envs, 0, obs_dim, device=self.device),

@@ -294,8 +294,15 @@ class Throughput(L.Callback):
         return sum(getattr(cb, attribute, 0.0) for cb in trainer.callbacks)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._start_time is None or trainer.global_step == self._start_step:
-            return  # a single Lightning step: no steady-state interval to time (the rates stay null)
+        if self._start_time is None:
+            return  # no Lightning step completed: nothing was timed (the rates stay null)
+        updates = trainer.global_step - self._start_step
+        online = hasattr(pl_module, "env_steps")
+        env_steps = int(pl_module.env_steps) - self._start_env_steps if online else 0
+        # an online run inside its random warm-up (SAC's learning_starts) steps the env without updating:
+        # its env-step rate is still measured; without either there is no steady-state interval to time
+        if updates == 0 and env_steps == 0:
+            return
         if pl_module.device.type == "cuda":
             import torch
 
@@ -304,12 +311,10 @@ class Throughput(L.Callback):
         elapsed = time.perf_counter() - self._start_time - eval_seconds
         cpu = time.process_time() - self._start_cpu
         cpu -= self._eval_seconds(trainer, "cpu_seconds_spent") - self._eval_cpu_seconds_at_start
-        updates = trainer.global_step - self._start_step
         self.updates_per_s = updates / max(elapsed, 1e-9)
         self.updates_per_cpu_s = updates / max(cpu, 1e-9)
         metrics = {"perf/updates_per_s": self.updates_per_s}
-        if hasattr(pl_module, "env_steps"):
-            env_steps = int(pl_module.env_steps) - self._start_env_steps
+        if online:
             self.env_steps_per_s = env_steps / max(elapsed, 1e-9)
             self.env_steps_per_cpu_s = env_steps / max(cpu, 1e-9)
             metrics["perf/env_steps_per_s"] = self.env_steps_per_s
