@@ -111,6 +111,19 @@ def test_settings_that_do_not_fit_the_algorithm_are_refused_before_training(
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_run_on_shorter_episodes_than_the_references_gets_no_normalized_score(tmp_path, data_dir, caplog):
+    """The dataset's references are 200-step returns: 50-step episodes used to score ~75 untrained."""
+    _, results = train(
+        small_train_config(tmp_path, data_dir, ["env.max_episode_steps=50", "trainer.max_steps=20"])
+    )
+    assert results["eval_length_mean"] == 50
+    assert results["normalized_score"] is None and results["eval_return_mean"] < 0
+    assert (
+        "no normalized scores: the reference returns are for 200-step episodes, this run's end at 50"
+        in caplog.text
+    )
+
+
 def test_a_bad_gail_reward_type_is_refused_before_the_expert_dataset_is_collected(tmp_path):
     from vla_hydra.core.exceptions import ConfigError
 

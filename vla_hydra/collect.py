@@ -281,6 +281,8 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
     random_return = float(np.mean([ep["rewards"].sum() for ep in random_eps]))
     if max(policy_returns) > random_return:
         summary["ref_random_return"], summary["ref_expert_return"] = random_return, max(policy_returns)
+        if env_factory.time_limit is not None:  # what the references mean: returns of episodes this long
+            summary["ref_time_limit"] = env_factory.time_limit
     else:  # scores normalized by them would run backwards: none are stored (env.ref_returns, if any, apply)
         log.warning(
             f"the behaviour policy's noiseless return {max(policy_returns):.1f} does not beat a random "

@@ -48,6 +48,23 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
             lock.close()
 
 
+def _scoring_references(cfg: DictConfig, env, datamodule) -> dict[str, float] | None:
+    """The reference returns of normalized scores, None (and a warning) when the only ones there are
+    were measured on episodes of another length than this run's evaluation episodes."""
+    from vla_hydra.core.logging import get_logger
+    from vla_hydra.envs.factory import registered_time_limit
+
+    references = datamodule.reference_returns(env.ref_returns, env.time_limit)
+    published = cfg.env.get("ref_returns")
+    if references is None and (published or getattr(datamodule, "ref_returns", None)):
+        measured_at = getattr(datamodule, "reference_time_limit", None) or registered_time_limit(env.id)
+        get_logger(__name__).warning(
+            f"no normalized scores: the reference returns are for {measured_at}-step episodes, this run's "
+            f"end at {env.time_limit} steps (env.max_episode_steps)"
+        )
+    return references
+
+
 def _check_segment_length(cfg: DictConfig, algo_class) -> None:
     """Sequence algorithms (DT) train on segments of algo.context_length steps, the others on single
     transitions; data.segment_length follows algo.context_length unless overridden."""
@@ -121,7 +138,7 @@ def _train(
         )
     algo.run_config = OmegaConf.to_container(cfg, resolve=True)
     algo.algo_choice, algo.dataset_name = _algo_choice(), datamodule.name
-    algo.ref_returns = datamodule.reference_returns(env.ref_returns)
+    algo.ref_returns = _scoring_references(cfg, env, datamodule)
 
     callbacks = instantiate_dict_values(cfg.get("callbacks"), "callbacks", Callback)
     for callback in callbacks:  # before training, not at its first save (debug=fdr saves nothing)

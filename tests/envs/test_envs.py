@@ -131,3 +131,13 @@ def test_other_mujoco_warnings_are_logged_once(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "MuJoCo: Nan, Inf or huge value in QACC at DOF 0. The simulation is unstable."
     ]
+
+
+def test_published_reference_returns_hold_only_for_the_registered_episode_length():
+    refs = {"random": 22.0, "expert": 500.0}
+    assert EnvFactory(id="CartPole-v1", ref_returns=refs).ref_returns == refs
+    assert EnvFactory(id="CartPole-v1", ref_returns=refs, max_episode_steps=500).ref_returns == refs
+    assert EnvFactory(id="CartPole-v1", ref_returns=refs, max_episode_steps=100).ref_returns is None
+    assert (
+        EnvFactory(id="CartPole-v1", ref_returns=refs, kwargs={"max_episode_steps": 100}).ref_returns is None
+    )

@@ -189,15 +189,33 @@ class OfflineDataModule(L.LightningDataModule):
             }
         return None
 
-    def reference_returns(self, env_ref_returns: dict[str, float] | None) -> dict[str, float] | None:
+    def reference_returns(
+        self, env_ref_returns: dict[str, float] | None, time_limit: int | None = None
+    ) -> dict[str, float] | None:
         """What normalized scores use. A file made by vla_hydra.collect stores its own random and
         behaviour-policy returns; where the env has published references (D4RL's for MuJoCo), those
         win, so a generated file scores the same through any data= and comparably with papers. Other
-        files' stored references (Minari's) come first; the env's are the fallback."""
+        files' stored references (Minari's) come first; the env's are the fallback. The file's own are
+        dropped when they were measured on episodes of another length than `time_limit` (the
+        evaluation env's; the env's published ones are dropped by EnvFactory itself)."""
         generated = self.metadata.get("created_by") == "vla_hydra.collect"
         if generated and env_ref_returns:
             return dict(env_ref_returns)
-        return self.ref_returns or (dict(env_ref_returns) if env_ref_returns else None)
+        stored = self.ref_returns
+        if stored and time_limit is not None and self.reference_time_limit not in (None, time_limit):
+            stored = None
+        return stored or (dict(env_ref_returns) if env_ref_returns else None)
+
+    @property
+    def reference_time_limit(self) -> int | None:
+        """The episode length the file's reference returns were measured at: what vla_hydra.collect
+        recorded, else the registered length of the env the file names."""
+        from vla_hydra.envs.factory import registered_time_limit
+
+        if self.metadata.get("ref_time_limit") is not None:
+            return int(self.metadata["ref_time_limit"])
+        env_id = self.metadata.get("env_id")
+        return registered_time_limit(str(env_id)) if env_id else None
 
     def check_compatible(self, spec) -> None:
         """Fail early, naming the field, when the file does not fit the env the policy is evaluated in."""

@@ -26,8 +26,9 @@ class RolloutDataModule(L.LightningDataModule):
     num_raw_transitions = None
     ref_returns = None
 
-    def reference_returns(self, env_ref_returns):
-        """Online runs score with the env's published references, if any."""
+    def reference_returns(self, env_ref_returns, time_limit=None):
+        """Online runs score with the env's published references, if any (EnvFactory has dropped them
+        when its episodes are not of the length they were published for)."""
         return dict(env_ref_returns) if env_ref_returns else None
 
     def stats(self):

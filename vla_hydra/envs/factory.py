@@ -88,6 +88,10 @@ class EnvFactory:
             )
         if int(self.num_envs) < 1:
             raise ConfigError(f"env.num_envs={self.num_envs}: expected a positive integer")
+        if self.ref_returns and self.time_limit != registered_time_limit(self.id):
+            # published returns are for the registered episode length (D4RL's 1000 steps): a score of
+            # shorter or longer episodes against them would be meaningless (train.py says so)
+            self.ref_returns = None
         for index, wrap in enumerate(self.wrappers or []):
             wrapper_cls = getattr(wrap, "func", wrap)
             # running statistics kept inside an env: each evaluation env would start its own, and
@@ -98,6 +102,16 @@ class EnvFactory:
                     "checkpoints would not share; use algo.normalize_observations / algo.normalize_rewards "
                     "(online algos; offline algos normalise states from the dataset)"
                 )
+
+    @property
+    def time_limit(self) -> int | None:
+        """Where this env's episodes are cut: env.max_episode_steps, else a `max_episode_steps` in
+        env.kwargs, else the registered limit (None: no limit, or an unknown id)."""
+        if self.max_episode_steps is not None:
+            return int(self.max_episode_steps)
+        if self.kwargs.get("max_episode_steps") is not None:
+            return int(self.kwargs["max_episode_steps"])
+        return registered_time_limit(self.id)
 
     def make(self, record_env_reward: bool = False, **overrides: Any) -> gym.Env:
         """One env: `gym.make(id, **kwargs, **overrides)`, then `wrappers`. `record_env_reward` puts the
@@ -229,6 +243,14 @@ def _log_mujoco_warning(message: str) -> None:
     _mujoco_warnings_seen.add(message)
     benign = any(pattern in message for pattern in _BENIGN_MUJOCO_WARNINGS)
     get_logger(__name__).log(10 if benign else 30, "MuJoCo: %s", message)
+
+
+def registered_time_limit(env_id: str) -> int | None:
+    """The episode length gymnasium registers for `env_id` (None: none, or an unknown id)."""
+    try:
+        return gym.spec(env_id).max_episode_steps
+    except gym.error.Error:
+        return None
 
 
 def normalized_score(episode_return: float, ref_returns: dict[str, float] | None) -> float | None:
