@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 
@@ -109,9 +110,17 @@ class OnlineAlgorithm(PolicyAlgorithm):
         self.obs, _ = self.envs.reset(seed=[first_seed + i for i in range(self.num_envs)])
 
     def on_fit_end(self) -> None:
+        self.close_envs()
+
+    def close_envs(self, terminate: bool = False) -> None:
+        """Close the training envs; `terminate`: at once, without waiting for a step in flight (an
+        interrupted fit, whose async workers would otherwise be closed at interpreter exit, noisily)."""
         if self.envs is not None:
-            self.envs.close()
+            self.envs.close(terminate=True) if terminate else self.envs.close()
             self.envs = None
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [_CloseEnvsOnException()]
 
     def obs_tensor(self, obs: np.ndarray, update_stats: bool = False) -> torch.Tensor:
         """Raw env observations -> normalised tensor on the module's device (optionally updating the
@@ -178,3 +187,10 @@ class OnlineAlgorithm(PolicyAlgorithm):
             self.trainer.should_stop = True
             return -1
         return None
+
+
+class _CloseEnvsOnException(L.Callback):
+    """Lightning tells callbacks, not the module, when a fit ends in an exception (Ctrl-C, SIGTERM)."""
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        pl_module.close_envs(terminate=True)

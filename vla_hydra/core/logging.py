@@ -50,6 +50,9 @@ def silence_known_warnings() -> None:
     # forward_sync_buffers; that one does not exist in the older torch versions pyproject allows, and
     # vla_hydra's buffers are equal on all ranks when DDP wraps the module, so the two mean the same here
     warnings.filterwarnings("ignore", message=".*`broadcast_buffers` is deprecated.*")
+    # Async training envs closed by a Ctrl-C/SIGTERM that landed while they were stepping: the run's own
+    # last line says what happened; gymnasium's note about the interrupted step adds nothing.
+    warnings.filterwarnings("ignore", message=".*Calling `close` while waiting for a pending call.*")
     # A resumed run writes into its own new run dir, not the one its checkpoint came from (intended).
     warnings.filterwarnings("ignore", message=".*The dirpath has changed from.*")
     # Lightning's "💡 Tip: ... try installing litlogger/litmodels" adverts on every Trainer: not advice
