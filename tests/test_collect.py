@@ -148,6 +148,18 @@ def test_gaussian_noise_on_a_discrete_env_is_a_one_line_error(tmp_path):
             ["data.recipe.random_action_prob=[1.5]"],
             "data.recipe.random_action_prob=[1.5]: expected a non-empty list of probabilities in [0, 1]",
         ),
+        # each of these used to end in a traceback, or to name an option the user did not set
+        (
+            ["data.recipe.behavior_policy=foo"],
+            "data.recipe.behavior_policy=foo: expected a policy ({_target_: <class>, ...}) or a list of them",
+        ),
+        (
+            ["data.recipe.env_id=MountainCarContinuous-v0"],
+            "data.recipe.behavior_policy: vla_hydra.envs.controllers.PendulumSwingUp fails on "
+            "MountainCarContinuous-v0's observations of shape (2,)",
+        ),
+        (["+data.recipe.parallel_envs=0"], "data.recipe.parallel_envs=0: expected an integer >= 1"),
+        (["data.recipe.env_id=Foo-v9"], "data.recipe.env_id=Foo-v9: gymnasium has no such env"),
     ],
 )
 def test_bad_recipe_is_a_one_line_error_and_writes_nothing(tmp_path, args, message):

@@ -20,7 +20,7 @@ from typing import Any
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from vla_hydra.cli import one_line_hydra_errors, run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values, check_value
@@ -84,8 +84,20 @@ class CollectionRecipe:
     def __post_init__(self) -> None:
         from vla_hydra.core.exceptions import ConfigError
 
+        if isinstance(self.behavior_policy, str) or not (
+            callable(self.behavior_policy) or isinstance(self.behavior_policy, Sequence | ListConfig)
+        ):
+            raise ConfigError(
+                f"data.recipe.behavior_policy={self.behavior_policy}: expected a policy "
+                "({_target_: <class>, ...}) or a list of them"
+            )
         if not callable(self.behavior_policy):  # a list (or Hydra ListConfig) of policies
             self.behavior_policy = list(self.behavior_policy)
+            for index, policy in enumerate(self.behavior_policy):
+                if not callable(policy):
+                    raise ConfigError(
+                        f"data.recipe.behavior_policy[{index}]={policy}: expected a policy ({{_target_: <class>, ...}})"
+                    )
             if not self.behavior_policy:
                 raise ConfigError(
                     "data.recipe.behavior_policy: empty list; expected a policy or a list of them"
@@ -155,10 +167,20 @@ def _rollout(
         running = np.ones(len(seeds), dtype=bool)
         steps: list[tuple] = []
         while running.any():
+            action = _act(policy, obs, env_factory.id)
+            expected = len(seeds) if discrete else len(seeds) * int(np.prod(space.shape))
+            if action.size != expected:
+                from vla_hydra.core.exceptions import ConfigError
+
+                raise ConfigError(
+                    f"data.recipe.behavior_policy: {_policy_name(policy)} returned actions of shape "
+                    f"{action.shape} for {len(seeds)} envs of {env_factory.id} (action space {space}); is it a "
+                    "policy for this env?"
+                )
             if discrete:
-                action = np.asarray(policy(obs)).astype(np.int64).reshape(len(seeds))
+                action = action.astype(np.int64).reshape(len(seeds))
             else:
-                action = np.asarray(policy(obs), dtype=np.float32).reshape(len(seeds), -1)
+                action = action.astype(np.float32).reshape(len(seeds), -1)
                 noisy = action + noise * rng.standard_normal(action.shape).astype(np.float32)
                 action = np.clip(noisy, space.low, space.high)
             if random_prob.any():  # draws only when used, so noise-only recipes keep their random stream
@@ -192,6 +214,20 @@ def _rollout(
     return episodes
 
 
+def _act(policy, obs: np.ndarray, env_id: str) -> np.ndarray:
+    """The behaviour policy's actions for a batch of observations; a policy made for another env's
+    observations (a controller's indexing, a network's input width) fails in one line."""
+    try:
+        return np.asarray(policy(obs))
+    except (IndexError, ValueError, TypeError, RuntimeError) as err:
+        from vla_hydra.core.exceptions import ConfigError
+
+        raise ConfigError(
+            f"data.recipe.behavior_policy: {_policy_name(policy)} fails on {env_id}'s observations of shape "
+            f"{tuple(np.shape(obs))[1:]} ({err}); is it a policy for this env?"
+        ) from err
+
+
 def _collection_env(recipe: CollectionRecipe):
     """The env to roll out in: a checkpoint policy's own (its env.kwargs, time limit and wrappers: it
     acts only on the observations it was trained on), else data.recipe.env_id; data.recipe.env_kwargs
@@ -203,6 +239,14 @@ def _collection_env(recipe: CollectionRecipe):
         factory for p in recipe.policies if (factory := getattr(p, "env_factory", None)) is not None
     ]
     if not trained_in:
+        import gymnasium as gym
+
+        try:
+            gym.spec(recipe.env_id)
+        except gym.error.Error as err:
+            raise ConfigError(
+                f"data.recipe.env_id={recipe.env_id}: gymnasium has no such env ({err})"
+            ) from err
         return EnvFactory(id=recipe.env_id, kwargs=dict(recipe.env_kwargs))
 
     def settings(factory) -> tuple:

@@ -76,6 +76,7 @@ _POSITIVE_INT_KEYS = {
     "group_size", "num_groups", "steps_per_iteration", "updates_per_iteration", "policy_freq",
     "policy_frequency", "target_network_frequency", "buffer_size", "cql_n_actions", "num_layers",
     "num_heads", "embedding_dim", "max_episode_steps", "every_n_updates", "torch_threads",
+    "parallel_envs",
     # cluster=slurm (checked by the launcher before submitting)
     "time_min", "nodes", "tasks_per_node", "cpus_per_task", "array_parallelism",
 }  # fmt: skip
