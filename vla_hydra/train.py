@@ -17,7 +17,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vla_hydra.cli import continuation_started, hydra_job_config, one_line_hydra_errors, run_cli
+from vla_hydra.cli import (
+    command_line_overrides,
+    continuation_started,
+    hydra_job_config,
+    one_line_hydra_errors,
+    run_cli,
+)
 from vla_hydra.core.config import CONF_DIR, check_config_values, instantiate_dict_values
 
 # train() calls so far in this process (a local multirun runs its jobs one after another in one process)
@@ -226,15 +232,7 @@ def _train(
         "run_dir": str(output_dir),
     }
     write_json_atomic(output_dir / "results.json", results)
-    if cfg.eval.get("video"):  # after results.json: a failing video loses no result
-        from vla_hydra.envs.video import record_video
-
-        video = record_video(
-            algo, env, output_dir / "videos" / "eval.mp4", cfg.eval.video_episodes, cfg.eval.seed
-        )
-        results["video"] = video["path"]
-        log.info(f"video:      {video['path']}")
-        write_json_atomic(output_dir / "results.json", results)
+    _record_video_if_asked(cfg, algo, env, output_dir, results)
     score = results["normalized_score"]
     log.info(
         f"eval return {final.return_mean:.1f} ± {final.return_std:.1f} over {cfg.eval.episodes} episodes"
@@ -245,6 +243,27 @@ def _train(
     log.info(f"results:    {output_dir / 'results.json'}")
     metric = results.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
     return metric, results
+
+
+# config groups an eval_only run takes from the checkpoint, not from the command line
+_SET_BY_THE_CHECKPOINT = ("algo", "model", "data", "env", "trainer", "callbacks")
+
+
+def _record_video_if_asked(cfg: DictConfig, policy, env, output_dir: Path, results: dict[str, Any]) -> None:
+    """eval.video=true: an mp4 of the policy, written after results.json (a failing video loses no
+    result), then named in it."""
+    if not cfg.eval.get("video"):
+        return
+    from vla_hydra.core.io import write_json_atomic
+    from vla_hydra.core.logging import get_logger
+    from vla_hydra.envs.video import record_video
+
+    video = record_video(
+        policy, env, output_dir / "videos" / "eval.mp4", cfg.eval.video_episodes, cfg.eval.seed
+    )
+    results["video"] = video["path"]
+    get_logger(__name__).info(f"video:      {video['path']}")
+    write_json_atomic(output_dir / "results.json", results)
 
 
 def _evaluate_checkpoint(
@@ -262,6 +281,12 @@ def _evaluate_checkpoint(
     from vla_hydra.eval import load_policy
 
     log = get_logger(__name__)
+    for override, key in command_line_overrides():
+        if key.split(".")[0] in _SET_BY_THE_CHECKPOINT:
+            raise ConfigError(
+                f"{override}: eval_only=true evaluates the checkpoint with the algo, model, data and env "
+                "it was trained with; only eval.* options apply (vla_hydra.eval takes the same)"
+            )
     if not cfg.get("ckpt_path"):
         raise ConfigError(
             "ckpt_path: required with eval_only=true (experiment=eval); pass ckpt_path=<checkpoint>, or "
@@ -287,6 +312,7 @@ def _evaluate_checkpoint(
         "run_dir": str(output_dir),
     }
     write_json_atomic(output_dir / "results.json", results)
+    _record_video_if_asked(cfg, algo, env, output_dir, results)
     score = results["normalized_score"]
     log.info(
         f"{results['algo']} checkpoint after {results['train_steps']} updates: eval return "

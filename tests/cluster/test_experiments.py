@@ -90,6 +90,20 @@ def test_eval_experiment_reproduces_the_runs_final_evaluation(tmp_path, data_dir
         assert (result["dataset"], result["seed"]) == (run["dataset"], run["seed"])
         assert result["checkpoint"] == run["checkpoint"]
 
+    # options an evaluation would not use are refused (env=hopper used to evaluate Pendulum BC, exit 0);
+    # eval.video=true writes the video (it used to be ignored)
+    bc = f"ckpt_path={trained['bc']['checkpoint']}"
+    proc = run_module("vla_hydra.train", "eval_only=true", bc, "env=hopper", f"hydra.run.dir={tmp_path}/e1")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "error: env=hopper: eval_only=true evaluates the checkpoint with the algo, model, data and env it was "
+        "trained with; only eval.* options apply (vla_hydra.eval takes the same)"
+    ]
+    args = ["eval_only=true", bc, "eval.video=true", "eval.episodes=2", f"hydra.run.dir={tmp_path}/e2"]
+    assert run_module("vla_hydra.train", *args).returncode == 0
+    video = json.loads((tmp_path / "e2" / "results.json").read_text())["video"]
+    assert Path(video).is_file() and Path(video).stat().st_size > 1000
+
 
 def test_eval_experiment_without_a_checkpoint_is_refused(tmp_path):
     """`ckpt_path: ???` in the experiment never took effect (train.yaml's null wins the merge): the job
