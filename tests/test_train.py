@@ -364,6 +364,18 @@ def test_cached_dataset_from_another_recipe_is_refused(tmp_path, data_dir):
         train(changed)
 
 
+def test_a_file_of_ones_own_at_data_path_is_named_by_its_file_not_the_recipes_dataset(tmp_path, data_dir):
+    """data=pendulum_mixed data.path=<another file> used to be labelled pendulum-mixed-v0 in results and
+    reports; a D4RL file name outside D4RL's naming keeps its underscores."""
+    from vla_hydra.data.d4rl_format import d4rl_name_from_file
+
+    mine = _write(tmp_path / "my_pendulum.hdf5")
+    _, results = train(small_train_config(tmp_path, data_dir, [f"data.path={mine}", "trainer.max_steps=20"]))
+    assert results["dataset"] == "my_pendulum"
+    assert d4rl_name_from_file("hop_named.hdf5") == "hop_named"
+    assert d4rl_name_from_file("hopper_medium_replay-v2.hdf5") == "hopper-medium-replay-v2"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (trainer=gpu)")
 def test_train_on_gpu_matches_cpu_pipeline(tmp_path, data_dir):
     cfg = small_train_config(tmp_path, data_dir, ["trainer=gpu", "trainer.max_steps=1000"])

@@ -191,8 +191,10 @@ def d4rl_file_names(name: str) -> list[str]:
 
 def d4rl_name_from_file(path: str | os.PathLike) -> str:
     """The dataset name of a D4RL file name (the inverse of d4rl_file_names):
-    hopper_medium_replay-v2.hdf5 -> hopper-medium-replay-v2."""
-    return Path(path).stem.replace("_", "-")
+    hopper_medium_replay-v2.hdf5 -> hopper-medium-replay-v2. Other files keep their own name (as
+    data=hdf5 names them)."""
+    stem = Path(path).stem
+    return stem.replace("_", "-") if _LOCOMOTION_NAME.fullmatch(stem.replace("_", "-")) else stem
 
 
 # the gymnasium env a D4RL dataset's name starts with (its reference returns are the env's, conf/env/)

@@ -150,6 +150,13 @@ class OfflineDataModule(L.LightningDataModule):
                 "file was collected with a different data.recipe; delete it to re-collect, "
                 "or point data.path at another file",
             )
+        if self.recipe is not None and stored is None and self.name != self.path.stem:
+            # a file of the user's own at data.path, not this recipe's: results and reports name it by
+            # its file, not as the recipe's dataset
+            log.info(
+                f"data.path={self.path}: not collected by data={self.name}'s recipe; named {self.path.stem}"
+            )
+            self.name = self.path.stem
         observations = arrays["observations"]
         self.num_raw_transitions = len(observations)
         self.observation_shape = tuple(observations.shape[1:])
