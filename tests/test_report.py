@@ -209,7 +209,9 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
         key == "eval/normalized_score" and cx.steps == [0, 100] and cx.mean == [10, 90] and cx.std == [10, 10]
     )
     key, (bcurve,) = curves["beta"]  # beta/y has no history: no curve; no scores: the return is plotted
-    assert key == "eval/return_mean" and bcurve.mean == [-20, -11] and bcurve.std == [0, 0]
+    # the final evaluations (-10, -14 at train step 100) end the curve at the step the table reports
+    assert key == "eval/return_mean" and bcurve.steps == [0, 50, 100] and bcurve.mean == [-20, -11, -12]
+    assert bcurve.std == [0, 0, pytest.approx(math.sqrt(8))]
     assert "alpha / y [algo.lr=1e-3]: no eval_history in its runs, no learning curve" in report.notes
     assert "beta / y: no eval_history in its runs, no learning curve" in report.notes
     png = report.files["learning_curves.png"].read_bytes()
@@ -480,3 +482,16 @@ def test_a_usage_error_is_one_line_and_exit_code_1():
         "error: the following arguments are required: SWEEP_DIR (usage: python -m vla_hydra.report [-h] "
         "[--out OUT] SWEEP_DIR [SWEEP_DIR ...])"
     ]
+
+
+def test_many_run_dirs_without_results_are_noted_in_one_line(tmp_path):
+    """`report logs/train` over many refused runs used to print one note per run dir."""
+    sweep = tmp_path / "sweep"
+    _write_run(sweep / "ok", "x", "alpha", 0, -100)
+    for i in range(5):
+        (sweep / f"failed{i}" / ".hydra").mkdir(parents=True)
+        (sweep / f"failed{i}" / "train.log").write_text("")
+    report = write_report([sweep], out=tmp_path / "out")
+    skipped = [note for note in report.notes if note.startswith("skipped")]
+    assert len(skipped) == 1 and skipped[0].startswith("skipped 5 run dirs with no results.json")
+    assert skipped[0].endswith("and 2 more")

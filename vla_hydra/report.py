@@ -41,6 +41,7 @@ from vla_hydra.core.io import atomic_path
 RESULTS_FILE = "results.json"
 ENTRY_POINT = "python -m vla_hydra.train"
 SCORE_KEY, RETURN_KEY = "eval/normalized_score", "eval/return_mean"
+MAX_SKIPPED_LISTED = 3  # run dirs without results named one by one in the notes
 MISSING = "—"
 
 
@@ -233,7 +234,7 @@ def load_run(path: Path) -> Run:
         # an online run with a dataset (GAIL's expert data) stays with the other runs on that dataset
         dataset = f"{env} (online)"
     config_dir = _trained_run_dir(path, data)
-    return Run(
+    run = Run(
         path=path,
         dataset=dataset,
         algo=_field(data, path, "algo", "str"),
@@ -248,6 +249,13 @@ def load_run(path: Path) -> Run:
         settings=_read_settings(config_dir) if config_dir else None,
         config_overrides=_read_overrides(config_dir) if config_dir else None,
     )
+    if history and history[-1]["step"] < run.train_steps:
+        # the final evaluation (the table's figure) ends the curve, at the step the table reports
+        final = {"step": run.train_steps, RETURN_KEY: run.return_mean}
+        if run.score is not None:
+            final[SCORE_KEY] = run.score
+        run.history = [*history, final]
+    return run
 
 
 def find_runs(sweep_dirs: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
@@ -691,8 +699,14 @@ def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None
             notes.append(
                 f"{g.dataset} / {g.algo}: {missing} of {len(g.runs)} runs have no normalized_score; return only"
             )
-    for job_dir in incomplete:
-        notes.append(f"skipped {job_dir}: no {RESULTS_FILE} (the job failed or is still running)")
+    if len(incomplete) <= MAX_SKIPPED_LISTED:
+        notes += [f"skipped {d}: no {RESULTS_FILE} (the job failed or is still running)" for d in incomplete]
+    else:  # e.g. `report logs/train` over many refused runs: one line, not one per dir
+        listed = ", ".join(str(d) for d in incomplete[:MAX_SKIPPED_LISTED])
+        notes.append(
+            f"skipped {len(incomplete)} run dirs with no {RESULTS_FILE} (failed or still running): {listed}, "
+            f"and {len(incomplete) - MAX_SKIPPED_LISTED} more"
+        )
     curves, curve_notes = learning_curves(groups)
     notes += curve_notes
 
