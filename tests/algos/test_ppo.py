@@ -89,7 +89,7 @@ def test_short_ppo_run_learns_cartpole(tmp_path, data_dir):
     assert sum(late) / len(late) > 2 * sum(early) / len(early)
 
 
-def test_ppo_resume_continues_env_step_budget(tmp_path, data_dir):
+def test_ppo_resume_continues_env_step_budget(tmp_path, data_dir, caplog):
     _, first = train(_ppo_cfg(tmp_path / "a", data_dir, 1024))
     assert (
         first["env_steps"] == 1024 and first["train_steps"] == 2 * 16
@@ -106,6 +106,14 @@ def test_ppo_resume_continues_env_step_budget(tmp_path, data_dir):
     # resuming a run whose budget is spent ends at once (it used to start empty epochs forever)
     _, again = train(_ppo_cfg(tmp_path / "c", data_dir, 2048, [f"ckpt_path={resumed['checkpoint']}"]))
     assert again["env_steps"] == 2048 and again["train_steps"] == 4 * 16
+    # a smaller budget than the checkpoint spent: said so (it used to blame rounding to whole rollouts)
+    with caplog.at_level("WARNING"):
+        _, behind = train(_ppo_cfg(tmp_path / "d", data_dir, 1024, [f"ckpt_path={resumed['checkpoint']}"]))
+    assert behind["env_steps"] == 2048 and behind["train_steps"] == 4 * 16
+    assert (
+        "algo.total_timesteps=1024: the checkpoint had already run 2048 env steps; no training" in caplog.text
+    )
+    assert "collects in whole rollouts" not in caplog.text
 
 
 def test_ppo_checkpoint_evaluates_with_video_through_the_eval_cli(tmp_path, data_dir):
