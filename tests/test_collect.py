@@ -160,6 +160,11 @@ def test_gaussian_noise_on_a_discrete_env_is_a_one_line_error(tmp_path):
         ),
         (["+data.recipe.parallel_envs=0"], "data.recipe.parallel_envs=0: expected an integer >= 1"),
         (["data.recipe.env_id=Foo-v9"], "data.recipe.env_id=Foo-v9: gymnasium has no such env"),
+        (
+            ["data.recipe.behavior_policy._target_=vla_hydra.envs.controllers.UniformRandomPolicy"],
+            "data.recipe.behavior_policy: vla_hydra.envs.controllers.UniformRandomPolicy needs 'low' and 'high'; "
+            "add them with +data.recipe.behavior_policy.<name>=<value>",
+        ),
     ],
 )
 def test_bad_recipe_is_a_one_line_error_and_writes_nothing(tmp_path, args, message):

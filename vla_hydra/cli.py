@@ -44,11 +44,16 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     except (VlaHydraError, OmegaConfBaseException, InstantiationException) as err:
         # Hydra wraps errors raised while building a `_target_`: report the user-facing cause.
         cause = err.__cause__ if isinstance(err, InstantiationException) else err
-        if isinstance(err, InstantiationException) and not isinstance(cause, VlaHydraError):
+        missing_arguments = _missing_arguments_line(err)
+        if isinstance(err, InstantiationException) and not (
+            isinstance(cause, VlaHydraError) or missing_arguments
+        ):
             raise
         from omegaconf.errors import MissingMandatoryValue
 
-        if isinstance(cause, MissingMandatoryValue) and getattr(cause, "full_key", None):
+        if missing_arguments:
+            message = missing_arguments
+        elif isinstance(cause, MissingMandatoryValue) and getattr(cause, "full_key", None):
             message = f"{cause.full_key}: required, not set (pass {cause.full_key}=<value>)"
         else:
             message = " ".join(str(cause).split())
@@ -60,6 +65,21 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _missing_arguments_line(err: BaseException) -> str | None:
+    """A `_target_` built without arguments its constructor requires (a `_target_=` swapped on the command
+    line): one line naming the config node and the arguments, None for any other error."""
+    cause = err.__cause__
+    found = re.search(r"missing \d+ required (?:positional|keyword-only) arguments?: (.*)", str(cause))
+    key = re.search(r"full_key: (\S+)", str(err))
+    target = re.search(r"Error in call to target '([^']+)'", str(err))
+    if not (isinstance(cause, TypeError) and found and key and target):
+        return None
+    return (
+        f"{key.group(1)}: {target.group(1)} needs {found.group(1)}; add them with "
+        f"+{key.group(1)}.<name>=<value>"
+    )
 
 
 def last_error_line() -> str | None:
