@@ -407,14 +407,18 @@ def _unknown_key_line(override: str, cause: Any) -> str:
     return line
 
 
+def _argv_overrides() -> list[str]:
+    """The overrides on this process's command line, as Hydra parses them (before any composition)."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser().parse_known_args(sys.argv[1:])[0].overrides or []
+
+
 def _swept_choices(group: str) -> list[str]:
     """The choices a command-line sweep override gives `group` (`algo=ppo,grpo` -> [ppo, grpo])."""
     if not group or "." in group:
         return []
-    from hydra._internal.utils import get_args_parser
-
-    overrides = get_args_parser().parse_known_args(sys.argv[1:])[0].overrides or []
-    for override in overrides:
+    for override in _argv_overrides():
         name, _, value = override.partition("=")
         if name.lstrip("+~") == group and "," in value:
             return [choice.strip() for choice in value.split(",")]
@@ -474,13 +478,12 @@ def _multirun_composition_error(config_name: str) -> BaseException | None:
     """Hydra picks multirun mode for `experiment=`/`hparams_search=` sweeps by composing the config in that
     mode first; when that fails it falls back to a single run and reports the sweep's comma values as
     ambiguous instead. The error of that first composition (e.g. an override one swept algo lacks)."""
-    from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
     if not GlobalHydra.instance().is_initialized():
         return None
-    overrides = get_args_parser().parse_known_args(sys.argv[1:])[0].overrides
+    overrides = _argv_overrides()
     try:
         GlobalHydra.instance().hydra.compose_config(
             config_name, overrides, run_mode=RunMode.MULTIRUN, validate_sweep_overrides=False

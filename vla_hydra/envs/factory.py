@@ -115,7 +115,8 @@ class EnvFactory:
 
     def make(self, record_env_reward: bool = False, **overrides: Any) -> gym.Env:
         """One env: `gym.make(id, **kwargs, **overrides)`, then `wrappers`. `record_env_reward` puts the
-        env's own reward, before any wrapper changes it, in each step's info["env_reward"]."""
+        env's own reward, before any wrapper changes it, in each step's info["env_reward"] (where there
+        are wrappers; callers fall back to the step's reward)."""
         route_mujoco_warnings(self.id)
         kwargs = {**dict(self.kwargs), **overrides}
         if self.max_episode_steps is not None:
@@ -128,7 +129,7 @@ class EnvFactory:
             raise ConfigError(
                 f"env.kwargs={self.kwargs}: {self.id} cannot be made with them ({err})"
             ) from err
-        if record_env_reward:
+        if record_env_reward and self.wrappers:  # without wrappers the step's reward is the env's own
             env = RecordEnvReward(env)
         for index, wrap in enumerate(self.wrappers or []):
             try:
