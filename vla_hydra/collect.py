@@ -157,6 +157,8 @@ def _rollout(
     int64 class indices (n,), where only `random_prob` (epsilon-random actions) perturbs them."""
     import gymnasium as gym
 
+    from vla_hydra.envs.factory import env_rewards
+
     envs = env_factory.make_vector(len(seeds), record_env_reward=True)
     space = envs.single_action_space
     discrete = isinstance(space, gym.spaces.Discrete)
@@ -192,7 +194,7 @@ def _rollout(
                     else rng.uniform(space.low, space.high, size=(*shape, *space.low.shape))
                 )
             next_obs, reward, terminated, truncated, infos = envs.step(action)
-            reward = infos.get("env_reward", reward)  # the env's own, not a checkpoint's env.wrappers'
+            reward = env_rewards(reward, infos)  # the env's own, not a checkpoint's env.wrappers'
             steps.append((obs, action, reward, terminated, truncated, next_obs, running.copy()))
             running &= ~(terminated | truncated)
             obs = next_obs

@@ -82,14 +82,14 @@ def test_reference_kl_is_k3_estimate_of_kl_policy_to_reference():
     assert weighted.item() == pytest.approx(1.5 * (0.5 - 1 + math.log(2)) / 2)
 
 
-def _cartpole_grpo(**kwargs) -> GRPO:
-    env = EnvFactory(id="CartPole-v1")
+def _cartpole_grpo(wrappers=(), **kwargs) -> GRPO:
+    env = EnvFactory(id="CartPole-v1", wrappers=list(wrappers))
 
     def model(shape, dim, discrete):
         return StochasticPolicy(shape, dim, discrete=discrete, hidden_dims=(16,))
 
     algo = GRPO(spec=env.spec(), model=model, env=env, **kwargs)
-    algo.envs = env.make_vector(algo.num_envs, autoreset_mode="SameStep")
+    algo.envs = env.make_training_vector(algo.num_envs)
     algo._direct_backward = True  # no trainer attached: plain loss.backward()
     return algo
 
@@ -114,6 +114,20 @@ def test_group_rollouts_start_identically_and_mask_after_episode_end():
     # the seeds are a function of (seed, iteration): the next iteration starts elsewhere, a rebuild repeats
     rebuilt = _cartpole_grpo(group_size=3, num_groups=2, seed=7)
     assert algo.group_seeds(0) != algo.group_seeds(1) and algo.group_seeds(3) == rebuilt.group_seeds(3)
+
+
+def test_group_returns_learn_from_wrapped_rewards_and_the_curve_logs_the_env_own():
+    from functools import partial
+
+    import gymnasium as gym
+
+    torch.manual_seed(0)
+    halved = partial(gym.wrappers.TransformReward, func=lambda reward: 0.5 * reward)
+    algo = _cartpole_grpo(wrappers=[halved], group_size=2, num_groups=2, seed=3)
+    rollout = algo.collect_groups()
+    lengths = rollout["mask"].sum(0).float()
+    torch.testing.assert_close(rollout["returns"], 0.5 * lengths)  # what the policy learns from
+    assert [e["return"] for e in algo.episode_log] == lengths.tolist()  # CartPole's own 1 per step
 
 
 def test_reference_policy_frozen_or_refreshed():

@@ -90,6 +90,20 @@ def _bare_sac(overrides: list[str]):
     return algo
 
 
+def test_training_curve_sums_the_env_own_rewards_under_a_reward_changing_wrapper():
+    torch.manual_seed(0)
+    clip = "{_target_: gymnasium.wrappers.ClipReward, _partial_: true, min_reward: -0.01, max_reward: 0.0}"
+    algo = _bare_sac(["env=pendulum", "env.max_episode_steps=20", f"env.wrappers=[{clip}]"])
+    for _ in range(60):  # 3 episodes, the last one ending in a same-step autoreset
+        algo.explore_step(random_actions=True)
+    learned_from = algo.replay_buffer.data["rewards"][: len(algo.replay_buffer)]
+    assert learned_from.min() >= -0.01  # the algorithm learns from the clipped rewards
+    returns = [e["return"] for e in algo.episode_log]
+    assert [e["length"] for e in algo.episode_log] == [20, 20, 20]
+    # Pendulum's own returns: below the -0.2 that 20 clipped rewards could sum to at most
+    assert max(returns) < -1.0, returns
+
+
 def test_buffer_bootstraps_through_time_limits_but_not_terminations():
     torch.manual_seed(0)
     # Hopper falls within ~tens of random steps (terminations); a 30-step limit adds truncations

@@ -63,11 +63,10 @@ def gradient_penalty(
 
 def discriminator_reward(logits: torch.Tensor, reward_type: str = "gail") -> torch.Tensor:
     """The generator's reward from discriminator logits f = logit D(s, a) (see the module docstring)."""
+    _check_reward_type(reward_type)
     if reward_type == "gail":
         return F.softplus(logits)  # -log(1 - sigmoid(f)), computed stably
-    if reward_type == "airl":
-        return logits
-    raise ConfigError(f"algo.reward_type={reward_type!r}: expected one of {list(REWARD_TYPES)}")
+    return logits  # airl
 
 
 def discriminator_accuracy(expert_logits: torch.Tensor, policy_logits: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from vla_hydra.algos.ppo import approx_kl, clipped_surrogate_loss
 from vla_hydra.algos.schedules import linear_decay_lr, set_lr
 from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.core.runtime import all_gather_rows, any_process
-from vla_hydra.envs.factory import EnvFactory, EnvSpec
+from vla_hydra.envs.factory import EnvFactory, EnvSpec, env_rewards
 
 LOSS_AGGREGATIONS = ("step", "episode")
 
@@ -203,7 +203,8 @@ class GRPO(OnlineAlgorithm):
         dev, n = self.device, self.num_envs
         raw_obs, _ = self.envs.reset(seed=self.group_seeds(int(self.iterations)))
         active = np.ones(n, dtype=bool)
-        returns = np.zeros(n, dtype=np.float64)
+        returns = np.zeros(n, dtype=np.float64)  # what the policy learns from (after env.wrappers)
+        env_returns = np.zeros(n, dtype=np.float64)
         steps = 0
         obs_steps, action_steps, log_prob_steps, mask_steps = [], [], [], []
         # under several processes all ranks step until every rank's episodes have ended (the steps after
@@ -214,8 +215,9 @@ class GRPO(OnlineAlgorithm):
                 self.obs_normalizer.update(torch.as_tensor(raw_obs[active], dtype=torch.float32, device=dev))
             obs = self.obs_tensor(raw_obs)
             action, log_prob = self.policy.sample(obs)
-            raw_obs, rewards, terminated, truncated, _ = self.envs.step(self.env_actions(action))
+            raw_obs, rewards, terminated, truncated, infos = self.envs.step(self.env_actions(action))
             returns += np.where(active, rewards, 0.0)
+            env_returns += np.where(active, env_rewards(rewards, infos), 0.0)  # the curve's, as evaluation's
             steps += int(active.sum())
             obs_steps.append(obs), action_steps.append(action), log_prob_steps.append(log_prob)
             mask_steps.append(active_t)
@@ -224,7 +226,7 @@ class GRPO(OnlineAlgorithm):
         self.env_steps += int(all_gather_rows(torch.tensor(steps, device=dev)).sum())
         mask = torch.stack(mask_steps)
         lengths = mask.sum(0)
-        for ret, length in zip(returns.tolist(), lengths.tolist(), strict=True):
+        for ret, length in zip(env_returns.tolist(), lengths.tolist(), strict=True):
             self.episode_log.append({"env_steps": int(self.env_steps), "return": ret, "length": int(length)})
         return {
             "obs": torch.stack(obs_steps),

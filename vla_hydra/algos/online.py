@@ -23,7 +23,7 @@ import torch
 
 from vla_hydra.algos.base import PolicyAlgorithm
 from vla_hydra.data.stats import DatasetStats
-from vla_hydra.envs.factory import EnvFactory, EnvSpec
+from vla_hydra.envs.factory import EnvFactory, EnvSpec, env_rewards
 from vla_hydra.models.normalization import RunningObservationNormalizer
 
 
@@ -83,6 +83,9 @@ class OnlineAlgorithm(PolicyAlgorithm):
         # finished training episodes: [{"env_steps", "return", "length"}] (for curves and the progress bar)
         self.episode_log: list[dict[str, float]] = []
         self._episodes_logged = 0
+        # return and length so far of each training env's current episode (made at the first step)
+        self._episode_returns: np.ndarray | None = None
+        self._episode_lengths: np.ndarray | None = None
 
     # -- what subclasses provide ---------------------------------------------------------------
     def train_iteration(self, optimizers) -> dict[str, torch.Tensor]:
@@ -108,6 +111,7 @@ class OnlineAlgorithm(PolicyAlgorithm):
         # after a resume, a different first-reset seed: the resumed run should not replay its start
         first_seed = self.seed + int(self.env_steps) + self.rank * self.num_envs
         self.obs, _ = self.envs.reset(seed=[first_seed + i for i in range(self.num_envs)])
+        self._episode_returns = self._episode_lengths = None
 
     def on_fit_end(self) -> None:
         self.close_envs()
@@ -140,16 +144,23 @@ class OnlineAlgorithm(PolicyAlgorithm):
         next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
         self.env_steps += self.env_steps_per_vector_step
         done = terminated | truncated
-        if "episode" in infos:
-            finished = infos.get("_episode", done)
-            for i in np.flatnonzero(finished):
+        # the training curve sums the env's own rewards, as evaluation does: env.wrappers may scale or
+        # shape the rewards the algorithm learns from
+        if self._episode_returns is None:
+            self._episode_returns = np.zeros(len(rewards))
+            self._episode_lengths = np.zeros(len(rewards), dtype=np.int64)
+        self._episode_returns += env_rewards(rewards, infos)
+        self._episode_lengths += 1
+        if done.any():
+            for i in np.flatnonzero(done):
                 self.episode_log.append(
                     {
                         "env_steps": int(self.env_steps),
-                        "return": float(infos["episode"]["r"][i]),
-                        "length": int(infos["episode"]["l"][i]),
+                        "return": float(self._episode_returns[i]),
+                        "length": int(self._episode_lengths[i]),
                     }
                 )
+            self._episode_returns[done], self._episode_lengths[done] = 0.0, 0
         real_next = final_observations(next_obs, done, infos)
         self.obs = next_obs
         return next_obs, rewards.astype(np.float32), terminated, truncated, real_next

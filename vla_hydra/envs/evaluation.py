@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_hydra.envs.factory import EnvFactory, normalized_score
+from vla_hydra.envs.factory import EnvFactory, env_rewards, normalized_score
 
 
 @dataclass
@@ -85,7 +85,7 @@ def rollout_episodes(
                 actions = act(obs)
                 obs, rewards, terminated, truncated, infos = envs.step(actions)
                 # the env's own rewards: env.wrappers may scale or shape what the policy trained on
-                rewards = infos.get("env_reward", rewards)
+                rewards = env_rewards(rewards, infos)
                 returns += rewards * running
                 lengths += running
                 running &= ~(terminated | truncated)

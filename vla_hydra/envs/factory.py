@@ -170,12 +170,13 @@ class EnvFactory:
 
     def make_training_vector(self, num_envs: int | None = None) -> gym.vector.VectorEnv:
         """The online-RL training envs: `num_envs` copies (default: the configured number),
-        `vectorization` mode, episode statistics.
+        `vectorization` mode, the env's own rewards recorded for `env_rewards` (training curves).
 
         Same-step autoreset: a step that ends an episode returns the next episode's first observation
         and the final one in info["final_obs"], so every step is a real transition (no dummy steps)."""
-        envs = self.make_vector(num_envs or self.num_envs, self.vectorization, autoreset_mode="SameStep")
-        return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+        return self.make_vector(
+            num_envs or self.num_envs, self.vectorization, autoreset_mode="SameStep", record_env_reward=True
+        )
 
     def spec(self) -> EnvSpec:
         env = self.make()
@@ -213,6 +214,20 @@ class RecordEnvReward(gym.Wrapper):
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         return obs, reward, terminated, truncated, {**info, "env_reward": reward}
+
+
+def env_rewards(rewards: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
+    """The env's own rewards of one vector step (RecordEnvReward's copies), else the step's `rewards`.
+
+    Where a same-step-autoreset env ended its episode, its step's info is in info["final_info"] (the
+    top-level info is the next episode's reset info)."""
+    if "env_reward" not in infos and "final_info" not in infos:
+        return rewards  # no reward-changing wrappers
+    own = np.where(infos.get("_env_reward", False), infos.get("env_reward", 0.0), rewards)
+    final = infos.get("final_info") or {}
+    if "env_reward" in final:
+        own = np.where(final["_env_reward"], final["env_reward"], own)
+    return own
 
 
 # MuJoCo warnings that say nothing about the user's run (gymnasium's v5 XML files use a deprecated
