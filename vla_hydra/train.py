@@ -99,7 +99,7 @@ def _train(
 
     from vla_hydra.cluster.resume import check_resumable, resume_checkpoint
     from vla_hydra.core.exceptions import ConfigError
-    from vla_hydra.core.io import check_creatable, write_json_atomic
+    from vla_hydra.core.io import check_creatable, remove_empty_dirs, write_json_atomic
     from vla_hydra.core.logging import get_logger, silence_known_warnings
     from vla_hydra.core.runtime import seed_everything, set_torch_threads
     from vla_hydra.envs.evaluation import rollout_episodes
@@ -158,7 +158,11 @@ def _train(
     trainer = _build_trainer(cfg.trainer, callbacks, loggers)
     prepare_strategy(trainer, algo)
     continuation_started()
-    trainer.fit(algo, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(algo, datamodule=datamodule, ckpt_path=ckpt_path)
+    except ConfigError:  # refused as the fit started (e.g. DAgger's expert for another env)
+        remove_empty_dirs(output_dir)
+        raise
 
     # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
     checkpointing = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,10 +125,17 @@ def test_an_expert_checkpoint_from_another_env_names_the_env_to_select(tmp_path,
     algo = instantiate(cfg.algo, _partial_=True)(spec=env.spec(), model=instantiate(cfg.model))
     with pytest.raises(ConfigError) as err:
         algo._load_expert()
-    assert str(err.value) == (
+    message = (
         f"algo.expert_ckpt={hopper_expert}: trained on Hopper-v5 (action dim 3), but env is Pendulum-v1 "
         "(action dim 1); run with env=hopper"
     )
+    assert str(err.value) == message
+    # through train.py the refusal comes as the fit starts: the loggers' folders made by then go again
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    assert not [p for p in run_dir.rglob("*") if p.is_dir() and not any(p.iterdir())]
+    assert not (run_dir / "results.json").exists()
 
 
 class CartPoleBalance:

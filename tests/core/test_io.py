@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vla_hydra.core.io import atomic_path, write_json_atomic
+from vla_hydra.core.io import atomic_path, remove_empty_dirs, write_json_atomic
 
 
 def test_failed_write_keeps_previous_file(tmp_path):
@@ -64,3 +64,15 @@ def test_exclusive_lock_runs_holders_one_at_a_time_and_leaves_no_lock_file(tmp_p
     assert [e.split()[1] for e in events] == ["in", "out", "in", "out"]
     assert events[0].split()[0] == events[1].split()[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_remove_empty_dirs_keeps_the_root_and_every_folder_holding_a_file(tmp_path):
+    (tmp_path / "csv" / "version_0").mkdir(parents=True)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "logs" / "empty").mkdir(parents=True)
+    (tmp_path / "logs" / "train.log").write_text("kept")
+    remove_empty_dirs(tmp_path)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["logs", "logs/train.log"]
+    remove_empty_dirs(tmp_path / "logs")
+    assert (tmp_path / "logs" / "train.log").read_text() == "kept"

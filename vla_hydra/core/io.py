@@ -77,6 +77,15 @@ def _why_not_writable(path: Path, err: OSError) -> str:
     return f"{blocking} is a file, not a directory" if blocking else str(err.strerror or err)
 
 
+def remove_empty_dirs(root: str | os.PathLike) -> None:
+    """Remove the empty folders below `root` (deepest first; `root` stays): what a refused run's
+    loggers created before the refusal. Folders holding any file are left as they are."""
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(Path(entry[0]).parts)):
+        if Path(folder) != Path(root):
+            with contextlib.suppress(OSError):  # a folder that is not empty is kept
+                os.rmdir(folder)
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
