@@ -60,6 +60,25 @@ def test_fsdp_trains_bc_into_one_checkpoint_file(tmp_path, data_dir):
     _same_return_from_checkpoint(results)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "kept_whole"),
+    [
+        (["algo=iql", "trainer.max_steps=300"], "actor.log_std"),
+        (["algo=sac", "env=pendulum", "algo.total_timesteps=1500", "algo.learning_starts=500"], "log_alpha"),
+    ],
+    ids=["iql", "sac"],
+)
+def test_fsdp_on_gpu_trains_parameters_it_keeps_whole(tmp_path, data_dir, overrides, kept_whole):
+    # IQL's state-independent log_std and SAC's log_alpha sit outside FSDP's wrapped layers: FSDP
+    # ignores them (training.sharding.prepare_fsdp) and does not move them, so vla_hydra puts them on
+    # the GPU itself; a run that left them on the CPU fails at its first update on a device mismatch
+    results = _train(tmp_path / "run", data_dir, "trainer=fsdp", *overrides)
+    assert results["train_steps"] > 0
+    algo = _same_return_from_checkpoint(results)
+    value = algo.get_parameter(kept_whole).detach()
+    assert value.abs().min() > 0  # it was trained: both start at 0 (model.log_std_init; SAC's alpha 1)
+
+
 def test_deepspeed_zero2_trains_bc_and_eval_reads_the_shard_directory(tmp_path, data_dir):
     results = _train(tmp_path / "ds2", data_dir, "trainer=deepspeed", "trainer.max_steps=1000")
     assert results["train_steps"] == 1000 and results["normalized_score"] > 50
