@@ -211,6 +211,33 @@ def test_fsdp_trains_like_ddp_with_parameters_kept_whole(tmp_path, data_dir, alg
     assert returns[0][1] != returns[0][0]  # it trained
 
 
+def test_fsdp_on_one_process_trains_sac_like_a_single_device_run(tmp_path):
+    """On one device FSDP switches to NO_SHARD. SAC's actor loss reads the critic on detached copies, a
+    forward with no backward through the critic's weights, which left the critic's unit exposing its
+    weights as plain tensors: the next Polyak update found no critic parameters and the checkpoint
+    none to save (finish_fsdp_backward now restores them). Same returns as trainer=cpu."""
+    common = [
+        "algo=sac",
+        "env=pendulum",
+        "algo.total_timesteps=700",
+        "algo.learning_starts=500",
+        "eval.episodes=2",
+        "eval.every_n_updates=100",
+        "callbacks.policy_eval.episodes=2",
+    ]
+    fsdp = [*FSDP_ON_CPU, "trainer.devices=1"]
+    runs = []
+    for name, strategy in (("fsdp", fsdp), ("cpu", ["trainer=cpu"])):
+        proc = run_module(
+            "vla_hydra.train", *strategy, *common, f"hydra.run.dir={tmp_path / name}", timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(json.loads((tmp_path / name / "results.json").read_text()))
+    returns = [[h["eval/return_mean"] for h in run["eval_history"]] for run in runs]
+    assert len(returns[0]) >= 2 and returns[0] == pytest.approx(returns[1], rel=1e-6)
+    assert runs[0]["eval_return_mean"] == pytest.approx(runs[1]["eval_return_mean"], rel=1e-6)
+
+
 DEEPSPEED_SCRIPT = """
 import json, os, sys
 import torch, deepspeed

@@ -74,6 +74,14 @@ def finish_fsdp_backward(root: torch.nn.Module, replicated: list[torch.nn.Parame
     from torch.distributed.fsdp._runtime_utils import _post_backward_final_callback
 
     _post_backward_final_callback(root, root)
+    for state in root._all_fsdp_states:
+        handle = state._handle
+        if handle is not None and not handle.uses_sharded_strategy:
+            # NO_SHARD (FSDP's choice on one device): a unit whose forward ran without a backward through
+            # its weights (SAC's actor loss reads the critic on detached copies) is left exposing its
+            # weights as plain tensors, listed by neither parameters() nor the state dict (Polyak averaging
+            # and checkpoints then fail); what its post-backward hook would have done restores them
+            handle._use_sharded_views()
     # the parameters FSDP ignores (prepare_fsdp): averaged here, as DDP would (gloo has no AVG)
     grads = [p.grad for p in replicated if p.grad is not None]
     if grads and torch.distributed.get_world_size() > 1:
