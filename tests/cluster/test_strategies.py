@@ -128,10 +128,13 @@ FSDP_ON_CPU = [
 ]
 
 
-def _fsdp_and_ddp_runs(tmp_path, fsdp: list[str], common: list[str]) -> tuple[dict, dict]:
-    """results.json of the same 2-process run under FSDP (FULL_SHARD, CPU) and under DDP."""
+def _fsdp_and_reference_runs(
+    tmp_path, fsdp: list[str], common: list[str], reference: tuple[str, ...] = ("trainer=ddp",)
+) -> tuple[dict, dict]:
+    """results.json of the same run under FSDP (CPU; FULL_SHARD over 2 processes unless `fsdp` says
+    otherwise) and under `reference` (DDP over the same 2 processes by default)."""
     results = []
-    for name, strategy in (("fsdp", fsdp), ("ddp", ["trainer=ddp"])):
+    for name, strategy in (("fsdp", fsdp), ("reference", list(reference))):
         proc = run_module(
             "vla_hydra.train", *strategy, *common, f"hydra.run.dir={tmp_path / name}", timeout=300
         )
@@ -156,7 +159,7 @@ def test_fsdp_full_shard_over_two_cpu_processes_trains_like_ddp(tmp_path, data_d
         f"paths.data_dir={data_dir}",
     ]
     fsdp = [*FSDP_ON_CPU, "callbacks.policy_eval.best_checkpoint=${paths.output_dir}/checkpoints/best.ckpt"]
-    fsdp_run, ddp_run = _fsdp_and_ddp_runs(tmp_path, fsdp, common)
+    fsdp_run, ddp_run = _fsdp_and_reference_runs(tmp_path, fsdp, common)
     assert fsdp_run["train_steps"] == ddp_run["train_steps"] == 100
     returns = [[h["eval/return_mean"] for h in r["eval_history"]] for r in (fsdp_run, ddp_run)]
     assert len(returns[0]) == 3 and returns[0] == pytest.approx(returns[1], rel=1e-6)
@@ -205,7 +208,7 @@ def test_fsdp_trains_like_ddp_with_parameters_kept_whole(tmp_path, data_dir, alg
         "callbacks.policy_eval.episodes=2",
         f"paths.data_dir={data_dir}",
     ]
-    fsdp_run, ddp_run = _fsdp_and_ddp_runs(tmp_path, FSDP_ON_CPU, common)
+    fsdp_run, ddp_run = _fsdp_and_reference_runs(tmp_path, FSDP_ON_CPU, common)
     returns = [[h["eval/return_mean"] for h in r["eval_history"]] for r in (fsdp_run, ddp_run)]
     assert len(returns[0]) == 2 and returns[0] == pytest.approx(returns[1], rel=1e-6)
     assert returns[0][1] != returns[0][0]  # it trained
@@ -225,14 +228,7 @@ def test_fsdp_on_one_process_trains_sac_like_a_single_device_run(tmp_path):
         "eval.every_n_updates=100",
         "callbacks.policy_eval.episodes=2",
     ]
-    fsdp = [*FSDP_ON_CPU, "trainer.devices=1"]
-    runs = []
-    for name, strategy in (("fsdp", fsdp), ("cpu", ["trainer=cpu"])):
-        proc = run_module(
-            "vla_hydra.train", *strategy, *common, f"hydra.run.dir={tmp_path / name}", timeout=300
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs.append(json.loads((tmp_path / name / "results.json").read_text()))
+    runs = _fsdp_and_reference_runs(tmp_path, [*FSDP_ON_CPU, "trainer.devices=1"], common, ("trainer=cpu",))
     returns = [[h["eval/return_mean"] for h in run["eval_history"]] for run in runs]
     assert len(returns[0]) >= 2 and returns[0] == pytest.approx(returns[1], rel=1e-6)
     assert runs[0]["eval_return_mean"] == pytest.approx(runs[1]["eval_return_mean"], rel=1e-6)
