@@ -10,7 +10,11 @@
   diverged run, a bad corner of the search space) is stored as FAIL and the search goes on to n_trials,
   then ends with one line counting the failures (exit 1, like any sweep with a failed job). While no trial
   has completed, a failure is most likely common to every trial (a bad path, a bad fixed value), and the
-  search stops on it (the plugin's own behaviour, max_failure_rate 0).
+  search stops on it (the plugin's own behaviour, max_failure_rate 0);
+- a study continued only by the command that started it: the study is named after the task alone, so a
+  search on another dataset or budget (`data=...`, `trainer.max_steps=...`) would add its trials to the
+  same study, and TPE and the best value would mix scores that cannot be compared. The fixed overrides
+  are stored with the study and another set is refused in one line.
 """
 
 import contextlib
@@ -46,18 +50,67 @@ class _DropFailedExperimentLines(logging.Filter):
         return not str(record.msg).startswith("Failed experiment:")
 
 
-def stored_trial_count(storage: str, study_name: str) -> int:
-    """Trials of `study_name` already in `storage` (0 when the study or the sqlite file does not exist)."""
+def _stored_study(storage: str, study_name: str):
+    """The summary of `study_name` in `storage`; None when the study or the sqlite file does not exist."""
     import optuna
 
     if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).exists():
-        return 0  # do not let optuna create an empty database just to look
+        return None  # do not let optuna create an empty database just to look
     try:
         summaries = optuna.get_all_study_summaries(storage=storage)
     except Exception as err:  # an unreadable storage: let the sweep itself report it
         log.warning(f"could not read Optuna storage {storage}: {err}")
-        return 0
-    return next((s.n_trials for s in summaries if s.study_name == study_name), 0)
+        return None
+    return next((s for s in summaries if s.study_name == study_name), None)
+
+
+def stored_trial_count(storage: str, study_name: str) -> int:
+    """Trials of `study_name` already in `storage` (0 when the study or the sqlite file does not exist)."""
+    study = _stored_study(storage, study_name)
+    return study.n_trials if study is not None else 0
+
+
+# the study's user attribute holding the fixed overrides of the command that started it
+_FIXED_OVERRIDES = "vla_hydra_fixed_overrides"
+
+
+def fixed_overrides(arguments: list[str]) -> list[str]:
+    """The command's overrides that change what a trial's score means (dataset, budget, algo settings):
+    not the search space (sweep overrides), nor where and how many trials run (hydra.*, cluster, paths)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    kept = []
+    for override in OverridesParser.create().parse_overrides(arguments):
+        root = override.key_or_group.split(".")[0].split("/")[0]
+        if not override.is_sweep_override() and root not in ("hydra", "cluster", "paths"):
+            kept.append(override.input_line)
+    return sorted(kept)
+
+
+def check_same_study_command(storage: str, study_name: str, fixed: list[str]) -> None:
+    """Refuse to add trials to a stored study that another command started (see the module docstring)."""
+    from vla_hydra.core.exceptions import ConfigError
+
+    study = _stored_study(storage, study_name)
+    stored = study.user_attrs.get(_FIXED_OVERRIDES) if study is not None else None
+    if stored is None or stored == fixed:  # a new study, or one stored before the overrides were
+        return
+    before = " ".join(o for o in stored if o not in fixed) or "no override"
+    now = " ".join(o for o in fixed if o not in stored) or "no override"
+    raise ConfigError(
+        f"hydra.sweeper.study_name={study_name}: the stored study ({storage}) was run with {before} where "
+        f"this command has {now}; their scores are not comparable: name a new study "
+        "(hydra.sweeper.study_name=<name>) or rerun with the study's overrides"
+    )
+
+
+def record_study_command(storage: str, study_name: str, fixed: list[str]) -> None:
+    """Store the fixed overrides with a study that holds none yet (just created)."""
+    import optuna
+
+    study = _stored_study(storage, study_name)
+    if study is not None and _FIXED_OVERRIDES not in study.user_attrs:
+        optuna.load_study(study_name=study_name, storage=storage).set_user_attr(_FIXED_OVERRIDES, fixed)
 
 
 class OptunaSweeper(_OptunaSweeper):
@@ -75,6 +128,9 @@ class OptunaSweeper(_OptunaSweeper):
         storage = impl.storage
         if isinstance(storage, str) and storage.startswith("sqlite:///"):
             Path(storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        fixed = fixed_overrides(arguments)
+        if isinstance(storage, str):
+            check_same_study_command(storage, impl.study_name, fixed)
         sampler_cfg = impl.config.hydra.sweeper.get("sampler") if impl.config is not None else None
         seed = sampler_cfg.get("seed") if sampler_cfg is not None else None
         if isinstance(storage, str) and seed is not None:
@@ -93,7 +149,10 @@ class OptunaSweeper(_OptunaSweeper):
         try:
             with contextlib.redirect_stderr(captured):
                 super().sweep(arguments)
-        finally:  # everything else written to stderr (e.g. the launcher's one-line refusals) passes on
+        finally:
+            if isinstance(storage, str):
+                record_study_command(storage, impl.study_name, fixed)
+            # everything else written to stderr (e.g. the launcher's one-line refusals) passes on
             sys.stderr.writelines(
                 line
                 for line in captured.getvalue().splitlines(keepends=True)

@@ -84,3 +84,31 @@ def test_a_failed_trial_is_stored_as_failed_and_the_search_goes_on(pendulum_data
     scores = [json.loads((sweep / str(i) / "results.json").read_text())["normalized_score"] for i in (0, 2)]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == max(scores) and best["best_params"]["algo.weight_decay"] == 0.0
+
+
+def test_a_stored_study_is_not_continued_by_a_command_with_other_settings(pendulum_data, tmp_path):
+    """The study is named after the task only: a search with another budget (or dataset) used to add its
+    trials to the same study, and TPE and the best value mixed scores that cannot be compared."""
+    args = [
+        "hparams_search=bc_optuna",
+        "cluster=local",
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.n_jobs=1",
+        f"paths.root_dir={tmp_path}",
+        f"paths.data_dir={pendulum_data}",
+        "eval.episodes=1",
+        "callbacks.policy_eval.episodes=1",
+    ]
+    db = tmp_path / "logs" / "bc_optuna" / "optuna" / "bc_optuna.db"
+    first = run_module("vla_hydra.train", *args, "trainer.max_steps=50", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    other = run_module("vla_hydra.train", *args, "trainer.max_steps=100", cwd=tmp_path)
+    assert other.returncode == 1
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"error: hydra.sweeper.study_name=bc_optuna: the stored study (sqlite:///{db}) was run with "
+        "trainer.max_steps=50 where this command has trainer.max_steps=100; their scores are not comparable: "
+        "name a new study (hydra.sweeper.study_name=<name>) or rerun with the study's overrides"
+    )
+    assert [t["state"] for t in stored_trials(db, "bc_optuna")] == ["COMPLETE"]
+    assert len(list((tmp_path / "logs" / "bc_optuna" / "multiruns").glob("*"))) == 1  # no sweep dir made
