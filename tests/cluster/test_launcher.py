@@ -73,6 +73,9 @@ def test_an_optuna_search_gets_every_result_back_and_a_grid_sweep_does_not():
         ("cluster.wait=0", "error: cluster.wait=0: expected true or false"),
         ("cluster.auto_resume=no", "error: cluster.auto_resume=no: expected true or false"),
         ("cluster.max_num_timeout=-1", "error: cluster.max_num_timeout=-1: expected a number >= 0"),
+        # sbatch refused these without naming the option ("Invalid --mem specification")
+        ("cluster.mem_gb=-1", "error: cluster.mem_gb=-1: expected a number >= 0"),
+        ("cluster.gpus_per_node=-2", "error: cluster.gpus_per_node=-2: expected a number >= 0"),
         # a wrong type for the launcher's typed config used to be an OmegaConf traceback
         (
             "cluster.time_min=abc",

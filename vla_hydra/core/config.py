@@ -96,6 +96,8 @@ _NON_NEGATIVE_KEYS = {
     "weight_decay", "ent_coef", "vf_coef", "kl_coef", "learning_starts", "max_grad_norm", "grad_clip",
     "policy_noise", "noise_clip", "cql_alpha", "gradient_penalty_coef", "warmup_updates", "signal_delay_s",
     "max_num_timeout",
+    # cluster=slurm: sbatch's own refusal ("Invalid --mem specification") did not name the option
+    "mem_gb", "gpus_per_node",
     "alpha", "beta",  # TD3+BC's BC weight, SAC's entropy coefficient; IQL's inverse temperature
 }  # fmt: skip
 # per-episode levels a collection recipe cycles through
