@@ -466,12 +466,33 @@ def _config_value_line(err: BaseException) -> str | None:
     if not isinstance(err, OmegaConfBaseException) or _entry_point_state["task_started"]:
         return None
     message = str(getattr(err, "msg", "") or err).splitlines()[0]
-    if not getattr(err, "full_key", None):  # e.g. merged into the launcher's typed config, key unnamed
+    if not getattr(err, "full_key", None):
+        # resolving the launcher's typed config (`setup: ${cluster.setup}` given `cluster.setup=module
+        # load x`, a string for a list): OmegaConf names no key, but its resolver's frame holds the node
+        interpolated = _node_being_resolved(err)
+        if interpolated:
+            source, full_key = interpolated
+            return f"{source}: {message} (it sets {full_key})"
         return f"{message} (a value Hydra's launcher or sweeper takes: check this command's cluster.* / hydra.* values)"
     source = re.match(r"While dereferencing interpolation '\$\{([^}]+)\}': (.*)", message)
     if source:
         return f"{source.group(1)}: {source.group(2)} (it sets {err.full_key})"
     return f"{err.full_key}: {message}"
+
+
+def _node_being_resolved(err: BaseException) -> tuple[str, str] | None:
+    """(the key an interpolation reads, the key it sets) for an error raised while OmegaConf.resolve set an
+    interpolated node (omegaconf._impl._resolve_container_value), found in the error's traceback."""
+    node, tb = None, err.__traceback__
+    while tb is not None:  # the innermost such frame is the failing node
+        if tb.tb_frame.f_code.co_name == "_resolve_container_value":
+            node = tb.tb_frame.f_locals.get("node", node)
+        tb = tb.tb_next
+    try:
+        source = re.fullmatch(r"\$\{([^}]+)\}", str(node._value())) if node is not None else None
+        return (source.group(1), node._get_full_key(None)) if source else None
+    except Exception:  # noqa: BLE001 - omegaconf internals changed: fall back to the general line
+        return None
 
 
 def _multirun_composition_error(config_name: str) -> BaseException | None:

@@ -82,6 +82,12 @@ def test_an_optuna_search_gets_every_result_back_and_a_grid_sweep_does_not():
             "error: cluster.time_min: Value 'abc' of type 'str' could not be converted to Integer "
             "(it sets hydra.launcher.timeout_min)",
         ),
+        # a string for the launcher's list named no option ("Invalid value assigned: str is not a ListConfig")
+        (
+            "cluster.setup=module load cuda",
+            "error: cluster.setup: Invalid value assigned: str is not a ListConfig, list or tuple. "
+            "(it sets hydra.launcher.setup)",
+        ),
     ],
 )
 def test_cluster_settings_are_refused_in_one_line_before_anything_is_submitted(tmp_path, override, line):
