@@ -100,6 +100,7 @@ def test_cluster_settings_are_refused_in_one_line_before_anything_is_submitted(t
     assert proc.returncode == 1
     assert [ln for ln in proc.stderr.splitlines() if not ln.startswith("[")] == [line]
     assert not list(tmp_path.rglob(".submitit"))
+    assert not (tmp_path / "sweep").exists()  # not even Hydra's multirun.yaml is left
 
 
 def test_ctrl_c_inside_sbatch_ends_in_one_line_that_says_how_to_find_the_jobs(tmp_path):

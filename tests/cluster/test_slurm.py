@@ -367,7 +367,12 @@ def test_settings_sbatch_would_refuse_or_misread_fail_in_one_line(slurm, pendulu
         lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("[")]  # log lines
         assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]
         assert not list(root.glob("logs/train/multiruns/*/0/results.json"))
+        # nothing left behind: a refused command used to leave a sweep dir with multirun.yaml (and, when
+        # sbatch refused, submitit's pickled jobs) that looked like a sweep whose jobs never wrote anything
+        assert not list(root.glob("logs/train/multiruns/*")), list(root.rglob("*"))
     assert "invalid partition" in lines[-1]
+    # sbatch's refusal is followed by the user's setting it is about
+    assert lines[-1].endswith("(cluster.partition=doesnotexist)")
 
 
 def test_a_local_sweep_of_multi_process_jobs_is_refused_in_one_line(tmp_path, pendulum_data):

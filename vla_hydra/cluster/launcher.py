@@ -149,9 +149,13 @@ class WaitForAllJobs(BaseSubmititLauncher):
             _check_detached_submission(self.config, self._EXECUTOR)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        self.check_settings()
-        wait = bool(OmegaConf.select(self.config, "cluster.wait", default=True))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        try:
+            self.check_settings()
+        except SystemExit:
+            _remove_refused_sweep_dir(sweep_dir)
+            raise
+        wait = bool(OmegaConf.select(self.config, "cluster.wait", default=True))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"submitit '{self._EXECUTOR}': {len(job_overrides)} job(s), sweep dir {sweep_dir}")
         numbers = [initial_job_idx + i for i in range(len(job_overrides))]
@@ -183,7 +187,12 @@ class WaitForAllJobs(BaseSubmititLauncher):
         except Exception as err:  # noqa: BLE001 - e.g. submitit's FailedJobError: sbatch refused the jobs
             # nothing ran: one line and exit 1 (SystemExit passes Hydra's traceback printer)
             message = " ".join((str(err) or sbatch_stderr.getvalue()).split())
-            print(f"error: cluster: the scheduler refused the job(s): {message}", file=sys.stderr, flush=True)
+            print(
+                f"error: cluster: the scheduler refused the job(s): {message}{_refused_option(message, self.config)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            _remove_refused_sweep_dir(sweep_dir)
             raise SystemExit(1) from None
         sys.stderr.write(sbatch_stderr.getvalue())  # sbatch's warnings on an accepted submission
         if not wait:
@@ -335,6 +344,50 @@ class WaitForAllJobs(BaseSubmititLauncher):
             f"reached its time limit (cluster.time_min={cluster.get('time_min')}) with no requeue left "
             f"(cluster.max_num_timeout={cluster.get('max_num_timeout')}){where}"
         )
+
+
+# words of sbatch's refusals -> the cluster.* option behind them (sbatch names its own option, or none)
+# (the first match counts: "partition" last, other refusals may mention the partition's limits)
+_SBATCH_REFUSALS = {
+    "--mem": "mem_gb",
+    "gres": "gpus_per_node",
+    "feature": "constraint",
+    "time limit": "time_min",
+    "node count": "nodes",
+    "account": "account",
+    "qos": "qos",
+    "partition": "partition",
+}
+
+
+def _refused_option(message: str, config: Any) -> str:
+    """` (cluster.partition=gpu2)`: the user's setting an sbatch refusal is about, when it says which."""
+    cluster = config.get("cluster") or {}
+    lowered = message.lower()
+    for word, key in _SBATCH_REFUSALS.items():
+        if word in lowered and cluster.get(key) is not None:
+            return f" (cluster.{key}={cluster.get(key)})"
+    unknown = re.search(r"unrecognized option '--([^=']+)", message)
+    if unknown and unknown.group(1) in (cluster.get("additional_parameters") or {}):
+        return f" (cluster.additional_parameters.{unknown.group(1)})"
+    return ""
+
+
+def _remove_refused_sweep_dir(sweep_dir: Path) -> None:
+    """A submission refused before any job was queued: the sweep dir holds only what this command wrote
+    (Hydra's multirun.yaml, submitit's pickled jobs and sbatch script). Removed, so a refused command
+    leaves no sweep behind that looks like one whose jobs never wrote anything. A dir holding anything
+    else (run dirs, a queued job's .submitit/<job id>/) is left as it is."""
+    import shutil
+
+    submitit_dir = sweep_dir / ".submitit"
+    if not sweep_dir.is_dir() or any(
+        p.name not in ("multirun.yaml", ".submitit") for p in sweep_dir.iterdir()
+    ):
+        return
+    if submitit_dir.is_dir() and any(p.is_dir() for p in submitit_dir.iterdir()):
+        return
+    shutil.rmtree(sweep_dir, ignore_errors=True)
 
 
 def _job_output(job: Any) -> str:
