@@ -97,7 +97,7 @@ def _train(
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
     from lightning.pytorch.loggers import Logger
 
-    from vla_hydra.cluster.resume import check_resumable, resume_checkpoint
+    from vla_hydra.cluster.resume import check_resumable, finished_before_requeue, resume_checkpoint
     from vla_hydra.core.exceptions import ConfigError
     from vla_hydra.core.io import check_creatable, remove_empty_dirs, write_json_atomic
     from vla_hydra.core.logging import get_logger, silence_known_warnings
@@ -116,6 +116,10 @@ def _train(
     set_torch_threads(cfg.get("torch_threads"))
     seed_everything(cfg.seed)
     output_dir = Path(cfg.paths.output_dir).resolve()
+    finished = finished_before_requeue(cfg, output_dir)
+    if finished is not None:
+        log.info(f"requeued after its run had finished ({output_dir / 'results.json'}): nothing left to do")
+        return (finished.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None), finished
     if cfg.get("eval_only"):
         return _evaluate_checkpoint(cfg, output_dir, start)
     ckpt_path = resume_checkpoint(cfg, output_dir)

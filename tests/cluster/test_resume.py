@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from tests.conftest import run_module, small_train_config
 from vla_hydra.cluster.resume import advance_iterable, resume_checkpoint
+from vla_hydra.core.exceptions import CheckpointError
 from vla_hydra.train import train
 
 
@@ -43,6 +44,22 @@ def test_resume_checkpoint_prefers_own_run_dir_only_with_auto_resume(tmp_path):
     assert resume_checkpoint(cfg, tmp_path) == str(own)
     cfg.cluster.auto_resume = False
     assert resume_checkpoint(cfg, tmp_path) == str(given)
+
+
+def test_a_job_requeued_after_its_run_finished_hands_back_the_results(tmp_path, data_dir, monkeypatch):
+    """`scontrol requeue` during a job's final evaluation: the job finished before SLURM killed it, and
+    its restart was refused as a new run into a finished run's dir (job FAILED, its submitit result
+    replaced by that error). The restart now returns the finished run's results without training."""
+    cfg = small_train_config(tmp_path, data_dir, ["trainer.max_steps=50"])
+    with open_dict(cfg):
+        cfg.cluster.auto_resume = True
+    _, first = train(cfg)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    _, again = train(cfg)
+    assert again == first
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # a new job into that dir is still refused
+    with pytest.raises(CheckpointError, match="holds a finished run"):
+        train(cfg)
 
 
 @pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "directory"])

@@ -86,6 +86,24 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     return path
 
 
+def finished_before_requeue(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The results of a requeued SLURM job whose run had already finished, else None.
+
+    A requeue or pre-emption signal that arrives outside the fit (during start-up or the final evaluation)
+    meets submitit's handler, which lets the job go on: it can finish and write results.json before SLURM
+    kills it, and SLURM then starts it again. That restart used to be refused as a new run into a finished
+    run's dir: the job ended FAILED and its submitit result, read by the launcher and `report`, was
+    replaced by that failure. Its work is done: it hands back the run's results instead."""
+    import json
+
+    results = Path(run_dir) / "results.json"
+    cluster = cfg.get("cluster") or {}
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if not (cluster.get("auto_resume") and restarts > 0 and results.is_file()):
+        return None
+    return json.loads(results.read_text())
+
+
 class RunDirLock:
     """An exclusive flock on the run dir itself (no lock file): held until close() or the process ends,
     however it ends."""
