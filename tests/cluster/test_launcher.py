@@ -139,3 +139,28 @@ def test_ctrl_c_inside_sbatch_ends_in_one_line_that_says_how_to_find_the_jobs(tm
     assert last.startswith("interrupted while submitting 2 job(s); if sbatch had accepted them, the jobs are")
     assert last.endswith("squeue -u $USER -n train")
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    "setup,status,error",
+    [
+        (
+            ["export A=1", "false", "echo never"],
+            1,
+            "error: cluster.setup[1] (false) failed with exit status 1",
+        ),
+        (["true", "exit 3"], 3, "error: cluster.setup[1] (exit 3) failed with exit status 3"),
+        (["# a comment", "", "export A=1"], 0, None),
+    ],
+)
+def test_a_failing_setup_line_stops_the_job_script_and_is_named(setup, status, error):
+    """sbatch runs the job script without `set -e`: a failing `module load` used to be passed over."""
+    import subprocess
+
+    script = "\n".join([*launcher.guarded_setup(setup), 'echo "python starts, A=$A"'])
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == status
+    if error:
+        assert (proc.stdout, proc.stderr) == ("", error + "\n")
+    else:
+        assert (proc.stdout, proc.stderr) == ("python starts, A=1\n", "")

@@ -98,6 +98,24 @@ def test_failing_job_reports_its_error_and_the_other_succeeds(slurm, pendulum_da
     assert status == "error" and "JobExitedWithError: error: env.id='NoSuchEnv-v0'" in trace
 
 
+def test_a_failing_setup_line_stops_its_job_and_is_named(slurm, pendulum_data, tmp_path):
+    """A failing cluster.setup line used to be passed over (the job script has no `set -e`) and the job
+    trained anyway. Here it fails in job 1 only: job 1 stops there, job 0 runs to the end."""
+    setup = "cluster.setup=['true','test $SLURM_ARRAY_TASK_ID = 0']"
+    proc = run_module(
+        "vla_hydra.train", "-m", "cluster=slurm", "seed=0,1", setup, *small_job_args(tmp_path, pendulum_data, 20),
+        cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: job #1 (cluster=slurm seed=1 ") and last.endswith(
+        ": cluster.setup[1] (test $SLURM_ARRAY_TASK_ID = 0) failed with exit status 1"
+    ), proc.stderr[-2000:]
+    (sweep,) = sweep_dirs(tmp_path)
+    assert json.loads((sweep / "0" / "results.json").read_text())["train_steps"] == 20
+    assert not (sweep / "1").exists()  # stopped before python started
+
+
 def _array_task(sweep: Path, task: int) -> str:
     # submitit's folder per job is named after the SLURM id: <array job id>_<task>
     # (a one-job sweep is a plain job: <job id>)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import shlex
 import signal
 import sys
 import time
@@ -110,6 +111,26 @@ def job_error_line(job: Any, error: Exception) -> str:
     return " ".join(str(error).split())[:500]
 
 
+def guarded_setup(lines: Sequence[Any]) -> list[str]:
+    """`cluster.setup` as job script lines that stop the job at the first failing line. sbatch runs the
+    script without `set -e`, so a failed `module load` used to be passed over and the job trained anyway.
+    The job's stderr now ends on `error: cluster.setup[<i>] (<line>) failed with exit status <n>`, which
+    the launcher reports as the job's error (job_error_line); a line that calls `exit` itself is named
+    the same way, through the EXIT trap that prints the message."""
+    script = [
+        "# cluster.setup, each line checked: a failing one stops the job (vla_hydra...guarded_setup)",
+        "trap 'echo \"$vla_setup_error$?\" >&2' EXIT",
+    ]
+    for i, line in enumerate(lines):
+        error = f"error: cluster.setup[{i}] ({' '.join(str(line).split())}) failed with exit status "
+        script += [
+            f"vla_setup_error={shlex.quote(error)}",
+            str(line),
+            'vla_status=$?; [ "$vla_status" -eq 0 ] || exit "$vla_status"',
+        ]
+    return [*script, "trap - EXIT"]  # python's own exit is not a setup failure
+
+
 def _remove_empty_template_folder(folder: Path) -> None:
     """submitit's local job controllers create the folder template itself (`.submitit/%j`, unexpanded)
     next to the per-job folders; it stays empty."""
@@ -133,6 +154,8 @@ class WaitForAllJobs(BaseSubmititLauncher):
         executor_args = {
             f"{self._EXECUTOR}_{key}": params.pop(key) for key in _EXECUTOR_KEYS if key in params
         }
+        if params.get("setup"):
+            params["setup"] = guarded_setup(params["setup"])
         executor = submitit.AutoExecutor(folder=folder, cluster=self._EXECUTOR, **executor_args)
         shared = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(
