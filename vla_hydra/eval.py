@@ -32,9 +32,10 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu", option: str = "ckpt_
     from omegaconf import OmegaConf
 
     from vla_hydra.algos.base import CHECKPOINT_KEY
+    from vla_hydra.core.checkpoints import is_deepspeed_checkpoint
     from vla_hydra.core.exceptions import CheckpointError
     from vla_hydra.envs.factory import EnvSpec
-    from vla_hydra.training.sharding import is_deepspeed_checkpoint, load_deepspeed_checkpoint
+    from vla_hydra.training.sharding import load_deepspeed_checkpoint
 
     if ckpt_path is None or not str(ckpt_path).strip():
         raise CheckpointError(

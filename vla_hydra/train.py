@@ -282,6 +282,7 @@ def _evaluate_checkpoint(
     algorithms; results.json has the fields of a training run's, labelled with the run's algo, dataset
     and seed, so vla_hydra.report tables them."""
     from vla_hydra.cluster.resume import refuse_finished_run_dir
+    from vla_hydra.core.checkpoints import check_checkpoint_file
     from vla_hydra.core.exceptions import ConfigError
     from vla_hydra.core.io import write_json_atomic
     from vla_hydra.core.logging import get_logger
@@ -301,6 +302,7 @@ def _evaluate_checkpoint(
             "several separated by commas (one job each)"
         )
     refuse_finished_run_dir(output_dir)
+    check_checkpoint_file(str(cfg.ckpt_path))  # the same check as before a cluster submission
     ckpt_path = Path(str(cfg.ckpt_path)).resolve()
     algo, env, config = load_policy(ckpt_path)
     final = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)

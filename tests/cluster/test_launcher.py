@@ -4,6 +4,7 @@ grouping of those reports, and which sweepers must get every result back."""
 from __future__ import annotations
 
 import logging
+import zipfile
 
 import pytest
 
@@ -88,6 +89,8 @@ def test_an_optuna_search_gets_every_result_back_and_a_grid_sweep_does_not():
             "error: cluster.setup: Invalid value assigned: str is not a ListConfig, list or tuple. "
             "(it sets hydra.launcher.setup)",
         ),
+        # the job found it only once it ran, after queueing; the line is the one a local run prints
+        ("ckpt_path=/no/such.ckpt", "error: ckpt_path=/no/such.ckpt: file not found"),
     ],
 )
 def test_cluster_settings_are_refused_in_one_line_before_anything_is_submitted(tmp_path, override, line):
@@ -101,6 +104,24 @@ def test_cluster_settings_are_refused_in_one_line_before_anything_is_submitted(t
     assert [ln for ln in proc.stderr.splitlines() if not ln.startswith("[")] == [line]
     assert not list(tmp_path.rglob(".submitit"))
     assert not (tmp_path / "sweep").exists()  # not even Hydra's multirun.yaml is left
+
+
+def test_a_missing_checkpoint_of_one_job_is_refused_before_any_job_starts(tmp_path):
+    """experiment=eval over two checkpoints, one missing: nothing runs (cluster=submitit_local would have
+    run the good one and failed the other in its job)."""
+    from tests.conftest import run_module
+
+    good = tmp_path / "good.ckpt"
+    zipfile.ZipFile(good, "w").close()  # what can be told without torch: a complete zip file
+    proc = run_module(
+        "vla_hydra.train", "experiment=eval", "cluster=submitit_local", f"ckpt_path={good},{tmp_path}/no.ckpt",
+        f"paths.root_dir={tmp_path}", timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert [ln for ln in proc.stderr.splitlines() if not ln.startswith("[")] == [
+        f"error: ckpt_path={tmp_path}/no.ckpt: file not found"
+    ]
+    assert not list(tmp_path.glob("logs/eval/multiruns/*"))  # no sweep dir left behind
 
 
 def test_ctrl_c_inside_sbatch_ends_in_one_line_that_says_how_to_find_the_jobs(tmp_path):

@@ -74,7 +74,7 @@ def test_a_bad_ckpt_path_fails_in_one_line_before_any_work(tmp_path, case):
     assert proc.returncode == 1
     expected = {
         "missing": "file not found",
-        "not_a_checkpoint": "not a complete checkpoint (truncated, or not written by torch.save); resume from "
+        "not_a_checkpoint": "not a complete checkpoint (truncated, or not written by torch.save); use "
         "another one, e.g. the run's checkpoints/last.ckpt",
         "directory": f"a directory; expected a checkpoint file, e.g. {path / 'checkpoints' / 'last.ckpt'}",
     }[case]

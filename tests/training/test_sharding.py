@@ -8,9 +8,10 @@ import pytest
 
 from tests.conftest import compose_config
 from vla_hydra.cluster.resume import resume_checkpoint
+from vla_hydra.core.checkpoints import is_deepspeed_checkpoint
 from vla_hydra.core.exceptions import CheckpointError, ConfigError
 from vla_hydra.eval import load_policy
-from vla_hydra.training.sharding import is_deepspeed_checkpoint, prepare_strategy
+from vla_hydra.training.sharding import prepare_strategy
 
 
 def test_a_plain_directory_is_refused_naming_it(tmp_path):

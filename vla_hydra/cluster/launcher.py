@@ -163,18 +163,41 @@ class WaitForAllJobs(BaseSubmititLauncher):
         )
         return executor
 
-    def check_settings(self) -> None:
-        """The cluster.* checks, one line and exit 1; also called by a sweeper before it writes anything
-        (an Optuna study's database), so a refused submission leaves nothing behind."""
+    def check_settings(self, job_overrides: Sequence[Sequence[str]] = ()) -> None:
+        """Everything that can be checked before a job is submitted, one line and exit 1: the cluster.*
+        settings and each job's ckpt_path (a missing checkpoint was found in the job, after queueing).
+        Also called by a sweeper before it writes anything (an Optuna study's database), with no
+        job_overrides: the sweep's own config is checked, so a refused submission leaves nothing behind."""
         assert self.config is not None
-        _check_cluster_settings(self.config)
-        if not OmegaConf.select(self.config, "cluster.wait", default=True):
-            _check_detached_submission(self.config, self._EXECUTOR)
+        try:
+            _check_cluster_settings(self.config)
+            if not OmegaConf.select(self.config, "cluster.wait", default=True):
+                _check_detached_submission(self.config, self._EXECUTOR)
+            for config in self._checkpoint_configs(job_overrides):
+                _check_job_checkpoint(config)
+        except VlaHydraError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+
+    def _checkpoint_configs(self, job_overrides: Sequence[Sequence[str]]) -> list[Any]:
+        """The configs the jobs read their ckpt_path from. A job that sets ckpt_path itself is composed as
+        it will compose itself (Hydra's load_sweep_config, ~0.3 s each: once per literal value); the
+        others read the sweep's own config."""
+        configs, seen = [], set()
+        for overrides in job_overrides or [()]:
+            own = tuple(o for o in overrides if o.split("=", 1)[0].lstrip("+~") == "ckpt_path")
+            if own in seen:
+                continue
+            if not any("$" in o for o in own):  # an interpolation (${seed}) may differ from job to job
+                seen.add(own)
+            loader = self.hydra_context.config_loader
+            configs.append(loader.load_sweep_config(self.config, list(overrides)) if own else self.config)
+        return configs
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         try:
-            self.check_settings()
+            self.check_settings(job_overrides)
         except SystemExit:
             _remove_refused_sweep_dir(sweep_dir)
             raise
@@ -422,39 +445,47 @@ def _job_output(job: Any) -> str:
 
 
 def _check_cluster_settings(config: Any) -> None:
-    """Before anything is submitted: the `cluster.*` values vla_hydra's config checks know (time_min,
-    nodes, tasks, CPUs, ...), and a time limit longer than the pre-emption warning. One line, exit 1."""
+    """The `cluster.*` values vla_hydra's config checks know (time_min, nodes, tasks, CPUs, ...), and a
+    time limit longer than the pre-emption warning."""
     from vla_hydra.core.config import check_config_values
 
     cluster = config.get("cluster") or {}
-    try:
-        # every cluster.* value with a known rule (time_min, nodes, ..., the switches wait and auto_resume)
-        if OmegaConf.is_dict(cluster):
-            check_config_values(cluster, "cluster.")
-        if (
-            "time_min" in cluster
-            and "signal_delay_s" in cluster
-            and cluster.time_min * 60 <= cluster.signal_delay_s
-        ):
-            raise ConfigError(
-                f"cluster.time_min={cluster.time_min}: must end after the pre-emption warning "
-                f"(cluster.signal_delay_s={cluster.signal_delay_s} s before the end)"
-            )
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+    # every cluster.* value with a known rule (time_min, nodes, ..., the switches wait and auto_resume)
+    if OmegaConf.is_dict(cluster):
+        check_config_values(cluster, "cluster.")
+    if (
+        "time_min" in cluster
+        and "signal_delay_s" in cluster
+        and cluster.time_min * 60 <= cluster.signal_delay_s
+    ):
+        raise ConfigError(
+            f"cluster.time_min={cluster.time_min}: must end after the pre-emption warning "
+            f"(cluster.signal_delay_s={cluster.signal_delay_s} s before the end)"
+        )
 
 
 def _check_detached_submission(config: Any, executor: str) -> None:
     """cluster.wait=false only where jobs outlive this command and nothing needs their results now."""
-    problem = None
     if executor != "slurm":
-        problem = "only with cluster=slurm (cluster=submitit_local jobs are children of this command)"
-    elif sweeper_needs_results(config):
-        problem = "an Optuna search (hparams_search=) needs each trial's result to propose the next"
-    if problem:
-        print(f"error: cluster.wait=false: {problem}", file=sys.stderr, flush=True)
-        raise SystemExit(1)
+        raise ConfigError(
+            "cluster.wait=false: only with cluster=slurm (cluster=submitit_local jobs are children of "
+            "this command)"
+        )
+    if sweeper_needs_results(config):
+        raise ConfigError(
+            "cluster.wait=false: an Optuna search (hparams_search=) needs each trial's result to propose "
+            "the next"
+        )
+
+
+def _check_job_checkpoint(config: Any) -> None:
+    """A job's ckpt_path, checked as the job itself checks it (core.checkpoints); `last` and Lightning's
+    aliases depend on the job's own run dir and are left to the job."""
+    from vla_hydra.core.checkpoints import LIGHTNING_CKPT_ALIASES, check_checkpoint_file
+
+    path = config.get("ckpt_path")
+    if path is not None and str(path) not in LIGHTNING_CKPT_ALIASES:
+        check_checkpoint_file(str(path))
 
 
 class QueueReport:

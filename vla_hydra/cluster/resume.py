@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -21,16 +20,17 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from vla_hydra.core.checkpoints import (
+    LIGHTNING_CKPT_ALIASES,
+    RUN_DIR_CHECKPOINT,
+    check_checkpoint_file,
+    is_deepspeed_checkpoint,
+)
 from vla_hydra.core.exceptions import CheckpointError
 from vla_hydra.core.logging import get_logger
 from vla_hydra.core.runtime import decorrelate_rngs, get_rng_states, set_rng_states
-from vla_hydra.training.sharding import is_deepspeed_checkpoint
 
 log = get_logger(__name__)
-
-RUN_DIR_CHECKPOINT = Path("checkpoints") / "last.ckpt"
-# ckpt_path values Lightning resolves itself
-LIGHTNING_CKPT_ALIASES = {"last", "best", "hpc", "registry"}
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -65,24 +65,7 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
         raise CheckpointError(
             f"ckpt_path={path}: not supported here; pass a checkpoint file (or ckpt_path=last)"
         )
-    if not path.strip():
-        raise CheckpointError(
-            "ckpt_path: empty; expected a checkpoint file, e.g. <run dir>/checkpoints/last.ckpt"
-        )
-    if is_deepspeed_checkpoint(Path(path)):
-        return path
-    # checked before any data is collected or trained on, not when Lightning gets to it
-    if Path(path).is_dir():
-        raise CheckpointError(
-            f"ckpt_path={path}: a directory; expected a checkpoint file, e.g. {Path(path) / RUN_DIR_CHECKPOINT}"
-        )
-    if not Path(path).is_file():
-        raise CheckpointError(f"ckpt_path={path}: file not found")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"ckpt_path={path}: not a complete checkpoint (truncated, or not written by torch.save); resume "
-            "from another one, e.g. the run's checkpoints/last.ckpt"
-        )
+    check_checkpoint_file(path)  # before any data is collected or trained on, not when Lightning reads it
     return path
 
 

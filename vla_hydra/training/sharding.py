@@ -164,12 +164,6 @@ def prepare_fsdp(trainer, module: torch.nn.Module) -> None:
     module.replicated_parameters = replicated
 
 
-def is_deepspeed_checkpoint(path: Path) -> bool:
-    """Lightning's DeepSpeed strategy saves `last.ckpt` as a directory: a `latest` tag file and the
-    tagged folder of model/optimizer shards."""
-    return path.is_dir() and (path / "latest").is_file()
-
-
 def load_deepspeed_checkpoint(path: Path) -> dict[str, Any]:
     """A DeepSpeed checkpoint directory as the one-file checkpoint dict Lightning writes elsewhere
     (fp32 weights gathered from the ZeRO shards under "state_dict", plus the run's own sections).

@@ -1,0 +1,44 @@
+"""A checkpoint path as the user gives it (`ckpt_path=...`): what can be told without reading the file.
+
+Free of torch on purpose: the cluster launchers check every job's ckpt_path here before anything is
+submitted, and importing torch would add seconds to every submission.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from vla_hydra.core.exceptions import CheckpointError
+
+RUN_DIR_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+# ckpt_path values Lightning resolves itself (`last`: vla_hydra's own, this run dir's last.ckpt)
+LIGHTNING_CKPT_ALIASES = {"last", "best", "hpc", "registry"}
+
+
+def is_deepspeed_checkpoint(path: Path) -> bool:
+    """Lightning's DeepSpeed strategy saves `last.ckpt` as a directory: a `latest` tag file and the
+    tagged folder of model/optimizer shards."""
+    return path.is_dir() and (path / "latest").is_file()
+
+
+def check_checkpoint_file(path: str) -> None:
+    """`ckpt_path=<path>` (not an alias): one line when it cannot be a checkpoint. Called in the run
+    (training and eval_only) and, for every job, by the cluster launchers before they submit."""
+    if not path.strip():
+        raise CheckpointError(
+            "ckpt_path: empty; expected a checkpoint file, e.g. <run dir>/checkpoints/last.ckpt"
+        )
+    if is_deepspeed_checkpoint(Path(path)):
+        return
+    if Path(path).is_dir():
+        raise CheckpointError(
+            f"ckpt_path={path}: a directory; expected a checkpoint file, e.g. {Path(path) / RUN_DIR_CHECKPOINT}"
+        )
+    if not Path(path).is_file():
+        raise CheckpointError(f"ckpt_path={path}: file not found")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"ckpt_path={path}: not a complete checkpoint (truncated, or not written by torch.save); use "
+            "another one, e.g. the run's checkpoints/last.ckpt"
+        )
