@@ -113,6 +113,16 @@ def raise_on_sigterm():
 def _report_interruption(record: dict | None, signal_name: str = "Ctrl-C") -> None:
     """One line for a run stopped by Ctrl-C or SIGTERM, saying where to continue from; exit 130 / 143.
     `record`: the fit's InterruptionRecord, None when it was stopped outside a fit (by `signal_name`)."""
+    from vla_hydra.cluster.launcher import requeued_by_slurm
+
+    code = 143 if (record["signal"] if record else signal_name) == "SIGTERM" else 130
+    if code == 143 and requeued_by_slurm():
+        # not a failure: the job starts again and continues (cluster.auto_resume); the ERROR "terminated"
+        # line read as one in the run's train.log
+        from vla_hydra.core.logging import get_logger
+
+        get_logger("vla_hydra").warning(_requeued_line(record))
+        raise SystemExit(code)
     if record is None:
         line = "interrupted (Ctrl-C)" if signal_name == "Ctrl-C" else f"terminated ({signal_name})"
     elif record["saved"]:
@@ -131,7 +141,20 @@ def _report_interruption(record: dict | None, signal_name: str = "Ctrl-C") -> No
         line = f"{verb} ({record['signal']}) at update {record['step']}; {where}"
     print(f"{_sweep_job_prefix()}{line}", file=sys.stderr, flush=True)
     _record_in_job_log(line)
-    raise SystemExit(143 if (record["signal"] if record else signal_name) == "SIGTERM" else 130)
+    raise SystemExit(code)
+
+
+def _requeued_line(record: dict | None) -> str:
+    """What a SIGTERM that SLURM follows with a requeue did: where the requeued job continues from."""
+    if record is None:
+        return "preempted (SIGTERM, requeued by SLURM) outside training: the job starts again"
+    if record["saved"]:
+        where = f"saved {record['checkpoint']}: the requeued job continues from it"
+    elif record["checkpoint"]:
+        where = f"the requeued job continues from its last checkpoint (update {record['checkpoint_step']})"
+    else:
+        where = "no checkpoint had been saved yet: the requeued job starts over"
+    return f"preempted (SIGTERM, requeued by SLURM) at update {record['step']}; {where}"
 
 
 def _record_in_job_log(line: str) -> None:

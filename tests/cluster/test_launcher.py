@@ -4,6 +4,7 @@ grouping of those reports, and which sweepers must get every result back."""
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
 
 import pytest
@@ -185,3 +186,33 @@ def test_a_failing_setup_line_stops_the_job_script_and_is_named(setup, status, e
         assert (proc.stdout, proc.stderr) == ("", error + "\n")
     else:
         assert (proc.stdout, proc.stderr) == ("python starts, A=1\n", "")
+
+
+@pytest.mark.parametrize(
+    "env,restarts,requeued",
+    [
+        ({"SLURM_JOB_ID": "7"}, 1, True),  # scontrol requeue / pre-emption: counted before the SIGTERM
+        ({"SLURM_JOB_ID": "7"}, 0, False),  # scancel
+        ({"SLURM_JOB_ID": "7", "SLURM_RESTART_COUNT": "1"}, 1, False),  # scancel of the requeued run
+        ({}, 1, False),  # not a SLURM job: scontrol is not asked
+    ],
+)
+def test_a_sigterm_that_slurm_follows_with_a_requeue_is_told_apart(
+    tmp_path, monkeypatch, env, restarts, requeued
+):
+    """The job's SIGTERM is logged as a requeue (a warning), not as the run's failure, only when SLURM
+    counted a requeue of this job (a real `scontrol` stands in: it prints what SLURM 22.05's does)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(
+        f'#!/bin/sh\n[ "$*" = "show job -o 7" ] && echo "JobId=7 JobName=train Requeue=1 Restarts={restarts} '
+        'BatchFlag=1 JobState=COMPLETING"\n'
+    )
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    for key in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert launcher.requeued_by_slurm() is requeued

@@ -4,6 +4,7 @@ pre-emption with requeue and exact resume, an Optuna search."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -174,6 +175,7 @@ def test_preempted_job_checkpoints_requeues_and_matches_uninterrupted_twin(slurm
 
     _, sweep, log = interrupted_sweep(tmp_path, args, f"step 500/{steps}", preempt)
     text = log.read_text()
+    assert "[ERROR]" not in text  # a pre-emption is no failure of the run
     saved_at = int(text.split("pre-emption signal SIGUSR2: saved")[1].split("at step ")[1].split()[0])
     assert 0 < saved_at < steps
     assert "resuming the requeued job from" in text and str(sweep / "0" / "checkpoints" / "last.ckpt") in text
@@ -333,13 +335,22 @@ def test_detached_optuna_search_is_refused_in_one_line(tmp_path, pendulum_data):
 
 @pytest.mark.slow
 def test_admin_requeue_resumes_from_last_periodic_checkpoint(slurm, pendulum_data, tmp_path):
-    """`scontrol requeue` kills the job without warning: it restarts from the last periodic last.ckpt."""
+    """`scontrol requeue` sends SIGTERM without the USR2 warning: the job saves last.ckpt at its step
+    boundary and its requeued run continues from it. The first attempt's log used to end on an ERROR
+    "terminated (SIGTERM) ... continue with ckpt_path=" line, as if the run had failed."""
     steps = 4000
     args = [*small_job_args(tmp_path, pendulum_data, steps), "eval.every_n_updates=500"]
     args += ["callbacks.model_checkpoint.every_n_updates=500"]
     requeue = lambda job, log: subprocess.run(["scontrol", "requeue", job], check=True)  # noqa: E731
     _, sweep, log = interrupted_sweep(tmp_path, args, f"step 1000/{steps}", requeue)
-    assert "resuming the requeued job" in log.read_text()
+    text, ckpt = log.read_text(), sweep / "0" / "checkpoints" / "last.ckpt"
+    assert "[ERROR]" not in text and "terminated" not in text, text[-3000:]
+    warning = re.search(
+        r"\[vla_hydra\]\[WARNING\] - preempted \(SIGTERM, requeued by SLURM\) at update (\d+); (.*)", text
+    )
+    assert warning and 1000 <= int(warning.group(1)) < steps, text[-3000:]
+    assert warning.group(2) == f"saved {ckpt}: the requeued job continues from it"
+    assert f"resuming the requeued job from {ckpt}" in text
     assert json.loads((sweep / "0" / "results.json").read_text())["train_steps"] == steps
 
 

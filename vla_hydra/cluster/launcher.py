@@ -575,6 +575,27 @@ def _requeued(job: Any) -> bool:
     return bool(listed)
 
 
+def requeued_by_slurm() -> bool:
+    """Inside a SLURM job: whether SLURM has requeued it (`scontrol requeue`, a pre-emption with
+    PreemptMode=REQUEUE), so the SIGTERM that follows ends this attempt only and the job starts again in
+    its run dir. SLURM counts the requeue (scontrol's Restarts) before it signals the job, while
+    SLURM_RESTART_COUNT is this attempt's count; a scancel leaves the count as it is."""
+    import os
+    import subprocess
+
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return False
+    try:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    restarts = re.search(r"\bRestarts=(\d+)", shown)
+    return bool(restarts) and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
 class RunEveryJob(BasicLauncher):
     """cluster=local's launcher: Hydra's basic launcher (jobs one after another in this process), except
     that a failing job no longer ends the sweep. Each failure is named when it happens (a user error by its
