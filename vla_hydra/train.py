@@ -282,7 +282,7 @@ def _evaluate_checkpoint(
     algorithms; results.json has the fields of a training run's, labelled with the run's algo, dataset
     and seed, so vla_hydra.report tables them."""
     from vla_hydra.cluster.resume import refuse_finished_run_dir
-    from vla_hydra.core.checkpoints import check_checkpoint_file
+    from vla_hydra.core.checkpoints import check_run_checkpoint
     from vla_hydra.core.exceptions import ConfigError
     from vla_hydra.core.io import write_json_atomic
     from vla_hydra.core.logging import get_logger
@@ -296,13 +296,8 @@ def _evaluate_checkpoint(
                 f"{override}: eval_only=true evaluates the checkpoint with the algo, model, data and env "
                 "it was trained with; only eval.* options apply (vla_hydra.eval takes the same)"
             )
-    if not cfg.get("ckpt_path"):
-        raise ConfigError(
-            "ckpt_path: required with eval_only=true (experiment=eval); pass ckpt_path=<checkpoint>, or "
-            "several separated by commas (one job each)"
-        )
+    check_run_checkpoint(cfg)  # the same check as before a cluster submission
     refuse_finished_run_dir(output_dir)
-    check_checkpoint_file(str(cfg.ckpt_path))  # the same check as before a cluster submission
     ckpt_path = Path(str(cfg.ckpt_path)).resolve()
     algo, env, config = load_policy(ckpt_path)
     final = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)

@@ -28,6 +28,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
+from vla_hydra.core.checkpoints import check_run_checkpoint
 from vla_hydra.core.exceptions import ConfigError, VlaHydraError
 from vla_hydra.core.logging import get_logger
 
@@ -174,7 +175,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
             if not OmegaConf.select(self.config, "cluster.wait", default=True):
                 _check_detached_submission(self.config, self._EXECUTOR)
             for config in self._checkpoint_configs(job_overrides):
-                _check_job_checkpoint(config)
+                check_run_checkpoint(config)
         except VlaHydraError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
@@ -476,16 +477,6 @@ def _check_detached_submission(config: Any, executor: str) -> None:
             "cluster.wait=false: an Optuna search (hparams_search=) needs each trial's result to propose "
             "the next"
         )
-
-
-def _check_job_checkpoint(config: Any) -> None:
-    """A job's ckpt_path, checked as the job itself checks it (core.checkpoints); `last` and Lightning's
-    aliases depend on the job's own run dir and are left to the job."""
-    from vla_hydra.core.checkpoints import LIGHTNING_CKPT_ALIASES, check_checkpoint_file
-
-    path = config.get("ckpt_path")
-    if path is not None and str(path) not in LIGHTNING_CKPT_ALIASES:
-        check_checkpoint_file(str(path))
 
 
 class QueueReport:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from vla_hydra.core.exceptions import CheckpointError
+from vla_hydra.core.exceptions import CheckpointError, ConfigError
 
 RUN_DIR_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 # ckpt_path values Lightning resolves itself (`last`: vla_hydra's own, this run dir's last.ckpt)
@@ -42,3 +42,17 @@ def check_checkpoint_file(path: str) -> None:
             f"ckpt_path={path}: not a complete checkpoint (truncated, or not written by torch.save); use "
             "another one, e.g. the run's checkpoints/last.ckpt"
         )
+
+
+def check_run_checkpoint(cfg) -> None:
+    """A run's `ckpt_path` as the run will use it: required with eval_only=true (experiment=eval);
+    `last` and Lightning's other aliases depend on the run's own dir and are left to the run. Called by
+    the eval-only run and, for every job, by the cluster launchers before they submit."""
+    path = cfg.get("ckpt_path")
+    if path is None and cfg.get("eval_only"):
+        raise ConfigError(
+            "ckpt_path: required with eval_only=true (experiment=eval); pass ckpt_path=<checkpoint>, or "
+            "several separated by commas (one job each)"
+        )
+    if path is not None and not (str(path) in LIGHTNING_CKPT_ALIASES and not cfg.get("eval_only")):
+        check_checkpoint_file(str(path))
