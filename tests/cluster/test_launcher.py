@@ -221,3 +221,32 @@ def test_a_sigterm_that_slurm_follows_with_a_requeue_is_told_apart(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert launcher.requeued_by_slurm() is requeued
+
+
+@pytest.mark.parametrize(
+    "stderr,line",
+    [
+        (  # scancel: the run's own line says where to continue; srun's exit code does not
+            "terminated (SIGTERM) at update 300; saved /r/checkpoints/last.ckpt: continue with "
+            "ckpt_path=/r/checkpoints/last.ckpt\nslurmstepd: error: *** STEP 5.0 CANCELLED ***\n"
+            "srun: error: node: task 0: Exited with exit code 143\n",
+            "terminated (SIGTERM) at update 300; saved /r/checkpoints/last.ckpt: continue with "
+            "ckpt_path=/r/checkpoints/last.ckpt",
+        ),
+        (
+            "[INFO] loading\nerror: data.path=/x: file not found\nsrun: error: exit code 1\n",
+            "error: data.path=/x: file not found",
+        ),
+        (
+            "[INFO] loading\nslurmstepd: error: Detected 1 oom_kill event\n",
+            "slurmstepd: error: Detected 1 oom_kill event",
+        ),
+        ("", "job 5 failed"),
+    ],
+)
+def test_a_failed_job_is_reported_by_its_own_last_line(stderr, line):
+    class Job:
+        def stderr(self):
+            return stderr
+
+    assert launcher.job_error_line(Job(), RuntimeError("job 5\n failed")) == line

@@ -97,15 +97,16 @@ def user_error_as_exception():
 
 
 def job_error_line(job: Any, error: Exception) -> str:
-    """The job's own one-line `error: ...` if it printed one, else the last line of its stderr or the
-    scheduler's message."""
+    """The job's own last line if it printed one (`error: ...`, or the `terminated (SIGTERM) ...: continue
+    with ckpt_path=...` of a scancel, which srun's `exited with exit code 143` would hide), else the last
+    line of its stderr or the scheduler's message."""
     try:
         stderr = job.stderr() or ""
     except OSError:
         stderr = ""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for line in reversed(lines):
-        if line.startswith("error:"):
+        if line.startswith(("error:", "terminated (", "interrupted (")):
             return line
     if lines:
         return lines[-1]
