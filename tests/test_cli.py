@@ -38,6 +38,19 @@ from vla_hydra.cli import hydra_error_line
             ["algo.expert_ckpt=x.ckpt"],
             "algo.expert_ckpt=x.ckpt: algo (vla_hydra.algos.bc.BC) has no option 'expert_ckpt'; algo=dagger has it",
         ),
+        # an argument the node's constructor takes but its yaml does not list: not "no option", nor a
+        # "did you mean trainer.max_steps" for max_time
+        (
+            ["trainer.max_time=00:00:01:00"],
+            "trainer.max_time=00:00:01:00: trainer (lightning.pytorch.Trainer) takes 'max_time', but this "
+            "config does not set it; add it with +trainer.max_time=00:00:01:00",
+        ),
+        (
+            ["data=cartpole_mixed", "data.recipe.env_kwargs={max_episode_steps:50}"],
+            "data.recipe.env_kwargs={max_episode_steps:50}: data.recipe (vla_hydra.collect.CollectionRecipe) "
+            "takes 'env_kwargs', but this config does not set it; add it with "
+            "+data.recipe.env_kwargs={max_episode_steps:50}",
+        ),
         (
             ["env=nope"],
             "env=nope: no such choice; env= choices: cartpole, halfcheetah, hopper, pendulum, walker2d",

@@ -422,12 +422,47 @@ def _unknown_key_line(override: str, cause: Any) -> str:
         )
     if elsewhere:  # e.g. cluster.wait under cluster=submitit_local: the option belongs to another choice
         line += f"; {' and '.join(elsewhere)} {'has' if len(elsewhere) == 1 else 'have'} it"
+    elif (
+        isinstance(target, str)
+        # a one-letter slip of an existing option (lrr for lr) is a typo: not worth importing the target
+        and not (close and _one_edit_apart(key, close[0]))
+        and _target_takes(target, key)
+    ):
+        # e.g. trainer.gradient_clip_val: Lightning's Trainer takes it, the yaml just does not list it
+        # (saying it has no such option, or suggesting trainer.max_steps for max_time, was wrong)
+        return f"{override}: {where} takes '{key}', but this config does not set it; add it with +{override}"
     elif target is None and not known:
         # a free-form map (cluster.additional_parameters): new keys are how it is used. Not elsewhere: a new
         # key in a node that builds an object fails in its constructor, and one in a settings node
         # (eval, paths) is read by nothing, so `+` would only silence the typo
         line += f" (+{override} adds it as a new key)"
     return line
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """One letter inserted, deleted, replaced, or two neighbours swapped (epsiodes for episodes)."""
+    if len(a) == len(b):
+        diffs = [i for i in range(len(a)) if a[i] != b[i]]
+        swapped = len(diffs) == 2 and diffs[1] == diffs[0] + 1 and a[diffs[0]] == b[diffs[1]]
+        return len(diffs) == 1 or (swapped and a[diffs[1]] == b[diffs[0]])
+    short, long = sorted((a, b), key=len)
+    return len(long) - len(short) == 1 and any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+def _target_takes(target: str, key: str) -> bool:
+    """Whether the constructor a config node's `_target_` names takes the argument `key`."""
+    import inspect
+
+    from hydra._internal.utils import _locate
+
+    try:
+        parameters = inspect.signature(_locate(target)).parameters
+    except Exception:  # noqa: BLE001 - not importable, or no signature: say nothing about it
+        return False
+    return key in parameters and parameters[key].kind not in (
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    )
 
 
 def _argv_overrides() -> list[str]:
