@@ -95,6 +95,16 @@ def test_checkpoint_carries_inference_metadata_and_resume_continues_step_count(t
             ["+data.cut_final_episode=yes"],
             "data.cut_final_episode='yes': expected one of ['error', 'truncate']",
         ),
+        # Lightning refused these (manual optimization) with a traceback as the fit started
+        (
+            ["+trainer.gradient_clip_val=1.0"],
+            "trainer.gradient_clip_val=1.0: vla_hydra's algorithms step their own optimizers, which "
+            "Lightning does not clip; the algos that clip have their own option (algo.max_grad_norm",
+        ),
+        (
+            ["+trainer.accumulate_grad_batches=2"],
+            "trainer.accumulate_grad_batches=2: vla_hydra's algorithms step their own optimizers",
+        ),
     ],
 )
 def test_settings_that_do_not_fit_the_algorithm_are_refused_before_training(

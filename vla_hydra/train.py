@@ -370,6 +370,21 @@ def _build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list):
     from vla_hydra.core.exceptions import ConfigError
     from vla_hydra.training.checkpoint_io import use_atomic_checkpoint_io
 
+    # every algorithm steps its own optimizers (Lightning's manual optimization), for which Lightning
+    # neither clips nor accumulates gradients: it refused these with a traceback as the fit started
+    clip, accumulate = trainer_cfg.get("gradient_clip_val"), trainer_cfg.get("accumulate_grad_batches")
+    if clip:
+        raise ConfigError(
+            f"trainer.gradient_clip_val={clip}: vla_hydra's algorithms step their own optimizers, which "
+            "Lightning does not clip; the algos that clip have their own option (algo.max_grad_norm: ppo, "
+            "ppo_continuous, grpo, gail; algo.grad_clip: dt)"
+        )
+    if accumulate not in (None, 1):
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches={accumulate}: vla_hydra's algorithms step their own "
+            "optimizers, for which Lightning does not accumulate gradients; use a larger batch "
+            "(data.batch_size; online algos: algo.batch_size or algo.num_minibatches)"
+        )
     try:
         trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
         use_atomic_checkpoint_io(trainer)
