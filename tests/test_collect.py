@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, compose_config, run_module
 from vla_hydra.data.d4rl_format import read_d4rl_hdf5
 
 
@@ -54,6 +54,21 @@ def test_collect_cli_writes_mixed_quality_d4rl_file_and_never_overwrites_another
         "(output=<file>; train on it with data=hdf5 data.path=<file>) or pass overwrite=true to replace it"
     )
     assert out.read_bytes() == before
+
+
+def test_collect_into_a_file_it_did_not_write_says_so_and_keeps_it(tmp_path):
+    """It said the file was "collected with another data.recipe" (a downloaded D4RL file, a text file)."""
+    from vla_hydra.collect import collect
+    from vla_hydra.core.exceptions import ConfigError
+
+    out = tmp_path / "mine.hdf5"
+    out.write_text("not a dataset")
+    with pytest.raises(ConfigError) as err:
+        collect(compose_config("collect", [f"output={out}"]))
+    assert str(err.value).startswith(
+        f"output={out}: file exists, not written by vla_hydra.collect; write this one to another file "
+    )
+    assert out.read_text() == "not a dataset"
 
 
 def test_collect_rolls_out_a_trained_checkpoint_in_its_own_env(tmp_path, data_dir):

@@ -396,13 +396,16 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     _refuse_overrides_collection_ignores(cfg, recipe)
     with collection_lock(output):
         if output.exists() and not cfg.overwrite:
-            if _stored_fingerprint(output) == recipe.fingerprint():
+            stored = _stored_fingerprint(output)
+            if stored == recipe.fingerprint():
                 # e.g. the default dataset, already collected by the first `make train` (or by another job
                 # of the same sweep while this one waited for the lock): nothing to redo
                 log.info(f"already collected: {output} (same data.recipe; overwrite=true collects it again)")
                 return {"path": str(output), "collected": False}
+            # a file vla_hydra.collect did not write (a downloaded D4RL file, any other file) has no recipe
+            made_by = "collected with another data.recipe" if stored else "not written by vla_hydra.collect"
             raise ConfigError(
-                f"output={output}: file exists, collected with another data.recipe; write this one to another "
+                f"output={output}: file exists, {made_by}; write this one to another "
                 "file (output=<file>; train on it with data=hdf5 data.path=<file>) or pass overwrite=true to "
                 "replace it"
             )
