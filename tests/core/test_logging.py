@@ -19,3 +19,24 @@ def test_lightning_adverts_are_dropped_and_its_other_messages_kept(caplog):
         rank_zero_info("GPU available: False, used: False")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["GPU available: False, used: False"]
+
+
+def test_lightning_imported_before_logging_is_configured_still_logs_to_the_run_log(tmp_path):
+    """A continuation into its own run dir imports lightning before Hydra configures logging (the early
+    run-dir checks): Lightning then installed console handlers of its own and stopped propagating, so its
+    lines went unformatted to stderr and never reached train.log."""
+    from tests.conftest import run_python
+
+    log_file = tmp_path / "train.log"
+    proc = run_python(
+        "import logging\n"
+        "import lightning\n"  # first: as vla_hydra.cluster.resume is, before Hydra's logging set-up
+        f"logging.basicConfig(filename={str(log_file)!r}, level=logging.INFO)\n"
+        "from vla_hydra.core.logging import silence_known_warnings\n"
+        "silence_known_warnings()\n"
+        "from lightning.pytorch.utilities.rank_zero import rank_zero_info\n"
+        "rank_zero_info('GPU available: False, used: False')\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "GPU available" not in proc.stderr
+    assert "GPU available: False, used: False" in log_file.read_text()

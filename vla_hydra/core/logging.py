@@ -62,9 +62,19 @@ def silence_known_warnings() -> None:
         rank_zero.addFilter(_DropLightningTips())
     # `lightning` installs its own console handler and also propagates to the root logger: under Hydra
     # (root already configured) every Lightning message would print twice.
+    # Imported before Hydra configured logging (a continuation into its own run dir: the early run-dir
+    # checks import lightning), `lightning.pytorch` and `lightning.fabric` get such a handler too, and stop
+    # propagating: their messages went unformatted to stderr and never reached the run's train.log.
     root = logging.getLogger()
     if root.handlers:
-        lightning_logger = logging.getLogger("lightning")
-        for handler in list(lightning_logger.handlers):
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            lightning_logger = logging.getLogger(name)
+            console = [
+                handler
+                for handler in lightning_logger.handlers
+                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+            ]
+            for handler in console:
                 lightning_logger.removeHandler(handler)
+            if console and name != "lightning":
+                lightning_logger.propagate = True
