@@ -93,6 +93,12 @@ def test_composition_errors_become_one_line(overrides, line):
             ["data=pendulum_mixd"],
             "error: data=pendulum_mixd: no such choice; data= choices: ",
         ),
+        # a group set to null (how some templates switch a logger off) was Hydra's ValueError traceback
+        (
+            "vla_hydra.train",
+            ["logger=null"],
+            "error: logger=null: a config group takes one of its choices, not null; leave it out with ~logger",
+        ),
         # an experiment that sweeps by itself: Hydra used to call the sweep's comma values ambiguous
         (
             "vla_hydra.train",

@@ -368,6 +368,8 @@ def hydra_error_line(err: BaseException) -> str | None:
 
     from vla_hydra.core.exceptions import VlaHydraError
 
+    if isinstance(err, ValueError) and str(err).startswith(_NULL_GROUP):
+        return _null_group_line()
     if isinstance(err, VlaHydraError) or not isinstance(err, CompactHydraException):
         return None  # vla_hydra's errors are one line already (cluster JobFailed: `error: job #1 ...`)
     text = str(err)
@@ -393,6 +395,25 @@ def hydra_error_line(err: BaseException) -> str | None:
                 f"or write {key}=[{value}] for a list"
             )
     return " ".join(text.split())
+
+
+# Hydra's ValueError (a traceback) for `logger=null`: a group override that is null
+_NULL_GROUP = "Config group override must be a string or a list. Got NoneType"
+
+
+def _null_group_line() -> str:
+    """`logger=null` (how some templates switch a group off): Hydra takes no null for a config group;
+    `~logger` leaves it out."""
+    from vla_hydra.core.config import CONF_DIR
+
+    for override in _argv_overrides():
+        key, _, value = override.partition("=")
+        group = key.lstrip("+~")
+        if value.strip() == "null" and (Path(CONF_DIR) / group).is_dir():
+            return (
+                f"{override}: a config group takes one of its choices, not null; leave it out with ~{group}"
+            )
+    return "a config group override is null; a group takes one of its choices, or leave it out with ~<group>"
 
 
 def _unknown_key_line(override: str, cause: Any) -> str:
