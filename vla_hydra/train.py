@@ -54,6 +54,25 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
             lock.close()
 
 
+def _check_best_checkpoint_path(path: Path, resuming: bool) -> None:
+    """callbacks.policy_eval.best_checkpoint, before training: a file path that can be written, and, for a
+    fresh run, not an existing file (another run's best policy, or an earlier job's of the same sweep,
+    used to be replaced at the first evaluation). A resumed run replaces its earlier leg's file only with
+    a better policy."""
+    from vla_hydra.core.exceptions import OutputError
+    from vla_hydra.core.io import check_creatable
+
+    option = "callbacks.policy_eval.best_checkpoint"
+    if path.is_dir():
+        raise OutputError(f"{option}={path}: a directory; expected a file path, e.g. {path / 'best.ckpt'}")
+    if path.exists() and not resuming:
+        raise OutputError(
+            f"{option}={path}: file exists, and a new run (no ckpt_path=) would replace it; delete it or "
+            "choose another path, e.g. ${paths.output_dir}/checkpoints/best.ckpt"
+        )
+    check_creatable(path, option)
+
+
 def _scoring_references(cfg: DictConfig, env, datamodule) -> dict[str, float] | None:
     """The reference returns of normalized scores, None (and a warning) when the only ones there are
     were measured on episodes of another length than this run's evaluation episodes."""
@@ -154,6 +173,12 @@ def _train(
     for callback in callbacks:  # before training, not at its first save (debug=fdr saves nothing)
         if isinstance(callback, ModelCheckpoint) and callback.dirpath and not cfg.trainer.get("fast_dev_run"):
             check_creatable(Path(callback.dirpath) / "last.ckpt", "callbacks.model_checkpoint.dirpath")
+        if (
+            isinstance(callback, PolicyEvaluation)
+            and callback.best_checkpoint
+            and not cfg.trainer.get("fast_dev_run")
+        ):
+            _check_best_checkpoint_path(Path(callback.best_checkpoint), resuming=ckpt_path is not None)
     # the first run of a process: from its launch (what the user waits for); later sweep jobs: from train()
     throughput = Throughput(since=None if first_run_in_process else started_at)
     callbacks.append(throughput)

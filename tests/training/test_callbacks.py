@@ -97,3 +97,20 @@ def test_a_run_continued_in_its_own_dir_appends_to_its_metrics_csv(tmp_path, dat
     assert after[: len(before)] == before and len(after) > len(before)
     assert max(int(row["step"]) for row in after) >= 399
     assert resumed["train_steps"] == 400
+
+
+def test_a_new_run_refuses_a_best_checkpoint_path_that_holds_a_file_or_is_a_directory(tmp_path, data_dir):
+    """A new run's first evaluation replaced whatever file was there (another run's best policy, an
+    earlier job's of the same sweep); a directory failed after training had started, without the option."""
+    from vla_hydra.core.exceptions import OutputError
+
+    existing = tmp_path / "someone_elses_best.ckpt"
+    existing.write_bytes(b"kept")
+    with pytest.raises(
+        OutputError, match=r"best_checkpoint=.*: file exists, and a new run \(no ckpt_path=\)"
+    ):
+        train(_config(tmp_path / "a", data_dir, existing, []))
+    assert existing.read_bytes() == b"kept"
+    with pytest.raises(OutputError, match=r"callbacks.policy_eval.best_checkpoint=.*: a directory"):
+        train(_config(tmp_path / "b", data_dir, tmp_path, []))
+    assert not (tmp_path / "a" / "run" / "checkpoints").exists()
