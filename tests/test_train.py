@@ -252,6 +252,30 @@ def test_eval_cli_bad_checkpoint_is_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "change",
+    ["config.algo.old_option", "config.algo._target_", "state_dict names"],
+)
+def test_a_checkpoint_whose_policy_cannot_be_rebuilt_is_one_line_error(tmp_path, change):
+    """A checkpoint another vla_hydra version wrote (a renamed class or argument, other weight names) was
+    a TypeError / RuntimeError traceback in vla_hydra.eval (and wherever load_policy reads one)."""
+    from vla_hydra.core.config import ASSETS_DIR
+    from vla_hydra.eval import load_policy
+
+    checkpoint = torch.load(ASSETS_DIR / "behavior_policies" / "hopper_sac.ckpt", weights_only=False)
+    algo_config = checkpoint["vla_hydra"]["config"]["algo"]
+    if change == "config.algo.old_option":
+        algo_config["old_option"] = 1
+    elif change == "config.algo._target_":
+        algo_config["_target_"] += "Renamed"
+    else:
+        checkpoint["state_dict"] = {f"old.{k}": v for k, v in checkpoint["state_dict"].items()}
+    path = tmp_path / "other_version.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r"its policy cannot be rebuilt from the config and weights"):
+        load_policy(path, option="algo.expert_ckpt")
+
+
+@pytest.mark.parametrize(
     "option", ["env=cartpole", "+env=cartpole", "algo.lr=1", "+trainer.max_steps=5", "eval.every_n_updates=5"]
 )
 def test_eval_refuses_training_options_instead_of_ignoring_them(tmp_path, option):

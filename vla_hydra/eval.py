@@ -28,12 +28,13 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu", option: str = "ckpt_
     named the file, for error messages (e.g. algo.expert_ckpt).
     """
     import torch
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from vla_hydra.algos.base import CHECKPOINT_KEY
     from vla_hydra.core.checkpoints import is_deepspeed_checkpoint
-    from vla_hydra.core.exceptions import CheckpointError
+    from vla_hydra.core.exceptions import CheckpointError, VlaHydraError
     from vla_hydra.envs.factory import EnvSpec
     from vla_hydra.training.sharding import load_deepspeed_checkpoint
 
@@ -66,8 +67,20 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu", option: str = "ckpt_
         )
     config = OmegaConf.create(meta["config"])
     spec = EnvSpec.from_dict(meta["env_spec"])
-    algo = instantiate(config.algo, _partial_=True)(spec=spec, model=instantiate(config.model))
-    algo.load_state_dict(checkpoint["state_dict"])
+    try:
+        algo = instantiate(config.algo, _partial_=True)(spec=spec, model=instantiate(config.model))
+        algo.load_state_dict(checkpoint["state_dict"])
+    except (InstantiationException, TypeError, RuntimeError, KeyError) as err:
+        # a checkpoint another version of vla_hydra wrote (a renamed class or argument, other weight
+        # names), or an edited one: its config no longer builds, or its weights do not fit, the networks
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        if isinstance(cause, VlaHydraError):
+            raise
+        detail = " ".join(str(cause).split())[:200]
+        raise CheckpointError(
+            f"{option}={path}: its policy cannot be rebuilt from the config and weights it carries "
+            f"({type(cause).__name__}: {detail}); was it written by another version of vla_hydra?"
+        ) from err
     algo.ref_returns = meta.get("ref_returns")
     algo.algo_choice, algo.dataset_name = meta.get("algo_choice"), meta.get("dataset_name")
     algo.run_config = meta["config"]  # a checkpoint saved from it again (export=) stays loadable
