@@ -93,6 +93,18 @@ def test_composition_errors_become_one_line(overrides, line):
             ["data=pendulum_mixd"],
             "error: data=pendulum_mixd: no such choice; data= choices: ",
         ),
+        # CleanRL / SB3-style options: argparse's usage text and exit code 2 before
+        (
+            "vla_hydra.train",
+            ["algo=ppo", "--total-timesteps", "10000"],
+            "error: --total-timesteps: vla_hydra.train takes Hydra overrides (key=value), not --options; "
+            "write algo.total_timesteps=10000",
+        ),
+        (
+            "vla_hydra.eval",
+            ["ckpt_path=x.ckpt", "--episodes=5"],
+            "error: --episodes=5: vla_hydra.eval takes Hydra overrides (key=value), not --options; write episodes=5",
+        ),
         # a group set to null (how some templates switch a logger off) was Hydra's ValueError traceback
         (
             "vla_hydra.train",

@@ -593,6 +593,77 @@ def _multirun_composition_error(config_name: str) -> BaseException | None:
     return None
 
 
+def _refuse_argparse_style_options(config_name: str) -> None:
+    """`--seed 1`, `--total-timesteps=10000` (how CleanRL's and SB3's scripts take options): Hydra's
+    argument parser answered with its whole usage text and exit code 2. One line instead, with the
+    key=value override of the config key of that name."""
+    import contextlib
+    import io
+
+    from hydra._internal.utils import get_args_parser
+
+    argv = sys.argv[1:]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # a bad Hydra flag: Hydra reports it itself
+            unknown = get_args_parser().parse_known_args(argv)[1]
+    except SystemExit:
+        return
+    flags = [arg for arg in unknown if arg.startswith("-")]
+    if not flags:
+        return
+    flag = flags[0]
+    name, given, value = flag.lstrip("-").partition("=")
+    after = argv[argv.index(flag) + 1 : argv.index(flag) + 2]
+    if not given:
+        value = after[0] if after and "=" not in after[0] and not after[0].startswith("-") else "<value>"
+    key = name.replace("-", "_")
+    overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
+    found = _config_keys_named(config_name, key, overrides)
+    write = (
+        f"write {found[0]}={value}"
+        if found
+        else f"write key=value (`--cfg job` shows the keys, e.g. algo.{key}={value})"
+    )
+    if key in ("env", "env_id") and config_name == "train" and value != "<value>":  # CleanRL's --env-id
+        from vla_hydra.core.config import CONF_DIR
+        from vla_hydra.envs.factory import env_choice_hint
+
+        choice = (Path(CONF_DIR) / "env" / f"{value}.yaml").is_file()
+        write = f"write {f'env={value}' if choice else env_choice_hint(value)}"
+    print(
+        f"error: {flag}: vla_hydra.{config_name} takes Hydra overrides (key=value), not --options; {write}",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(1)
+
+
+def _config_keys_named(config_name: str, key: str, overrides: list[str]) -> list[str]:
+    """The dotted paths of the config's keys named `key`, shallowest first (`seed` before `eval.seed`)."""
+    from omegaconf import OmegaConf
+
+    from vla_hydra.core.config import compose_config
+
+    for attempt in (overrides, []):
+        try:
+            cfg = OmegaConf.to_container(compose_config(config_name, attempt), resolve=False)
+            break
+        except Exception:  # noqa: BLE001 - the other overrides do not compose: try the defaults
+            cfg = None
+    found: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for name, value in node.items() if isinstance(node, dict) else []:
+            path = f"{prefix}{name}"
+            if name == key:
+                found.append(path)
+            if isinstance(value, dict) and path != "hydra":
+                walk(value, f"{path}.")
+
+    walk(cfg, "")
+    return sorted(found, key=lambda path: path.count("."))
+
+
 @contextmanager
 def one_line_hydra_errors(config_name: str) -> Iterator[None]:
     """While an entry point runs under @hydra.main: Hydra's composition and override errors end the
@@ -600,6 +671,7 @@ def one_line_hydra_errors(config_name: str) -> Iterator[None]:
     full report). Hydra reports errors through `run_and_report`; this wraps the function it is given."""
     import hydra._internal.utils as hydra_utils
 
+    _refuse_argparse_style_options(config_name)
     original = getattr(hydra_utils, "run_and_report", None)
     if original is None:  # another Hydra version: keep its own reports
         yield
