@@ -113,6 +113,19 @@ def record_study_command(storage: str, study_name: str, fixed: list[str]) -> Non
         optuna.load_study(study_name=study_name, storage=storage).set_user_attr(_FIXED_OVERRIDES, fixed)
 
 
+def check_search_settings(impl) -> None:
+    """n_trials / n_jobs below 1 (an empty study's best-trial lookup failed with a traceback; n_jobs=0
+    looped forever) and a direction Optuna does not know: one line before the study is opened."""
+    from vla_hydra.core.config import check_value
+    from vla_hydra.core.exceptions import ConfigError
+
+    check_value("hydra.sweeper.n_trials", impl.n_trials)
+    check_value("hydra.sweeper.n_jobs", impl.n_jobs)
+    for direction in impl._get_directions():
+        if direction not in ("minimize", "maximize"):
+            raise ConfigError(f"hydra.sweeper.direction={impl.direction}: expected minimize or maximize")
+
+
 class OptunaSweeper(_OptunaSweeper):
     def sweep(self, arguments):
         import optuna
@@ -125,6 +138,7 @@ class OptunaSweeper(_OptunaSweeper):
         check_settings = getattr(impl.launcher, "check_settings", None)
         if check_settings is not None:  # a refused submission must not leave an empty study database
             check_settings()
+        check_search_settings(impl)
         storage = impl.storage
         if isinstance(storage, str) and storage.startswith("sqlite:///"):
             Path(storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)

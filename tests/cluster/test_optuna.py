@@ -112,3 +112,33 @@ def test_a_stored_study_is_not_continued_by_a_command_with_other_settings(pendul
     )
     assert [t["state"] for t in stored_trials(db, "bc_optuna")] == ["COMPLETE"]
     assert len(list((tmp_path / "logs" / "bc_optuna" / "multiruns").glob("*"))) == 1  # no sweep dir made
+
+
+def test_search_settings_optuna_cannot_run_are_one_line_before_the_study_is_opened(tmp_path):
+    """n_trials=0 ended in a traceback from the empty study's best-trial lookup, n_jobs=0 in a
+    ZeroDivisionError, an unknown direction in Optuna's ValueError; each left an empty study database."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from hydra_plugins.vla_hydra_cluster.sweepers import check_search_settings
+    from vla_hydra.core.exceptions import ConfigError
+
+    for settings, line in [
+        ({"n_trials": 0}, "hydra.sweeper.n_trials=0: expected an integer >= 1"),
+        ({"n_jobs": -1}, "hydra.sweeper.n_jobs=-1: expected an integer >= 1"),
+        ({"direction": "up"}, "hydra.sweeper.direction=up: expected minimize or maximize"),
+    ]:
+        impl = SimpleNamespace(**{"n_trials": 20, "n_jobs": 2, "direction": "maximize", **settings})
+        impl._get_directions = lambda impl=impl: [impl.direction]
+        with pytest.raises(ConfigError) as err:
+            check_search_settings(impl)
+        assert str(err.value) == line
+    proc = run_module(
+        "vla_hydra.train", "hparams_search=bc_optuna", "hydra.sweeper.n_jobs=0", f"paths.root_dir={tmp_path}"
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: hydra.sweeper.n_jobs=0: expected an integer >= 1", proc.stderr[
+        -2000:
+    ]
+    assert not (tmp_path / "logs" / "bc_optuna" / "optuna" / "bc_optuna.db").exists()

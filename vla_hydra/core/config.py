@@ -79,6 +79,8 @@ _POSITIVE_INT_KEYS = {
     "parallel_envs",
     # cluster=slurm (checked by the launcher before submitting)
     "time_min", "nodes", "tasks_per_node", "cpus_per_task", "array_parallelism",
+    # hparams_search=*_optuna (checked by the sweeper before the study is opened)
+    "n_trials", "n_jobs",
 }  # fmt: skip
 # update/step limits where -1 means "none" (online algorithms end on their env-step budget instead)
 _STEP_LIMIT_KEYS = {"max_steps", "max_updates"}
