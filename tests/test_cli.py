@@ -65,6 +65,11 @@ from vla_hydra.cli import hydra_error_line
             "see https://hydra.cc/docs/advanced/override_grammar/basic/)",
         ),
         (["~algo.nope"], "Could not delete from config. 'algo.nope' does not exist."),
+        # a typed node of Hydra's own: what it takes, not only "Error merging override ..."
+        (
+            ["hparams_search=bc_optuna", "hydra.sweeper.n_trials=abc"],
+            "hydra.sweeper.n_trials=abc: Value 'abc' of type 'str' could not be converted to Integer",
+        ),
     ],
 )
 def test_composition_errors_become_one_line(overrides, line):

@@ -387,6 +387,11 @@ def hydra_error_line(err: BaseException) -> str | None:
         cause = err.__cause__
         if appended and isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
             return _unknown_key_line(appended.group(1), cause)
+        merging = re.match(r"Error merging override (\S+)", text)
+        if merging and isinstance(cause, OmegaConfBaseException):
+            # a typed node of Hydra's own (hydra.sweeper.n_trials=abc): say what it takes, not only "Error
+            # merging override"
+            return f"{merging.group(1)}: {str(cause).splitlines()[0]}"
         ambiguous = _AMBIGUOUS.match(text)
         if ambiguous:
             key, value = ambiguous.groups()
