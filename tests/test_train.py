@@ -105,6 +105,11 @@ def test_checkpoint_carries_inference_metadata_and_resume_continues_step_count(t
             ["+trainer.accumulate_grad_batches=2"],
             "trainer.accumulate_grad_batches=2: vla_hydra's algorithms step their own optimizers",
         ),
+        # without torch_xla: an ImportError inside Hydra's instantiate, reported over two lines
+        (
+            ["trainer.accelerator=tpu"],
+            "trainer (accelerator=tpu, devices=1, strategy=None): Lightning refuses it here:",
+        ),
     ],
 )
 def test_settings_that_do_not_fit_the_algorithm_are_refused_before_training(

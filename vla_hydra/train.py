@@ -416,8 +416,9 @@ def _build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list):
         return trainer
     except InstantiationException as err:
         # MisconfigurationException: a setting this machine cannot run; ValueError/TypeError: a value
-        # Lightning does not accept (trainer.precision=fp8, ...)
-        if not isinstance(err.__cause__, (MisconfigurationException, ValueError, TypeError)):
+        # Lightning does not accept (trainer.precision=fp8, ...); ImportError: an accelerator whose package
+        # is not installed (trainer.accelerator=tpu needs torch_xla)
+        if not isinstance(err.__cause__, (MisconfigurationException, ValueError, TypeError, ImportError)):
             raise
         strategy = trainer_cfg.get("strategy")
         if isinstance(strategy, DictConfig):
