@@ -105,6 +105,14 @@ def test_checkpoint_carries_inference_metadata_and_resume_continues_step_count(t
             ["+trainer.accumulate_grad_batches=2"],
             "trainer.accumulate_grad_batches=2: vla_hydra's algorithms step their own optimizers",
         ),
+        # an offline algo on data=rollouts failed in its first update with a TypeError traceback; an
+        # online one given a dataset ignored it, while results.json named it as the run's dataset
+        (["data=rollouts"], "data=rollouts: algo=bc learns from a dataset, and data=rollouts holds none"),
+        (
+            ["algo=sac", "data=pendulum_mixed"],
+            "data=pendulum-mixed-v0: algo=sac learns only from the experience it collects in env= and would "
+            "ignore this dataset",
+        ),
         # without torch_xla: an ImportError inside Hydra's instantiate, reported over two lines
         (
             ["trainer.accelerator=tpu"],

@@ -109,6 +109,36 @@ def _check_segment_length(cfg: DictConfig, algo_class) -> None:
         )
 
 
+def _check_data_source(cfg: DictConfig, algo_class) -> None:
+    """data=rollouts holds no data (it paces the online algorithms, which collect their own): an offline
+    algo on it failed with a traceback in its first update. A dataset given to an online algo that reads
+    none (algo=sac data=pendulum_mixed) was ignored, while results.json named it as the run's dataset."""
+    from hydra.utils import get_object
+
+    from vla_hydra.algos.online import OnlineAlgorithm
+    from vla_hydra.core.exceptions import ConfigError
+    from vla_hydra.data.rollouts import RolloutDataModule
+
+    target = cfg.data.get("_target_")
+    if not isinstance(target, str):
+        return
+    rollouts = issubclass(get_object(target), RolloutDataModule)
+    online = issubclass(algo_class, OnlineAlgorithm)
+    hydra_cfg = hydra_job_config()
+    data = (hydra_cfg.runtime.choices.get("data") if hydra_cfg is not None else None) or cfg.data.get("name")
+    algo = _algo_choice() or algo_class.short_name()
+    if rollouts and not online:
+        raise ConfigError(
+            f"data=rollouts: algo={algo} learns from a dataset, and data=rollouts holds none (it paces the "
+            "online algorithms, which collect their own); choose one, e.g. data=pendulum_mixed"
+        )
+    if not rollouts and online and not algo_class.reads_dataset:
+        raise ConfigError(
+            f"data={data}: algo={algo} learns only from the experience it collects in env= and would ignore "
+            "this dataset; leave data= out (its config selects data=rollouts)"
+        )
+
+
 def _train(
     cfg: DictConfig, first_run_in_process: bool, started_at: float
 ) -> tuple[float | None, dict[str, Any]]:
@@ -149,6 +179,7 @@ def _train(
     if hasattr(algo_class, "check_settings"):
         algo_class.check_settings(spec, cfg.algo)  # before a dataset is collected for nothing
     _check_segment_length(cfg, algo_class)
+    _check_data_source(cfg, algo_class)
     datamodule = instantiate(cfg.data)
     if hasattr(datamodule, "check_recipe_env"):
         datamodule.check_recipe_env(spec.env_id)

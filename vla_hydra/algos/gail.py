@@ -90,6 +90,7 @@ class GAIL(PPO):
 
     name = "gail"
     supports_discrete = True
+    reads_dataset = True  # its expert transitions
     every_backward_uses_all_parameters = False  # the discriminator's passes leave the policy out
 
     @classmethod

@@ -52,6 +52,10 @@ class OnlineAlgorithm(PolicyAlgorithm):
             -1 = none, the env-step budget ends training.
     """
 
+    # whether data= gives it a dataset it reads (GAIL's expert transitions); the others learn from what
+    # they collect only, and data=rollouts paces their loop
+    reads_dataset = False
+
     def __init__(
         self,
         spec: EnvSpec,
