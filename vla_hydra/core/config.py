@@ -161,7 +161,8 @@ def _expected(key: str, value: Any) -> str | None:
     if key in _STEP_LIMIT_KEYS:
         return None if is_int and value >= -1 else "an integer >= 0, or -1 for no limit"
     if key in _SEED_KEYS:
-        return None if is_int and value >= 0 else "an integer >= 0"
+        # numpy seeds modulo 2**32: seed=4294967296 trained exactly as seed=0
+        return None if is_int and 0 <= value < 2**32 else "an integer in [0, 4294967295]"
     if value is None:
         return None  # optional settings (target_kl: null, ...)
     if key in _BOOL_KEYS:
