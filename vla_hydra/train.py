@@ -73,6 +73,21 @@ def _check_best_checkpoint_path(path: Path, resuming: bool) -> None:
     check_creatable(path, option)
 
 
+def _log_final_evaluation(trainer, final) -> None:
+    """The final evaluation (eval.episodes, after training) in the loggers too, at the last update: a wandb
+    or TensorBoard user compares runs by it, and it used to be in results.json only."""
+    metrics = {
+        "final/return_mean": final.return_mean,
+        "final/return_std": final.return_std,
+        "final/episodes": float(len(final.returns)),
+    }
+    if final.normalized_score is not None:
+        metrics["final/normalized_score"] = final.normalized_score
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+        logger.save()
+
+
 def _scoring_references(cfg: DictConfig, env, datamodule) -> dict[str, float] | None:
     """The reference returns of normalized scores, None (and a warning) when the only ones there are
     were measured on episodes of another length than this run's evaluation episodes."""
@@ -296,6 +311,7 @@ def _train(
         "run_dir": str(output_dir),
     }
     write_json_atomic(output_dir / "results.json", results)
+    _log_final_evaluation(trainer, final)
     _record_video_if_asked(cfg, algo, env, output_dir, results)
     score = results["normalized_score"]
     log.info(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import small_train_config
 from vla_hydra.train import train
@@ -16,10 +19,19 @@ def test_many_loggers_write_their_files_and_no_api_key(tmp_path, data_dir, monke
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = small_train_config(tmp_path, data_dir, ["logger=many", "logger.wandb.mode=offline"])
-    train(cfg)
+    _, results = train(cfg)
     run = Path(cfg.paths.output_dir)
-    assert "eval/return_mean" in (run / "csv" / "metrics.csv").read_text().splitlines()[0]
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    with open(run / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["eval/return_mean"] for r in rows if r["eval/return_mean"]]
+    # the final evaluation (results.json's) at the last update, in every logger
+    (final,) = [r for r in rows if r["final/return_mean"]]
+    assert int(final["step"]) == results["train_steps"]
+    assert float(final["final/return_mean"]) == pytest.approx(results["eval_return_mean"])
+    assert float(final["final/normalized_score"]) == pytest.approx(results["normalized_score"])
+    # (a second event file: Lightning closed TensorBoard's writer after the fit; TensorBoard reads both)
+    events = [path.read_bytes() for path in (run / "tensorboard").rglob("events.out.tfevents.*")]
+    assert any(b"final/return_mean" in data for data in events)
     offline_runs = list((run / "wandb").glob("offline-run-*"))
     assert offline_runs and list(offline_runs[0].glob("*.wandb"))
     for path in run.rglob("*"):
@@ -75,8 +87,6 @@ def test_terminal_run_shows_progress_bar_with_updates_and_eval_return(tmp_path, 
     import shutil
     import subprocess
     import sys
-
-    import pytest
 
     if shutil.which("script") is None:
         pytest.skip("needs util-linux `script` to provide a pseudo-terminal")
