@@ -338,6 +338,7 @@ def _record_video_if_asked(cfg: DictConfig, policy, env, output_dir: Path, resul
     from vla_hydra.core.logging import get_logger
     from vla_hydra.envs.video import record_video
 
+    get_logger(__name__).info(f"recording {cfg.eval.video_episodes} episode(s) to video (eval.video=true)")
     video = record_video(
         policy, env, output_dir / "videos" / "eval.mp4", cfg.eval.video_episodes, cfg.eval.seed
     )

@@ -30,12 +30,17 @@ def test_pendulum_video_has_one_frame_per_step_and_shows_the_swing_up(tmp_path):
     assert not np.array_equal(frames[0], frames[100])
 
 
-def test_mujoco_video_renders_headless(tmp_path):
+def test_mujoco_video_renders_headless(tmp_path, caplog):
     env = EnvFactory(id="Hopper-v5", max_episode_steps=10)
-    out = record_video(lambda obs: np.zeros((len(obs), 3)), env, tmp_path / "hopper.mp4", episodes=2)
+    with caplog.at_level("INFO", logger="vla_hydra"):
+        out = record_video(lambda obs: np.zeros((len(obs), 3)), env, tmp_path / "hopper.mp4", episodes=2)
     frames = _decode(out["path"])
     assert len(frames) == out["frames"] and 4 <= out["frames"] <= 22
     assert frames[0].std() > 5  # a rendered scene, not a blank frame
+    # progress per episode: software-rendered MuJoCo takes minutes for a long episode
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("video episode")]
+    assert [line.split(":")[0] for line in progress] == ["video episode 1/2", "video episode 2/2"]
+    assert progress[-1].endswith(f"{out['frames']} frames so far")
 
 
 def test_train_writes_eval_video_when_asked(tmp_path, data_dir):

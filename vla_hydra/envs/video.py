@@ -13,8 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from vla_hydra.core.logging import get_logger
 from vla_hydra.envs.evaluation import evaluation_mode
 from vla_hydra.envs.factory import EnvFactory
+
+log = get_logger(__name__)
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 # classic-control envs draw with pygame/SDL: off-screen frames need no window, and SDL's default
@@ -62,6 +65,10 @@ def record_video(
                     if hasattr(policy, "observe_rollout_step"):
                         policy.observe_rollout_step(np.array([reward]), np.array([done]))
                 returns.append(total)
+                # a MuJoCo frame takes ~0.2 s of software rendering here: a 1000-step episode, minutes
+                log.info(
+                    f"video episode {episode + 1}/{episodes}: return {total:.1f}, {len(frames)} frames so far"
+                )
     finally:
         env.close()
     # written next to the target, then renamed: an interrupted run never leaves a truncated video
