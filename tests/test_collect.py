@@ -424,3 +424,20 @@ def test_sigterm_during_a_collection_exits_143_in_one_line_and_leaves_no_files(t
     assert proc.returncode == 143
     assert stderr.strip().splitlines() == ["terminated (SIGTERM)"]
     assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "overrides,line",
+    [
+        (["output=null"], "output=None: expected the file to write (leave it out to write data.path="),
+    ],
+)
+def test_collect_without_an_output_file_says_what_it_takes(overrides, line):
+    """It used to say "this data= has no data.path", which the default data= has."""
+    from vla_hydra.collect import collect
+    from vla_hydra.core.config import compose_config
+    from vla_hydra.core.exceptions import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        collect(compose_config("collect", overrides))
+    assert str(err.value).startswith(line) and "\n" not in str(err.value)

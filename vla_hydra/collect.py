@@ -389,7 +389,8 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
             "(e.g. data=pendulum_mixed, data=hopper_sac_medium) or data=checkpoint_rollouts"
         )
     if cfg.get("output") is None:
-        raise ConfigError("output: required (this data= has no data.path to default to)")
+        default = "" if cfg.data.get("path") is None else f" (leave it out to write data.path={cfg.data.path})"
+        raise ConfigError(f"output=None: expected the file to write{default}")
     output = Path(cfg.output)
     check_writable(output, "output")
     recipe = hydra.utils.instantiate(cfg.data.recipe)
