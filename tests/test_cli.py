@@ -51,6 +51,17 @@ from vla_hydra.cli import hydra_error_line
             "takes 'env_kwargs', but this config does not set it; add it with "
             "+data.recipe.env_kwargs={max_episode_steps:50}",
         ),
+        # CleanRL's / SB3's / CORL's name for an option: ours, though the strings are not alike
+        (
+            ["algo=ppo", "algo.learning_rate=1e-3"],
+            "algo.learning_rate=1e-3: algo (vla_hydra.algos.ppo.PPO) has no option 'learning_rate'; "
+            "did you mean algo.lr=1e-3?",
+        ),
+        (
+            ["algo=iql", "algo.iql_tau=0.9"],
+            "algo.iql_tau=0.9: algo (vla_hydra.algos.iql.IQL) has no option 'iql_tau'; did you mean "
+            "algo.expectile=0.9?",
+        ),
         (
             ["env=nope"],
             "env=nope: no such choice; env= choices: cartpole, halfcheetah, hopper, pendulum, walker2d",

@@ -421,6 +421,25 @@ def _null_group_line() -> str:
     return "a config group override is null; a group takes one of its choices, or leave it out with ~<group>"
 
 
+# what CleanRL / Stable-Baselines3 / CORL call an option -> what vla_hydra's configs call it (the first
+# one the node has); their names are not close enough as strings for difflib to suggest ours
+_NAMES_HERE = {
+    "learning_rate": ("lr",),
+    "norm_adv": ("normalize_advantages",),
+    "clip_vloss": ("clip_value_loss",),
+    "clip_range": ("clip_coef",),
+    "n_steps": ("num_steps",),
+    "n_epochs": ("update_epochs",),
+    "gamma": ("discount",),
+    "discount": ("gamma",),
+    "policy_frequency": ("policy_freq",),
+    "policy_freq": ("policy_frequency",),
+    "iql_tau": ("expectile",),
+    "qf_lr": ("critic_lr", "q_lr"),
+    "vf_lr": ("value_lr",),
+}
+
+
 def _unknown_key_line(override: str, cause: Any) -> str:
     """`algo.lrr=1: algo (vla_hydra.algos.bc.BC) has no option 'lrr'; did you mean algo.lr=1?`: the
     closest existing key of the same node, with the value the user gave."""
@@ -433,7 +452,8 @@ def _unknown_key_line(override: str, cause: Any) -> str:
     target = node.get("_target_") if node is not None else None
     where = (parent or "the config") + (f" ({target})" if isinstance(target, str) else "")
     line = f"{override}: {where} has no option '{key}'"
-    close = difflib.get_close_matches(key, known, n=1)
+    named_as_here = [k for k in _NAMES_HERE.get(key, ()) if k in known]
+    close = named_as_here[:1] or difflib.get_close_matches(key, known, n=1)
     if close:
         line += f"; did you mean {f'{parent}.' if parent else ''}{close[0]}={value}?"
     elsewhere = _choices_with_key(parent, key)
