@@ -196,3 +196,42 @@ def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, entry, args):
         "hydra.sweep.dir, under paths.root_dir or $VLA_HYDRA_ROOT)"
     ]
     assert a_file.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "overrides,line",
+    [
+        (["+max_steps=5"], "+max_steps=5: adds 'max_steps' to the config's top level, where nothing reads it; did "
+         "you mean trainer.max_steps=5?"),
+        (["+eval.episode=3"], "+eval.episode=3: adds 'episode' to eval (a settings node), where nothing reads it; "
+         "did you mean eval.episodes=3?"),
+        (["+paths.dat_dir=/x"], "+paths.dat_dir=/x: adds 'dat_dir' to paths (a settings node), where nothing "
+         "reads it; did you mean paths.data_dir=/x?"),
+        # a key of the user's own that an interpolation reads, one that resembles nothing
+        (["+max_steps=5", "trainer.max_steps=${max_steps}"], None),
+        (["+foo=1"], None),
+    ],
+)  # fmt: skip
+def test_a_plus_key_nothing_reads_is_refused_when_an_existing_one_was_meant(monkeypatch, overrides, line):
+    """`+max_steps=5` used to train with the default trainer.max_steps, silently."""
+    import vla_hydra.cli as cli
+    from vla_hydra.core.exceptions import ConfigError
+
+    cfg = compose_config("train", overrides)
+    given = [(o, o.split("=", 1)[0].lstrip("+~")) for o in overrides]
+    monkeypatch.setattr(cli, "command_line_overrides", lambda: given)
+    if line is None:
+        cli.refuse_unread_additions(cfg)
+    else:
+        with pytest.raises(ConfigError) as err:
+            cli.refuse_unread_additions(cfg)
+        assert str(err.value) == line
+
+
+def test_train_refuses_a_plus_key_nothing_reads_before_training(tmp_path):
+    proc = run_module("vla_hydra.train", "+max_steps=5", f"hydra.run.dir={tmp_path}/run", timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1].startswith(
+        "error: +max_steps=5: adds 'max_steps' to the config's top"
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -665,16 +665,20 @@ def _refuse_argparse_style_options(config_name: str) -> None:
 
 def _config_keys_named(config_name: str, key: str, overrides: list[str]) -> list[str]:
     """The dotted paths of the config's keys named `key`, shallowest first (`seed` before `eval.seed`)."""
-    from omegaconf import OmegaConf
-
     from vla_hydra.core.config import compose_config
 
     for attempt in (overrides, []):
         try:
-            cfg = OmegaConf.to_container(compose_config(config_name, attempt), resolve=False)
-            break
+            return keys_named(compose_config(config_name, attempt), key)
         except Exception:  # noqa: BLE001 - the other overrides do not compose: try the defaults
-            cfg = None
+            pass
+    return []
+
+
+def keys_named(cfg: Any, key: str) -> list[str]:
+    """The dotted paths of `cfg`'s keys named `key` (Hydra's own settings aside), shallowest first."""
+    from omegaconf import OmegaConf
+
     found: list[str] = []
 
     def walk(node: Any, prefix: str) -> None:
@@ -685,8 +689,45 @@ def _config_keys_named(config_name: str, key: str, overrides: list[str]) -> list
             if isinstance(value, dict) and path != "hydra":
                 walk(value, f"{path}.")
 
-    walk(cfg, "")
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
     return sorted(found, key=lambda path: path.count("."))
+
+
+def refuse_unread_additions(cfg: Any) -> None:
+    """A `+key=value` that adds a key nothing reads, where the user evidently meant an existing one:
+    `+max_steps=1000` (a top-level key; trainer.max_steps exists) or `+eval.episode=3` (eval.episodes
+    exists) trained with the defaults, silently. Nodes that build an object are checked against its
+    constructor instead (core.config); a top-level key of the user's own (`+my_lr=1e-3
+    algo.lr=${my_lr}`) passes."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    from vla_hydra.core.config import CONF_DIR
+    from vla_hydra.core.exceptions import ConfigError
+
+    text = OmegaConf.to_yaml(cfg)  # unresolved: interpolations show as ${...}
+    for override, key in command_line_overrides():
+        if not override.startswith("+") or override.startswith("++"):
+            continue
+        parent, _, leaf = key.rpartition(".")
+        if key.split(".")[0] == "hydra" or (not parent and (Path(CONF_DIR) / leaf).is_dir()):
+            continue  # Hydra's settings; a config group added (+experiment=...)
+        value = override.split("=", 1)[1] if "=" in override else ""
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if not OmegaConf.is_dict(node) or "_target_" in node or "${" + key in text:
+            continue
+        if not parent:
+            meant = [path for path in keys_named(cfg, leaf) if path != leaf]
+        else:
+            others = [k for k in node.keys() if isinstance(k, str) and k != leaf]
+            meant = [f"{parent}.{k}" for k in difflib.get_close_matches(leaf, others, n=1)]
+        if meant:
+            where = f"{parent} (a settings node)" if parent else "the config's top level"
+            raise ConfigError(
+                f"{override}: adds '{leaf}' to {where}, where nothing reads it; did you mean "
+                f"{meant[0]}={value}?"
+            )
 
 
 @contextmanager

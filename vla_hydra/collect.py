@@ -389,7 +389,9 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
             "(e.g. data=pendulum_mixed, data=hopper_sac_medium) or data=checkpoint_rollouts"
         )
     if cfg.get("output") is None:
-        default = "" if cfg.data.get("path") is None else f" (leave it out to write data.path={cfg.data.path})"
+        default = (
+            "" if cfg.data.get("path") is None else f" (leave it out to write data.path={cfg.data.path})"
+        )
         raise ConfigError(f"output=None: expected the file to write{default}")
     output = Path(cfg.output)
     check_writable(output, "output")

@@ -22,6 +22,7 @@ from vla_hydra.cli import (
     continuation_started,
     hydra_job_config,
     one_line_hydra_errors,
+    refuse_unread_additions,
     run_cli,
 )
 from vla_hydra.core.config import CONF_DIR, check_config_values, instantiate_dict_values
@@ -176,6 +177,7 @@ def _train(
     log = get_logger(__name__)
     silence_known_warnings()
     check_config_values(cfg)
+    refuse_unread_additions(cfg)
     _refuse_local_multiprocess_sweep(cfg)
     set_torch_threads(cfg.get("torch_threads"))
     seed_everything(cfg.seed)
