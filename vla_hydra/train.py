@@ -138,7 +138,8 @@ def _check_data_source(cfg: DictConfig, algo_class) -> None:
     target = cfg.data.get("_target_")
     if not isinstance(target, str):
         return
-    rollouts = issubclass(get_object(target), RolloutDataModule)
+    built_by = get_object(target)  # a class, or a function that picks one (data=d4rl, data=minari)
+    rollouts = isinstance(built_by, type) and issubclass(built_by, RolloutDataModule)
     online = issubclass(algo_class, OnlineAlgorithm)
     hydra_cfg = hydra_job_config()
     data = (hydra_cfg.runtime.choices.get("data") if hydra_cfg is not None else None) or cfg.data.get("name")
