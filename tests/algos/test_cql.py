@@ -85,7 +85,7 @@ def test_short_cql_run_learns(tmp_path, data_dir):
         data_dir,
         [
             "algo=cql",
-            "trainer.max_steps=2000",
+            "trainer.max_steps=1500",  # seen: -1455 -> -687 (2000 updates: -416)
             "eval.every_n_updates=100000",
             # CORL's 256x3 nets and lrs need far more updates than a test can afford (~5 updates/s
             # here; 1000 updates moved the return only ~-1660 -> -1540): smaller, faster-learning nets
@@ -96,7 +96,7 @@ def test_short_cql_run_learns(tmp_path, data_dir):
         ],
     )
     _, results = train(cfg)
-    assert results["train_steps"] == 2000
+    assert results["train_steps"] == 1500
     step0 = results["eval_history"][0]
     assert step0["step"] == 0
     assert results["eval_return_mean"] > step0["eval/return_mean"] + 400, results["eval_history"]
