@@ -210,6 +210,10 @@ def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, entry, args):
         # a key of the user's own that an interpolation reads, one that resembles nothing
         (["+max_steps=5", "trainer.max_steps=${max_steps}"], None),
         (["+foo=1"], None),
+        (["cluster=slurm", "+cluster.additional_parameters.exclusive=true", "+cluster.additional_parameters.exclude=n1"], None),
+        (["+callbacks.model_checkpoints={_target_:lightning.pytorch.callbacks.ModelCheckpoint}"], None),
+        (["cluster=slurm", "+cluster.partion=gpu"], "+cluster.partion=gpu: adds 'partion' to cluster (a settings node), "
+         "where nothing reads it; did you mean cluster.partition=gpu?"),
     ],
 )  # fmt: skip
 def test_a_plus_key_nothing_reads_is_refused_when_an_existing_one_was_meant(monkeypatch, overrides, line):

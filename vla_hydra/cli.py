@@ -693,6 +693,10 @@ def keys_named(cfg: Any, key: str) -> list[str]:
     return sorted(found, key=lambda path: path.count("."))
 
 
+# nodes whose entries are named objects a user adds to (+callbacks.my_callback={_target_: ...})
+_NAMED_ENTRIES = ("callbacks", "logger")
+
+
 def refuse_unread_additions(cfg: Any) -> None:
     """A `+key=value` that adds a key nothing reads, where the user evidently meant an existing one:
     `+max_steps=1000` (a top-level key; trainer.max_steps exists) or `+eval.episode=3` (eval.episodes
@@ -713,6 +717,8 @@ def refuse_unread_additions(cfg: Any) -> None:
         parent, _, leaf = key.rpartition(".")
         if key.split(".")[0] == "hydra" or (not parent and (Path(CONF_DIR) / leaf).is_dir()):
             continue  # Hydra's settings; a config group added (+experiment=...)
+        if "." in parent or parent in _NAMED_ENTRIES:
+            continue  # deeper nodes are free-form maps (cluster.additional_parameters, env kwargs)
         value = override.split("=", 1)[1] if "=" in override else ""
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if not OmegaConf.is_dict(node) or "_target_" in node or "${" + key in text:
