@@ -120,9 +120,14 @@ def test_a_failing_setup_line_stops_its_job_and_is_named(slurm, pendulum_data, t
 def _array_task(sweep: Path, task: int) -> str:
     # submitit's folder per job is named after the SLURM id: <array job id>_<task>
     # (a one-job sweep is a plain job: <job id>)
+    # (an array's submission script sits in a folder named after the bare array id, which scancel reads as
+    # the array's last pending task: picking that folder by glob order once signalled the wrong job)
     def folder():
         names = [p.name for p in (sweep / ".submitit").glob("*") if p.is_dir()]
-        return [n for n in names if n.endswith(f"_{task}") or (task == 0 and n.isdigit())]
+        tasks = [n for n in names if n.endswith(f"_{task}")]
+        if tasks or any("_" in n for n in names):
+            return tasks
+        return [n for n in names if task == 0 and n.isdigit()]
 
     return wait_until(folder, 60, "the job's submitit folder")[0]
 
