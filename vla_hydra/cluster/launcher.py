@@ -10,6 +10,7 @@ Everything else (parameters, the job-side `__call__`, requeue via `checkpoint`) 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 import shlex
@@ -38,8 +39,9 @@ log = get_logger(__name__)
 STATUS_POLL_S = 5.0
 # seconds to wait for the result file of a job the scheduler reports finished
 RESULT_FILE_GRACE_S = 3
-# seconds a SLURM job must look ended (no result, not in the queue) before it counts as failed: a requeued
-# job can briefly be neither running nor listed by squeue
+# seconds a SLURM job must look ended (no result, not in the queue) beyond the cluster's KillWait before
+# it counts as failed: a requeued job is neither running nor listed by squeue until its old step has ended,
+# which SLURM gives up to KillWait seconds (+2). 8 s in all misreported a requeue at KillWait=10 as a failure
 REQUEUE_SETTLE_S = 8.0
 # executor-level settings (the rest are per-job resources)
 _EXECUTOR_KEYS = {"max_num_timeout"}
@@ -300,8 +302,11 @@ class WaitForAllJobs(BaseSubmititLauncher):
                     continue
                 # a SLURM job that ended without a result may be between its requeued run's end and its
                 # reappearance in the queue: it counts as failed once it has stayed so for a while
-                settled = now - ended_since.setdefault(num, now) >= REQUEUE_SETTLE_S
-                if settled or job.paths.result_pickle.exists() or not _is_slurm_job(job):
+                if (
+                    job.paths.result_pickle.exists()
+                    or not _is_slurm_job(job)
+                    or now - ended_since.setdefault(num, now) >= REQUEUE_SETTLE_S + _kill_wait_s()
+                ):
                     overrides, job = pending.pop(num)
                     returns[num] = self._collect(num, overrides, job)
             if pending:
@@ -548,6 +553,21 @@ def _queue_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
 
 def _is_slurm_job(job: Any) -> bool:
     return getattr(job, "_cancel_command", "") == "scancel"
+
+
+@functools.lru_cache(maxsize=1)
+def _kill_wait_s() -> float:
+    """The SLURM controller's KillWait (`scontrol show config`; SLURM's default 30 s when it cannot say)."""
+    import subprocess
+
+    try:
+        config = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 30.0
+    found = re.search(r"^KillWait\s*=\s*(\d+)", config, re.MULTILINE)
+    return float(found.group(1)) + 2 if found else 30.0
 
 
 def _requeued(job: Any) -> bool:
