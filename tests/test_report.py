@@ -430,7 +430,12 @@ def test_sweep_commands_rebuild_a_grid_as_one_multirun_and_quote_for_the_shell()
     "case,expected",
     [
         ("missing_dir", "error: sweep dir {d}: no such directory"),
-        ("no_results", "error: sweep dir {d}: no results.json found in it or any subdirectory"),
+        ("no_results", "error: sweep dir {d}: no results.json found in it or any subdirectory (expected run"),
+        (
+            "eval_results_only",
+            "error: sweep dir {d}: no results.json found in it or any subdirectory (it holds "
+            "vla_hydra.eval's eval_results.json; to table re-evaluations of several checkpoints, run",
+        ),
         (
             "corrupt",
             "error: {d}/3/results.json: not valid JSON (Expecting ',' delimiter at line 1 column 15)",
@@ -444,7 +449,9 @@ def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path, case, expected
     d = tmp_path / "sweep"
     if case != "missing_dir":
         (d / "0" / "csv").mkdir(parents=True)
-    if case not in ("missing_dir", "no_results"):
+    if case == "eval_results_only":  # `vla_hydra.eval -m ...` wrote its sweep
+        (d / "0" / "eval_results.json").write_text('{"algo": "bc", "seed": 0, "train_seed": 0}')
+    if case not in ("missing_dir", "no_results", "eval_results_only"):
         _write_run(d / "1", "bc", "pendulum", 0, -100.0, 50.0)
         bad = d / "3" / "results.json"
         bad.parent.mkdir()

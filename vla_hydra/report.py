@@ -39,6 +39,7 @@ from vla_hydra.core.exceptions import VlaHydraError
 from vla_hydra.core.io import atomic_path
 
 RESULTS_FILE = "results.json"
+EVAL_RESULTS_FILE = "eval_results.json"  # vla_hydra.eval's (not tabled)
 ENTRY_POINT = "python -m vla_hydra.train"
 SCORE_KEY, RETURN_KEY = "eval/normalized_score", "eval/return_mean"
 MAX_SKIPPED_LISTED = 3  # run dirs without results named one by one in the notes
@@ -280,9 +281,17 @@ def find_runs(sweep_dirs: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
         # a sweep dir with nothing in it (e.g. aborted before its first job) is named too
         incomplete.update(dict.fromkeys(unfinished or ([] if found else [root.resolve()])))
     if not files:
+        roots = [Path(d).expanduser().absolute() for d in sweep_dirs]
+        # vla_hydra.eval's eval_results.json: one checkpoint's re-evaluation under its eval seed, not a run
+        evaluations = any(next(root.rglob(EVAL_RESULTS_FILE), None) for root in roots)
         raise VlaHydraError(
-            f"sweep dir {', '.join(str(Path(d).expanduser().absolute()) for d in sweep_dirs)}: no {RESULTS_FILE} "
-            "found in it or any subdirectory (expected run dirs written by vla_hydra.train)"
+            f"sweep dir {', '.join(map(str, roots))}: no {RESULTS_FILE} found in it or any subdirectory "
+            + (
+                f"(it holds vla_hydra.eval's {EVAL_RESULTS_FILE}; to table re-evaluations of several checkpoints, "
+                "run `python -m vla_hydra.train experiment=eval ckpt_path=<A>,<B>` and report its sweep dir)"
+                if evaluations
+                else "(expected run dirs written by vla_hydra.train)"
+            )
         )
     runs = [load_run(p) for p in files]
     return sorted(runs, key=lambda r: (r.dataset, r.algo, r.seed, str(r.path))), list(incomplete)
