@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import gymnasium as gym
 import imageio.v2 as imageio
 import numpy as np
 
@@ -28,6 +31,20 @@ def test_pendulum_video_has_one_frame_per_step_and_shows_the_swing_up(tmp_path):
     assert frames[0].shape == (500, 500, 3)
     assert out["returns"][0] > -400  # the controller swings up: this is its episode, not a blank one
     assert not np.array_equal(frames[0], frames[100])
+
+
+def test_video_returns_are_the_envs_own_under_reward_changing_wrappers(tmp_path):
+    # evaluation sums the env's own rewards whatever env.wrappers do to them; the video's returns too
+    clipped = EnvFactory(
+        id="Pendulum-v1",
+        max_episode_steps=20,
+        wrappers=[partial(gym.wrappers.ClipReward, min_reward=-0.01, max_reward=0.0)],
+    )
+    out = record_video(PendulumSwingUp(), clipped, tmp_path / "v.mp4", episodes=1, seed=3)
+    plain = record_video(
+        PendulumSwingUp(), EnvFactory(id="Pendulum-v1", max_episode_steps=20), tmp_path / "p.mp4", 1, seed=3
+    )
+    assert out["returns"] == plain["returns"] and plain["returns"][0] < -20 * 0.01
 
 
 def test_mujoco_video_renders_headless(tmp_path, caplog):

@@ -45,7 +45,7 @@ def record_video(
     except OSError as err:
         raise OutputError(f"{path}: cannot write the video there ({err.strerror or err})") from err
     act = policy.act if hasattr(policy, "act") else policy
-    env = env_factory.make(render_mode="rgb_array")
+    env = env_factory.make(record_env_reward=True, render_mode="rgb_array")
     fps = fps or int(env.metadata.get("render_fps", 30))
     frames, returns = [], []
     try:
@@ -58,8 +58,9 @@ def record_video(
                 done, total = False, 0.0
                 while not done:
                     action = act(obs[None])[0]
-                    obs, reward, terminated, truncated, _ = env.step(action)
-                    total += float(reward)
+                    obs, reward, terminated, truncated, info = env.step(action)
+                    # the env's own reward, as evaluation sums it (env.wrappers may scale what trained)
+                    total += float(info.get("env_reward", reward))
                     done = terminated or truncated
                     frames.append(env.render())
                     if hasattr(policy, "observe_rollout_step"):
