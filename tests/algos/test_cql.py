@@ -11,6 +11,7 @@ import torch
 from tests.conftest import compose_config, random_pendulum_batch, small_train_config
 from vla_hydra.algos.cql import CQL, cql_conservative_penalty, sac_alpha_loss
 from vla_hydra.core.exceptions import ConfigError
+from vla_hydra.data.stats import DatasetStats
 from vla_hydra.envs.evaluation import rollout_episodes
 from vla_hydra.envs.factory import EnvSpec
 from vla_hydra.eval import load_policy
@@ -44,6 +45,36 @@ def test_sac_alpha_loss_hand_computed():
     assert loss.item() == pytest.approx(1.5)
     loss.backward()
     assert log_alpha.grad.item() == pytest.approx(3.0)
+
+
+def test_cql_reward_map_as_corl_and_kept_by_checkpoints():
+    stats = DatasetStats(episode_return_min=-1700.0, episode_return_max=-100.0)
+
+    def actor(shape, dim):
+        return TanhGaussianActor(shape, dim, hidden_dims=(8,))
+
+    rewards = torch.tensor([2.0, -4.0])
+    assert torch.equal(
+        CQL(SPEC, actor, critic_hidden_dims=(8,), stats=stats).mapped_rewards(rewards), rewards
+    )
+    # CORL's hopper-medium-v2 config: 1000 / 1600 = 0.625 per unit of reward, then * 5 - 1
+    corl = CQL(
+        SPEC,
+        actor,
+        critic_hidden_dims=(8,),
+        stats=stats,
+        normalize_reward=True,
+        reward_scale=5.0,
+        reward_bias=-1.0,
+    )
+    torch.testing.assert_close(corl.mapped_rewards(rewards), torch.tensor([2 * 3.125 - 1, -4 * 3.125 - 1]))
+    rebuilt = CQL(SPEC, actor, critic_hidden_dims=(8,))  # as load_policy does: no dataset stats
+    rebuilt.load_state_dict(corl.state_dict())
+    torch.testing.assert_close(rebuilt.mapped_rewards(rewards), torch.tensor([5.25, -13.5]))
+    # a checkpoint from before the reward map trained on the rewards as they were
+    older = {k: v for k, v in corl.state_dict().items() if k not in ("reward_scale", "reward_bias")}
+    rebuilt.load_state_dict(older)
+    assert torch.equal(rebuilt.mapped_rewards(rewards), rewards)
 
 
 def test_cql_needs_a_stochastic_actor():

@@ -8,14 +8,9 @@ import pytest
 import torch
 
 from tests.conftest import compose_config, small_train_config
-from vla_hydra.algos.iql import (
-    IQL,
-    exp_advantage_weights,
-    expectile_loss,
-    return_range_reward_scale,
-)
+from vla_hydra.algos.iql import IQL, exp_advantage_weights, expectile_loss
 from vla_hydra.algos.schedules import cosine_lr
-from vla_hydra.data.stats import DatasetStats
+from vla_hydra.data.stats import DatasetStats, return_range_reward_scale
 from vla_hydra.envs.factory import EnvSpec
 from vla_hydra.models.actors import GaussianActor
 from vla_hydra.train import train

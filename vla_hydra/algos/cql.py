@@ -24,6 +24,7 @@ import torch
 from vla_hydra.algos.base import PolicyAlgorithm
 from vla_hydra.algos.critic_losses import per_critic_mse, td_target
 from vla_hydra.algos.sac import sac_actor_loss
+from vla_hydra.data.stats import return_range_reward_scale
 from vla_hydra.models.critics import EnsembleQNetwork, soft_update
 
 
@@ -37,6 +38,12 @@ def cql_conservative_penalty(q_ood: torch.Tensor, q_data: torch.Tensor, temperat
 def sac_alpha_loss(log_alpha: torch.Tensor, log_pi: torch.Tensor, target_entropy: float) -> torch.Tensor:
     """Automatic entropy tuning: -mean(log_alpha * (log pi + target_entropy)) (log pi detached)."""
     return -(log_alpha * (log_pi.detach() + target_entropy)).mean()
+
+
+def _unmapped_rewards_before_2026_11_27(state_dict, prefix, *args) -> None:
+    """Checkpoints written before CQL had a reward map trained on the rewards as they were: scale 1, bias 0."""
+    state_dict.setdefault(f"{prefix}reward_scale", torch.tensor(1.0))
+    state_dict.setdefault(f"{prefix}reward_bias", torch.tensor(0.0))
 
 
 class CQL(PolicyAlgorithm):
@@ -57,6 +64,10 @@ class CQL(PolicyAlgorithm):
         cql_n_actions: int = 10,
         cql_temp: float = 1.0,
         backup_entropy: bool = False,
+        normalize_reward: bool = False,
+        reward_norm_scale: float = 1000.0,
+        reward_scale: float = 1.0,
+        reward_bias: float = 0.0,
         updates_per_step: int = 50,
         stats=None,
     ):
@@ -78,11 +89,21 @@ class CQL(PolicyAlgorithm):
         )
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.nn.Parameter(torch.zeros(()))
+        # r' = r * (return-range factor if normalize_reward) * reward_scale + reward_bias (CORL's
+        # modify_reward); buffers, so a checkpoint rebuilt without dataset stats keeps the training-time map
+        norm = return_range_reward_scale(stats, reward_norm_scale) if normalize_reward else 1.0
+        self.register_buffer("reward_scale", torch.tensor(norm * reward_scale, dtype=torch.float32))
+        self.register_buffer("reward_bias", torch.tensor(reward_bias, dtype=torch.float32))
+        self._register_load_state_dict_pre_hook(_unmapped_rewards_before_2026_11_27)
         # log density of the uniform distribution on [-1, 1]^|A| (importance weight of random actions)
         self.random_log_density = -spec.action_dim * math.log(2.0)
 
     def normalized_action(self, normalized_obs: torch.Tensor) -> torch.Tensor:
         return self.actor(normalized_obs)
+
+    def mapped_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
+        """The rewards the TD targets use (normalize_reward, reward_scale, reward_bias)."""
+        return rewards * self.reward_scale + self.reward_bias
 
     def update(self, batch, optimizers):
         obs = self.obs_normalizer(batch["observations"])
@@ -103,7 +124,9 @@ class CQL(PolicyAlgorithm):
             next_value = self.target_critic(next_obs, sampled[B:, 0]).min(0).values
             if self.backup_entropy:
                 next_value = next_value - alpha * log_probs[B:, 0]
-            q_target = td_target(batch["rewards"], batch["terminals"], next_value, self.discount)
+            q_target = td_target(
+                self.mapped_rewards(batch["rewards"]), batch["terminals"], next_value, self.discount
+            )
 
         # candidates at s: [dataset action | n uniform | n from pi(.|s) | n from pi(.|s')] (CORL
         # evaluates the s'-policy actions at s), all detached: the penalty trains the critics only

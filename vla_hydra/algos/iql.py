@@ -19,7 +19,7 @@ import torch
 from vla_hydra.algos.base import PolicyAlgorithm
 from vla_hydra.algos.critic_losses import per_critic_mse, td_target
 from vla_hydra.algos.schedules import cosine_lr
-from vla_hydra.data.stats import DatasetStats
+from vla_hydra.data.stats import return_range_reward_scale
 from vla_hydra.models.critics import EnsembleQNetwork, ValueNetwork, soft_update
 
 
@@ -46,15 +46,6 @@ def awr_regression_loss(
     """Advantage-weighted regression, deterministic actor: mean(w * ||pi(s) - a||^2) (CORL's
     DeterministicPolicy, squared error summed over action dimensions)."""
     return (weights * (predicted - actions).square().sum(-1)).mean()
-
-
-def return_range_reward_scale(stats: DatasetStats | None, scale: float = 1000.0) -> float:
-    """IQL/CORL locomotion reward normalisation factor: scale / (max episode return - min episode
-    return). 1.0 when the dataset's returns are unknown or all equal."""
-    if stats is None or stats.episode_return_min is None or stats.episode_return_max is None:
-        return 1.0
-    span = stats.episode_return_max - stats.episode_return_min
-    return scale / span if span > 0 else 1.0
 
 
 class IQL(PolicyAlgorithm):

@@ -107,7 +107,8 @@ _NON_NEGATIVE_LIST_KEYS = {"action_noise_std"}
 _PROBABILITY_LIST_KEYS = {"random_action_prob"}
 # real numbers without a range (any sign); a word here would fail deep inside a build or a float()
 _NUMBER_KEYS = {
-    "target_return", "return_scale", "reward_norm_scale", "advantage_eps", "alpha_multiplier", "cql_temp",
+    "target_return", "return_scale", "reward_norm_scale", "reward_scale", "reward_bias", "advantage_eps",
+    "alpha_multiplier", "cql_temp",
     "max_weight", "log_std_init", "log_std_min", "log_std_max", "log_std_offset",
     "random", "expert",  # env.ref_returns
 }  # fmt: skip

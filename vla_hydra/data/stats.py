@@ -28,3 +28,12 @@ def episode_returns(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.nda
     starts = np.concatenate([[0], ends[:-1] + 1])
     sums = np.concatenate([[0.0], np.cumsum(rewards, dtype=np.float64)])
     return sums[ends + 1] - sums[starts]
+
+
+def return_range_reward_scale(stats: DatasetStats | None, scale: float = 1000.0) -> float:
+    """IQL/CORL locomotion reward normalisation factor: scale / (max episode return - min episode
+    return). 1.0 when the dataset's returns are unknown or all equal."""
+    if stats is None or stats.episode_return_min is None or stats.episode_return_max is None:
+        return 1.0
+    span = stats.episode_return_max - stats.episode_return_min
+    return scale / span if span > 0 else 1.0
