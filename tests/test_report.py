@@ -414,6 +414,45 @@ def test_online_runs_are_grouped_by_their_env(tmp_path):
     ]
 
 
+def test_online_learning_curves_are_drawn_over_env_steps(tmp_path):
+    """experiment=online_rl's report drew SAC (1500 updates), PPO (960) and GRPO (160) after the same
+    6000 env steps at three different x positions, over 'gradient updates'."""
+    for algo, updates in (("sac", 1500), ("grpo", 160)):
+        history = [
+            {**e, "env_steps": env}
+            for e, env in zip(_hist((0, -1300, 0), (updates // 2, -900, 0)), (0, 3000), strict=True)
+        ]
+        _write_run(tmp_path / algo, algo, "online", 0, -400.0, history=history, steps=updates)
+        path = tmp_path / algo / "results.json"
+        path.write_text(
+            json.dumps({**json.loads(path.read_text()), "env_steps": 6000, "normalized_score": None})
+        )
+    report = write_report([tmp_path])
+    curves, _ = learning_curves(report.groups)
+    _, (grpo, sac) = curves["Pendulum-v1 (online)"]
+    # the final evaluation ends each curve at the run's env steps, not at its gradient updates
+    assert grpo.steps == sac.steps == [0, 3000, 6000] and grpo.x == sac.x == "env_steps"
+    assert sac.mean == [-1300, -900, -400]
+    # GRPO's seeds evaluate at the same updates after different env steps (episode lengths): matched by
+    # update, placed at their mean env steps
+    history = [
+        {**e, "env_steps": env} for e, env in zip(_hist((0, -1300, 0), (80, -700, 0)), (0, 3400), strict=True)
+    ]
+    _write_run(tmp_path / "grpo1", "grpo", "online", 1, -600.0, history=history, steps=160)
+    path = tmp_path / "grpo1" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "env_steps": 6400, "normalized_score": None}))
+    curves, _ = learning_curves(write_report([tmp_path]).groups)
+    _, (grpo, _) = curves["Pendulum-v1 (online)"]
+    assert grpo.steps == [0, 3200, 6200] and grpo.mean == [-1300, -800, -500] and grpo.n == 2
+    # offline runs keep gradient updates
+    _write_run(tmp_path / "off", "bc", "pendulum-mixed-v0", 0, -300.0, 80.0, _hist((0, -900, 10)), steps=100)
+    curves, _ = learning_curves(write_report([tmp_path]).groups)
+    assert curves["pendulum-mixed-v0"][1][0].x == "step" and curves["pendulum-mixed-v0"][1][0].steps == [
+        0,
+        100,
+    ]
+
+
 def test_sweep_commands_rebuild_a_grid_as_one_multirun_and_quote_for_the_shell():
     grid = [["a=1", "s=0"], ["a=1", "s=1"], ["a=2", "s=0"], ["a=2", "s=1"]]
     assert sweep_commands(grid) == ["python -m vla_hydra.train -m a=1,2 s=0,1"]

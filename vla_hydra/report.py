@@ -13,7 +13,8 @@ steps and mean wall time. Prints the table and writes, into `--out` (default: th
                          (rebuilt from the runs' .hydra/overrides.yaml)
     report.csv           one row per group, full precision
     learning_curves.png  one subplot per dataset, one line per algo: mean over runs of the periodic
-                         evaluations (normalized score, or return when there is none) ± std band
+                         evaluations (normalized score, or return when there is none) ± std band, over
+                         gradient updates, or over env steps where every run is online
 
 Imports stay light (no torch/lightning); matplotlib is imported only to draw the figure.
 """
@@ -42,6 +43,8 @@ RESULTS_FILE = "results.json"
 EVAL_RESULTS_FILE = "eval_results.json"  # vla_hydra.eval's (not tabled)
 ENTRY_POINT = "python -m vla_hydra.train"
 SCORE_KEY, RETURN_KEY = "eval/normalized_score", "eval/return_mean"
+# online runs' evaluations also carry the env steps taken: their curves are drawn over those
+STEP_KEY, ENV_STEPS_KEY = "step", "env_steps"
 MAX_SKIPPED_LISTED = 3  # run dirs without results named one by one in the notes
 MISSING = "—"
 
@@ -62,6 +65,7 @@ class Run:
     settings: dict[str, str] | None = None  # .hydra/config.yaml flattened to dotted keys, None without one
     # the overrides of the config `settings` come from: a re-evaluation's (eval_only) are its trained run's
     config_overrides: list[str] | None = None
+    env_steps: int | None = None  # online runs: the env steps the run took
 
 
 @dataclass
@@ -249,10 +253,13 @@ def load_run(path: Path) -> Run:
         overrides=_read_overrides(path.parent),
         settings=_read_settings(config_dir) if config_dir else None,
         config_overrides=_read_overrides(config_dir) if config_dir else None,
+        env_steps=data["env_steps"] if is_number(data.get("env_steps")) else None,
     )
     if history and history[-1]["step"] < run.train_steps:
         # the final evaluation (the table's figure) ends the curve, at the step the table reports
         final = {"step": run.train_steps, RETURN_KEY: run.return_mean}
+        if run.env_steps is not None:
+            final[ENV_STEPS_KEY] = run.env_steps
         if run.score is not None:
             final[SCORE_KEY] = run.score
         run.history = [*history, final]
@@ -443,21 +450,27 @@ class Curve:
     mean: list[float]
     std: list[float] | None  # None with a single run
     n: int
+    x: str = STEP_KEY  # what `steps` count: gradient updates (STEP_KEY) or env steps (ENV_STEPS_KEY)
 
 
 def learning_curves(groups: Sequence[Group]) -> tuple[dict[str, tuple[str, list[Curve]]], list[str]]:
     """Per dataset: the metric plotted (normalized score if every evaluation of every run of the dataset has
-    one, else return) and one curve per algo over the steps that all its runs evaluated; plus notes."""
+    one, else return) and one curve per algo over the steps that all its runs evaluated; plus notes.
+    Steps are gradient updates, or env steps where every evaluation in the dataset's runs has them (online
+    algorithms, whose gradient updates per env step differ by orders of magnitude: SAC vs GRPO); runs are
+    matched at the gradient updates they evaluated, each point placed at their mean env steps."""
     per_dataset: dict[str, tuple[str, list[Curve]]] = {}
     notes = []
     for dataset in sorted({g.dataset for g in groups}):
         members = [g for g in groups if g.dataset == dataset]
         entries = [e for g in members for r in g.runs for e in r.history]
         key = SCORE_KEY if entries and all(e.get(SCORE_KEY) is not None for e in entries) else RETURN_KEY
+        x = ENV_STEPS_KEY if entries and all(is_number(e.get(ENV_STEPS_KEY)) for e in entries) else STEP_KEY
         curves = []
         for group in members:
             # a resumed run can evaluate a step twice: its last evaluation counts
-            series = [{e["step"]: e[key] for e in r.history} for r in group.runs if r.history]
+            runs = [r for r in group.runs if r.history]
+            series = [{e[STEP_KEY]: e[key] for e in r.history} for r in runs]
             if not series:
                 notes.append(f"{dataset} / {group.algo}: no eval_history in its runs, no learning curve")
                 continue
@@ -474,9 +487,21 @@ def learning_curves(groups: Sequence[Group]) -> tuple[dict[str, tuple[str, list[
                 )
             stats = [mean_std([s[step] for s in series]) for step in steps]
             stds = [sd for _, sd in stats]
+            if x == ENV_STEPS_KEY:
+                # seeds evaluate at the same updates; their env steps there can differ (GRPO's episode
+                # lengths): each point sits at the runs' mean env steps
+                env_steps = [{e[STEP_KEY]: e[ENV_STEPS_KEY] for e in r.history} for r in runs]
+                xs = [mean_std([s[step] for s in env_steps])[0] for step in steps]
+            else:
+                xs = steps
             curves.append(
                 Curve(
-                    group.algo, steps, [m for m, _ in stats], None if stds[0] is None else stds, len(series)
+                    group.algo,
+                    xs,
+                    [m for m, _ in stats],
+                    None if stds[0] is None else stds,
+                    len(series),
+                    x,
                 )
             )
         per_dataset[dataset] = (key, curves)
@@ -531,7 +556,8 @@ def plot_learning_curves(curves: dict[str, tuple[str, list[Curve]]], path: Path)
         else:
             ax.text(0.5, 0.5, "no evaluation history", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(dataset, fontsize="medium")
-        ax.set_xlabel("gradient updates")
+        on_env_steps = dataset_curves and all(c.x == ENV_STEPS_KEY for c in dataset_curves)
+        ax.set_xlabel("env steps" if on_env_steps else "gradient updates")
         ax.set_ylabel("normalized score" if key == SCORE_KEY else "evaluation return")
         ax.grid(alpha=0.3)
     with atomic_path(path) as tmp:
@@ -633,7 +659,8 @@ def markdown(groups, sweep_dirs, notes, png_name: str) -> str:
         f"![learning curves]({png_name})",
         "",
         "Mean over a group's runs of its periodic evaluations (normalized score, or return where the dataset "
-        "has no reference returns) at the steps all its runs evaluated; band: ± sample std (ddof=1).",
+        "has no reference returns) at the steps all its runs evaluated (gradient updates, or env steps where "
+        "every run of the dataset is online); band: ± sample std (ddof=1).",
         "",
     ]
     return "\n".join(lines)

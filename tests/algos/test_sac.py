@@ -261,6 +261,23 @@ def test_resume_continues_env_steps_and_replay_buffer(tmp_path, data_dir, save_b
         assert int(ckpt2["state_dict"]["update_rounds"]) == 300 + 200 - 99
 
 
+def test_a_continuation_that_ends_inside_the_refill_warns(tmp_path, data_dir, caplog):
+    """Resuming a SAC run (no saved buffer) for fewer env steps than the refill ran them, did no update
+    and came out with the checkpoint's policy, in silence: the user saw the same eval return again."""
+    common = [*SMALL, "algo.learning_starts=100", "algo.batch_size=64", "eval.every_n_updates=100000"]
+    _, first = train(small_train_config(tmp_path / "a", data_dir, [*common, "algo.total_timesteps=150"]))
+    second = small_train_config(
+        tmp_path / "b", data_dir, [*common, "algo.total_timesteps=200", f"ckpt_path={first['checkpoint']}"]
+    )
+    with caplog.at_level("WARNING", logger="vla_hydra.algos.sac"):
+        _, resumed = train(second)
+    assert resumed["env_steps"] == 200 and resumed["train_steps"] == first["train_steps"]
+    assert (
+        "algo.total_timesteps=200: resumed at env step 150 from a checkpoint without the replay buffer, which "
+        "first refills 100 transitions of the current policy; the 50 env steps left end before that"
+    ) in caplog.text
+
+
 BEHAVIOR_POLICIES = ASSETS_DIR / "behavior_policies"
 
 

@@ -78,6 +78,20 @@ def test_wrappers_with_running_statistics_are_refused(wrapper):
         EnvFactory(id="Pendulum-v1", wrappers=[partial(getattr(gym.wrappers, wrapper))])
 
 
+def test_a_wrapper_given_by_name_says_how_to_write_it():
+    """`env.wrappers=[gymnasium.wrappers.TimeAwareObservation]` (a string) failed at the first env made with
+    "env.wrappers[0]: cannot wrap CartPole-v1 ('str' object is not callable)"."""
+    from vla_hydra.core.exceptions import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        EnvFactory(id="CartPole-v1", wrappers=["gymnasium.wrappers.TimeAwareObservation"])
+    assert str(err.value) == (
+        "env.wrappers[0]=gymnasium.wrappers.TimeAwareObservation: a name, not an env -> env callable; write "
+        "env.wrappers='[{_target_: gymnasium.wrappers.TimeAwareObservation, _partial_: true}]' "
+        "(with the wrapper's arguments)"
+    )
+
+
 def test_configured_wrappers_apply_to_every_env_and_the_spec(tmp_path):
     from hydra.utils import instantiate
 

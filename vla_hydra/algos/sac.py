@@ -260,6 +260,16 @@ class SAC(OnlineAlgorithm):
         elif int(self.env_steps) > 0:
             refill = max(self.batch_size, self.learning_starts)
             self._min_buffer_size = min(refill, self.replay_buffer.capacity)
+            left = self.total_timesteps - int(self.env_steps)
+            if 0 < left < self._min_buffer_size:
+                # a short continuation would end still refilling: the policy comes out unchanged
+                log.warning(
+                    f"algo.total_timesteps={self.total_timesteps}: resumed at env step {int(self.env_steps)} "
+                    f"from a checkpoint without the replay buffer, which first refills {self._min_buffer_size} "
+                    f"transitions of the current policy; the {left} env steps left end before that: no "
+                    "gradient update, the policy stays as the checkpoint's (raise algo.total_timesteps, or "
+                    "save the buffer with algo.checkpoint_replay_buffer=true)"
+                )
             if self.replay_dataset_path:
                 log.warning(
                     f"algo.replay_dataset_path: resumed at env step {int(self.env_steps)} from a checkpoint "

@@ -93,6 +93,11 @@ class EnvFactory:
             # shorter or longer episodes against them would be meaningless (train.py says so)
             self.ref_returns = None
         for index, wrap in enumerate(self.wrappers or []):
+            if isinstance(wrap, str):  # env.wrappers=[gymnasium.wrappers.X]: a name, not a callable
+                raise ConfigError(
+                    f"env.wrappers[{index}]={wrap}: a name, not an env -> env callable; write "
+                    f"env.wrappers='[{{_target_: {wrap}, _partial_: true}}]' (with the wrapper's arguments)"
+                )
             wrapper_cls = getattr(wrap, "func", wrap)
             # running statistics kept inside an env: each evaluation env would start its own, and
             # checkpoints would not carry them; the algorithms' own normalisers do both
