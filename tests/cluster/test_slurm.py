@@ -138,11 +138,17 @@ def _job_field(job: str, field: str) -> str:
 
 
 def _release_requeued(job: str, proc: subprocess.Popen) -> None:
-    """SLURM holds a requeued job for ~2 min (BeginTime); release it so the test need not wait."""
+    """SLURM holds a requeued job for ~2 min (BeginTime); release it so the test need not wait. Not within
+    2 s of the requeue: slurmd revokes the old run's credential with a timestamp in whole seconds, and a
+    run started in that same second is killed as 'Job credential revoked' (seen under load)."""
+    pending_since: list[float] = []
 
     def running_again() -> bool:
         if _job_field(job, "JobState") == "PENDING":
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+            if not pending_since:
+                pending_since.append(time.monotonic())
+            if time.monotonic() - pending_since[0] >= 2.0:
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
         return proc.poll() is not None or (
             _job_field(job, "Restarts") == "1" and _job_field(job, "JobState") in ("RUNNING", "COMPLETED")
         )
