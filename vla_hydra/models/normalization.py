@@ -126,7 +126,9 @@ class RewardScaler(nn.Module):
 
     @torch.no_grad()
     def forward(self, rewards: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
-        """Scaled rewards of one vector step; `done` (terminated or truncated) restarts the return."""
+        """Scaled rewards of one vector step; `done` (terminated or truncated) restarts the return, as
+        SB3's VecNormalize does (gymnasium's NormalizeReward, which CleanRL uses, restarts it on
+        termination only, so its return runs on across time-limit cuts: a slightly larger scale)."""
         ret = self.discounted_return * self.gamma + rewards.to(torch.float64)
         merge_running_moments(
             self.return_mean, self.return_var, self.count, ret.reshape(-1, *self.return_mean.shape)
