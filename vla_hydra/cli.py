@@ -115,46 +115,48 @@ def _report_interruption(record: dict | None, signal_name: str = "Ctrl-C") -> No
     `record`: the fit's InterruptionRecord, None when it was stopped outside a fit (by `signal_name`)."""
     from vla_hydra.cluster.launcher import requeued_by_slurm
 
-    code = 143 if (record["signal"] if record else signal_name) == "SIGTERM" else 130
-    if code == 143 and requeued_by_slurm():
+    signal_name = record["signal"] if record else signal_name
+    code = 143 if signal_name == "SIGTERM" else 130
+    requeued = code == 143 and requeued_by_slurm()
+    line = _interruption_line(record, signal_name, requeued)
+    if requeued:
         # not a failure: the job starts again and continues (cluster.auto_resume); the ERROR "terminated"
         # line read as one in the run's train.log
         from vla_hydra.core.logging import get_logger
 
-        get_logger("vla_hydra").warning(_requeued_line(record))
+        get_logger("vla_hydra").warning(line)
         raise SystemExit(code)
-    if record is None:
-        line = "interrupted (Ctrl-C)" if signal_name == "Ctrl-C" else f"terminated ({signal_name})"
-    elif record["saved"]:
-        line = (
-            f"terminated ({record['signal']}) at update {record['step']}; saved {record['checkpoint']}: continue "
-            f"with ckpt_path={record['checkpoint']}"
-        )
-    else:
-        at = f" (update {record['checkpoint_step']})" if record.get("checkpoint_step") is not None else ""
-        where = (
-            f"continue from its last checkpoint{at} with ckpt_path={record['checkpoint']}"
-            if record["checkpoint"]
-            else "no checkpoint had been saved yet"
-        )
-        verb = "interrupted" if record["signal"] == "Ctrl-C" else "terminated"
-        line = f"{verb} ({record['signal']}) at update {record['step']}; {where}"
     print(f"{_sweep_job_prefix()}{line}", file=sys.stderr, flush=True)
     _record_in_job_log(line)
     raise SystemExit(code)
 
 
-def _requeued_line(record: dict | None) -> str:
-    """What a SIGTERM that SLURM follows with a requeue did: where the requeued job continues from."""
-    if record is None:
-        return "preempted (SIGTERM, requeued by SLURM) outside training: the job starts again"
-    if record["saved"]:
-        where = f"saved {record['checkpoint']}: the requeued job continues from it"
-    elif record["checkpoint"]:
-        where = f"the requeued job continues from its last checkpoint (update {record['checkpoint_step']})"
+def _interruption_line(record: dict | None, signal_name: str, requeued: bool) -> str:
+    """What the interruption did and where the run continues from: a `ckpt_path=` to pass, or (a SIGTERM
+    that SLURM follows with a requeue) what the requeued job starts from."""
+    if requeued:
+        head = "preempted (SIGTERM, requeued by SLURM)"
     else:
-        where = "no checkpoint had been saved yet: the requeued job starts over"
-    return f"preempted (SIGTERM, requeued by SLURM) at update {record['step']}; {where}"
+        head = f"{'interrupted' if signal_name == 'Ctrl-C' else 'terminated'} ({signal_name})"
+    if record is None:
+        return f"{head} outside training: the job starts again" if requeued else head
+    if record["saved"]:
+        what_next = (
+            "the requeued job continues from it"
+            if requeued
+            else f"continue with ckpt_path={record['checkpoint']}"
+        )
+        where = f"saved {record['checkpoint']}: {what_next}"
+    elif record["checkpoint"]:
+        at = f" (update {record['checkpoint_step']})" if record.get("checkpoint_step") is not None else ""
+        where = (
+            f"the requeued job continues from its last checkpoint{at}"
+            if requeued
+            else f"continue from its last checkpoint{at} with ckpt_path={record['checkpoint']}"
+        )
+    else:
+        where = "no checkpoint had been saved yet" + (": the requeued job starts over" if requeued else "")
+    return f"{head} at update {record['step']}; {where}"
 
 
 def _record_in_job_log(line: str) -> None:

@@ -93,6 +93,10 @@ def test_an_optuna_search_gets_every_result_back_and_a_grid_sweep_does_not():
         # the job found it only once it ran, after queueing; the line is the one a local run prints
         ("ckpt_path=/no/such.ckpt", "error: ckpt_path=/no/such.ckpt: file not found"),
         (
+            "ckpt_path=best",
+            "error: ckpt_path=best: not supported here; pass a checkpoint file (or ckpt_path=last)",
+        ),
+        (
             "experiment=eval",
             "error: ckpt_path: required with eval_only=true (experiment=eval); pass ckpt_path=<checkpoint>, "
             "or several separated by commas (one job each)",

@@ -20,12 +20,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from vla_hydra.core.checkpoints import (
-    LIGHTNING_CKPT_ALIASES,
-    RUN_DIR_CHECKPOINT,
-    check_checkpoint_file,
-    is_deepspeed_checkpoint,
-)
+from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT, check_run_checkpoint, is_deepspeed_checkpoint
 from vla_hydra.core.exceptions import CheckpointError
 from vla_hydra.core.logging import get_logger
 from vla_hydra.core.runtime import decorrelate_rngs, get_rng_states, set_rng_states
@@ -61,11 +56,7 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
                 f"ckpt_path=last: no checkpoint at {own} (this run's dir); pass a checkpoint file"
             )
         return str(own)
-    if path in LIGHTNING_CKPT_ALIASES:
-        raise CheckpointError(
-            f"ckpt_path={path}: not supported here; pass a checkpoint file (or ckpt_path=last)"
-        )
-    check_checkpoint_file(path)  # before any data is collected or trained on, not when Lightning reads it
+    check_run_checkpoint(cfg)  # before any data is collected or trained on, not when Lightning reads it
     return path
 
 

@@ -45,14 +45,24 @@ def check_checkpoint_file(path: str) -> None:
 
 
 def check_run_checkpoint(cfg) -> None:
-    """A run's `ckpt_path` as the run will use it: required with eval_only=true (experiment=eval);
-    `last` and Lightning's other aliases depend on the run's own dir and are left to the run. Called by
-    the eval-only run and, for every job, by the cluster launchers before they submit."""
+    """A run's `ckpt_path` as the run will use it: required with eval_only=true (experiment=eval); `last`
+    (a training run's own dir's last.ckpt) is left to the run, which alone knows its dir; Lightning's other
+    aliases are refused. Called by the run and, for every job, by the cluster launchers before they submit."""
     path = cfg.get("ckpt_path")
-    if path is None and cfg.get("eval_only"):
-        raise ConfigError(
-            "ckpt_path: required with eval_only=true (experiment=eval); pass ckpt_path=<checkpoint>, or "
-            "several separated by commas (one job each)"
+    eval_only = bool(cfg.get("eval_only"))
+    if path is None:
+        if eval_only:
+            raise ConfigError(
+                "ckpt_path: required with eval_only=true (experiment=eval); pass ckpt_path=<checkpoint>, or "
+                "several separated by commas (one job each)"
+            )
+        return
+    path = str(path)
+    if path == "last" and not eval_only:
+        return
+    if path in LIGHTNING_CKPT_ALIASES:
+        raise CheckpointError(
+            f"ckpt_path={path}: not supported here; pass a checkpoint file"
+            + ("" if eval_only else " (or ckpt_path=last)")
         )
-    if path is not None and not (str(path) in LIGHTNING_CKPT_ALIASES and not cfg.get("eval_only")):
-        check_checkpoint_file(str(path))
+    check_checkpoint_file(path)
