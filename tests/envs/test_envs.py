@@ -155,3 +155,30 @@ def test_published_reference_returns_hold_only_for_the_registered_episode_length
     assert (
         EnvFactory(id="CartPole-v1", ref_returns=refs, kwargs={"max_episode_steps": 100}).ref_returns is None
     )
+
+
+def test_a_users_env_registered_by_its_own_module_is_made_timed_and_scored(tmp_path, monkeypatch):
+    """env.id=<module>:<id>, gym.make's form for an env a user's package registers on import: its episode
+    length is the registered one (it was unknown, and published references given for the registered length
+    were dropped as if measured on other episodes), and async workers make it too."""
+    (tmp_path / "user_robot_envs.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('UserPendulum-v0', entry_point='gymnasium.envs.classic_control.pendulum:PendulumEnv',\n"
+        "             max_episode_steps=50)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    refs = {"random": -400.0, "expert": -40.0}
+    env = EnvFactory(
+        id="user_robot_envs:UserPendulum-v0", ref_returns=refs, num_envs=2, vectorization="async"
+    )
+    assert env.time_limit == 50 and env.spec().env_id == "user_robot_envs:UserPendulum-v0"
+    assert EnvFactory(id=env.id, ref_returns=refs, max_episode_steps=50).ref_returns == refs
+    assert EnvFactory(id=env.id, ref_returns=refs, max_episode_steps=60).ref_returns is None
+    result = rollout_episodes(PendulumSwingUp(), env, 2, seed=0)
+    assert result.lengths.tolist() == [50, 50] and result.normalized_score is not None
+    vector = env.make_training_vector()
+    try:
+        observations, _ = vector.reset(seed=0)
+        assert observations.shape == (2, 3)
+    finally:
+        vector.close()

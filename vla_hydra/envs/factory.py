@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import signal
 from collections.abc import Callable
@@ -267,10 +268,14 @@ def _log_mujoco_warning(message: str) -> None:
 
 
 def registered_time_limit(env_id: str) -> int | None:
-    """The episode length gymnasium registers for `env_id` (None: none, or an unknown id)."""
+    """The episode length gymnasium registers for `env_id` (None: none, or an unknown id). A user's env as
+    `my_pkg.envs:MyRobot-v0` (gym.make's form) is registered when my_pkg.envs is imported: import it first."""
+    module, _, name = env_id.rpartition(":")
     try:
-        return gym.spec(env_id).max_episode_steps
-    except gym.error.Error:
+        if module:
+            importlib.import_module(module)
+        return gym.spec(name).max_episode_steps
+    except (gym.error.Error, ImportError):
         return None
 
 
