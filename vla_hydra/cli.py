@@ -177,6 +177,13 @@ def hydra_job_config():
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
+def hydra_choice(group: str) -> str | None:
+    """The option chosen for a config group in a Hydra run (`algo=ppo_continuous`: ppo and ppo_continuous
+    are one class, two configs), for messages, results and reports; None when called from Python."""
+    hydra_cfg = hydra_job_config()
+    return hydra_cfg.runtime.choices.get(group) if hydra_cfg is not None else None
+
+
 def command_line_overrides() -> list[tuple[str, str]]:
     """The running job's command-line overrides as (override, key) pairs, the key without a leading
     + / ++ / ~ (`env.num_envs=8` -> ("env.num_envs=8", "env.num_envs")); none outside Hydra."""

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from vla_hydra.cli import (
     command_line_overrides,
     continuation_started,
-    hydra_job_config,
+    hydra_choice,
     one_line_hydra_errors,
     refuse_unread_additions,
     run_cli,
@@ -55,25 +55,6 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
             lock.close()
 
 
-def _check_best_checkpoint_path(path: Path, resuming: bool) -> None:
-    """callbacks.policy_eval.best_checkpoint, before training: a file path that can be written, and, for a
-    fresh run, not an existing file (another run's best policy, or an earlier job's of the same sweep,
-    used to be replaced at the first evaluation). A resumed run replaces its earlier leg's file only with
-    a better policy."""
-    from vla_hydra.core.exceptions import OutputError
-    from vla_hydra.core.io import check_creatable
-
-    option = "callbacks.policy_eval.best_checkpoint"
-    if path.is_dir():
-        raise OutputError(f"{option}={path}: a directory; expected a file path, e.g. {path / 'best.ckpt'}")
-    if path.exists() and not resuming:
-        raise OutputError(
-            f"{option}={path}: file exists, and a new run (no ckpt_path=) would replace it; delete it or "
-            "choose another path, e.g. ${paths.output_dir}/checkpoints/best.ckpt"
-        )
-    check_creatable(path, option)
-
-
 def _log_final_evaluation(trainer, final) -> None:
     """The final evaluation (eval.episodes, after training) in the loggers too, at the last update: a wandb
     or TensorBoard user compares runs by it, and it used to be in results.json only."""
@@ -106,71 +87,22 @@ def _scoring_references(cfg: DictConfig, env, datamodule) -> dict[str, float] | 
     return references
 
 
-def _check_segment_length(cfg: DictConfig, algo_class) -> None:
-    """Sequence algorithms (DT) train on segments of algo.context_length steps, the others on single
-    transitions; data.segment_length follows algo.context_length unless overridden."""
-    from vla_hydra.core.exceptions import ConfigError
-
-    segment, context = cfg.data.get("segment_length"), cfg.algo.get("context_length")
-    if not getattr(algo_class, "takes_sequences", False):
-        if segment is not None:
-            raise ConfigError(
-                f"data.segment_length={segment}: algo={_algo_choice() or algo_class.short_name()} trains on single "
-                "transitions; expected null (segments are for algo=dt)"
-            )
-    elif segment != context:
-        raise ConfigError(
-            f"data.segment_length={segment}: algo=dt trains on segments of its algo.context_length={context}; "
-            "leave data.segment_length unset (it follows algo.context_length)"
-        )
-
-
-def _check_data_source(cfg: DictConfig, algo_class) -> None:
-    """data=rollouts holds no data (it paces the online algorithms, which collect their own): an offline
-    algo on it failed with a traceback in its first update. A dataset given to an online algo that reads
-    none (algo=sac data=pendulum_mixed) was ignored, while results.json named it as the run's dataset."""
-    from hydra.utils import get_object
-
-    from vla_hydra.algos.online import OnlineAlgorithm
-    from vla_hydra.core.exceptions import ConfigError
-    from vla_hydra.data.rollouts import RolloutDataModule
-
-    target = cfg.data.get("_target_")
-    if not isinstance(target, str):
-        return
-    built_by = get_object(target)  # a class, or a function that picks one (data=d4rl, data=minari)
-    rollouts = isinstance(built_by, type) and issubclass(built_by, RolloutDataModule)
-    online = issubclass(algo_class, OnlineAlgorithm)
-    hydra_cfg = hydra_job_config()
-    data = (hydra_cfg.runtime.choices.get("data") if hydra_cfg is not None else None) or cfg.data.get("name")
-    algo = _algo_choice() or algo_class.short_name()
-    if rollouts and not online:
-        raise ConfigError(
-            f"data=rollouts: algo={algo} learns from a dataset, and data=rollouts holds none (it paces the "
-            "online algorithms, which collect their own); choose one, e.g. data=pendulum_mixed"
-        )
-    if not rollouts and online and not algo_class.reads_dataset:
-        raise ConfigError(
-            f"data={data}: algo={algo} learns only from the experience it collects in env= and would ignore "
-            "this dataset; leave data= out (its config selects data=rollouts)"
-        )
-
-
 def _train(
     cfg: DictConfig, first_run_in_process: bool, started_at: float
 ) -> tuple[float | None, dict[str, Any]]:
-    from hydra.utils import get_object, instantiate
-    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+    from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.loggers import Logger
 
-    from vla_hydra.cluster.resume import check_resumable, finished_before_requeue, resume_checkpoint
+    from vla_hydra.cluster.resume import finished_before_requeue, resume_checkpoint
     from vla_hydra.core.exceptions import ConfigError
-    from vla_hydra.core.io import check_creatable, remove_empty_dirs, write_json_atomic
+    from vla_hydra.core.io import remove_empty_dirs, write_json_atomic
     from vla_hydra.core.logging import get_logger, silence_known_warnings
     from vla_hydra.core.runtime import seed_everything, set_torch_threads
     from vla_hydra.envs.evaluation import rollout_episodes
     from vla_hydra.training.callbacks import InterruptionRecord, PolicyEvaluation, Throughput
+    from vla_hydra.training.checks import check_output_paths, refuse_local_multiprocess_sweep
     from vla_hydra.training.sharding import prepare_strategy, weights_sharded
+    from vla_hydra.training.trainer import build_trainer
 
     # wall_seconds counts from here: the one-off library imports above (~3 s, paid by the first run of
     # a process only) would make the jobs of one local sweep incomparable
@@ -179,61 +111,27 @@ def _train(
     silence_known_warnings()
     check_config_values(cfg)
     refuse_unread_additions(cfg)
-    _refuse_local_multiprocess_sweep(cfg)
+    refuse_local_multiprocess_sweep(cfg)
     set_torch_threads(cfg.get("torch_threads"))
     seed_everything(cfg.seed)
     output_dir = Path(cfg.paths.output_dir).resolve()
     finished = finished_before_requeue(cfg, output_dir)
     if finished is not None:
         log.info(f"requeued after its run had finished ({output_dir / 'results.json'}): nothing left to do")
-        return (finished.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None), finished
+        return _optimized_metric(cfg, finished), finished
     if cfg.get("eval_only"):
         return _evaluate_checkpoint(cfg, output_dir, start)
     ckpt_path = resume_checkpoint(cfg, output_dir)
-
-    env = instantiate(cfg.env)
-    spec = env.spec()
-    algo_class = get_object(cfg.algo._target_)
-    if hasattr(algo_class, "check_settings"):
-        algo_class.check_settings(spec, cfg.algo)  # before a dataset is collected for nothing
-    _check_segment_length(cfg, algo_class)
-    _check_data_source(cfg, algo_class)
-    datamodule = instantiate(cfg.data)
-    if hasattr(datamodule, "check_recipe_env"):
-        datamodule.check_recipe_env(spec.env_id)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    datamodule.check_compatible(spec)
-    algo = instantiate(cfg.algo, _partial_=True)(
-        spec=spec, model=instantiate(cfg.model), stats=datamodule.stats()
-    )
-    if ckpt_path and Path(ckpt_path).is_file():
-        check_resumable(ckpt_path, algo, int(cfg.trainer.get("max_steps", -1)), datamodule.name)
-    if cfg.trainer.get("max_steps", -1) < 0 and not hasattr(algo, "total_timesteps"):
-        raise ConfigError(
-            f"trainer.max_steps={cfg.trainer.max_steps}: algo={algo.short_name()} learns "
-            "from a fixed dataset and has no other end; expected a number of gradient updates >= 1"
-        )
-    algo.run_config = OmegaConf.to_container(cfg, resolve=True)
-    algo.algo_choice, algo.dataset_name = _algo_choice(), datamodule.name
-    algo.ref_returns = _scoring_references(cfg, env, datamodule)
+    env, datamodule, algo = _build_run(cfg, ckpt_path)
 
     callbacks = instantiate_dict_values(cfg.get("callbacks"), "callbacks", Callback)
-    for callback in callbacks:  # before training, not at its first save (debug=fdr saves nothing)
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath and not cfg.trainer.get("fast_dev_run"):
-            check_creatable(Path(callback.dirpath) / "last.ckpt", "callbacks.model_checkpoint.dirpath")
-        if (
-            isinstance(callback, PolicyEvaluation)
-            and callback.best_checkpoint
-            and not cfg.trainer.get("fast_dev_run")
-        ):
-            _check_best_checkpoint_path(Path(callback.best_checkpoint), resuming=ckpt_path is not None)
+    check_output_paths(cfg, callbacks, resuming=ckpt_path is not None)
     # the first run of a process: from its launch (what the user waits for); later sweep jobs: from train()
     throughput = Throughput(since=None if first_run_in_process else started_at)
     callbacks.append(throughput)
     callbacks.append(InterruptionRecord())  # what stopped a fit early, for the command's last line
     loggers = instantiate_dict_values(cfg.get("logger"), "logger", Logger)
-    trainer = _build_trainer(cfg.trainer, callbacks, loggers)
+    trainer = build_trainer(cfg.trainer, callbacks, loggers)
     prepare_strategy(trainer, algo)
     continuation_started()
     try:
@@ -241,44 +139,11 @@ def _train(
     except ConfigError:  # refused as the fit started (e.g. DAgger's expert for another env)
         remove_empty_dirs(output_dir)
         raise
-
-    # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
-    checkpointing = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
-    last_ckpt = checkpointing[0].last_model_path if checkpointing else ""
-    if (
-        checkpointing
-        and not last_ckpt
-        and checkpointing[0].dirpath
-        and not trainer.fast_dev_run  # debug=fdr: a smoke test leaves no checkpoint
-    ):
-        # no optimizer step happened (e.g. an online budget inside the random warm-up), so Lightning
-        # saved nothing: still leave the policy as it is, without replacing an existing file. Every
-        # rank takes part (sharded weights are gathered collectively); rank 0's view of the file decides.
-        fallback = Path(checkpointing[0].dirpath) / "last.ckpt"
-        if not trainer.strategy.broadcast(fallback.exists()):
-            trainer.save_checkpoint(fallback, weights_only=False)
-            last_ckpt = str(fallback)
+    last_ckpt = _last_checkpoint(trainer, callbacks)
     if trainer.global_rank != 0:
         return None, {}  # rank 0 alone evaluates and writes results
-    max_steps = int(cfg.trainer.get("max_steps", -1))
-    if hasattr(algo, "total_timesteps") and 0 <= max_steps < trainer.global_step:
-        # offline blocks are cut at max_steps; an online iteration (rollout + its updates) is not
-        log.info(
-            f"trainer.max_steps={max_steps}: algo={algo.run_label} updates in whole iterations, "
-            f"so it stopped after {trainer.global_step} updates ({int(algo.env_steps)} env steps; "
-            f"its budget is algo.total_timesteps={algo.total_timesteps})"
-        )
-    elif hasattr(algo, "total_timesteps") and algo.env_steps_at_fit_start >= algo.total_timesteps > 0:
-        log.warning(
-            f"algo.total_timesteps={algo.total_timesteps}: the checkpoint had already run "
-            f"{algo.env_steps_at_fit_start} env steps; no training, its policy is evaluated as it is"
-        )
-    elif hasattr(algo, "total_timesteps") and int(algo.env_steps) > algo.total_timesteps:
-        # rollouts are whole (PPO: num_envs x num_steps; GRPO: whole episodes; SAC: one step per env)
-        log.info(
-            f"algo.total_timesteps={algo.total_timesteps}: algo={algo.run_label} collects in whole rollouts, "
-            f"so it ran {int(algo.env_steps)} env steps"
-        )
+    _note_budget_end(cfg, trainer, algo)
+
     policy = algo
     if weights_sharded(trainer.strategy) and last_ckpt:
         # FSDP-wrapped / ZeRO-3-partitioned weights are not plain modules after fit: evaluate what
@@ -288,9 +153,10 @@ def _train(
         policy = load_policy(last_ckpt)[0]
     final = rollout_episodes(policy, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
     evals = [cb for cb in callbacks if isinstance(cb, PolicyEvaluation)]
+    best_checkpoint = evals[0].best_checkpoint if evals and evals[0].best else None
     results = {
         "algo": algo.run_label,
-        "env": spec.env_id,
+        "env": env.id,
         "dataset": datamodule.name,
         "dataset_path": str(datamodule.path.resolve()) if datamodule.path else None,
         "dataset_transitions": datamodule.num_raw_transitions,
@@ -308,24 +174,122 @@ def _train(
         "checkpoint": str(Path(last_ckpt).resolve()) if last_ckpt else None,
         # the best periodic evaluation and its policy (callbacks.policy_eval.best_checkpoint)
         "best_eval": evals[0].best if evals and evals[0].best_checkpoint else None,
-        "best_checkpoint": str(Path(evals[0].best_checkpoint).resolve())
-        if evals and evals[0].best and evals[0].best_checkpoint and Path(evals[0].best_checkpoint).is_file()
+        "best_checkpoint": str(Path(best_checkpoint).resolve())
+        if best_checkpoint and Path(best_checkpoint).is_file()
         else None,
         "run_dir": str(output_dir),
     }
     write_json_atomic(output_dir / "results.json", results)
     _log_final_evaluation(trainer, final)
     _record_video_if_asked(cfg, algo, env, output_dir, results)
-    score = results["normalized_score"]
-    log.info(
-        f"eval return {final.return_mean:.1f} ± {final.return_std:.1f} over {cfg.eval.episodes} episodes"
-        + (f", normalized score {score:.1f}" if score is not None else "")
-    )
+    log.info(_evaluation_line(final, cfg.eval.episodes))
     log.info(f"run dir:    {output_dir}")
     log.info(f"checkpoint: {results['checkpoint']}")
     log.info(f"results:    {output_dir / 'results.json'}")
-    metric = results.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
-    return metric, results
+    return _optimized_metric(cfg, results), results
+
+
+def _build_run(cfg: DictConfig, ckpt_path: str | None):
+    """The env, the datamodule (its data prepared) and the algorithm, each checked against the others
+    before the next is built: a dataset is not collected for settings that would be refused."""
+    from hydra.utils import get_object, instantiate
+
+    from vla_hydra.cluster.resume import check_resumable
+    from vla_hydra.core.exceptions import ConfigError
+    from vla_hydra.training.checks import check_data_source, check_segment_length
+
+    env = instantiate(cfg.env)
+    spec = env.spec()
+    algo_class = get_object(cfg.algo._target_)
+    if hasattr(algo_class, "check_settings"):
+        algo_class.check_settings(spec, cfg.algo)
+    check_segment_length(cfg, algo_class)
+    check_data_source(cfg, algo_class)
+    datamodule = instantiate(cfg.data)
+    if hasattr(datamodule, "check_recipe_env"):
+        datamodule.check_recipe_env(spec.env_id)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.check_compatible(spec)
+    algo = instantiate(cfg.algo, _partial_=True)(
+        spec=spec, model=instantiate(cfg.model), stats=datamodule.stats()
+    )
+    max_steps = int(cfg.trainer.get("max_steps", -1))
+    if ckpt_path and Path(ckpt_path).is_file():
+        check_resumable(ckpt_path, algo, max_steps, datamodule.name)
+    if max_steps < 0 and not hasattr(algo, "total_timesteps"):
+        raise ConfigError(
+            f"trainer.max_steps={cfg.trainer.max_steps}: algo={algo.short_name()} learns "
+            "from a fixed dataset and has no other end; expected a number of gradient updates >= 1"
+        )
+    algo.run_config = OmegaConf.to_container(cfg, resolve=True)
+    algo.algo_choice, algo.dataset_name = hydra_choice("algo"), datamodule.name
+    algo.ref_returns = _scoring_references(cfg, env, datamodule)
+    return env, datamodule, algo
+
+
+def _last_checkpoint(trainer, callbacks: list) -> str:
+    """The checkpoint the fit left (results.json names it), "" without checkpointing."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
+    checkpointing = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
+    last_ckpt = checkpointing[0].last_model_path if checkpointing else ""
+    if (
+        checkpointing
+        and not last_ckpt
+        and checkpointing[0].dirpath
+        and not trainer.fast_dev_run  # debug=fdr: a smoke test leaves no checkpoint
+    ):
+        # no optimizer step happened (e.g. an online budget inside the random warm-up), so Lightning
+        # saved nothing: still leave the policy as it is, without replacing an existing file. Every
+        # rank takes part (sharded weights are gathered collectively); rank 0's view of the file decides.
+        fallback = Path(checkpointing[0].dirpath) / "last.ckpt"
+        if not trainer.strategy.broadcast(fallback.exists()):
+            trainer.save_checkpoint(fallback, weights_only=False)
+            last_ckpt = str(fallback)
+    return last_ckpt
+
+
+def _note_budget_end(cfg: DictConfig, trainer, algo) -> None:
+    """Why an online run ended off its budget: whole iterations past trainer.max_steps, whole rollouts past
+    algo.total_timesteps, or a checkpoint that had spent the budget already."""
+    from vla_hydra.core.logging import get_logger
+
+    if not hasattr(algo, "total_timesteps"):
+        return
+    log = get_logger(__name__)
+    max_steps = int(cfg.trainer.get("max_steps", -1))
+    if 0 <= max_steps < trainer.global_step:
+        # offline blocks are cut at max_steps; an online iteration (rollout + its updates) is not
+        log.info(
+            f"trainer.max_steps={max_steps}: algo={algo.run_label} updates in whole iterations, "
+            f"so it stopped after {trainer.global_step} updates ({int(algo.env_steps)} env steps; "
+            f"its budget is algo.total_timesteps={algo.total_timesteps})"
+        )
+    elif algo.env_steps_at_fit_start >= algo.total_timesteps > 0:
+        log.warning(
+            f"algo.total_timesteps={algo.total_timesteps}: the checkpoint had already run "
+            f"{algo.env_steps_at_fit_start} env steps; no training, its policy is evaluated as it is"
+        )
+    elif int(algo.env_steps) > algo.total_timesteps:
+        # rollouts are whole (PPO: num_envs x num_steps; GRPO: whole episodes; SAC: one step per env)
+        log.info(
+            f"algo.total_timesteps={algo.total_timesteps}: algo={algo.run_label} collects in whole rollouts, "
+            f"so it ran {int(algo.env_steps)} env steps"
+        )
+
+
+def _evaluation_line(final, episodes: int) -> str:
+    score = final.normalized_score
+    return f"eval return {final.return_mean:.1f} ± {final.return_std:.1f} over {episodes} episodes" + (
+        f", normalized score {score:.1f}" if score is not None else ""
+    )
+
+
+def _optimized_metric(cfg: DictConfig, results: dict[str, Any]) -> float | None:
+    """The value `train` returns to Hydra's sweepers (optimized_metric, a results.json field)."""
+    return results.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
 
 
 # config groups an eval_only run takes from the checkpoint, not from the command line
@@ -394,90 +358,12 @@ def _evaluate_checkpoint(
     }
     write_json_atomic(output_dir / "results.json", results)
     _record_video_if_asked(cfg, algo, env, output_dir, results)
-    score = results["normalized_score"]
     log.info(
-        f"{results['algo']} checkpoint after {results['train_steps']} updates: eval return "
-        f"{final.return_mean:.1f} ± {final.return_std:.1f} over {cfg.eval.episodes} episodes"
-        + (f", normalized score {score:.1f}" if score is not None else "")
+        f"{results['algo']} checkpoint after {results['train_steps']} updates: "
+        + _evaluation_line(final, cfg.eval.episodes)
     )
     log.info(f"results:    {output_dir / 'results.json'}")
-    metric = results.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
-    return metric, results
-
-
-def _refuse_local_multiprocess_sweep(cfg: DictConfig) -> None:
-    """Lightning starts the extra processes of trainer=ddp/fsdp/deepspeed by re-running the command line:
-    in a local multirun (-m, hparams_search=..., cluster=submitit_local) each of them would re-run the
-    whole sweep. On SLURM, SLURM starts one task per device instead."""
-    from hydra.types import RunMode
-
-    from vla_hydra.core.exceptions import ConfigError
-
-    hydra_cfg = hydra_job_config()
-    if (
-        hydra_cfg is None
-        or hydra_cfg.mode != RunMode.MULTIRUN
-        or "SlurmLauncher" in str(hydra_cfg.launcher.get("_target_"))
-    ):
-        return
-    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
-    per_node = len(devices) if OmegaConf.is_list(devices) else devices if isinstance(devices, int) else 1
-    if per_node * (nodes if isinstance(nodes, int) else 1) > 1:
-        raise ConfigError(
-            f"trainer.devices={devices}: a local sweep (-m, hparams_search=, cluster=submitit_local) cannot "
-            "run several processes per job; run the jobs one at a time without -m, or use cluster=slurm"
-        )
-
-
-def _algo_choice() -> str | None:
-    """The `algo=` choice of a Hydra run (ppo_continuous and ppo are one class, two configs), for results
-    and reports; None when train() is called from Python."""
-    hydra_cfg = hydra_job_config()
-    return hydra_cfg.runtime.choices.get("algo") if hydra_cfg is not None else None
-
-
-def _build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list):
-    """The Lightning Trainer; settings Lightning refuses on this machine (a GPU strategy without GPUs,
-    more devices than exist) become a one-line ConfigError naming them."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    from vla_hydra.core.exceptions import ConfigError
-    from vla_hydra.training.checkpoint_io import use_atomic_checkpoint_io
-
-    # every algorithm steps its own optimizers (Lightning's manual optimization), for which Lightning
-    # neither clips nor accumulates gradients: it refused these with a traceback as the fit started
-    clip, accumulate = trainer_cfg.get("gradient_clip_val"), trainer_cfg.get("accumulate_grad_batches")
-    if clip:
-        raise ConfigError(
-            f"trainer.gradient_clip_val={clip}: vla_hydra's algorithms step their own optimizers, which "
-            "Lightning does not clip; the algos that clip have their own option (algo.max_grad_norm: ppo, "
-            "ppo_continuous, grpo, gail; algo.grad_clip: dt)"
-        )
-    if accumulate not in (None, 1):
-        raise ConfigError(
-            f"trainer.accumulate_grad_batches={accumulate}: vla_hydra's algorithms step their own "
-            "optimizers, for which Lightning does not accumulate gradients; use a larger batch "
-            "(data.batch_size; online algos: algo.batch_size or algo.num_minibatches)"
-        )
-    try:
-        trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
-        use_atomic_checkpoint_io(trainer)
-        return trainer
-    except InstantiationException as err:
-        # MisconfigurationException: a setting this machine cannot run; ValueError/TypeError: a value
-        # Lightning does not accept (trainer.precision=fp8, ...); ImportError: an accelerator whose package
-        # is not installed (trainer.accelerator=tpu needs torch_xla)
-        if not isinstance(err.__cause__, (MisconfigurationException, ValueError, TypeError, ImportError)):
-            raise
-        strategy = trainer_cfg.get("strategy")
-        if isinstance(strategy, DictConfig):
-            strategy = str(strategy.get("_target_", "?")).rsplit(".", 1)[-1]
-        raise ConfigError(
-            f"trainer (accelerator={trainer_cfg.get('accelerator')}, devices={trainer_cfg.get('devices')}, "
-            f"strategy={strategy}): Lightning refuses it here: {err.__cause__}"
-        ) from err
+    return _optimized_metric(cfg, results), results
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -1,0 +1,37 @@
+"""The Lightning Trainer from `trainer=` config."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from vla_hydra.core.exceptions import ConfigError
+
+
+def build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list):
+    """The Lightning Trainer, saving checkpoints atomically; settings Lightning refuses on this machine (a
+    GPU strategy without GPUs, more devices than exist) become a one-line ConfigError naming them."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from vla_hydra.training.checkpoint_io import use_atomic_checkpoint_io
+    from vla_hydra.training.checks import check_trainer_settings
+
+    check_trainer_settings(trainer_cfg)
+    try:
+        trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    except InstantiationException as err:
+        # MisconfigurationException: a setting this machine cannot run; ValueError/TypeError: a value
+        # Lightning does not accept (trainer.precision=fp8, ...); ImportError: an accelerator whose package
+        # is not installed (trainer.accelerator=tpu needs torch_xla)
+        if not isinstance(err.__cause__, (MisconfigurationException, ValueError, TypeError, ImportError)):
+            raise
+        strategy = trainer_cfg.get("strategy")
+        if isinstance(strategy, DictConfig):
+            strategy = str(strategy.get("_target_", "?")).rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"trainer (accelerator={trainer_cfg.get('accelerator')}, devices={trainer_cfg.get('devices')}, "
+            f"strategy={strategy}): Lightning refuses it here: {err.__cause__}"
+        ) from err
+    use_atomic_checkpoint_io(trainer)
+    return trainer
