@@ -355,11 +355,9 @@ def collection_lock(output: str | Path):
 
 def _data_choice(cfg: DictConfig) -> str:
     """The `data=` choice as the user typed it (under Hydra), else the dataset's name."""
-    from hydra.core.hydra_config import HydraConfig
+    from vla_hydra.cli import hydra_choice
 
-    if HydraConfig.initialized():
-        return str(HydraConfig.get().runtime.choices.get("data"))
-    return str(cfg.data.get("name", "?"))
+    return str(hydra_choice("data") or cfg.data.get("name", "?"))
 
 
 def _stored_fingerprint(path: Path) -> str | None:
