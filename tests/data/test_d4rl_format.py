@@ -237,6 +237,29 @@ def test_per_step_scalars_stored_as_columns_are_accepted(tmp_path):
     assert loaded["timeouts"].sum() == 3
 
 
+def test_one_dimensional_float_actions_read_as_one_column(tmp_path):
+    """Box(1,) actions stored as (N,) floats (as some converters write them) are one column per step:
+    served as (N,) they reached the losses as (B,) against (B, 1) predictions, which broadcast to (B, B)
+    (behaviour cloning trained on every pair of rows) or failed in the critics' concatenation."""
+    import torch
+
+    from vla_hydra.data.datamodule import OfflineDataModule
+    from vla_hydra.envs.factory import EnvFactory
+
+    arrays = make_arrays()
+    arrays["actions"] = arrays["actions"][:, 0].astype(np.float64)
+    path = write_d4rl_hdf5(tmp_path / "flat.hdf5", arrays, {})
+    loaded, _ = read_d4rl_hdf5(path)
+    assert loaded["actions"].shape == (15, 1)
+    datamodule = OfflineDataModule(str(path), batch_size=8)
+    datamodule.setup()
+    datamodule.check_compatible(EnvFactory(id="Pendulum-v1").spec())
+    assert datamodule.buffer.sample((2, 8), torch.Generator().manual_seed(0))["actions"].shape == (2, 8, 1)
+    segments = OfflineDataModule(str(path), batch_size=8, segment_length=4)
+    segments.setup()
+    assert segments.buffer.sample((8,), torch.Generator().manual_seed(0))["actions"].shape == (8, 4, 1)
+
+
 def test_a_file_from_another_env_with_the_same_shapes_is_refused(tmp_path):
     """HalfCheetah and Walker2d share their shapes (17 obs, 6 actions): the recorded env id decides."""
     from vla_hydra.data.datamodule import OfflineDataModule

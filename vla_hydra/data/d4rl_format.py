@@ -137,7 +137,8 @@ SCALAR_KEYS = ("rewards", "terminals", "timeouts")
 
 
 def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Check rows, shapes, dtypes and values in place (squeezing (N, 1) per-step scalars to (N,))."""
+    """Check rows, shapes, dtypes and values in place (squeezing (N, 1) per-step scalars to (N,), giving
+    (N,) float actions their column (N, 1))."""
     n = len(arrays["observations"])
     if n == 0:
         raise DatasetError(path, "observations", "dataset is empty (0 transitions)")
@@ -151,6 +152,10 @@ def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray])
                 arrays[key] = value = value[:, 0]
             if value.ndim != 1:
                 raise DatasetError(path, key, f"has shape {value.shape}, expected ({n},): one value per step")
+        if key == "actions" and value.ndim == 1 and value.dtype.kind == "f":
+            # Box(1,) actions stored as (N,): one column, as the losses expect (B, action_dim) batches;
+            # integer (N,) actions stay as they are: the class indices of a Discrete env
+            arrays[key] = value = value[:, None]
         if key in FLOAT_KEYS and not np.isfinite(value).all():
             bad = int(np.flatnonzero(~np.isfinite(value).reshape(n, -1).all(axis=1))[0])
             raise DatasetError(path, key, f"contains NaN or inf (first at row {bad})")
