@@ -48,6 +48,20 @@ def test_round_trip_keeps_arrays_and_metadata(tmp_path):
     assert not list(tmp_path.glob("*.tmp")), "atomic write leaves no temp file"
 
 
+def test_a_metadata_dataset_instead_of_a_group_is_not_read_as_metadata(tmp_path):
+    """A converter's own `metadata` array (a JSON string, a table) is no D4RL metadata group: it used to
+    stop the read with AttributeError ('Dataset' object has no attribute 'items')."""
+    arrays = make_arrays()
+    path = tmp_path / "own.hdf5"
+    with h5py.File(path, "w") as f:
+        for key, value in arrays.items():
+            f.create_dataset(key, data=value)
+        f.create_dataset("metadata", data='{"source": "my robot"}')
+    loaded, meta = read_d4rl_hdf5(path)
+    np.testing.assert_array_equal(loaded["observations"], arrays["observations"])
+    assert meta == {}
+
+
 def test_next_observations_derived_within_episodes_and_timeout_steps_dropped():
     with_next = transitions_from_d4rl(make_arrays(with_next=True, terminal_last=True))
     without = transitions_from_d4rl(make_arrays(with_next=False, terminal_last=True))

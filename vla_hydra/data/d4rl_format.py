@@ -97,8 +97,9 @@ def read_d4rl_hdf5(
                 key: _read_array(path, f, key) for key in (*REQUIRED_KEYS, "next_observations") if key in f
             }
             # real D4RL files nest the behaviour policy's weights in sub-groups (metadata/policy/fc0/...):
-            # only the group's own datasets are metadata here
-            group = f["metadata"] if "metadata" in f else {}
+            # only the group's own datasets are metadata here; a `metadata` array of a converter's own
+            # is no such group and is left alone, like the other keys D4RL readers do not use
+            group = f["metadata"] if isinstance(f.get("metadata"), h5py.Group) else {}
             metadata = {k: _decode(v[()]) for k, v in group.items() if isinstance(v, h5py.Dataset)}
     except OSError as err:  # truncated or corrupt: h5py's header check passes, reading fails
         raise DatasetError(
