@@ -64,6 +64,20 @@ def test_state_dict_round_trip_keeps_contents_and_write_position(stored):
     assert n == len(restored) and torch.equal(restored.data["rewards"][:n], buffer.data["rewards"][:n])
 
 
+def test_a_full_ring_restored_into_a_larger_one_stays_oldest_first():
+    """Resuming with a larger capacity (SAC's is capped at total_timesteps, which a longer run raises): the
+    saved ring's oldest row is at its write position, not at 0; restored as it lay, the replay dataset
+    written from it (chronological) ran the newest rows before the oldest, splicing episodes together."""
+    buffer = _ring(4)
+    buffer.add(_block([1, 2, 3]))
+    buffer.add(_block([4, 5, 6]))  # stored as [5, 6, 3, 4]
+    larger = _ring(8)
+    larger.load_state_dict(buffer.state_dict())
+    assert larger.chronological()["rewards"].tolist() == [3, 4, 5, 6]
+    larger.add(_block([7]))
+    assert larger.chronological()["rewards"].tolist() == [3, 4, 5, 6, 7]
+
+
 def test_state_of_another_layout_is_refused():
     state = _ring(4).state_dict()
     with pytest.raises(ValueError, match="fields"):

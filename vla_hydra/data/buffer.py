@@ -150,5 +150,11 @@ class ReplayBuffer:
         self.size = int(state["size"])
         # a ring that is not full has written exactly `size` entries from index 0
         self.position = int(state["position"]) % self.capacity if self.size == self.capacity else self.size
+        shift = 0
+        if self.size < self.capacity and self.size == int(state.get("capacity", self.size)):
+            # a full ring restored into a larger one: its oldest entry (at the saved write position)
+            # goes to index 0, so the entries lie oldest first, as a partial ring's must (chronological)
+            shift = -int(state["position"])
         for key, value in state["data"].items():
+            value = value.roll(shift, dims=0) if shift else value
             self.data[key][: self.size] = value.to(self.device, self.data[key].dtype)
