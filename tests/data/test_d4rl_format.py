@@ -76,6 +76,20 @@ def test_next_observations_derived_within_episodes_and_timeout_steps_dropped():
     assert without["terminals"].sum() == 1 and without["terminals"][-1] == 1
 
 
+def test_a_file_of_only_timed_out_single_steps_without_successors_fails_in_one_line(tmp_path):
+    """Every row ends a timed-out episode and no next_observations: no transition is left. It used to
+    surface as torch's 'random_ expects from < to' at the first sampled batch."""
+    from vla_hydra.data.datamodule import OfflineDataModule
+
+    arrays = make_arrays(length=1, with_next=False)
+    path = write_d4rl_hdf5(tmp_path / "steps.hdf5", arrays, {})
+    datamodule = OfflineDataModule(str(path), batch_size=2)
+    with pytest.raises(DatasetError) as err:
+        datamodule.setup()
+    text = str(err.value)
+    assert "\n" not in text and f"{path} [next_observations]" in text and "no transition" in text
+
+
 def test_buffer_samples_blocks_of_minibatches_from_the_data():
     data = transitions_from_d4rl(make_arrays())
     buffer = TensorBuffer(data)

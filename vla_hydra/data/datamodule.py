@@ -179,6 +179,13 @@ class OfflineDataModule(L.LightningDataModule):
             self.buffer = TrajectoryBuffer(arrays, self.segment_length)
         else:
             self.buffer = TensorBuffer(transitions_from_d4rl(arrays))
+            if len(self.buffer) == 0:  # else torch's "random_ expects from < to" at the first batch
+                raise DatasetError(
+                    self.path,
+                    "next_observations",
+                    "missing, and every row ends a timed-out episode: no transition has a successor "
+                    "(store next_observations, or mark true ends as terminals)",
+                )
         if self.batch_size > len(self.buffer):
             unit = "trajectory segments" if self.segment_length else "transitions"
             log.warning(
