@@ -368,3 +368,30 @@ def test_a_run_inside_its_random_warm_up_reports_its_env_step_throughput(tmp_pat
     assert results["env_steps"] == 400 and results["train_steps"] == 0
     for key in ("train_env_steps_per_s", "train_env_steps_per_cpu_s"):
         assert isinstance(results[key], float) and results[key] > 0, (key, results[key])
+
+
+def test_a_replay_dataset_from_an_overwritten_ring_holds_only_whole_episodes(tmp_path):
+    """algo.buffer_size below the run's env steps: each env's oldest stored steps are the end of an
+    episode whose start was overwritten; they used to be written as a short complete episode (its return
+    in dataset_return_mean and in IQL's/CQL's return range)."""
+    torch.manual_seed(0)
+    algo = _bare_sac(["env=hopper", "env.max_episode_steps=30", "env.num_envs=2", "algo.buffer_size=100"])
+    for _ in range(150):  # 300 rows into a ring of 100
+        algo.explore_step(random_actions=True)
+    algo.envs.close()
+    assert algo.replay_buffer.overwritten
+    metadata = write_replay_dataset(tmp_path / "replay.hdf5", algo.replay_buffer, 2, "Hopper-v5")
+    arrays, _ = read_d4rl_hdf5(tmp_path / "replay.hdf5")
+    ends = np.flatnonzero(arrays["terminals"] | arrays["timeouts"])
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    finished = {(e["length"], round(e["return"], 3)) for e in algo.episode_log}
+    episodes = [
+        (int(end - start + 1), round(float(arrays["rewards"][start : end + 1].sum()), 3))
+        for start, end in zip(starts, ends, strict=True)
+    ]
+    # every episode in the file but each env's last (cut by the end of training) is one the env finished
+    unfinished = [ep for ep in episodes if ep not in finished]
+    assert len(unfinished) <= 2 and len(episodes) > 2, (episodes, finished)
+    assert len(arrays["rewards"]) < 100 and metadata["transitions"] == len(arrays["rewards"])
+    whole = [r for length, r in episodes if (length, r) in finished]
+    assert metadata["dataset_return_mean"] == pytest.approx(np.mean(whole), abs=1e-3)

@@ -98,3 +98,18 @@ def test_chronological_puts_each_streams_rows_together_oldest_first():
     assert partial.chronological(2)["rewards"].tolist() == [0, 1]
     with pytest.raises(ValueError, match="multiple of num_streams=4"):
         buffer.chronological(num_streams=4)
+
+
+def test_whether_the_ring_has_overwritten_entries_survives_a_resume():
+    ring = _ring(4)
+    ring.add(_block([1, 2, 3, 4]))
+    assert not ring.overwritten  # full, nothing lost yet
+    ring.add(_block([5]))
+    assert ring.overwritten and ring.added == 5
+    restored = _ring(8)
+    restored.load_state_dict(ring.state_dict())
+    assert restored.overwritten and len(restored) == 4
+    older = {k: v for k, v in _ring(4).state_dict().items() if k != "added"}  # saved before `added` existed
+    fresh = _ring(4)
+    fresh.load_state_dict(older)
+    assert not fresh.overwritten

@@ -73,22 +73,45 @@ def sac_temperature_loss(
     return -(log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
 
 
-def write_replay_dataset(path: str, buffer: ReplayBuffer, num_envs: int, env_id: str) -> dict[str, Any]:
+def write_replay_dataset(
+    path: str, buffer: ReplayBuffer, num_envs: int, env_id: str
+) -> dict[str, Any] | None:
     """Write a replay buffer as a D4RL-format file, each env's steps contiguous and oldest first.
 
     Each env's last stored step ends an episode that training cut off: it is marked a timeout (as D4RL
     does at the end of its files), so readers bootstrap there and see no episode run into the next env's.
-    Returns the metadata written (env id, transitions, episodes, mean return of the complete episodes).
+    Once the ring has overwritten its oldest rows (algo.buffer_size < the run's env steps), each env's
+    oldest stored steps are the tail of an episode whose start is gone; they are left out, as they would
+    count as a short complete episode (in the mean return here, in IQL's and CQL's return range).
+    Returns the metadata written (env id, transitions, episodes, mean return of the complete episodes),
+    None when no complete or cut episode was left to write.
     """
     from vla_hydra.data.d4rl_format import write_d4rl_hdf5
     from vla_hydra.data.stats import episode_returns
 
     rows = buffer.chronological(num_envs)
     terminals, timeouts = rows["terminals"] > 0.5, rows["timeouts"] > 0.5
-    stream_ends = np.cumsum([len(rows["rewards"]) // num_envs] * num_envs) - 1
+    per_stream = len(rows["rewards"]) // num_envs
+    stream_ends = np.cumsum([per_stream] * num_envs) - 1
     cut = np.zeros_like(timeouts)
     cut[stream_ends] = ~(terminals[stream_ends] | timeouts[stream_ends])
     timeouts |= cut
+    if buffer.overwritten:
+        keep = np.ones(len(timeouts), dtype=bool)
+        for start in range(0, len(timeouts), per_stream):
+            ends = np.flatnonzero((terminals | timeouts)[start : start + per_stream])
+            # the stream's first end closes the episode it began inside of; a stream whose only end is the
+            # cut at its last row is all one episode's middle
+            partial = ends[0] + 1 if len(ends) and not cut[start + ends[0]] else per_stream
+            keep[start : start + partial] = False
+        if not keep.any():
+            log.warning(
+                f"algo.replay_dataset_path={path}: not written: the replay buffer (algo.buffer_size="
+                f"{buffer.capacity}) holds no episode from its start; raise algo.buffer_size"
+            )
+            return None
+        rows = {key: value[keep] for key, value in rows.items()}
+        terminals, timeouts, cut = terminals[keep], timeouts[keep], cut[keep]
     arrays = {**rows, "terminals": terminals, "timeouts": timeouts}
     ends_cut = cut[np.flatnonzero(terminals | timeouts)]
     complete = episode_returns(rows["rewards"], terminals, timeouts)[~ends_cut]
@@ -126,7 +149,8 @@ class SAC(OnlineAlgorithm):
             updating again.
         replay_dataset_path: at the end of training, write the replay buffer as a D4RL-format file (a
             "medium-replay"-style dataset: every transition of the run, from random to final policy,
-            when buffer_size >= total_timesteps). null = don't. Implies checkpoint_replay_buffer, so a
+            when buffer_size >= total_timesteps; else the last buffer_size, from each env's first whole
+            episode on). null = don't. Implies checkpoint_replay_buffer, so a
             resumed run's dataset still holds the transitions from before the interruption.
     """
 
@@ -281,7 +305,10 @@ class SAC(OnlineAlgorithm):
         super().on_fit_end()
         if self.replay_dataset_path and self.replay_buffer is not None and self.trainer.is_global_zero:
             write_replay_dataset(
-                self.replay_dataset_path, self.replay_buffer, self.num_envs, self.spec.env_id
+                self.replay_dataset_path,
+                self.replay_buffer,
+                self.num_envs,
+                self.spec.env_id,
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -83,11 +83,13 @@ class ReplayBuffer:
         }
         self.position = 0  # next write index
         self.size = 0  # filled entries, <= capacity
+        self.added = 0  # entries ever added (kept across a resume): more than `size` once the ring overwrote
 
     def add(self, transitions: Mapping[str, np.ndarray | torch.Tensor]) -> None:
         """Append a block of n transitions (every field with leading dim n)."""
         block = {key: torch.as_tensor(transitions[key]) for key in self.data}
         n = len(next(iter(block.values())))
+        self.added += n
         if n > self.capacity:  # only the newest `capacity` would survive anyway
             block = {key: value[-self.capacity :] for key, value in block.items()}
             n = self.capacity
@@ -114,6 +116,11 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def overwritten(self) -> bool:
+        """Whether the ring has dropped its oldest entries to make room."""
+        return self.added > self.size
+
     def chronological(self, num_streams: int = 1) -> dict[str, np.ndarray]:
         """The stored transitions as numpy arrays, oldest first, grouped by stream.
 
@@ -137,6 +144,7 @@ class ReplayBuffer:
             "capacity": self.capacity,
             "position": self.position,
             "size": self.size,
+            "added": self.added,
             "data": {key: value[: self.size].cpu() for key, value in self.data.items()},
         }
 
@@ -148,6 +156,7 @@ class ReplayBuffer:
         if set(state["data"]) != set(self.data):
             raise ValueError(f"replay buffer fields {sorted(state['data'])} != {sorted(self.data)}")
         self.size = int(state["size"])
+        self.added = int(state.get("added", self.size))  # states saved before 2026-11-27 lack it
         # a ring that is not full has written exactly `size` entries from index 0
         self.position = int(state["position"]) % self.capacity if self.size == self.capacity else self.size
         shift = 0
