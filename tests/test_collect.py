@@ -109,6 +109,29 @@ def test_collect_rolls_out_a_trained_checkpoint_in_its_own_env(tmp_path, data_di
     assert meta["dataset_return_mean"] == pytest.approx(expected.return_mean, rel=1e-4)
 
 
+def test_a_decision_transformer_checkpoint_collects_the_episodes_it_evaluates(tmp_path, data_dir):
+    """A DT acts from its context and returns-to-go: collection drives them like evaluation does (a fresh
+    context per batch of episodes, returns-to-go lowered by each reward), not one endless context."""
+    from tests.conftest import small_train_config
+    from vla_hydra.collect import CollectionRecipe, collect_dataset
+    from vla_hydra.envs.evaluation import rollout_episodes
+    from vla_hydra.eval import CheckpointPolicy, load_policy
+    from vla_hydra.train import train
+
+    tiny = ["algo=dt", "data.batch_size=16", "model.embedding_dim=16", "model.num_layers=1"]
+    steps = ["algo.context_length=5", "trainer.max_steps=20", "eval.episodes=2", "eval.every_n_updates=20"]
+    _, results = train(small_train_config(tmp_path, data_dir, [*tiny, *steps, "env.max_episode_steps=30"]))
+    out = tmp_path / "from-dt.hdf5"
+    policy = CheckpointPolicy(results["checkpoint"])
+    # two batches of two episodes: the second must not continue the first's context
+    recipe = CollectionRecipe(None, policy, episodes=4, reference_episodes=2, seed=5, parallel_envs=2)
+    collect_dataset(recipe, out)
+    arrays, _ = read_d4rl_hdf5(out)
+    algo, env, _ = load_policy(results["checkpoint"])
+    expected = rollout_episodes(algo, env, 4, seed=5)
+    np.testing.assert_allclose(arrays["rewards"].reshape(4, 30).sum(axis=1), expected.returns, rtol=1e-4)
+
+
 def test_a_list_of_behaviour_policies_takes_turns_per_episode(tmp_path):
     """A D4RL-style medium-expert mix from the command line: episode i comes from policy i % 2."""
     out = tmp_path / "mix.hdf5"

@@ -167,6 +167,8 @@ def _rollout(
     try:
         obs, _ = envs.reset(seed=list(seeds))
         running = np.ones(len(seeds), dtype=bool)
+        if hasattr(policy, "begin_rollout"):  # a stateful policy (a Decision Transformer checkpoint)
+            policy.begin_rollout(len(seeds))
         steps: list[tuple] = []
         while running.any():
             action = _act(policy, obs, env_factory.id)
@@ -197,6 +199,8 @@ def _rollout(
             reward = env_rewards(reward, infos)  # the env's own, not a checkpoint's env.wrappers'
             steps.append((obs, action, reward, terminated, truncated, next_obs, running.copy()))
             running &= ~(terminated | truncated)
+            if hasattr(policy, "observe_rollout_step"):  # e.g. a DT's returns-to-go, as in evaluation
+                policy.observe_rollout_step(reward, ~running)
             obs = next_obs
     finally:
         envs.close()

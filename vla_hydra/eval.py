@@ -139,6 +139,17 @@ class CheckpointPolicy:
     def __call__(self, obs):
         return self._algo.act(obs)
 
+    # A Decision Transformer acts from its context and returns-to-go: whoever rolls the policy out
+    # (collect, rollout_episodes) starts and advances them, as evaluation does; else every batch of
+    # episodes would continue the last one's context at its first return-to-go.
+    def begin_rollout(self, num_envs: int) -> None:
+        if hasattr(self._algo, "begin_rollout"):
+            self._algo.begin_rollout(num_envs)
+
+    def observe_rollout_step(self, rewards, done) -> None:
+        if hasattr(self._algo, "observe_rollout_step"):
+            self._algo.observe_rollout_step(rewards, done)
+
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from vla_hydra.core.io import write_json_atomic
