@@ -277,6 +277,35 @@ def test_recipe_fingerprint_is_the_same_for_the_same_recipe():
     assert recipe(0).fingerprint() != recipe(1).fingerprint()
 
 
+def test_episodes_rolled_out_together_are_part_of_the_fingerprint(tmp_path):
+    """The noise of all envs of a batch comes from one stream, so data.recipe.parallel_envs changes the
+    data: a file collected with another value must not be reused as this recipe's."""
+    from vla_hydra.collect import CollectionRecipe, collect_dataset
+    from vla_hydra.envs.controllers import PendulumSwingUp
+
+    def recipe(parallel_envs: int) -> CollectionRecipe:
+        return CollectionRecipe(
+            "Pendulum-v1",
+            PendulumSwingUp(),
+            episodes=4,
+            action_noise_std=[0.5],
+            reference_episodes=1,
+            parallel_envs=parallel_envs,
+        )
+
+    actions = {}
+    for parallel_envs in (4, 2):
+        collect_dataset(recipe(parallel_envs), tmp_path / f"{parallel_envs}.hdf5")
+        actions[parallel_envs] = read_d4rl_hdf5(tmp_path / f"{parallel_envs}.hdf5")[0]["actions"]
+    assert not np.array_equal(actions[4], actions[2])
+    assert recipe(4).fingerprint() != recipe(2).fingerprint()
+    # the default recipe keeps the fingerprint its cached files carry (data/pendulum-mixed-v0.hdf5's)
+    import hydra
+
+    default = hydra.utils.instantiate(compose_config("collect", []).data.recipe)
+    assert default.parallel_envs == 50 and default.fingerprint() == "06d88b54a3f27eae"
+
+
 def test_checkpoint_recipe_fingerprint_follows_the_weights_not_the_path(tmp_path):
     """A moved checkout (or another machine) keeps its cached datasets; other weights do not."""
     import shutil
