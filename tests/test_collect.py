@@ -324,6 +324,32 @@ def test_checkpoint_recipe_fingerprint_follows_the_weights_not_the_path(tmp_path
     assert fingerprint(copy) != fingerprint(shipped / "hopper_sac_expert.ckpt")
 
 
+def test_a_checkpoint_directory_is_named_as_one_not_as_a_missing_file(tmp_path, monkeypatch):
+    """data.recipe.behavior_policy.ckpt_path=<a directory> said `file not found`; a DeepSpeed checkpoint
+    (a directory, which vla_hydra.eval reads) was refused the same way. Now as in vla_hydra.eval."""
+    import torch
+
+    import vla_hydra.training.sharding
+    from vla_hydra.core.config import ASSETS_DIR
+    from vla_hydra.core.exceptions import CheckpointError
+    from vla_hydra.eval import CheckpointPolicy
+
+    with pytest.raises(CheckpointError, match=rf"^ckpt_path={tmp_path}: a directory, not a checkpoint file"):
+        CheckpointPolicy(str(tmp_path))
+    # a DeepSpeed checkpoint: its `latest` tag and shards (consolidated by the strategy, faked here)
+    deepspeed = tmp_path / "last.ckpt"
+    (deepspeed / "checkpoint").mkdir(parents=True)
+    (deepspeed / "latest").write_text("checkpoint")
+    shard = deepspeed / "checkpoint" / "mp_rank_00_model_states.pt"
+    shard.write_bytes(b"weights")
+    shipped = torch.load(ASSETS_DIR / "behavior_policies" / "hopper_sac.ckpt", weights_only=False)
+    monkeypatch.setattr(vla_hydra.training.sharding, "load_deepspeed_checkpoint", lambda path: shipped)
+    policy = CheckpointPolicy(str(deepspeed))
+    assert policy.env_id == "Hopper-v5"
+    shard.write_bytes(b"other weights")  # other weights, another dataset fingerprint
+    assert CheckpointPolicy(str(deepspeed)).sha1 != policy.sha1
+
+
 def test_a_recipe_built_in_python_gets_the_same_checks_as_the_config():
     from vla_hydra.collect import CollectionRecipe
     from vla_hydra.core.exceptions import ConfigError
