@@ -109,6 +109,29 @@ def test_collect_rolls_out_a_trained_checkpoint_in_its_own_env(tmp_path, data_di
     assert meta["dataset_return_mean"] == pytest.approx(expected.return_mean, rel=1e-4)
 
 
+def test_a_decision_transformer_checkpoint_collects_the_episodes_it_evaluates(tmp_path, data_dir):
+    """A DT acts from its context and returns-to-go: collection drives them like evaluation does (a fresh
+    context per batch of episodes, returns-to-go lowered by each reward), not one endless context."""
+    from tests.conftest import small_train_config
+    from vla_hydra.collect import CollectionRecipe, collect_dataset
+    from vla_hydra.envs.evaluation import rollout_episodes
+    from vla_hydra.eval import CheckpointPolicy, load_policy
+    from vla_hydra.train import train
+
+    tiny = ["algo=dt", "data.batch_size=16", "model.embedding_dim=16", "model.num_layers=1"]
+    steps = ["algo.context_length=5", "trainer.max_steps=20", "eval.episodes=2", "eval.every_n_updates=20"]
+    _, results = train(small_train_config(tmp_path, data_dir, [*tiny, *steps, "env.max_episode_steps=30"]))
+    out = tmp_path / "from-dt.hdf5"
+    policy = CheckpointPolicy(results["checkpoint"])
+    # two batches of two episodes: the second must not continue the first's context
+    recipe = CollectionRecipe(None, policy, episodes=4, reference_episodes=2, seed=5, parallel_envs=2)
+    collect_dataset(recipe, out)
+    arrays, _ = read_d4rl_hdf5(out)
+    algo, env, _ = load_policy(results["checkpoint"])
+    expected = rollout_episodes(algo, env, 4, seed=5)
+    np.testing.assert_allclose(arrays["rewards"].reshape(4, 30).sum(axis=1), expected.returns, rtol=1e-4)
+
+
 def test_a_list_of_behaviour_policies_takes_turns_per_episode(tmp_path):
     """A D4RL-style medium-expert mix from the command line: episode i comes from policy i % 2."""
     out = tmp_path / "mix.hdf5"
@@ -254,6 +277,35 @@ def test_recipe_fingerprint_is_the_same_for_the_same_recipe():
     assert recipe(0).fingerprint() != recipe(1).fingerprint()
 
 
+def test_episodes_rolled_out_together_are_part_of_the_fingerprint(tmp_path):
+    """The noise of all envs of a batch comes from one stream, so data.recipe.parallel_envs changes the
+    data: a file collected with another value must not be reused as this recipe's."""
+    from vla_hydra.collect import CollectionRecipe, collect_dataset
+    from vla_hydra.envs.controllers import PendulumSwingUp
+
+    def recipe(parallel_envs: int) -> CollectionRecipe:
+        return CollectionRecipe(
+            "Pendulum-v1",
+            PendulumSwingUp(),
+            episodes=4,
+            action_noise_std=[0.5],
+            reference_episodes=1,
+            parallel_envs=parallel_envs,
+        )
+
+    actions = {}
+    for parallel_envs in (4, 2):
+        collect_dataset(recipe(parallel_envs), tmp_path / f"{parallel_envs}.hdf5")
+        actions[parallel_envs] = read_d4rl_hdf5(tmp_path / f"{parallel_envs}.hdf5")[0]["actions"]
+    assert not np.array_equal(actions[4], actions[2])
+    assert recipe(4).fingerprint() != recipe(2).fingerprint()
+    # the default recipe keeps the fingerprint its cached files carry (data/pendulum-mixed-v0.hdf5's)
+    import hydra
+
+    default = hydra.utils.instantiate(compose_config("collect", []).data.recipe)
+    assert default.parallel_envs == 50 and default.fingerprint() == "06d88b54a3f27eae"
+
+
 def test_checkpoint_recipe_fingerprint_follows_the_weights_not_the_path(tmp_path):
     """A moved checkout (or another machine) keeps its cached datasets; other weights do not."""
     import shutil
@@ -270,6 +322,32 @@ def test_checkpoint_recipe_fingerprint_follows_the_weights_not_the_path(tmp_path
 
     assert fingerprint(copy) == fingerprint(shipped / "hopper_sac.ckpt")
     assert fingerprint(copy) != fingerprint(shipped / "hopper_sac_expert.ckpt")
+
+
+def test_a_checkpoint_directory_is_named_as_one_not_as_a_missing_file(tmp_path, monkeypatch):
+    """data.recipe.behavior_policy.ckpt_path=<a directory> said `file not found`; a DeepSpeed checkpoint
+    (a directory, which vla_hydra.eval reads) was refused the same way. Now as in vla_hydra.eval."""
+    import torch
+
+    import vla_hydra.training.sharding
+    from vla_hydra.core.config import ASSETS_DIR
+    from vla_hydra.core.exceptions import CheckpointError
+    from vla_hydra.eval import CheckpointPolicy
+
+    with pytest.raises(CheckpointError, match=rf"^ckpt_path={tmp_path}: a directory, not a checkpoint file"):
+        CheckpointPolicy(str(tmp_path))
+    # a DeepSpeed checkpoint: its `latest` tag and shards (consolidated by the strategy, faked here)
+    deepspeed = tmp_path / "last.ckpt"
+    (deepspeed / "checkpoint").mkdir(parents=True)
+    (deepspeed / "latest").write_text("checkpoint")
+    shard = deepspeed / "checkpoint" / "mp_rank_00_model_states.pt"
+    shard.write_bytes(b"weights")
+    shipped = torch.load(ASSETS_DIR / "behavior_policies" / "hopper_sac.ckpt", weights_only=False)
+    monkeypatch.setattr(vla_hydra.training.sharding, "load_deepspeed_checkpoint", lambda path: shipped)
+    policy = CheckpointPolicy(str(deepspeed))
+    assert policy.env_id == "Hopper-v5"
+    shard.write_bytes(b"other weights")  # other weights, another dataset fingerprint
+    assert CheckpointPolicy(str(deepspeed)).sha1 != policy.sha1
 
 
 def test_a_recipe_built_in_python_gets_the_same_checks_as_the_config():

@@ -342,6 +342,37 @@ def test_a_re_evaluated_checkpoint_is_labelled_with_its_training_settings(tmp_pa
     assert [g.algo for g in write_report([tmp_path / "eval"], out=tmp_path / "r3").groups] == ["dt"]
 
 
+def test_a_checkpoint_exported_into_an_evaluation_dir_is_labelled_with_its_training_settings(tmp_path):
+    """`vla_hydra.eval ... export=<its run dir>/policy.ckpt`: re-evaluations of that file and of the
+    checkpoint it was exported from used to be two rows, the export's labelled with the vla_hydra.eval
+    command's config (task_name=eval, episodes, ...) as if that had trained it."""
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    _write_run(
+        train_dir, "dt", "pendulum-mixed-v0", 0, -300.0, 70.0, overrides=["algo=dt", "eval.episodes=2"]
+    )
+    _write_config(
+        train_dir, "task_name: train\n" + _DT_CONFIG.format(seed=0, lr="0.0001") + "eval:\n  episodes: 2\n"
+    )
+    ckpt, export = train_dir / "checkpoints" / "last.ckpt", eval_dir / "policy.ckpt"
+    # vla_hydra.eval's run dir: its own config, eval_results.json and the exported policy
+    (eval_dir / ".hydra").mkdir(parents=True)
+    (eval_dir / ".hydra" / "overrides.yaml").write_text(f"- ckpt_path={ckpt}\n- export={export}\n")
+    _write_config(
+        eval_dir, f"task_name: eval\nckpt_path: {ckpt}\nepisodes: 20\nseed: 100000\nexport: {export}\n"
+    )
+    (eval_dir / "eval_results.json").write_text("{}")
+    for job, evaluated in enumerate([ckpt, export]):  # experiment=eval ckpt_path=<ckpt>,<export>
+        job_dir = tmp_path / "evals" / str(job)
+        _write_run(job_dir, "dt", "pendulum-mixed-v0", 0, -310.0, 69.0, overrides=[f"ckpt_path={evaluated}"])
+        results = json.loads((job_dir / "results.json").read_text())
+        (job_dir / "results.json").write_text(
+            json.dumps({**results, "eval_only": True, "checkpoint": str(evaluated)})
+        )
+        _write_config(job_dir, _EVAL_CONFIG.format(ckpt=evaluated))
+    groups = write_report([tmp_path / "evals"], out=tmp_path / "r").groups
+    assert [(g.algo, len(g.runs)) for g in groups] == [("dt", 2)]
+
+
 def test_labels_are_short_and_never_show_interpolations(tmp_path):
     long_path = "/data/" + "very-long-directory-name/" * 6 + "hopper-medium-v2.hdf5"
     configs = [

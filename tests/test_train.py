@@ -254,6 +254,25 @@ def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_
         assert {p: p.read_bytes() for p in occupied.rglob("*") if p.is_file()} == before
 
 
+def test_an_eval_multirun_into_a_training_sweep_is_refused_and_leaves_it_as_it_was(tmp_path):
+    """`vla_hydra.eval -m ... hydra.sweep.dir=<a training sweep>` replaced its jobs' .hydra/ configs (and
+    its multirun.yaml) with the evaluation's, as hydra.run.dir=<a run> did before it was refused."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    (sweep / "0" / ".hydra" / "config.yaml").write_text("algo: {_target_: vla_hydra.algos.bc.BC}\n")
+    (sweep / "0" / "results.json").write_text("{}")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    refused = run_module(
+        "vla_hydra.eval", "-m", f"ckpt_path={tmp_path}/a.ckpt,{tmp_path}/b.ckpt", f"hydra.sweep.dir={sweep}"
+    )
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        f"error: hydra.sweep.dir={sweep}: holds another run ({sweep / '0'}: results.json); an evaluation "
+        "writes its own config and eval_results.json: choose a new dir (or leave hydra.sweep.dir at its default)"
+    )
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
+
+
 def test_eval_cli_bad_checkpoint_is_one_line_error(tmp_path):
     bad = tmp_path / "last.ckpt"
     bad.write_text("not a checkpoint")

@@ -339,21 +339,27 @@ def refuse_occupied_eval_dir_early(argv: list[str]) -> None:
     """`vla_hydra.eval ... hydra.run.dir=<dir>` into a dir that holds a training run (results.json,
     checkpoints/) or a finished evaluation (eval_results.json): Hydra would replace that run's saved config
     and the evaluation its results. Refused in one line before anything is written. (A failed
-    evaluation's dir, with only its config and log, may be reused.)"""
-    run_dir = _explicit_dir(_plain_overrides(argv), "hydra.run.dir")
-    if run_dir is None or not run_dir.is_dir():
+    evaluation's dir, with only its config and log, may be reused.) In a multirun (`-m`) the same holds
+    for the job dirs of an explicit `hydra.sweep.dir=` (a training sweep's <sweep dir>/<job>/)."""
+    overrides = _plain_overrides(argv)
+    multirun = any(arg in ("-m", "--multirun") for arg in argv) or overrides.get("hydra.mode") == "MULTIRUN"
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = _explicit_dir(overrides, key)
+    if given is None or not given.is_dir():
         return
-    held = [
-        name for name in ("results.json", "checkpoints", "eval_results.json") if (run_dir / name).exists()
-    ]
-    if held:
-        print(
-            f"error: hydra.run.dir={run_dir}: holds another run ({', '.join(held)}); an evaluation writes its "
-            "own config and eval_results.json: choose a new dir (or leave hydra.run.dir at its default)",
-            file=sys.stderr,
-            flush=True,
-        )
-        raise SystemExit(1)
+    for run_dir in sorted(p for p in given.iterdir() if p.is_dir()) if multirun else [given]:
+        held = [
+            name for name in ("results.json", "checkpoints", "eval_results.json") if (run_dir / name).exists()
+        ]
+        if held:
+            where = f" ({run_dir}: {', '.join(held)})" if multirun else f" ({', '.join(held)})"
+            print(
+                f"error: {key}={given}: holds another run{where}; an evaluation writes its own config and "
+                f"eval_results.json: choose a new dir (or leave {key} at its default)",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(1)
 
 
 # -- Hydra's own errors (composing the config, parsing overrides) --------------------------------------

@@ -30,6 +30,8 @@ log = get_logger(__name__)
 
 # Held-out seeds for reference returns, far from the collection seeds.
 _REFERENCE_SEED_OFFSET = 1_000_000
+# episodes rolled out together (data.recipe.parallel_envs): the value every cached file was collected with
+_PARALLEL_ENVS = 50
 
 
 def _policy_name(policy) -> str:
@@ -79,7 +81,7 @@ class CollectionRecipe:
     seed: int = 0
     reference_episodes: int = 50
     env_kwargs: dict[str, Any] = field(default_factory=dict)
-    parallel_envs: int = 50
+    parallel_envs: int = _PARALLEL_ENVS
 
     def __post_init__(self) -> None:
         from vla_hydra.core.exceptions import ConfigError
@@ -140,6 +142,10 @@ class CollectionRecipe:
             # public attributes only: a CheckpointPolicy is identified by its path and weights hash
             "policy_params": params[0] if len(params) == 1 else list(params),
         }
+        if min(self.parallel_envs, self.episodes) != min(_PARALLEL_ENVS, self.episodes):
+            # the action noise of a batch of episodes comes from one random stream, so other batches
+            # make other data; left out at the default, so files cached before it counted keep theirs
+            content["parallel_envs"] = self.parallel_envs
         return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -167,6 +173,8 @@ def _rollout(
     try:
         obs, _ = envs.reset(seed=list(seeds))
         running = np.ones(len(seeds), dtype=bool)
+        if hasattr(policy, "begin_rollout"):  # a stateful policy (a Decision Transformer checkpoint)
+            policy.begin_rollout(len(seeds))
         steps: list[tuple] = []
         while running.any():
             action = _act(policy, obs, env_factory.id)
@@ -197,6 +205,8 @@ def _rollout(
             reward = env_rewards(reward, infos)  # the env's own, not a checkpoint's env.wrappers'
             steps.append((obs, action, reward, terminated, truncated, next_obs, running.copy()))
             running &= ~(terminated | truncated)
+            if hasattr(policy, "observe_rollout_step"):  # e.g. a DT's returns-to-go, as in evaluation
+                policy.observe_rollout_step(reward, ~running)
             obs = next_obs
     finally:
         envs.close()

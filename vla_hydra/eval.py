@@ -114,6 +114,20 @@ def export_policy(ckpt_path: str | Path, output: str | Path, algo=None) -> Path:
     return Path(output).resolve()
 
 
+def _weights_sha1(path: Path) -> str:
+    """The sha1 of a checkpoint file's bytes, or of a DeepSpeed checkpoint directory's files (their names
+    and bytes): what identifies a behaviour policy's weights, wherever they lie."""
+    import hashlib
+
+    if not path.is_dir():
+        return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha1()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class CheckpointPolicy:
     """A trained checkpoint as a plain obs -> env-action callable, e.g. the behaviour policy of
     `vla_hydra.collect` recipes or an expert for DAgger. `env_id` is the env it was trained in."""
@@ -125,19 +139,25 @@ class CheckpointPolicy:
     def __init__(self, ckpt_path: str, device: str = "cpu", option: str = "ckpt_path"):
         # option: the config key naming the file, for errors (data.recipe.behavior_policy.ckpt_path)
         self.ckpt_path, self.device = str(ckpt_path), device
-        if not Path(self.ckpt_path).is_file():
-            from vla_hydra.core.exceptions import CheckpointError
-
-            raise CheckpointError(f"{option}={self.ckpt_path}: file not found")
-        import hashlib
-
-        # identifies the weights in dataset fingerprints/metadata (a retrained file makes a new dataset)
-        self.sha1 = hashlib.sha1(Path(self.ckpt_path).read_bytes()).hexdigest()[:16]
+        # load_policy's one-line refusals (a missing file; a directory, unless a DeepSpeed checkpoint's)
         self._algo, self.env_factory, _ = load_policy(self.ckpt_path, device, option)
         self.env_id = self.env_factory.id
+        # identifies the weights in dataset fingerprints/metadata (a retrained file makes a new dataset)
+        self.sha1 = _weights_sha1(Path(self.ckpt_path))
 
     def __call__(self, obs):
         return self._algo.act(obs)
+
+    # A Decision Transformer acts from its context and returns-to-go: whoever rolls the policy out
+    # (collect, rollout_episodes) starts and advances them, as evaluation does; else every batch of
+    # episodes would continue the last one's context at its first return-to-go.
+    def begin_rollout(self, num_envs: int) -> None:
+        if hasattr(self._algo, "begin_rollout"):
+            self._algo.begin_rollout(num_envs)
+
+    def observe_rollout_step(self, rewards, done) -> None:
+        if hasattr(self._algo, "observe_rollout_step"):
+            self._algo.observe_rollout_step(rewards, done)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -202,8 +202,22 @@ def _trained_run_dir(results_path: Path, data: dict) -> Path | None:
         return None
     for parent in Path(checkpoint).parents[:3]:
         if (parent / ".hydra" / "config.yaml").is_file():
-            return parent
+            # the nearest run dir can be an evaluation's (`vla_hydra.eval ... export=<its dir>/policy.ckpt`),
+            # whose config says nothing of how the policy was trained
+            return parent if _is_training_config(parent) else None
     return None
+
+
+def _is_training_config(run_dir: Path) -> bool:
+    """Whether the run dir's .hydra/config.yaml is a training run's: it has an algo, and is neither
+    vla_hydra.eval's (no algo) nor an `eval_only=true` re-evaluation's."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and "algo" in config and not config.get("eval_only")
 
 
 def load_run(path: Path) -> Run:

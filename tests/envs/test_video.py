@@ -47,6 +47,36 @@ def test_video_returns_are_the_envs_own_under_reward_changing_wrappers(tmp_path)
     assert out["returns"] == plain["returns"] and plain["returns"][0] < -20 * 0.01
 
 
+def test_a_stateful_policy_observes_the_rewards_evaluation_gives_it(tmp_path):
+    """A Decision Transformer lowers its returns-to-go by the rewards it observes: evaluation gives it
+    the env's own (what its dataset holds), so a video must too, or under a reward-changing wrapper the
+    video shows another policy's episode than the one evaluated."""
+    from vla_hydra.envs.evaluation import rollout_episodes
+
+    class Recording:
+        def __init__(self):
+            self.rewards = []
+
+        def act(self, obs):
+            return np.full((len(obs), 1), 0.5, dtype=np.float32)
+
+        def begin_rollout(self, num_envs):
+            self.rewards = []
+
+        def observe_rollout_step(self, rewards, done):
+            self.rewards.append(float(rewards[0]))
+
+    clipped = EnvFactory(
+        id="Pendulum-v1",
+        max_episode_steps=20,
+        wrappers=[partial(gym.wrappers.ClipReward, min_reward=-0.01, max_reward=0.0)],
+    )
+    evaluated, filmed = Recording(), Recording()
+    rollout_episodes(evaluated, clipped, 1, seed=3)
+    record_video(filmed, clipped, tmp_path / "v.mp4", episodes=1, seed=3)
+    assert filmed.rewards == evaluated.rewards and min(evaluated.rewards) < -0.01
+
+
 def test_mujoco_video_renders_headless(tmp_path, caplog):
     env = EnvFactory(id="Hopper-v5", max_episode_steps=10)
     with caplog.at_level("INFO", logger="vla_hydra"):

@@ -60,7 +60,10 @@ def record_video(
                     action = act(obs[None])[0]
                     obs, reward, terminated, truncated, info = env.step(action)
                     # the env's own reward, as evaluation sums it (env.wrappers may scale what trained)
-                    total += float(info.get("env_reward", reward))
+                    # and gives it to a stateful policy (a DT's returns-to-go), so the video shows the
+                    # episode evaluation scored
+                    reward = float(info.get("env_reward", reward))
+                    total += reward
                     done = terminated or truncated
                     frames.append(env.render())
                     if hasattr(policy, "observe_rollout_step"):
