@@ -183,3 +183,20 @@ def test_discrete_dagger_with_a_network_without_class_probabilities_is_a_one_lin
         ConfigError, match=r"model=stochastic_policy \(env CartPole-v1 has discrete actions\)"
     ):
         train(cfg)
+
+
+def test_a_decision_transformer_expert_is_refused(tmp_path, data_dir):
+    """A DT acts from its own episode's context and returns-to-go: asked for labels of the learner's states,
+    it answered from one endless context."""
+    from hydra.utils import instantiate
+
+    _, dt = train(
+        small_train_config(tmp_path / "dt", data_dir, ["algo=dt", "trainer.max_steps=2", "eval.episodes=1"])
+    )
+    cfg = _dagger_cfg(tmp_path / "dagger", data_dir, [f"algo.expert_ckpt={dt['checkpoint']}"])
+    env = instantiate(cfg.env)
+    algo = instantiate(cfg.algo, _partial_=True)(spec=env.spec(), model=instantiate(cfg.model))
+    with pytest.raises(
+        ConfigError, match="acts from a context of its own episode, so it cannot label single"
+    ):
+        algo._load_expert()

@@ -131,6 +131,14 @@ class DAgger(OnlineAlgorithm):
         from vla_hydra.eval import load_policy
 
         expert, _, _ = load_policy(self.expert_ckpt, device=str(self.device), option="algo.expert_ckpt")
+        if getattr(expert, "takes_sequences", False):
+            # its action depends on its own episode's context and returns-to-go: labels for the single
+            # states the learner visits would come from one endless context
+            raise ConfigError(
+                f"algo.expert_ckpt={self.expert_ckpt}: a checkpoint of algo={expert.short_name()}, which acts "
+                "from a context of its own episode, so it cannot label single states; use a checkpoint of a "
+                "single-observation policy (bc, td3bc, iql, cql, sac, ppo_continuous, ...)"
+            )
         if (expert.spec.env_id, expert.spec.action_dim) != (self.spec.env_id, self.spec.action_dim):
             raise ConfigError(
                 f"algo.expert_ckpt={self.expert_ckpt}: trained on {expert.spec.env_id} "
