@@ -8,6 +8,8 @@ import json
 import math
 import shlex
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -53,6 +55,12 @@ def test_report_cli_on_a_real_three_seed_sweep(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("pendulum-mixed-v0")]
     assert len(rows) == 1 and score_cell in rows[0] and return_cell in rows[0] and " 0,1,2 " in rows[0]
+    # a reader that stops early (`| head`, here one that reads nothing): no traceback, SIGPIPE's exit status
+    piped = subprocess.run(
+        ["bash", "-c", f'"{sys.executable}" -m vla_hydra.report "{sweep}" | true; echo "${{PIPESTATUS[0]}}"'],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert piped.stdout.strip() == "141" and "Traceback" not in piped.stderr, piped.stderr
 
     md = (sweep / "report.md").read_text()
     assert f"| pendulum-mixed-v0 | bc | 3 | 0,1,2 | {score_cell} | {return_cell} | 300 |" in md

@@ -26,6 +26,7 @@ import csv
 import itertools
 import json
 import math
+import os
 import shlex
 import sys
 import textwrap
@@ -810,7 +811,14 @@ def _report(args: argparse.Namespace) -> Report:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    run_cli(_report, build_parser().parse_args(argv))
+    try:
+        run_cli(_report, build_parser().parse_args(argv))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader stopped early (`... | head`): the files are written by then; without this, a traceback.
+        # stdout goes to /dev/null so that the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None  # as a process killed by SIGPIPE exits in a shell
 
 
 if __name__ == "__main__":
