@@ -205,8 +205,8 @@ def _rollout(
             reward = env_rewards(reward, infos)  # the env's own, not a checkpoint's env.wrappers'
             steps.append((obs, action, reward, terminated, truncated, next_obs, running.copy()))
             running &= ~(terminated | truncated)
-            if hasattr(policy, "observe_rollout_step"):  # e.g. a DT's returns-to-go, as in evaluation
-                policy.observe_rollout_step(reward, ~running)
+            if hasattr(policy, "observe_rollout_step"):  # e.g. a DT's returns-to-go, as in evaluation,
+                policy.observe_rollout_step(reward, ~running, action)  # and the action taken, noise and all
             obs = next_obs
     finally:
         envs.close()

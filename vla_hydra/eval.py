@@ -155,9 +155,9 @@ class CheckpointPolicy:
         if hasattr(self._algo, "begin_rollout"):
             self._algo.begin_rollout(num_envs)
 
-    def observe_rollout_step(self, rewards, done) -> None:
+    def observe_rollout_step(self, rewards, done, actions=None) -> None:
         if hasattr(self._algo, "observe_rollout_step"):
-            self._algo.observe_rollout_step(rewards, done)
+            self._algo.observe_rollout_step(rewards, done, actions)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

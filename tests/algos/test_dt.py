@@ -130,6 +130,26 @@ def test_rollout_context_returns_to_go_and_timesteps():
     np.testing.assert_allclose(algo.act(observations[0]), actions[0], atol=1e-6)
 
 
+def test_the_context_holds_the_actions_executed_when_they_are_given():
+    """A DT behaviour policy under collection noise: its next prediction conditions on the noisy action the
+    env executed (as in the data it learnt from), not on the one it predicted."""
+    algo = _tiny_dt(context_length=3)
+    observations = np.random.default_rng(2).normal(size=(2, 2, 3)).astype(np.float32)
+    rewards, done = np.array([-1.0, -2.0]), np.array([False, False])
+    algo.begin_rollout(2)
+    predicted = algo.act(observations[0])
+    algo.observe_rollout_step(rewards, done)
+    as_predicted = algo.act(observations[1])
+    algo.begin_rollout(2)
+    np.testing.assert_allclose(algo.act(observations[0]), predicted, atol=1e-6)
+    executed = np.clip(predicted + np.array([[0.7], [-0.9]], dtype=np.float32), -2.0, 2.0)
+    algo.observe_rollout_step(rewards, done, executed)
+    np.testing.assert_allclose(
+        algo._rollout["actions"][:, -1], algo.action_scaler.normalize(torch.from_numpy(executed)), atol=1e-6
+    )
+    assert not np.allclose(algo.act(observations[1]), as_predicted, atol=1e-4)
+
+
 def test_normalized_action_without_context_explains_the_stateful_interface():
     with pytest.raises(NotImplementedError, match="begin_rollout"):
         _tiny_dt().normalized_action(torch.zeros(1, 3))

@@ -218,11 +218,18 @@ class DecisionTransformer(PolicyAlgorithm):
         r["actions"][:, -1] = action
         return self.action_scaler.unnormalize(action).cpu().numpy()
 
-    def observe_rollout_step(self, rewards: np.ndarray, done: np.ndarray) -> None:
-        """Returns-to-go -= rewards, timesteps += 1, for envs still running (finished envs stay frozen)."""
+    def observe_rollout_step(
+        self, rewards: np.ndarray, done: np.ndarray, actions: np.ndarray | None = None
+    ) -> None:
+        """Returns-to-go -= rewards, timesteps += 1, for envs still running (finished envs stay frozen).
+        `actions`: the env-unit actions executed, when not the ones `act` predicted (a behaviour policy's
+        with collection noise): the context holds what was done, as the dataset the DT learnt from did."""
         if self._rollout is None:
             return
         r = self._rollout
+        if actions is not None:
+            executed = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
+            r["actions"][:, -1] = self.action_scaler.normalize(executed.reshape(r["actions"][:, -1].shape))
         running = ~torch.as_tensor(np.asarray(done, dtype=bool), device=self.device)
         rewards_t = torch.as_tensor(np.asarray(rewards, dtype=np.float32), device=self.device)
         r["return_to_go"] = torch.where(running, r["return_to_go"] - rewards_t, r["return_to_go"])
