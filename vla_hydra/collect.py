@@ -387,15 +387,15 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     from vla_hydra.core.io import check_writable
     from vla_hydra.core.runtime import set_torch_threads
 
-    check_config_values(cfg)
-    # small policy networks on a shared CPU: 1 thread is ~30x faster than contended multi-threading
-    set_torch_threads(cfg.get("torch_threads", 1))
-
     if cfg.data.get("recipe") is None:
         raise ConfigError(
             f"data={_data_choice(cfg)}: has no `recipe` to collect from; choose a generated dataset "
             "(e.g. data=pendulum_mixed, data=hopper_sac_medium) or data=checkpoint_rollouts"
         )
+    _refuse_overrides_collection_ignores(cfg)
+    check_config_values(cfg)
+    # small policy networks on a shared CPU: 1 thread is ~30x faster than contended multi-threading
+    set_torch_threads(cfg.get("torch_threads", 1))
     if cfg.get("output") is None:
         default = (
             "" if cfg.data.get("path") is None else f" (leave it out to write data.path={cfg.data.path})"
@@ -404,7 +404,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     output = Path(cfg.output)
     check_writable(output, "output")
     recipe = hydra.utils.instantiate(cfg.data.recipe)
-    _refuse_overrides_collection_ignores(cfg, recipe)
+    _refuse_another_env(cfg, recipe)
     with collection_lock(output):
         if output.exists() and not cfg.overwrite:
             stored = _stored_fingerprint(output)
@@ -441,20 +441,17 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def _refuse_overrides_collection_ignores(cfg: DictConfig, recipe: CollectionRecipe) -> None:
-    """`collect env=cartpole` with a Pendulum recipe used to write Pendulum data without a word: collection
-    rolls out data.recipe.env_id, so an `env=` on the command line must name that env, and `env.<key>=`
-    and `seed=` overrides, which collection would ignore, are refused."""
+def _refuse_overrides_collection_ignores(cfg: DictConfig) -> None:
+    """`env.<key>=` and `seed=` overrides, which collection would ignore, are refused (from the config
+    alone, so before anything is imported or built)."""
     from vla_hydra.cli import command_line_overrides
     from vla_hydra.core.exceptions import ConfigError
 
-    recipe_env_id = recipe.env_id
-    overrides = command_line_overrides()
-    for override, key in overrides:
+    for override, key in command_line_overrides():
         if key == "seed":
             raise ConfigError(
                 f"{override}: collection draws its episodes' seeds from data.recipe.seed "
-                f"(now {recipe.seed}); set data.recipe.seed=<n> instead"
+                f"(now {cfg.data.recipe.get('seed', 0)}); set data.recipe.seed=<n> instead"
             )
         if key.startswith("env."):
             raise ConfigError(
@@ -462,10 +459,18 @@ def _refuse_overrides_collection_ignores(cfg: DictConfig, recipe: CollectionReci
                 "(a checkpoint behaviour policy: from its own env settings); env.* options do not apply "
                 "(e.g. data.recipe.env_kwargs.max_episode_steps=50)"
             )
-    chosen = [override for override, key in overrides if key == "env"]
-    if chosen and cfg.env.id != recipe_env_id:
+
+
+def _refuse_another_env(cfg: DictConfig, recipe: CollectionRecipe) -> None:
+    """`collect env=cartpole` with a Pendulum recipe used to write Pendulum data without a word: collection
+    rolls out the recipe's env (a checkpoint behaviour policy's own), so an `env=` must name that env."""
+    from vla_hydra.cli import command_line_overrides
+    from vla_hydra.core.exceptions import ConfigError
+
+    chosen = [override for override, key in command_line_overrides() if key == "env"]
+    if chosen and cfg.env.id != recipe.env_id:
         raise ConfigError(
-            f"{chosen[0]}: collection rolls out data.recipe.env_id={recipe_env_id} (data={_data_choice(cfg)}), "
+            f"{chosen[0]}: collection rolls out data.recipe.env_id={recipe.env_id} (data={_data_choice(cfg)}), "
             f"not {cfg.env.id}; choose a data= recipe made in {cfg.env.id}, or set data.recipe.env_id"
         )
 
