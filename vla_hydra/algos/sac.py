@@ -305,10 +305,7 @@ class SAC(OnlineAlgorithm):
         super().on_fit_end()
         if self.replay_dataset_path and self.replay_buffer is not None and self.trainer.is_global_zero:
             write_replay_dataset(
-                self.replay_dataset_path,
-                self.replay_buffer,
-                self.num_envs,
-                self.spec.env_id,
+                self.replay_dataset_path, self.replay_buffer, self.num_envs, self.spec.env_id
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
