@@ -126,6 +126,24 @@ def check_search_settings(impl) -> None:
             raise ConfigError(f"hydra.sweeper.direction={impl.direction}: expected minimize or maximize")
 
 
+def _drop_refused_trials(storage: str, study_name: str, stored: int, created: Path | None) -> None:
+    """After a refused submission: the database this command created is removed if it holds nothing
+    else; otherwise this command's trials that never ran are stored as FAIL instead of RUNNING."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number >= stored]
+    if created is not None and not stored and all(t.state == TrialState.RUNNING for t in trials):
+        created.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # its optuna/ dir, if nothing else is in it
+            created.parent.rmdir()
+        return
+    for trial in trials:
+        if trial.state == TrialState.RUNNING:
+            study._storage.set_trial_state(trial._trial_id, TrialState.FAIL)
+
+
 class OptunaSweeper(_OptunaSweeper):
     def sweep(self, arguments):
         import optuna
@@ -140,15 +158,21 @@ class OptunaSweeper(_OptunaSweeper):
             check_settings()
         check_search_settings(impl)
         storage = impl.storage
-        if isinstance(storage, str) and storage.startswith("sqlite:///"):
-            Path(storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        database = (
+            Path(storage[len("sqlite:///") :])
+            if isinstance(storage, str) and storage.startswith("sqlite:///")
+            else None
+        )
+        created = database is not None and not database.exists()
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
         fixed = fixed_overrides(arguments)
         if isinstance(storage, str):
             check_same_study_command(storage, impl.study_name, fixed)
         sampler_cfg = impl.config.hydra.sweeper.get("sampler") if impl.config is not None else None
         seed = sampler_cfg.get("seed") if sampler_cfg is not None else None
+        stored = stored_trial_count(storage, impl.study_name) if isinstance(storage, str) else 0
         if isinstance(storage, str) and seed is not None:
-            stored = stored_trial_count(storage, impl.study_name)
             if stored:
                 impl.sampler = instantiate(sampler_cfg, seed=int(seed) + stored)
                 log.info(
@@ -163,6 +187,13 @@ class OptunaSweeper(_OptunaSweeper):
         try:
             with contextlib.redirect_stderr(captured):
                 super().sweep(arguments)
+        except SystemExit as exit_:
+            # exit 1 out of a launch is a refused submission (sbatch: no controller, a bad partition): its
+            # asked-for trials would stay RUNNING in the study for good (and a new database would be left
+            # behind, its trials counted by the next command's sampler seed)
+            if exit_.code == 1 and isinstance(storage, str):
+                _drop_refused_trials(storage, impl.study_name, stored, database if created else None)
+            raise
         finally:
             if isinstance(storage, str):
                 record_study_command(storage, impl.study_name, fixed)

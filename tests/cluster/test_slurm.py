@@ -390,6 +390,11 @@ def test_settings_sbatch_would_refuse_or_misread_fail_in_one_line(slurm, pendulu
             "error: cluster.time_min=1: must end after the pre-emption warning "
             "(cluster.signal_delay_s=120 s before the end)"
         ),
+        # an Optuna search whose first batch sbatch refuses: it used to leave a new study database whose
+        # trials stayed RUNNING (and counted in the next command's sampler seed)
+        ("hparams_search=bc_optuna", "hydra.sweeper.n_trials=1", "cluster.partition=doesnotexist"): (
+            "error: cluster: the scheduler refused the job(s): "
+        ),
         ("cluster.partition=doesnotexist",): "error: cluster: the scheduler refused the job(s): ",
     }
     for i, (overrides, message) in enumerate(cases.items()):
@@ -409,7 +414,8 @@ def test_settings_sbatch_would_refuse_or_misread_fail_in_one_line(slurm, pendulu
         assert not list(root.glob("logs/train/multiruns/*/0/results.json"))
         # nothing left behind: a refused command used to leave a sweep dir with multirun.yaml (and, when
         # sbatch refused, submitit's pickled jobs) that looked like a sweep whose jobs never wrote anything
-        assert not list(root.glob("logs/train/multiruns/*")), list(root.rglob("*"))
+        assert not list(root.glob("logs/*/multiruns/*")), list(root.rglob("*"))
+        assert not list(root.glob("logs/*/optuna/*")), list(root.rglob("*"))
     assert "invalid partition" in lines[-1]
     # sbatch's refusal is followed by the user's setting it is about
     assert lines[-1].endswith("(cluster.partition=doesnotexist)")
