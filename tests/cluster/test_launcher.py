@@ -254,3 +254,16 @@ def test_a_failed_job_is_reported_by_its_own_last_line(stderr, line):
             return stderr
 
     assert launcher.job_error_line(Job(), RuntimeError("job 5\n failed")) == line
+
+
+def test_an_sbatch_refusal_is_followed_by_the_setting_it_is_about():
+    """sbatch's words for more memory than a node has name no option: the line used to end without
+    the user's setting."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create({"cluster": {"mem_gb": 10000, "partition": "debug"}})
+    message = (
+        "sbatch: error: Memory specification can not be satisfied sbatch: error: Batch job submission "
+        "failed: Requested node configuration is not available"
+    )
+    assert launcher._refused_option(message, config) == " (cluster.mem_gb=10000)"

@@ -403,6 +403,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
 # (the first match counts: "partition" last, other refusals may mention the partition's limits)
 _SBATCH_REFUSALS = {
     "--mem": "mem_gb",
+    "memory specification": "mem_gb",  # more --mem than the node has
     "gres": "gpus_per_node",
     "feature": "constraint",
     "time limit": "time_min",
