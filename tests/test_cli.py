@@ -184,6 +184,27 @@ def test_hydra_full_error_keeps_hydras_own_report(tmp_path):
     assert "Traceback" in proc.stderr and "Key 'lrr' is not in struct" in proc.stderr
 
 
+def test_a_config_file_that_is_not_yaml_is_one_line_naming_it(tmp_path):
+    """A user's cluster file (or conf/local/default.yaml) with a YAML syntax error ended in PyYAML's
+    parser traceback through Hydra's composition."""
+    mine = tmp_path / "conf" / "cluster" / "mine.yaml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("# @package _global_\ndefaults: [slurm]\ncluster: {partition: gpu\n")
+    proc = run_module(
+        "vla_hydra.train",
+        "--config-dir",
+        str(tmp_path / "conf"),
+        "cluster=mine",
+        f"hydra.run.dir={tmp_path}/run",
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"error: {mine}, line 4, column 1: expected ',' or '}}', but got '<stream end>' (while parsing a flow "
+        "mapping); not valid YAML"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("entry,args", [("vla_hydra.train", []), ("vla_hydra.eval", ["ckpt_path=x.ckpt"])])
 def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, entry, args):
     """Hydra creates the run dir before the entry point runs: a traceback used to end the command."""

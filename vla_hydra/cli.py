@@ -576,6 +576,20 @@ def _own_error_line(err: BaseException) -> str | None:
     return message.removeprefix("error: ")
 
 
+def _yaml_syntax_line(err: BaseException) -> str | None:
+    """A config file that is not valid YAML (a user's conf/cluster/<name>.yaml, conf/local/default.yaml):
+    the file, line and column PyYAML names, not its parser's traceback through Hydra's composition."""
+    import yaml
+
+    mark = getattr(err, "problem_mark", None)
+    if not isinstance(err, yaml.MarkedYAMLError) or mark is None:
+        return None
+    context = f" ({err.context})" if err.context else ""
+    return (
+        f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}: {err.problem}{context}; not valid YAML"
+    )
+
+
 def _config_value_line(err: BaseException) -> str | None:
     """A value of the wrong type for a typed config node before the entry point runs (the launcher's
     `hydra.launcher.timeout_min: ${cluster.time_min}` given `cluster.time_min=abc`): one line naming
@@ -773,7 +787,12 @@ def one_line_hydra_errors(config_name: str) -> Iterator[None]:
                     raise
                 if _AMBIGUOUS.match(str(err)):  # Hydra's fallback when a sweep failed to compose
                     err = _multirun_composition_error(config_name) or err
-                line = hydra_error_line(err) or _config_value_line(err) or _own_error_line(err)
+                line = (
+                    hydra_error_line(err)
+                    or _config_value_line(err)
+                    or _own_error_line(err)
+                    or _yaml_syntax_line(err)
+                )
                 if line is None and isinstance(err, OSError) and not _entry_point_state["task_started"]:
                     # Hydra creating the run dir or its log file (hydra.run.dir=<a file>, a read-only root)
                     problem = (
