@@ -90,6 +90,12 @@ def test_an_optuna_search_gets_every_result_back_and_a_grid_sweep_does_not():
             "error: cluster.setup: Invalid value assigned: str is not a ListConfig, list or tuple. "
             "(it sets hydra.launcher.setup)",
         ),
+        # a near miss of a setting (as from a user's cluster yaml) was passed over: the job got the default
+        (
+            "+cluster.partiton=gpu",
+            "error: cluster.partiton: not a cluster=slurm setting, nothing reads it; did you mean "
+            "cluster.partition?",
+        ),
         # the job found it only once it ran, after queueing; the line is the one a local run prints
         ("ckpt_path=/no/such.ckpt", "error: ckpt_path=/no/such.ckpt: file not found"),
         (

@@ -175,6 +175,8 @@ class WaitForAllJobs(BaseSubmititLauncher):
         assert self.config is not None
         try:
             _check_cluster_settings(self.config)
+            if self._EXECUTOR == "slurm":
+                _refuse_unread_cluster_keys(self.config)
             if not OmegaConf.select(self.config, "cluster.wait", default=True):
                 _check_detached_submission(self.config, self._EXECUTOR)
             for config in self._checkpoint_configs(job_overrides):
@@ -470,6 +472,38 @@ def _check_cluster_settings(config: Any) -> None:
             f"cluster.time_min={cluster.time_min}: must end after the pre-emption warning "
             f"(cluster.signal_delay_s={cluster.signal_delay_s} s before the end)"
         )
+
+
+# cluster.* keys vla_hydra's code reads itself; the others take effect only through an interpolation
+# (hydra.launcher's ${cluster.partition}, trainer.devices: ${cluster.tasks_per_node}, ...)
+_CLUSTER_KEYS_READ_BY_CODE = ("auto_resume", "wait")
+
+
+def _refuse_unread_cluster_keys(config: Any) -> None:
+    """cluster=slurm: a `cluster.` key nothing reads, close to one that is read. A typo in a user's
+    cluster yaml or conf/local/default.yaml (`partiton: gpu`, `mem: 64`) was passed over in silence and
+    the job was submitted with the default; on the command line Hydra refuses the same key."""
+    import difflib
+
+    cluster = config.get("cluster")
+    if not OmegaConf.is_dict(cluster):
+        return
+    # unresolved: interpolations show as ${...}; Hydra's own node only through its launcher's settings
+    text = OmegaConf.to_yaml(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
+    text += OmegaConf.to_yaml(config.hydra.launcher) if "hydra" in config else ""
+    read = [
+        key
+        for key in cluster
+        if key in _CLUSTER_KEYS_READ_BY_CODE or re.search(rf"\bcluster\.{re.escape(str(key))}\b", text)
+    ]
+    for key in cluster:
+        # only a near miss of a setting: a key of the user's own may feed an interpolation that is
+        # already resolved here (cluster.setup's lines are)
+        close = difflib.get_close_matches(str(key), [str(k) for k in read], n=1) if key not in read else []
+        if close:
+            raise ConfigError(
+                f"cluster.{key}: not a cluster=slurm setting, nothing reads it; did you mean cluster.{close[0]}?"
+            )
 
 
 def _check_detached_submission(config: Any, executor: str) -> None:
