@@ -96,6 +96,12 @@ def test_an_optuna_search_gets_every_result_back_and_a_grid_sweep_does_not():
             "error: cluster.partiton: not a cluster=slurm setting, nothing reads it; did you mean "
             "cluster.partition?",
         ),
+        # Lightning's ValueError inside the job, after queueing, hinting at `devices=1`
+        (
+            "trainer.devices=2",
+            "error: trainer.devices=2: with cluster=slurm it follows cluster.tasks_per_node (1; SLURM starts "
+            "the processes): set cluster.tasks_per_node=2 instead",
+        ),
         # the job found it only once it ran, after queueing; the line is the one a local run prints
         ("ckpt_path=/no/such.ckpt", "error: ckpt_path=/no/such.ckpt: file not found"),
         (

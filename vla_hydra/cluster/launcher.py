@@ -177,6 +177,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
             _check_cluster_settings(self.config)
             if self._EXECUTOR == "slurm":
                 _refuse_unread_cluster_keys(self.config)
+                _check_trainer_follows_cluster(self.config)
             if not OmegaConf.select(self.config, "cluster.wait", default=True):
                 _check_detached_submission(self.config, self._EXECUTOR)
             for config in self._checkpoint_configs(job_overrides):
@@ -503,6 +504,21 @@ def _refuse_unread_cluster_keys(config: Any) -> None:
         if close:
             raise ConfigError(
                 f"cluster.{key}: not a cluster=slurm setting, nothing reads it; did you mean cluster.{close[0]}?"
+            )
+
+
+def _check_trainer_follows_cluster(config: Any) -> None:
+    """trainer.num_nodes / trainer.devices given instead of cluster.nodes / cluster.tasks_per_node: SLURM
+    starts one task per device from the cluster.* values, and Lightning refused the mismatch inside the job,
+    after queueing, with a ValueError whose hint (`Set devices=1`) names no vla_hydra option."""
+    trainer = config.get("trainer") or {}
+    cluster = config.get("cluster") or {}
+    for trainer_key, cluster_key in (("num_nodes", "nodes"), ("devices", "tasks_per_node")):
+        wanted, given = cluster.get(cluster_key), trainer.get(trainer_key)
+        if isinstance(given, int) and isinstance(wanted, int) and given != wanted:
+            raise ConfigError(
+                f"trainer.{trainer_key}={given}: with cluster=slurm it follows cluster.{cluster_key} "
+                f"({wanted}; SLURM starts the processes): set cluster.{cluster_key}={given} instead"
             )
 
 
