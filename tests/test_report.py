@@ -509,6 +509,12 @@ def test_sweep_commands_rebuild_a_grid_as_one_multirun_and_quote_for_the_shell()
     [
         ("missing_dir", "error: sweep dir {d}: no such directory"),
         ("no_results", "error: sweep dir {d}: no results.json found in it or any subdirectory (expected run"),
+        # jobs started but not ended (a cluster.wait=false sweep): their run dirs are not "expected" ones
+        (
+            "running",
+            "error: sweep dir {d}: no results.json found in it or any subdirectory yet: its 1 run dir(s) have "
+            "none (the jobs failed or are still running)",
+        ),
         (
             "eval_results_only",
             "error: sweep dir {d}: no results.json found in it or any subdirectory (it holds "
@@ -527,9 +533,12 @@ def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path, case, expected
     d = tmp_path / "sweep"
     if case != "missing_dir":
         (d / "0" / "csv").mkdir(parents=True)
+    if case == "running":  # a training job's dir from its start: .hydra/ and train.log
+        (d / "0" / ".hydra").mkdir()
+        (d / "0" / "train.log").write_text("")
     if case == "eval_results_only":  # `vla_hydra.eval -m ...` wrote its sweep
         (d / "0" / "eval_results.json").write_text('{"algo": "bc", "seed": 0, "train_seed": 0}')
-    if case not in ("missing_dir", "no_results", "eval_results_only"):
+    if case not in ("missing_dir", "no_results", "eval_results_only", "running"):
         _write_run(d / "1", "bc", "pendulum", 0, -100.0, 50.0)
         bad = d / "3" / "results.json"
         bad.parent.mkdir()

@@ -286,6 +286,7 @@ def find_runs(sweep_dirs: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
     (a training job that failed or is still running)."""
     files: dict[Path, None] = {}
     incomplete: dict[Path, None] = {}
+    started: list[Path] = []  # training run dirs without results.json
     for given in sweep_dirs:
         root = Path(given).expanduser().absolute()
         if not root.exists():
@@ -300,6 +301,7 @@ def find_runs(sweep_dirs: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
             for log_file in sorted(root.rglob("train.log"))
             if (log_file.parent / ".hydra").is_dir() and not (log_file.parent / RESULTS_FILE).is_file()
         ]
+        started += unfinished
         # a sweep dir with nothing in it (e.g. aborted before its first job) is named too
         incomplete.update(dict.fromkeys(unfinished or ([] if found else [root.resolve()])))
     if not files:
@@ -312,6 +314,9 @@ def find_runs(sweep_dirs: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
                 f"(it holds vla_hydra.eval's {EVAL_RESULTS_FILE}; to table re-evaluations of several checkpoints, "
                 "run `python -m vla_hydra.train experiment=eval ckpt_path=<A>,<B>` and report its sweep dir)"
                 if evaluations
+                # a cluster.wait=false sweep reported before its jobs ended: its run dirs exist already
+                else f"yet: its {len(started)} run dir(s) have none (the jobs failed or are still running)"
+                if started
                 else "(expected run dirs written by vla_hydra.train)"
             )
         )
