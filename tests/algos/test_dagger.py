@@ -84,9 +84,17 @@ def test_resume_continues_with_the_aggregate_dataset(tmp_path, data_dir):
     _, first = train(_dagger_cfg(tmp_path / "a", data_dir, ["algo.total_timesteps=400"]))
     saved = torch.load(first["checkpoint"], weights_only=False)["dagger_dataset"]
     assert saved["size"] == 400
-    _, resumed = train(_dagger_cfg(tmp_path / "b", data_dir, [f"ckpt_path={first['checkpoint']}"]))
+    # logging every 2nd Lightning step: the resumed leg's one iteration (the 3rd) is not a multiple
+    resume = [f"ckpt_path={first['checkpoint']}", "trainer.log_every_n_steps=2"]
+    _, resumed = train(_dagger_cfg(tmp_path / "b", data_dir, resume))
     # one more iteration (beta .25) on top of the restored 400 pairs
     assert resumed["env_steps"] == 600 and resumed["train_steps"] == 900
+    # the budget's last iteration logs its losses (they used to be dropped, or the last logged row repeated)
+    with open(tmp_path / "b" / "run" / "csv" / "metrics.csv") as f:
+        rows = [
+            (r["step"], r["train/dataset_size"]) for r in csv.DictReader(f) if r.get("train/dataset_size")
+        ]
+    assert rows == [("900", "600.0")]
     final = torch.load(resumed["checkpoint"], weights_only=False)["dagger_dataset"]
     assert final["size"] == 600
     assert torch.equal(final["data"]["observations"][:400], saved["data"]["observations"])

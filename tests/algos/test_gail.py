@@ -127,7 +127,9 @@ def test_step_loss_adds_the_weighted_penalty_on_joint_inputs(tmp_path, data_dir)
 
 def test_gail_without_expert_data_is_a_clear_error(tmp_path, data_dir):
     cfg = small_train_config(tmp_path, data_dir, ["algo=gail", "data=rollouts", "debug=fdr"])
-    with pytest.raises(ConfigError, match="algo=gail: needs expert transitions from data="):
+    # refused before anything is built (it used to be refused as the first step started, after the
+    # first evaluation)
+    with pytest.raises(ConfigError, match="data=rollouts: algo=gail needs expert transitions from data="):
         train(cfg)
 
 

@@ -133,7 +133,9 @@ def test_replay_dataset_file_keeps_each_envs_episodes_contiguous_and_marks_cut_o
     for _ in range(150):
         algo.explore_step(random_actions=True)
     algo.envs.close()
-    metadata = write_replay_dataset(tmp_path / "replay.hdf5", algo.replay_buffer, 2, "Hopper-v5")
+    metadata = write_replay_dataset(
+        tmp_path / "replay.hdf5", algo.replay_buffer, 2, "Hopper-v5", algo.action_scaler
+    )
     arrays, stored = read_d4rl_hdf5(tmp_path / "replay.hdf5")  # validates: no NaN, last row ends an episode
     assert stored["env_id"] == "Hopper-v5" and stored["transitions"] == 300
     ends = arrays["terminals"] | arrays["timeouts"]
@@ -197,6 +199,8 @@ def test_short_sac_run_on_pendulum_learns_and_checkpoint_reproduces_it(tmp_path,
     # the whole run as a D4RL-format file: 15 Pendulum episodes of 200 steps, each ended by its time limit
     replay, _ = read_d4rl_hdf5(tmp_path / "replay.hdf5")
     assert len(replay["rewards"]) == 3000 and replay["timeouts"].sum() == 15 and not replay["terminals"].any()
+    # actions in env units, as offline algos read them: Pendulum's [-2, 2], not the buffer's [-1, 1]
+    assert 1.5 < np.abs(replay["actions"]).max() <= 2.0
     # a second run never overwrites that file: it stops before training, naming the option
     before = (tmp_path / "replay.hdf5").read_bytes()
     again = small_train_config(
@@ -380,7 +384,9 @@ def test_a_replay_dataset_from_an_overwritten_ring_holds_only_whole_episodes(tmp
         algo.explore_step(random_actions=True)
     algo.envs.close()
     assert algo.replay_buffer.overwritten
-    metadata = write_replay_dataset(tmp_path / "replay.hdf5", algo.replay_buffer, 2, "Hopper-v5")
+    metadata = write_replay_dataset(
+        tmp_path / "replay.hdf5", algo.replay_buffer, 2, "Hopper-v5", algo.action_scaler
+    )
     arrays, _ = read_d4rl_hdf5(tmp_path / "replay.hdf5")
     ends = np.flatnonzero(arrays["terminals"] | arrays["timeouts"])
     starts = np.concatenate([[0], ends[:-1] + 1])

@@ -88,15 +88,21 @@ def test_a_run_resumed_off_its_evaluation_grid_evaluates_where_an_uninterrupted_
 def test_a_run_continued_in_its_own_dir_appends_to_its_metrics_csv(tmp_path, data_dir):
     import csv
 
-    _, first = train(_config(tmp_path, data_dir, "null", []))
-    metrics = tmp_path / "run" / "csv" / "metrics.csv"
+    _, first = train(_config(tmp_path / "a", data_dir, "null", []))
+    # continued after the run dir was moved (copied off a cluster, renamed): Lightning wrote last-v1.ckpt
+    # beside the last.ckpt it continued from, which then held the older state
+    (tmp_path / "a").rename(tmp_path / "b")
+    metrics = tmp_path / "b" / "run" / "csv" / "metrics.csv"
     before = list(csv.DictReader(metrics.open()))
-    resume = [f"ckpt_path={first['checkpoint']}", "trainer.max_steps=400"]
-    _, resumed = train(_config(tmp_path, data_dir, "null", resume))
+    last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
+    resume = [f"ckpt_path={last}", "trainer.max_steps=400"]
+    _, resumed = train(_config(tmp_path / "b", data_dir, "null", resume))
     after = list(csv.DictReader(metrics.open()))
     assert after[: len(before)] == before and len(after) > len(before)
     assert max(int(row["step"]) for row in after) >= 399
     assert resumed["train_steps"] == 400
+    assert resumed["checkpoint"] == str(last) and [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
+    assert torch.load(last, weights_only=False)["global_step"] == 400
 
 
 def test_a_new_run_refuses_a_best_checkpoint_path_that_holds_a_file_or_is_a_directory(tmp_path, data_dir):

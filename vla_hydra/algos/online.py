@@ -183,6 +183,10 @@ class OnlineAlgorithm(PolicyAlgorithm):
     # -- the Lightning step --------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:
         losses = self.train_iteration(self.optimizers())
+        # before the logging check: Lightning writes the last step's logs because should_stop is set, so
+        # set after it, the last iteration's losses went unlogged and the last logged row was written again
+        if int(self.env_steps) >= self.total_timesteps:
+            self.trainer.should_stop = True
         if self.logging_this_step():
             metrics = {f"train/{name}": value for name, value in losses.items()}
             # episodes finished since the last logged step
@@ -192,8 +196,6 @@ class OnlineAlgorithm(PolicyAlgorithm):
                 metrics["rollout/episode_return"] = float(np.mean([e["return"] for e in recent]))
             metrics["rollout/env_steps"] = float(self.env_steps)
             self.log_train_metrics(metrics)
-        if int(self.env_steps) >= self.total_timesteps:
-            self.trainer.should_stop = True
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         # a resumed run whose budget is already spent does no further iteration: -1 ends the epoch and

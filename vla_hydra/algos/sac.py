@@ -36,6 +36,7 @@ from vla_hydra.core.logging import get_logger
 from vla_hydra.data.buffer import ReplayBuffer
 from vla_hydra.envs.factory import EnvFactory, EnvSpec
 from vla_hydra.models.critics import EnsembleQNetwork, soft_update
+from vla_hydra.models.normalization import ActionScaler
 
 REPLAY_BUFFER_KEY = "replay_buffer"
 log = get_logger(__name__)
@@ -74,9 +75,12 @@ def sac_temperature_loss(
 
 
 def write_replay_dataset(
-    path: str, buffer: ReplayBuffer, num_envs: int, env_id: str
+    path: str, buffer: ReplayBuffer, num_envs: int, env_id: str, action_scaler: ActionScaler
 ) -> dict[str, Any] | None:
     """Write a replay buffer as a D4RL-format file, each env's steps contiguous and oldest first.
+
+    The buffer holds actions in [-1, 1]; the file gets them in env units (`action_scaler`), as every
+    D4RL-format file and the offline algorithms that read one do.
 
     Each env's last stored step ends an episode that training cut off: it is marked a timeout (as D4RL
     does at the end of its files), so readers bootstrap there and see no episode run into the next env's.
@@ -90,6 +94,10 @@ def write_replay_dataset(
     from vla_hydra.data.stats import episode_returns
 
     rows = buffer.chronological(num_envs)
+    # in env units: Pendulum's [-2, 2] used to be written as [-1, 1], so policies trained on the file
+    # learned half the torque
+    actions = torch.as_tensor(rows["actions"], device=action_scaler.low.device)
+    rows["actions"] = action_scaler.unnormalize(actions).cpu().numpy()
     terminals, timeouts = rows["terminals"] > 0.5, rows["timeouts"] > 0.5
     per_stream = len(rows["rewards"]) // num_envs
     stream_ends = np.cumsum([per_stream] * num_envs) - 1
@@ -305,7 +313,11 @@ class SAC(OnlineAlgorithm):
         super().on_fit_end()
         if self.replay_dataset_path and self.replay_buffer is not None and self.trainer.is_global_zero:
             write_replay_dataset(
-                self.replay_dataset_path, self.replay_buffer, self.num_envs, self.spec.env_id
+                self.replay_dataset_path,
+                self.replay_buffer,
+                self.num_envs,
+                self.spec.env_id,
+                self.action_scaler,
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

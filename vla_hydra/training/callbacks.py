@@ -232,6 +232,10 @@ class UpdateCheckpoint(ModelCheckpoint):
         last = Path(self.dirpath or ".") / "last.ckpt"
         resumed_from_it = bool(trainer.ckpt_path) and Path(trainer.ckpt_path).resolve() == last.resolve()
         self.saved_step = trainer.global_step if resumed_from_it else None
+        if resumed_from_it:
+            # Lightning restores last_model_path only when the checkpoint names this very dirpath; in a run
+            # dir moved or copied since, it saved last-v1.ckpt beside the last.ckpt it continued from
+            self.last_model_path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)

@@ -51,6 +51,12 @@ def check_data_source(cfg: DictConfig, algo_class) -> None:
             f"data=rollouts: algo={algo} learns from a dataset, and data=rollouts holds none (it paces the "
             "online algorithms, which collect their own); choose one, e.g. data=pendulum_mixed"
         )
+    if rollouts and online and algo_class.reads_dataset:
+        # GAIL's expert side: refused here, not after the first evaluation as its first step started
+        raise ConfigError(
+            f"data=rollouts: algo={algo} needs expert transitions from data= (e.g. data=pendulum_expert, or "
+            "data=hdf5 data.path=<D4RL-format file>), and data=rollouts holds none"
+        )
     if not rollouts and online and not algo_class.reads_dataset:
         raise ConfigError(
             f"data={data}: algo={algo} learns only from the experience it collects in env= and would ignore "
