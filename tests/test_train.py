@@ -26,6 +26,7 @@ def test_fast_dev_run(tmp_path, data_dir, algo):
         assert results["train_steps"] == 1
     else:  # online: one iteration of collection (+ its updates) in env.num_envs envs
         assert results["env_steps"] > 0 and results["env_steps"] % cfg.env.num_envs == 0
+        assert results["train_steps"] >= 1  # the smoke test ran the update code too (SAC: past its warm-up)
     assert np.isfinite(results["eval_return_mean"])
     # a smoke test leaves no checkpoint behind
     assert results["checkpoint"] is None and not (tmp_path / "run" / "checkpoints").exists()

@@ -286,6 +286,11 @@ class SAC(OnlineAlgorithm):
         # refills `learning_starts` of them from the current policy, as many as a fresh run's warm-up
         # (updating on the first few hundred would overfit the critics to them)
         self._min_buffer_size = self.batch_size
+        if self.trainer.fast_dev_run:
+            # debug=fdr's one iteration smoke-tests the update too: a warm-up of half of it, then updates
+            # (with the defaults, 5000 random steps, its 50 env steps never reached an update)
+            self.learning_starts = min(self.learning_starts, self.updates_per_step // 2)
+            self._min_buffer_size = min(self.batch_size, max(1, self.learning_starts))
         if self._restored_buffer is not None:
             self.replay_buffer.load_state_dict(self._restored_buffer)
             self._restored_buffer = None
