@@ -19,7 +19,7 @@ from vla_hydra.algos.dagger import (
     expert_mixing_probability,
     mix_actions,
 )
-from vla_hydra.core.exceptions import ConfigError
+from vla_hydra.core.exceptions import CheckpointError, ConfigError
 from vla_hydra.train import train
 
 
@@ -138,11 +138,18 @@ def test_an_expert_checkpoint_from_another_env_names_the_env_to_select(tmp_path,
         "(action dim 1); run with env=hopper"
     )
     assert str(err.value) == message
-    # through train.py the refusal comes as the fit starts: the loggers' folders made by then go again
+    # through train.py the refusal comes before anything is built: no dataset, logger or checkpoint folder
     with pytest.raises(ConfigError, match=re.escape(message)):
         train(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    assert not [p for p in run_dir.rglob("*") if p.is_dir() and not any(p.iterdir())]
+    assert not [p for p in run_dir.rglob("*") if p.is_dir()]
+    # so does a missing file
+    missing = _dagger_cfg(tmp_path / "missing", data_dir, [f"algo.expert_ckpt={tmp_path}/nope.ckpt"])
+    with pytest.raises(
+        CheckpointError, match=re.escape(f"algo.expert_ckpt={tmp_path}/nope.ckpt: file not found")
+    ):
+        train(missing)
+    assert not [p for p in Path(missing.paths.output_dir).rglob("*") if p.is_dir()]
     assert not (run_dir / "results.json").exists()
 
 

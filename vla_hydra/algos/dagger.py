@@ -12,7 +12,7 @@ so `algo.total_timesteps` is also the number of expert labels (the budget of the
 
 The expert acts in env units: a scripted controller (`algo.expert`, a Hydra `_target_`, default the
 Pendulum swing-up) or any vla_hydra checkpoint (`algo.expert_ckpt=<path>`, which wins when given),
-loaded when training starts through vla_hydra.eval.load_policy.
+checked before anything is built and loaded when training starts, through vla_hydra.eval.load_policy.
 """
 
 from __future__ import annotations
@@ -48,6 +48,29 @@ def mix_actions(
 def discrete_imitation_loss(log_probs_of_expert_actions: torch.Tensor) -> torch.Tensor:
     """Cross-entropy to the expert's class: -mean log pi(a_expert | s)."""
     return -log_probs_of_expert_actions.mean()
+
+
+def load_expert_checkpoint(expert_ckpt: str, spec: EnvSpec, device: str):
+    """The policy of `algo.expert_ckpt`, refused in one line unless it labels single states of spec's env."""
+    from vla_hydra.envs.factory import env_choice_hint
+    from vla_hydra.eval import load_policy
+
+    expert, _, _ = load_policy(expert_ckpt, device=device, option="algo.expert_ckpt")
+    if getattr(expert, "takes_sequences", False):
+        # its action depends on its own episode's context and returns-to-go: labels for the single
+        # states the learner visits would come from one endless context
+        raise ConfigError(
+            f"algo.expert_ckpt={expert_ckpt}: a checkpoint of algo={expert.short_name()}, which acts "
+            "from a context of its own episode, so it cannot label single states; use a checkpoint of a "
+            "single-observation policy (bc, td3bc, iql, cql, sac, ppo_continuous, ...)"
+        )
+    if (expert.spec.env_id, expert.spec.action_dim) != (spec.env_id, spec.action_dim):
+        raise ConfigError(
+            f"algo.expert_ckpt={expert_ckpt}: trained on {expert.spec.env_id} "
+            f"(action dim {expert.spec.action_dim}), but env is {spec.env_id} "
+            f"(action dim {spec.action_dim}); run with {env_choice_hint(expert.spec.env_id)}"
+        )
+    return expert
 
 
 class DAgger(OnlineAlgorithm):
@@ -122,29 +145,18 @@ class DAgger(OnlineAlgorithm):
         )
 
     # -- the expert ----------------------------------------------------------------------------
+    @classmethod
+    def check_settings(cls, spec: EnvSpec, algo_cfg: Any) -> None:
+        super().check_settings(spec, algo_cfg)
+        if algo_cfg.get("expert_ckpt"):  # a missing or unfit expert, before any dataset or logger is made
+            load_expert_checkpoint(algo_cfg.expert_ckpt, spec, "cpu")
+
     def _load_expert(self) -> Callable[[np.ndarray], np.ndarray]:
         """Loaded when training starts (not in __init__), so rebuilding a trained DAgger policy for
         inference never needs the expert."""
         if not self.expert_ckpt:
             return self.expert
-        from vla_hydra.envs.factory import env_choice_hint
-        from vla_hydra.eval import load_policy
-
-        expert, _, _ = load_policy(self.expert_ckpt, device=str(self.device), option="algo.expert_ckpt")
-        if getattr(expert, "takes_sequences", False):
-            # its action depends on its own episode's context and returns-to-go: labels for the single
-            # states the learner visits would come from one endless context
-            raise ConfigError(
-                f"algo.expert_ckpt={self.expert_ckpt}: a checkpoint of algo={expert.short_name()}, which acts "
-                "from a context of its own episode, so it cannot label single states; use a checkpoint of a "
-                "single-observation policy (bc, td3bc, iql, cql, sac, ppo_continuous, ...)"
-            )
-        if (expert.spec.env_id, expert.spec.action_dim) != (self.spec.env_id, self.spec.action_dim):
-            raise ConfigError(
-                f"algo.expert_ckpt={self.expert_ckpt}: trained on {expert.spec.env_id} "
-                f"(action dim {expert.spec.action_dim}), but env is {self.spec.env_id} "
-                f"(action dim {self.spec.action_dim}); run with {env_choice_hint(expert.spec.env_id)}"
-            )
+        expert = load_expert_checkpoint(self.expert_ckpt, self.spec, str(self.device))
         return expert.act  # a bound method: the expert's weights stay out of this module's state_dict
 
     def expert_labels(self, raw_obs: np.ndarray) -> np.ndarray:
