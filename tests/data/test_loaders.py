@@ -268,7 +268,9 @@ def test_minari_dataset_trains_end_to_end_through_the_config(tmp_path, data_dir,
     cfg = small_train_config(
         tmp_path,
         data_dir,
-        ["data=minari", "data.dataset_id=test/pendulum/random-v0", "env=pendulum", "debug=fdr"],
+        # Minari measured its reference scores on the dataset's 50-step episodes: evaluated alike
+        ["data=minari", "data.dataset_id=test/pendulum/random-v0", "env=pendulum", "env.max_episode_steps=50"]
+        + ["debug=fdr"],
     )
     _, results = train(cfg)
     assert results["dataset"] == "test/pendulum/random-v0"
@@ -278,6 +280,11 @@ def test_minari_dataset_trains_end_to_end_through_the_config(tmp_path, data_dir,
     # Minari's reference scores become the normalized score's random/expert returns
     expected = 100 * (results["eval_return_mean"] + 1200) / (-150 + 1200)
     assert results["normalized_score"] == pytest.approx(expected)
+    # ... and at the length they were measured at only: Pendulum's registered 200 steps get no score
+    dm = minari_datamodule("test/pendulum/random-v0")
+    dm.setup("fit")
+    assert dm.reference_time_limit == 50
+    assert dm.reference_returns(None, 200) is None and dm.reference_returns(None, 50) is not None
 
 
 def test_minari_discrete_action_dataset_trains_bc(tmp_path, data_dir, minari_root):
