@@ -142,6 +142,15 @@ class OfflineDataModule(L.LightningDataModule):
         arrays, self.metadata = (
             self.arrays_loader() if self.arrays_loader else read_d4rl_hdf5(self.path, self.cut_final_episode)
         )
+        refs = self.ref_returns
+        if refs is not None and refs["random"] == refs["expert"]:
+            # normalized scores divide by expert - random: a ZeroDivisionError at the first evaluation
+            minari = "minari_dataset_id" in self.metadata
+            raise DatasetError(
+                self.path,
+                "ref_max_score" if minari else "metadata/ref_expert_return",
+                f"equals the random reference return ({refs['random']:g}); expected a different return",
+            )
         stored = self.metadata.get("recipe_fingerprint")
         if self.recipe is not None and stored is not None and stored != self.recipe.fingerprint():
             raise DatasetError(
