@@ -164,6 +164,7 @@ def test_d4rl_file_by_path_is_named_after_its_file_and_must_be_evaluated_in_its_
         ("empty", "[observations]: dataset is empty"),
         ("cut", "[terminals]: last transition is neither terminal nor timeout"),
         ("equal_refs", "[metadata/ref_expert_return]: equals the random reference return (-5)"),
+        ("array_ref", "[metadata/ref_expert_return]: holds [-5.0]; expected a finite number"),
     ],
 )
 def test_bad_d4rl_file_by_name_fails_in_one_line_naming_the_resolved_file(
@@ -180,9 +181,10 @@ def test_bad_d4rl_file_by_name_fails_in_one_line_naming_the_resolved_file(
     elif case == "cut":
         arrays["timeouts"][-1] = False
     path = write_d4rl_like(tmp_path / "halfcheetah_medium-v2.hdf5", arrays)
-    if case == "equal_refs":  # normalized scores would divide by zero at the first evaluation
+    if case in ("equal_refs", "array_ref"):  # else a traceback at the first evaluation's score
         with h5py.File(path, "a") as f:
-            f["metadata/ref_random_return"] = f["metadata/ref_expert_return"] = -5.0
+            f["metadata/ref_random_return"] = -5.0
+            f["metadata/ref_expert_return"] = -5.0 if case == "equal_refs" else np.array([-5.0])
     dm = d4rl_datamodule("halfcheetah-medium-v2")
     with pytest.raises(DatasetError) as err:
         dm.setup("fit")
