@@ -102,6 +102,8 @@ _NON_NEGATIVE_KEYS = {
     "mem_gb", "gpus_per_node",
     "alpha", "beta",  # TD3+BC's BC weight, SAC's entropy coefficient; IQL's inverse temperature
 }  # fmt: skip
+# Adam's (beta1, beta2): a wrong length was an IndexError inside torch's optimizer at fit start
+_BETAS_KEYS = {"betas"}
 # per-episode levels a collection recipe cycles through
 _NON_NEGATIVE_LIST_KEYS = {"action_noise_std"}
 _PROBABILITY_LIST_KEYS = {"random_action_prob"}
@@ -141,6 +143,7 @@ _CHECKED_KEYS = (
     | _STEP_LIMIT_KEYS
     | _SEED_KEYS
     | _POSITIVE_INT_LIST_KEYS
+    | _BETAS_KEYS
     | _LEARNING_RATE_KEYS
     | _NON_NEGATIVE_KEYS
     | _NON_NEGATIVE_LIST_KEYS
@@ -179,6 +182,10 @@ def _expected(key: str, value: Any) -> str | None:
     if key in _POSITIVE_INT_LIST_KEYS:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and v >= 1 for v in value)
         return None if ok else "a list of integers >= 1 (layer widths)"
+    if key in _BETAS_KEYS:
+        ok = isinstance(value, (list, tuple)) and len(value) == 2
+        ok = ok and all(is_number(v) and 0 <= v < 1 for v in value)
+        return None if ok else "two numbers in [0, 1) (Adam's beta1, beta2)"
     if key in _NON_NEGATIVE_LIST_KEYS | _PROBABILITY_LIST_KEYS:
         probability = key in _PROBABILITY_LIST_KEYS
         ok = isinstance(value, (list, tuple)) and len(value) > 0
