@@ -47,6 +47,7 @@ from vla_hydra.core.exceptions import ConfigError
         (["algo=td3bc", "algo.alpha=-1"], "algo.alpha=-1: expected a number >= 0"),
         (["algo=dagger", "algo.beta0=2"], "algo.beta0=2: expected a number in [0, 1]"),
         (["algo=ppo_continuous", "algo.target_kl=-1"], "algo.target_kl=-1: expected a number in (0, inf)"),
+        (["algo=cql", "algo.cql_temp=0"], "algo.cql_temp=0: expected a number in (0, inf)"),
     ],
 )
 def test_out_of_range_values_name_the_option(overrides, message):

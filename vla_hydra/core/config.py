@@ -110,7 +110,7 @@ _PROBABILITY_LIST_KEYS = {"random_action_prob"}
 # real numbers without a range (any sign); a word here would fail deep inside a build or a float()
 _NUMBER_KEYS = {
     "target_return", "return_scale", "reward_norm_scale", "reward_scale", "reward_bias", "advantage_eps",
-    "alpha_multiplier", "cql_temp",
+    "alpha_multiplier",
     "max_weight", "log_std_init", "log_std_min", "log_std_max", "log_std_offset",
     "random", "expert",  # env.ref_returns
 }  # fmt: skip
@@ -134,6 +134,7 @@ _INTERVAL_KEYS = {
     "beta_decay": (0.0, 1.0, True, True),
     "beta0": (0.0, 1.0, True, True),  # DAgger's first expert-mixing probability
     "target_kl": (0.0, float("inf"), False, False),  # PPO's early stop (null: none)
+    "cql_temp": (0.0, float("inf"), False, False),  # CQL's logsumexp divides by it: 0 gave NaN losses
     "dropout": (0.0, 1.0, True, False),
     "clip_coef": (0.0, float("inf"), False, False),
 }
