@@ -38,11 +38,16 @@ from vla_hydra.core.exceptions import ConfigError
         (["torch_threads=0"], "torch_threads=0: expected an integer >= 1"),
         (["eval.video=nope"], "eval.video=nope: expected true or false"),
         (["algo=dt", "algo.target_return=abc"], "algo.target_return=abc: expected a number"),
+        (
+            ["algo=dt", "algo.betas=[0.9]"],
+            "algo.betas=[0.9]: expected two numbers in [0, 1) (Adam's beta1, beta2)",
+        ),
         (["data.normalize_observations=maybe"], "data.normalize_observations=maybe: expected true or false"),
         (["algo=iql", "algo.beta=-1"], "algo.beta=-1: expected a number >= 0"),
         (["algo=td3bc", "algo.alpha=-1"], "algo.alpha=-1: expected a number >= 0"),
         (["algo=dagger", "algo.beta0=2"], "algo.beta0=2: expected a number in [0, 1]"),
         (["algo=ppo_continuous", "algo.target_kl=-1"], "algo.target_kl=-1: expected a number in (0, inf)"),
+        (["algo=cql", "algo.cql_temp=0"], "algo.cql_temp=0: expected a number in (0, inf)"),
     ],
 )
 def test_out_of_range_values_name_the_option(overrides, message):

@@ -163,6 +163,8 @@ def test_d4rl_file_by_path_is_named_after_its_file_and_must_be_evaluated_in_its_
         ("nan", "[next_observations]: contains NaN or inf (first at row 3)"),
         ("empty", "[observations]: dataset is empty"),
         ("cut", "[terminals]: last transition is neither terminal nor timeout"),
+        ("equal_refs", "[metadata/ref_expert_return]: equals the random reference return (-5)"),
+        ("array_ref", "[metadata/ref_expert_return]: holds [-5.0]; expected a finite number"),
     ],
 )
 def test_bad_d4rl_file_by_name_fails_in_one_line_naming_the_resolved_file(
@@ -179,6 +181,10 @@ def test_bad_d4rl_file_by_name_fails_in_one_line_naming_the_resolved_file(
     elif case == "cut":
         arrays["timeouts"][-1] = False
     path = write_d4rl_like(tmp_path / "halfcheetah_medium-v2.hdf5", arrays)
+    if case in ("equal_refs", "array_ref"):  # else a traceback at the first evaluation's score
+        with h5py.File(path, "a") as f:
+            f["metadata/ref_random_return"] = -5.0
+            f["metadata/ref_expert_return"] = -5.0 if case == "equal_refs" else np.array([-5.0])
     dm = d4rl_datamodule("halfcheetah-medium-v2")
     with pytest.raises(DatasetError) as err:
         dm.setup("fit")
@@ -268,7 +274,9 @@ def test_minari_dataset_trains_end_to_end_through_the_config(tmp_path, data_dir,
     cfg = small_train_config(
         tmp_path,
         data_dir,
-        ["data=minari", "data.dataset_id=test/pendulum/random-v0", "env=pendulum", "debug=fdr"],
+        # Minari measured its reference scores on the dataset's 50-step episodes: evaluated alike
+        ["data=minari", "data.dataset_id=test/pendulum/random-v0", "env=pendulum", "env.max_episode_steps=50"]
+        + ["debug=fdr"],
     )
     _, results = train(cfg)
     assert results["dataset"] == "test/pendulum/random-v0"
@@ -278,6 +286,11 @@ def test_minari_dataset_trains_end_to_end_through_the_config(tmp_path, data_dir,
     # Minari's reference scores become the normalized score's random/expert returns
     expected = 100 * (results["eval_return_mean"] + 1200) / (-150 + 1200)
     assert results["normalized_score"] == pytest.approx(expected)
+    # ... and at the length they were measured at only: Pendulum's registered 200 steps get no score
+    dm = minari_datamodule("test/pendulum/random-v0")
+    dm.setup("fit")
+    assert dm.reference_time_limit == 50
+    assert dm.reference_returns(None, 200) is None and dm.reference_returns(None, 50) is not None
 
 
 def test_minari_discrete_action_dataset_trains_bc(tmp_path, data_dir, minari_root):

@@ -155,6 +155,10 @@ def test_published_reference_returns_hold_only_for_the_registered_episode_length
     assert (
         EnvFactory(id="CartPole-v1", ref_returns=refs, kwargs={"max_episode_steps": 100}).ref_returns is None
     )
+    from vla_hydra.core.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^env.ref_returns: random and expert are both 5.0; expected two"):
+        EnvFactory(id="CartPole-v1", ref_returns={"random": 5, "expert": 5})  # scores would divide by 0
 
 
 def test_a_users_env_registered_by_its_own_module_is_made_timed_and_scored(tmp_path, monkeypatch):

@@ -214,3 +214,11 @@ def test_an_unknown_activation_is_a_one_line_config_error(build):
         mlp(3, 1, [8], activation="foo") if build == "mlp" else EnsembleQNetwork(
             (3,), 1, [8], activation="foo"
         )
+
+
+def test_critics_without_a_hidden_layer_are_a_one_line_config_error():
+    from vla_hydra.core.exceptions import ConfigError
+
+    # forward needs a first hidden layer: algo.critic_hidden_dims=[] was a RuntimeError at the first update
+    with pytest.raises(ConfigError, match=r"^algo.critic_hidden_dims=\[\]: expected at least one hidden"):
+        EnsembleQNetwork((3,), 1, [])

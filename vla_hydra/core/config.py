@@ -102,13 +102,15 @@ _NON_NEGATIVE_KEYS = {
     "mem_gb", "gpus_per_node",
     "alpha", "beta",  # TD3+BC's BC weight, SAC's entropy coefficient; IQL's inverse temperature
 }  # fmt: skip
+# Adam's (beta1, beta2): a wrong length was an IndexError inside torch's optimizer at fit start
+_BETAS_KEYS = {"betas"}
 # per-episode levels a collection recipe cycles through
 _NON_NEGATIVE_LIST_KEYS = {"action_noise_std"}
 _PROBABILITY_LIST_KEYS = {"random_action_prob"}
 # real numbers without a range (any sign); a word here would fail deep inside a build or a float()
 _NUMBER_KEYS = {
     "target_return", "return_scale", "reward_norm_scale", "reward_scale", "reward_bias", "advantage_eps",
-    "alpha_multiplier", "cql_temp",
+    "alpha_multiplier",
     "max_weight", "log_std_init", "log_std_min", "log_std_max", "log_std_offset",
     "random", "expert",  # env.ref_returns
 }  # fmt: skip
@@ -132,6 +134,7 @@ _INTERVAL_KEYS = {
     "beta_decay": (0.0, 1.0, True, True),
     "beta0": (0.0, 1.0, True, True),  # DAgger's first expert-mixing probability
     "target_kl": (0.0, float("inf"), False, False),  # PPO's early stop (null: none)
+    "cql_temp": (0.0, float("inf"), False, False),  # CQL's logsumexp divides by it: 0 gave NaN losses
     "dropout": (0.0, 1.0, True, False),
     "clip_coef": (0.0, float("inf"), False, False),
 }
@@ -141,6 +144,7 @@ _CHECKED_KEYS = (
     | _STEP_LIMIT_KEYS
     | _SEED_KEYS
     | _POSITIVE_INT_LIST_KEYS
+    | _BETAS_KEYS
     | _LEARNING_RATE_KEYS
     | _NON_NEGATIVE_KEYS
     | _NON_NEGATIVE_LIST_KEYS
@@ -179,6 +183,10 @@ def _expected(key: str, value: Any) -> str | None:
     if key in _POSITIVE_INT_LIST_KEYS:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and v >= 1 for v in value)
         return None if ok else "a list of integers >= 1 (layer widths)"
+    if key in _BETAS_KEYS:
+        ok = isinstance(value, (list, tuple)) and len(value) == 2
+        ok = ok and all(is_number(v) and 0 <= v < 1 for v in value)
+        return None if ok else "two numbers in [0, 1) (Adam's beta1, beta2)"
     if key in _NON_NEGATIVE_LIST_KEYS | _PROBABILITY_LIST_KEYS:
         probability = key in _PROBABILITY_LIST_KEYS
         ok = isinstance(value, (list, tuple)) and len(value) > 0

@@ -142,6 +142,7 @@ class OfflineDataModule(L.LightningDataModule):
         arrays, self.metadata = (
             self.arrays_loader() if self.arrays_loader else read_d4rl_hdf5(self.path, self.cut_final_episode)
         )
+        self._check_reference_returns()
         stored = self.metadata.get("recipe_fingerprint")
         if self.recipe is not None and stored is not None and stored != self.recipe.fingerprint():
             raise DatasetError(
@@ -191,6 +192,26 @@ class OfflineDataModule(L.LightningDataModule):
             log.warning(
                 f"data.batch_size={self.batch_size} is larger than the dataset ({len(self.buffer):,} {unit} in "
                 f"{self.path}): minibatches are drawn with replacement, so each repeats rows"
+            )
+
+    def _check_reference_returns(self) -> None:
+        """The stored reference returns, before they score anything: else a traceback at the first
+        evaluation (float() of an array, or a division by expert - random = 0)."""
+        import math
+
+        from vla_hydra.core.config import is_number
+
+        minari = "minari_dataset_id" in self.metadata
+        for key in ("ref_random_return", "ref_expert_return"):
+            value = self.metadata.get(key)
+            if value is not None and not (is_number(value) and math.isfinite(value)):
+                raise DatasetError(self.path, f"metadata/{key}", f"holds {value!r}; expected a finite number")
+        refs = self.ref_returns
+        if refs is not None and refs["random"] == refs["expert"]:
+            raise DatasetError(
+                self.path,
+                "ref_max_score" if minari else "metadata/ref_expert_return",
+                f"equals the random reference return ({refs['random']:g}); expected a different return",
             )
 
     @property

@@ -181,4 +181,23 @@ def load_minari_arrays(dataset_id: str) -> tuple[dict[str, np.ndarray], dict[str
     if stored.get("ref_min_score") is not None and stored.get("ref_max_score") is not None:
         metadata["ref_random_return"] = float(stored["ref_min_score"])
         metadata["ref_expert_return"] = float(stored["ref_max_score"])
+        # Minari measures them in its eval env (default: the collection env) at that spec's episode
+        # length, which can differ from the registered one the env id alone would give
+        time_limit = _spec_time_limit(stored.get("eval_env_spec"), dataset.env_spec)
+        if time_limit is not None:
+            metadata["ref_time_limit"] = time_limit
     return arrays, metadata
+
+
+def _spec_time_limit(eval_env_spec_json: Any, env_spec) -> int | None:
+    """max_episode_steps of the dataset's eval env spec (stored as JSON text), else of its env spec."""
+    import json
+
+    if isinstance(eval_env_spec_json, str):
+        try:
+            steps = json.loads(eval_env_spec_json).get("max_episode_steps")
+        except (ValueError, AttributeError):
+            steps = None
+    else:
+        steps = getattr(env_spec, "max_episode_steps", None)
+    return int(steps) if steps is not None else None

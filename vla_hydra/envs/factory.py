@@ -83,6 +83,12 @@ class EnvFactory:
         self.kwargs = {k: v for k, v in dict(self.kwargs).items()}
         if self.ref_returns is not None:
             self.ref_returns = {k: float(v) for k, v in dict(self.ref_returns).items()}
+            if self.ref_returns.get("random") == self.ref_returns.get("expert"):
+                # normalized scores divide by expert - random: a ZeroDivisionError at the first evaluation
+                raise ConfigError(
+                    f"env.ref_returns: random and expert are both {self.ref_returns.get('random')}; "
+                    "expected two different returns"
+                )
         if self.vectorization not in VECTORIZATION_MODES:
             raise ConfigError(
                 f"env.vectorization={self.vectorization!r}: expected one of {list(VECTORIZATION_MODES)}"

@@ -81,6 +81,12 @@ class EnsembleQNetwork(nn.Module):
     ):
         super().__init__()
         check_activation(activation)
+        if not hidden_dims:  # forward splits the first hidden layer into obs and action parts
+            from vla_hydra.core.exceptions import ConfigError
+
+            raise ConfigError(
+                f"algo.critic_hidden_dims={list(hidden_dims)}: expected at least one hidden layer width"
+            )
         self.encoder = FlattenEncoder(observation_shape)
         self.observation_shape = tuple(observation_shape)
         self.obs_dim, self.action_dim, self.num_critics = self.encoder.out_dim, action_dim, num_critics
