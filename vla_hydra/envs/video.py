@@ -60,8 +60,9 @@ def record_video(
                     action = act(obs[None])[0]
                     obs, reward, terminated, truncated, info = env.step(action)
                     # the env's own reward, as evaluation sums it (env.wrappers may scale what trained)
-                    # and gives it to a stateful policy (a DT's returns-to-go), so the video shows the
-                    # episode evaluation scored
+                    # and gives it to a stateful policy (a DT's returns-to-go). Episode i starts from
+                    # evaluation's episode i state; in a chaotic env (MuJoCo) one env's float rounding
+                    # differs from the batched evaluation's, so its return may differ slightly
                     reward = float(info.get("env_reward", reward))
                     total += reward
                     done = terminated or truncated
