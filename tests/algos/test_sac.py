@@ -358,6 +358,23 @@ def test_a_resumed_run_writes_every_transition_of_the_run_into_its_replay_datase
     first_part, _ = read_d4rl_hdf5(tmp_path / "a.hdf5")
     # the resumed run's file begins with the first run's transitions
     assert (replay["observations"][:600] == first_part["observations"]).all()
+    # another env count would splice the envs' episodes in the file: refused as the fit starts
+    other_count = small_train_config(
+        tmp_path / "c",
+        data_dir,
+        [
+            *common,
+            "algo.total_timesteps=1200",
+            "env.num_envs=2",
+            f"algo.replay_dataset_path={tmp_path / 'c.hdf5'}",
+            f"ckpt_path={a['checkpoint']}",
+        ],
+    )
+    with pytest.raises(
+        ConfigError, match=r"env.num_envs=2: the checkpoint's replay buffer was filled by 1 envs"
+    ):
+        train(other_count)
+    assert not (tmp_path / "c.hdf5").exists()
 
 
 def test_a_run_inside_its_random_warm_up_reports_its_env_step_throughput(tmp_path, data_dir):

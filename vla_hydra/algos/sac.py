@@ -292,6 +292,14 @@ class SAC(OnlineAlgorithm):
             self.learning_starts = min(self.learning_starts, self.updates_per_step // 2)
             self._min_buffer_size = min(self.batch_size, max(1, self.learning_starts))
         if self._restored_buffer is not None:
+            filled_by = int(self._restored_buffer.get("num_envs", self.num_envs))
+            if self.replay_dataset_path and filled_by != self.num_envs:
+                # the file groups rows by env as row i % num_envs: another count would splice episodes
+                raise ConfigError(
+                    f"env.num_envs={self.num_envs}: the checkpoint's replay buffer was filled by {filled_by} "
+                    f"envs, and algo.replay_dataset_path writes each env's episodes from it; resume with "
+                    f"env.num_envs={filled_by}, or without algo.replay_dataset_path"
+                )
             self.replay_buffer.load_state_dict(self._restored_buffer)
             self._restored_buffer = None
         elif int(self.env_steps) > 0:
@@ -328,7 +336,8 @@ class SAC(OnlineAlgorithm):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         if self.checkpoint_replay_buffer and self.replay_buffer is not None:
-            checkpoint[REPLAY_BUFFER_KEY] = self.replay_buffer.state_dict()
+            # with the env count that filled it: its rows take turns between the envs (chronological)
+            checkpoint[REPLAY_BUFFER_KEY] = {**self.replay_buffer.state_dict(), "num_envs": self.num_envs}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
