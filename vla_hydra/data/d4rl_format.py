@@ -87,8 +87,17 @@ def read_d4rl_hdf5(
         with h5py.File(path, "r") as f:
             for key in (*REQUIRED_KEYS, "next_observations"):
                 if key not in f and key in REQUIRED_KEYS:
+                    # files from before D4RL recorded time limits (d4rl's qlearning_dataset then guesses
+                    # episode ends from the env's time limit, which this reader does not)
+                    hint = (
+                        "; files older than D4RL's timeouts lack it: use D4RL's -v2 files"
+                        if key == "timeouts"
+                        else ""
+                    )
                     raise DatasetError(
-                        path, key, f"missing required key (expected D4RL keys {', '.join(REQUIRED_KEYS)})"
+                        path,
+                        key,
+                        f"missing required key (expected D4RL keys {', '.join(REQUIRED_KEYS)}){hint}",
                     )
                 if key in f and not (isinstance(f[key], h5py.Dataset) and f[key].ndim >= 1):
                     found = "a group" if isinstance(f[key], h5py.Group) else "a scalar"
