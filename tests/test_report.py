@@ -515,6 +515,12 @@ def test_sweep_commands_rebuild_a_grid_as_one_multirun_and_quote_for_the_shell()
             "error: sweep dir {d}: no results.json found in it or any subdirectory yet: its 1 run dir(s) have "
             "none (the jobs failed or are still running)",
         ),
+        # submitted SLURM jobs not yet started: only their submitit logs
+        (
+            "queued",
+            "error: sweep dir {d}: no results.json found in it or any subdirectory yet: its jobs have not "
+            "started training (their logs: {d}/.submitit)",
+        ),
         (
             "eval_results_only",
             "error: sweep dir {d}: no results.json found in it or any subdirectory (it holds "
@@ -536,9 +542,11 @@ def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path, case, expected
     if case == "running":  # a training job's dir from its start: .hydra/ and train.log
         (d / "0" / ".hydra").mkdir()
         (d / "0" / "train.log").write_text("")
+    if case == "queued":
+        (d / ".submitit" / "1234").mkdir(parents=True)
     if case == "eval_results_only":  # `vla_hydra.eval -m ...` wrote its sweep
         (d / "0" / "eval_results.json").write_text('{"algo": "bc", "seed": 0, "train_seed": 0}')
-    if case not in ("missing_dir", "no_results", "eval_results_only", "running"):
+    if case not in ("missing_dir", "no_results", "eval_results_only", "running", "queued"):
         _write_run(d / "1", "bc", "pendulum", 0, -100.0, 50.0)
         bad = d / "3" / "results.json"
         bad.parent.mkdir()

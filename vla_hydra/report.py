@@ -308,6 +308,8 @@ def find_runs(sweep_dirs: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
         roots = [Path(d).expanduser().absolute() for d in sweep_dirs]
         # vla_hydra.eval's eval_results.json: one checkpoint's re-evaluation under its eval seed, not a run
         evaluations = any(next(root.rglob(EVAL_RESULTS_FILE), None) for root in roots)
+        # a submitit sweep's jobs write .submitit/<job id>/ logs before their run dirs exist
+        queued = [root / ".submitit" for root in roots if (root / ".submitit").is_dir()]
         raise VlaHydraError(
             f"sweep dir {', '.join(map(str, roots))}: no {RESULTS_FILE} found in it or any subdirectory "
             + (
@@ -317,6 +319,8 @@ def find_runs(sweep_dirs: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
                 # a cluster.wait=false sweep reported before its jobs ended: its run dirs exist already
                 else f"yet: its {len(started)} run dir(s) have none (the jobs failed or are still running)"
                 if started
+                else f"yet: its jobs have not started training (their logs: {queued[0]})"
+                if queued
                 else "(expected run dirs written by vla_hydra.train)"
             )
         )
