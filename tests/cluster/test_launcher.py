@@ -102,6 +102,17 @@ def test_an_optuna_search_gets_every_result_back_and_a_grid_sweep_does_not():
             "error: trainer.devices=2: with cluster=slurm it follows cluster.tasks_per_node (1; SLURM starts "
             "the processes): set cluster.tasks_per_node=2 instead",
         ),
+        # swept values the launcher never saw: both jobs went to the default partition / task layout
+        (
+            "cluster.partition=a,b",
+            "error: cluster.partition=a,b: one sweep submits all its jobs with one set of cluster settings "
+            "(composed without the swept values); run one sweep per value",
+        ),
+        (
+            "trainer.devices=1,2",
+            "error: trainer.devices=1,2: one sweep submits all its jobs with one set of cluster settings "
+            "(composed without the swept values); run one sweep per value",
+        ),
         # the job found it only once it ran, after queueing; the line is the one a local run prints
         ("ckpt_path=/no/such.ckpt", "error: ckpt_path=/no/such.ckpt: file not found"),
         (

@@ -178,6 +178,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
             if self._EXECUTOR == "slurm":
                 _refuse_unread_cluster_keys(self.config)
                 _check_trainer_follows_cluster(self.config)
+            _refuse_swept_submission_settings(job_overrides, slurm=self._EXECUTOR == "slurm")
             if not OmegaConf.select(self.config, "cluster.wait", default=True):
                 _check_detached_submission(self.config, self._EXECUTOR)
             for config in self._checkpoint_configs(job_overrides):
@@ -519,6 +520,28 @@ def _check_trainer_follows_cluster(config: Any) -> None:
             raise ConfigError(
                 f"trainer.{trainer_key}={given}: with cluster=slurm it follows cluster.{cluster_key} "
                 f"({wanted}; SLURM starts the processes): set cluster.{cluster_key}={given} instead"
+            )
+
+
+def _refuse_swept_submission_settings(job_overrides: Sequence[Sequence[str]], slurm: bool) -> None:
+    """A sweep over cluster.* values (`-m cluster.partition=a,b`): Hydra composes the launcher's settings
+    once, without the swept values, so every job was submitted with the sweep's one partition, time, memory
+    ... while its config said otherwise; under SLURM, likewise the task layout behind trainer.devices and
+    trainer.num_nodes."""
+    values: dict[str, list[str]] = {}
+    for overrides in job_overrides:
+        for override in overrides:
+            key, _, value = override.lstrip("+~").partition("=")
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    for key, seen in values.items():
+        swept = len(seen) > 1
+        if swept and (
+            key.startswith("cluster.") or (slurm and key in ("trainer.devices", "trainer.num_nodes"))
+        ):
+            raise ConfigError(
+                f"{key}={','.join(seen)}: one sweep submits all its jobs with one set of cluster settings "
+                "(composed without the swept values); run one sweep per value"
             )
 
 
