@@ -54,13 +54,23 @@ def plain_loop_updates_per_s(cfg, updates: int, device: str = "cpu") -> float:
     obs, actions = data["observations"].to(device), data["actions"].to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     batch = cfg.data.batch_size
-    start = time.perf_counter()
-    for _ in range(updates):
+
+    def update() -> None:
         idx = torch.randint(len(obs), (batch,), generator=generator, device=device)
         loss = bc_mse_loss(actor(normalize_obs(obs[idx])), scaler.normalize(actions[idx]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    # warm-up, not timed: the first updates allocate Adam's state; train.py's figure likewise times from
+    # the end of its first Lightning step (as bench_offline.py's plain loop)
+    for _ in range(20):
+        update()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(updates):
+        update()
     if device == "cuda":
         torch.cuda.synchronize()
     return updates / (time.perf_counter() - start)
