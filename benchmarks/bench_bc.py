@@ -129,6 +129,7 @@ def main() -> None:
             "median": statistics.median(cfg_job),
             "all": cfg_job,
             "reference_import_lightning_median": statistics.median(reference),
+            "ratio_over_import_lightning": statistics.median(cfg_job) / statistics.median(reference),
         }
     )
 
@@ -157,6 +158,7 @@ def main() -> None:
             "median": statistics.median(first_steps),
             "all": first_steps,
             "reference_import_lightning_median": statistics.median(reference),
+            "ratio_over_import_lightning": statistics.median(first_steps) / statistics.median(reference),
         }
     )
 
