@@ -68,6 +68,8 @@ def vla_hydra_run(args, seed: int, out: Path):
     cmd = [
         sys.executable, "-m", "vla_hydra.train", "algo=td3bc", f"data={args.data}", f"env={args.env}",
         f"seed={seed}", f"trainer.max_steps={args.updates}", f"eval.episodes={args.episodes}",
+        # the curve is the periodic evaluations': as many episodes as the reference's evaluations
+        f"callbacks.policy_eval.episodes={args.episodes}",
         f"eval.every_n_updates={args.eval_every}", "trainer.enable_progress_bar=false",
         f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
