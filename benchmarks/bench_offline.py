@@ -11,7 +11,6 @@ update, repeat. JSON lines to stdout, appended to benchmarks/results/bench_offli
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -119,10 +118,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vla_bench_offline_"))
     for algo in args.algos.split(","):
         if algo not in available:
-            print(
-                json.dumps(
-                    {**common, "bench": "offline_updates_per_s", "algo": algo, "skipped": "no conf/algo"}
-                )
+            emit(
+                "bench_offline",
+                {**common, "bench": "offline_updates_per_s", "algo": algo, "skipped": "no conf/algo"},
             )
             continue
         updates = args.updates or DEFAULT_UPDATES.get(algo, 1000)
