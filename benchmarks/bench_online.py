@@ -9,7 +9,8 @@ benchmarks/results/bench_online.jsonl.
 
 SAC (Pendulum-v1, CleanRL defaults unless noted):
 - `sac_env_steps_per_s`: `--sac-steps` env steps with `--sac-learning-starts` random ones first (both
-  paths identical), periodic evaluation off; per wall second and per CPU second of the process (the
+  paths identical; each path's clock starts where train.py's does, after its first Lightning step of
+  `updates_per_step` env steps), periodic evaluation off; per wall second and per CPU second of the process (the
   latter is what to compare on a machine shared with other jobs). The plain loop is CleanRL's shape: act, step the env,
   store in the replay buffer, one update round per env step, using the module's own `explore_step`
   and `update` with no Trainer around them.
@@ -86,9 +87,13 @@ def sac_plain_loop_env_steps_per_s(cfg, device: str) -> float:
     algo.envs = env.make_training_vector()
     algo.obs, _ = algo.envs.reset(seed=[cfg.seed + i for i in range(algo.num_envs)])
     algo.replay_buffer = algo.make_replay_buffer()
-    start, cpu_start = time.perf_counter(), time.process_time()
+    # train.py's rate starts after its first Lightning step (updates_per_step vector env steps, random
+    # ones while inside learning_starts): the same steps run untimed here, so both time the same mix
+    untimed = first_lightning_step_env_steps(algo)
     steps = 0
     while steps < algo.total_timesteps:
+        if steps == untimed:
+            start, cpu_start = time.perf_counter(), time.process_time()
         algo.explore_step(random_actions=steps < algo.learning_starts)
         steps += algo.num_envs
         if steps > algo.learning_starts and len(algo.replay_buffer) >= algo.batch_size:
@@ -97,7 +102,12 @@ def sac_plain_loop_env_steps_per_s(cfg, device: str) -> float:
         torch.cuda.synchronize()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     algo.envs.close()
-    return steps / elapsed, steps / cpu
+    return (steps - untimed) / elapsed, (steps - untimed) / cpu
+
+
+def first_lightning_step_env_steps(algo) -> int:
+    """Env steps of train.py's first Lightning step, which its throughput figures leave out."""
+    return algo.updates_per_step * algo.num_envs
 
 
 def sac_cleanrl_style_env_steps_per_s(cfg) -> tuple[float, float]:
@@ -143,8 +153,10 @@ def sac_cleanrl_style_env_steps_per_s(cfg) -> tuple[float, float]:
     envs = env.make_training_vector(1)
     obs, _ = envs.reset(seed=[cfg.seed])
     actor_loss = torch.zeros(())
-    start, cpu_start = time.perf_counter(), time.process_time()
+    untimed = first_lightning_step_env_steps(algo)  # as the plain loop: the steps train.py does not time
     for global_step in range(hp.total_timesteps):
+        if global_step == untimed:
+            start, cpu_start = time.perf_counter(), time.process_time()
         if global_step < hp.learning_starts:
             actions = np.random.uniform(-1.0, 1.0, (1, act_dim)).astype(np.float32)
         else:
@@ -200,7 +212,7 @@ def sac_cleanrl_style_env_steps_per_s(cfg) -> tuple[float, float]:
                 _ = (qf_loss.item(), qf1_a.mean().item(), actor_loss.item(), alpha)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     envs.close()
-    return hp.total_timesteps / elapsed, hp.total_timesteps / cpu
+    return (hp.total_timesteps - untimed) / elapsed, (hp.total_timesteps - untimed) / cpu
 
 
 def bench_sac(args, common: dict, work: Path) -> None:
@@ -214,6 +226,11 @@ def bench_sac(args, common: dict, work: Path) -> None:
     plain, lightning, plain_cpu, lightning_cpu, cleanrl, cleanrl_cpu = [], [], [], [], [], []
     for r in range(args.rounds):
         cfg = online_config("sac", "pendulum", work / f"sac{r}", args.threads, args.device, extra)
+        first_step = int(cfg.algo.updates_per_step) * int(cfg.env.num_envs)
+        if int(cfg.algo.total_timesteps) < 2 * first_step:  # train.py times from the end of its first step
+            raise SystemExit(
+                f"error: --sac-steps {cfg.algo.total_timesteps}: SAC needs at least {2 * first_step}"
+            )
 
         def run_plain(cfg=cfg):
             wall, cpu = sac_plain_loop_env_steps_per_s(cfg, args.device)
