@@ -325,7 +325,7 @@ def bench_sac(args, common: dict, work: Path) -> None:
             "bench": "sac_steps_to_solve",
             "env": cfg.env.id,
             "threshold": PENDULUM_SOLVED,
-            "budget": 20000,
+            "budget": int(cfg.algo.total_timesteps),
             "learning_starts": int(cfg.algo.learning_starts),
             "eval_every_n_updates": args.solve_eval_every,
             "env_steps_to_solve": solved[0]["env_steps"] if solved else None,
