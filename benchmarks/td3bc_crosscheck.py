@@ -99,10 +99,14 @@ def main() -> None:
     cfg = compose_config("train", [f"data={args.data}", f"env={args.env}", "algo=td3bc"])
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # collected from its recipe on first use, as train.py does
+    datamodule.setup("fit")  # its metadata: the file's own reference returns
     path = datamodule.path
+    env = instantiate(cfg.env)
+    # the references train.py scores with (the env's published ones, else the file's); None: raw returns
+    references = datamodule.reference_returns(env.ref_returns, env.time_limit)
 
-    def normalized(ret: float) -> float:
-        return normalized_score(ret, cfg.env.ref_returns)
+    def normalized(ret: float) -> float | None:
+        return normalized_score(ret, references)
 
     header = run_header(1, data=args.data, updates=args.updates)
     finals: dict[str, list[float]] = {"reference": [], "vla_hydra": []}
@@ -116,9 +120,10 @@ def main() -> None:
             for step, ret in curve:
                 emit("td3bc_crosscheck", {**header, "impl": impl, "seed": seed, "updates": step,
                                           "return_mean": ret, "normalized": normalized(ret)})  # fmt: skip
-            finals[impl].append(normalized(curve[-1][1]))
+            finals[impl].append(normalized(curve[-1][1]) if references else curve[-1][1])
             print(f"# {impl} seed {seed}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    print(f"\n| implementation | normalized at {args.updates} updates (seeds {args.seeds}) | mean ± std |")
+    score = "normalized" if references else "return (no reference returns to normalize with)"
+    print(f"\n| implementation | {score} at {args.updates} updates (seeds {args.seeds}) | mean ± std |")
     print("|---|---|---|")
     for impl, values in finals.items():
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
