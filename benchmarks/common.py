@@ -36,6 +36,20 @@ def emit(name: str, line: dict) -> None:
         f.write(text + "\n")
 
 
+def check_run_dirs(parser, run_dirs: list[Path]) -> None:
+    """Exit with the parser's usage error where train.py would refuse a run dir (it holds an earlier
+    finished or interrupted run): a benchmark that runs several trainings checks all of them first."""
+    from vla_hydra.cluster.resume import refuse_finished_run_dir, refuse_unfinished_run_dir
+    from vla_hydra.core.exceptions import CheckpointError
+
+    for run_dir in run_dirs:
+        try:
+            refuse_finished_run_dir(run_dir)
+            refuse_unfinished_run_dir(run_dir)
+        except CheckpointError as error:
+            parser.error(f"{error} (choose another --out)")
+
+
 def bench_config(
     algo: str,
     out: Path,

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import emit, run_header  # noqa: E402
+from benchmarks.common import check_run_dirs, emit, run_header  # noqa: E402
 
 
 def commands(seed: int, episodes: int, out: Path, args) -> dict[str, list[str]]:
@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["bc", "dagger", "gail"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/il_vs_bc"))
     args = parser.parse_args()
+    # the run dirs train.py would refuse (an earlier run's), before any training rather than after some
+    check_run_dirs(parser, [args.out / f"{algo}-seed{seed}" for seed in args.seeds for algo in args.algos])
 
     header = run_header(threads=1, bench="il_vs_bc", expert_samples=200 * args.episodes)
     rows = []

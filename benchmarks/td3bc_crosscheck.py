@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import emit, run_header  # noqa: E402
+from benchmarks.common import check_run_dirs, emit, run_header  # noqa: E402
 from benchmarks.corl_style import BATCH, CorlTD3BC, batch_at, load_d4rl_tensors  # noqa: E402
 from vla_hydra.envs.evaluation import rollout_episodes  # noqa: E402
 from vla_hydra.envs.factory import normalized_score  # noqa: E402
@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("/tmp/td3bc_crosscheck"))
     args = parser.parse_args()
+    # the run dirs train.py would refuse (an earlier run's), before any training: the first seed's
+    # reference would otherwise run, and its lines be appended, before the first refusal
+    check_run_dirs(parser, [args.out / f"vla_hydra_seed{seed}" for seed in args.seeds])
     torch.set_num_threads(1)
 
     from hydra.utils import instantiate
