@@ -48,7 +48,10 @@ def bench_sweep(work: Path, data_dir: Path, jobs: int, updates: int, reps: int) 
         ["bash", str(ROOT / "scripts/local_slurm.sh"), "start"], capture_output=True, text=True
     )
     if status.returncode != 0:
-        emit(NAME, {"bench": "sweep", "skipped": status.stderr.strip().splitlines()[-1:]})
+        emit(
+            NAME,
+            {**run_header(threads=1), "bench": "sweep", "skipped": status.stderr.strip().splitlines()[-1:]},
+        )
         return
     seeds = ",".join(str(s) for s in range(jobs))
     common = [f"seed={seeds}", f"trainer.max_steps={updates}", f"paths.data_dir={data_dir}", *SMALL]
