@@ -44,15 +44,24 @@ def train_cli(*args: str, cwd: Path) -> float:
 
 
 def bench_sweep(work: Path, data_dir: Path, jobs: int, updates: int, reps: int) -> None:
-    status = subprocess.run(
-        ["bash", str(ROOT / "scripts/local_slurm.sh"), "start"], capture_output=True, text=True
-    )
+    slurm = ["bash", str(ROOT / "scripts/local_slurm.sh")]
+    # a SLURM this benchmark starts is stopped again at its end; one that was running is left running
+    already_running = subprocess.run([*slurm, "status"], capture_output=True).returncode == 0
+    status = subprocess.run([*slurm, "start"], capture_output=True, text=True)
     if status.returncode != 0:
         emit(
             NAME,
             {**run_header(threads=1), "bench": "sweep", "skipped": status.stderr.strip().splitlines()[-1:]},
         )
         return
+    try:
+        _time_sweeps(work, data_dir, jobs, updates, reps)
+    finally:
+        if not already_running:
+            subprocess.run([*slurm, "stop"], capture_output=True)
+
+
+def _time_sweeps(work: Path, data_dir: Path, jobs: int, updates: int, reps: int) -> None:
     seeds = ",".join(str(s) for s in range(jobs))
     common = [f"seed={seeds}", f"trainer.max_steps={updates}", f"paths.data_dir={data_dir}", *SMALL]
     walls: dict[str, list[float]] = {"local": [], "slurm": []}
