@@ -8,7 +8,7 @@ in one process; plus the env steps PPO needs to solve CartPole-v1 through train.
   clip-fraction statistics read with .item(), explained variance per iteration, default Adam), on the same
   networks (same initialisation), vector envs and hyper-parameters (what a user switching compares).
 
-    python benchmarks/bench_ppo.py [--steps 50000] [--rounds 3] [--solve-seeds 1] [--threads 1]
+    python benchmarks/bench_ppo.py [--steps 50000] [--rounds 6] [--solve-seeds 1] [--threads 1]
 
 "Solved" = first periodic evaluation (10 episodes) with mean return >= 475 (CleanRL's budget: 500k
 steps). JSON lines to stdout, appended to benchmarks/results/bench_ppo.jsonl.

@@ -42,6 +42,15 @@ def test_unknown_env_id_is_a_config_error():
         EnvFactory(id="NoSuchEnv-v0").spec()
 
 
+def test_an_env_id_whose_module_cannot_be_imported_is_a_config_error():
+    from vla_hydra.core.exceptions import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"^env.id='no_such_pkg.envs:Robot-v0': cannot import no_such_pkg.envs"
+    ):
+        EnvFactory(id="no_such_pkg.envs:Robot-v0").spec()
+
+
 def test_an_argument_the_env_does_not_take_is_a_config_error():
     from vla_hydra.core.exceptions import ConfigError
 

@@ -137,6 +137,13 @@ class EnvFactory:
             env = gym.make(self.id, **kwargs)
         except gym.error.Error as err:
             raise ConfigError(f"env.id={self.id!r}: gymnasium cannot make it ({err})") from err
+        except ModuleNotFoundError as err:
+            module = self.id.rpartition(":")[0]
+            if not module:  # a dependency the env itself imports: not the id's fault
+                raise
+            # `my_pkg.envs:MyRobot-v0`: gymnasium imports my_pkg.envs to register the env
+            cause = err.__cause__ or err
+            raise ConfigError(f"env.id={self.id!r}: cannot import {module} to register it ({cause})") from err
         except TypeError as err:  # an argument the env's constructor does not take
             raise ConfigError(
                 f"env.kwargs={self.kwargs}: {self.id} cannot be made with them ({err})"
