@@ -36,7 +36,7 @@ def resolve_target_return(
     if target_return is not None:
         return float(target_return), "algo.target_return"
     if ref_returns and ref_returns.get("expert") is not None:
-        return float(ref_returns["expert"]), "the dataset's reference expert return"
+        return float(ref_returns["expert"]), "the expert reference return of the normalized score"
     if return_range is not None:
         return float(return_range[1]), "the dataset's best episode return"
     raise ConfigError(
