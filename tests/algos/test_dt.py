@@ -291,7 +291,10 @@ def test_a_stored_reference_return_wins_and_an_explicit_target_outside_the_data_
     algo = _dt_on_file(path)
     with caplog.at_level("INFO", logger="vla_hydra.algos.dt"):
         algo.resolve_target_return()
-    assert algo.target_return == -150.0 and "(the expert reference return of the normalized score)" in caplog.text
+    assert (
+        algo.target_return == -150.0
+        and "(the expert reference return of the normalized score)" in caplog.text
+    )
     assert not [r for r in caplog.records if r.levelname == "WARNING"]  # a default is not warned about
 
     for explicit, warned in [(-500.0, False), (-100.0, True), (-2000.0, True)]:
