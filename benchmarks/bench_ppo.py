@@ -234,17 +234,20 @@ def main() -> None:
             paths = [run_lightning, run_plain, run_cleanrl]
             for run in paths[r % 3 :] + paths[: r % 3]:
                 run()
-        for metric, ours, reference in (
-            ("env_steps_per_s", lightning, plain),
-            ("env_steps_per_cpu_s", lightning_cpu, plain_cpu),
-            ("env_steps_per_s_vs_cleanrl_style", lightning, cleanrl),
-            ("env_steps_per_cpu_s_vs_cleanrl_style", lightning_cpu, cleanrl_cpu),
+        same_iteration, cleanrl_style = "same-iteration bare loop", "CleanRL-style plain PPO script"
+        for metric, ours, reference, reference_name in (
+            ("env_steps_per_s", lightning, plain, same_iteration),
+            ("env_steps_per_cpu_s", lightning_cpu, plain_cpu, same_iteration),
+            ("env_steps_per_s_vs_cleanrl_style", lightning, cleanrl, cleanrl_style),
+            ("env_steps_per_cpu_s_vs_cleanrl_style", lightning_cpu, cleanrl_cpu, cleanrl_style),
         ):
             emit(
                 "bench_ppo",
                 {
                     **header,
                     "metric": metric,
+                    # plain_*: the reference named here (the keys stay, for earlier results files)
+                    "reference": reference_name,
                     "env_steps": args.steps,
                     "lightning_median": statistics.median(ours),
                     "plain_median": statistics.median(reference),
