@@ -89,7 +89,7 @@ def sac_plain_loop_env_steps_per_s(cfg, device: str) -> float:
     algo.replay_buffer = algo.make_replay_buffer()
     # train.py's rate starts after its first Lightning step (updates_per_step vector env steps, random
     # ones while inside learning_starts): the same steps run untimed here, so both time the same mix
-    untimed = first_lightning_step_env_steps(algo)
+    untimed = first_lightning_step_env_steps(cfg)
     steps = 0
     while steps < algo.total_timesteps:
         if steps == untimed:
@@ -105,9 +105,9 @@ def sac_plain_loop_env_steps_per_s(cfg, device: str) -> float:
     return (steps - untimed) / elapsed, (steps - untimed) / cpu
 
 
-def first_lightning_step_env_steps(algo) -> int:
+def first_lightning_step_env_steps(cfg) -> int:
     """Env steps of train.py's first Lightning step, which its throughput figures leave out."""
-    return algo.updates_per_step * algo.num_envs
+    return int(cfg.algo.updates_per_step) * int(cfg.env.num_envs)
 
 
 def sac_cleanrl_style_env_steps_per_s(cfg) -> tuple[float, float]:
@@ -153,7 +153,7 @@ def sac_cleanrl_style_env_steps_per_s(cfg) -> tuple[float, float]:
     envs = env.make_training_vector(1)
     obs, _ = envs.reset(seed=[cfg.seed])
     actor_loss = torch.zeros(())
-    untimed = first_lightning_step_env_steps(algo)  # as the plain loop: the steps train.py does not time
+    untimed = first_lightning_step_env_steps(cfg)  # as the plain loop: the steps train.py does not time
     for global_step in range(hp.total_timesteps):
         if global_step == untimed:
             start, cpu_start = time.perf_counter(), time.process_time()
@@ -226,7 +226,7 @@ def bench_sac(args, common: dict, work: Path) -> None:
     plain, lightning, plain_cpu, lightning_cpu, cleanrl, cleanrl_cpu = [], [], [], [], [], []
     for r in range(args.rounds):
         cfg = online_config("sac", "pendulum", work / f"sac{r}", args.threads, args.device, extra)
-        first_step = int(cfg.algo.updates_per_step) * int(cfg.env.num_envs)
+        first_step = first_lightning_step_env_steps(cfg)
         if int(cfg.algo.total_timesteps) < 2 * first_step:  # train.py times from the end of its first step
             raise SystemExit(
                 f"error: --sac-steps {cfg.algo.total_timesteps}: SAC needs at least {2 * first_step}"
@@ -329,9 +329,8 @@ def bench_sac(args, common: dict, work: Path) -> None:
             "learning_starts": int(cfg.algo.learning_starts),
             "eval_every_n_updates": args.solve_eval_every,
             "env_steps_to_solve": solved[0]["env_steps"] if solved else None,
-            "run_wall_seconds": results[
-                "wall_seconds"
-            ],  # the whole budget: training does not stop when solved
+            # the whole budget: training does not stop when solved
+            "run_wall_seconds": results["wall_seconds"],
             "final_eval_return_mean": results["eval_return_mean"],
             "eval_history": [
                 (h["env_steps"], round(h["eval/return_mean"], 1)) for h in results["eval_history"]
