@@ -382,7 +382,7 @@ def _write(path: Path, obs_dim=3, nan=False, drop=None):
     [
         ("missing", "file not found"),
         ("not_hdf5", "not an HDF5 file"),
-        ("missing_key", "[timeouts]: missing required key"),
+        ("missing_key", "[rewards]: missing required key"),
         (
             "obs_dim",
             "[observations]: shape per step (4,) does not match env Pendulum-v1 observation shape (3,)",
@@ -399,7 +399,7 @@ def test_bad_dataset_fails_in_one_line_and_keeps_earlier_results(tmp_path, case,
             path,
             obs_dim=4 if case == "obs_dim" else 3,
             nan=case == "nan",
-            drop="timeouts" if case == "missing_key" else None,
+            drop="rewards" if case == "missing_key" else None,
         )
     run_dir = tmp_path / "run"
     # an earlier file the failed run must leave alone (a finished run's results.json is refused upfront:

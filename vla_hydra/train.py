@@ -209,6 +209,8 @@ def _build_run(cfg: DictConfig, ckpt_path: str | None):
     if hasattr(datamodule, "check_recipe_env"):
         datamodule.check_recipe_env(spec.env_id)
     datamodule.prepare_data()
+    if hasattr(datamodule, "use_eval_env"):  # a file without timeouts: its episodes end at this env's limit
+        datamodule.use_eval_env(env.id, env.time_limit)
     datamodule.setup("fit")
     datamodule.check_compatible(spec)
     algo = instantiate(cfg.algo, _partial_=True)(

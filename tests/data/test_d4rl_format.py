@@ -374,3 +374,111 @@ def test_a_flipped_bit_in_a_written_file_is_named_with_its_field(tmp_path):
         read_d4rl_hdf5(path)
     text = str(err.value)
     assert "\n" not in text and str(path) in text and "[observations]" in text and "data damaged" in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# files without timeouts (D4RL's -v0 files): episode ends inferred from the env's time limit
+
+
+def _without_timeouts(tmp_path, lengths, terminal_episodes, name="old.hdf5", metadata=None):
+    """A file with no `timeouts` key (and no next_observations, as D4RL's -v0 files): episodes of
+    `lengths` rows back to back, those indexed in `terminal_episodes` ending in a terminal; row i's
+    reward is i, its observation (i, -i, 2i)."""
+    n = sum(lengths)
+    terminals = np.zeros(n, bool)
+    terminals[[sum(lengths[: k + 1]) - 1 for k in terminal_episodes]] = True
+    rows = np.arange(n, dtype=np.float32)
+    path = tmp_path / name
+    with h5py.File(path, "w") as f:
+        f["observations"] = np.stack([rows, -rows, 2 * rows], axis=1)
+        f["actions"] = np.linspace(-1, 1, n, dtype=np.float32)[:, None]
+        f["rewards"] = rows
+        f["terminals"] = terminals
+        for key, value in (metadata or {}).items():
+            f[f"metadata/{key}"] = value
+    return path
+
+
+def test_missing_timeouts_are_inferred_from_the_time_limit_for_transitions_and_segments(tmp_path, caplog):
+    """Time limit 5; episodes of 5 and 5 rows (time limit), 3 (terminal), 5 (time limit: the counter
+    restarts after the terminal, else it would end at row 14). D4RL's rule: episode_step == limit - 1."""
+    from vla_hydra.data.datamodule import OfflineDataModule
+
+    path = _without_timeouts(tmp_path, [5, 5, 3, 5], terminal_episodes=[2])
+    with caplog.at_level("INFO"):
+        loaded, _ = read_d4rl_hdf5(path, time_limit=5)
+    assert np.flatnonzero(loaded["timeouts"]).tolist() == [4, 9, 17]
+    assert np.flatnonzero(loaded["terminals"]).tolist() == [12]
+    assert f"dataset {path} has no timeouts: inferred 3 timeouts from a 5-step time limit" in caplog.text
+
+    # the transition datasets (TD3+BC, IQL, CQL, BC): episode returns, and timeout rows without a successor
+    data = OfflineDataModule(str(path), batch_size=4, max_episode_steps=5)
+    data.setup()
+    assert data.episode_returns.tolist() == [10, 35, 33, 75]  # 0+..+4, 5+..+9, 10+11+12, 13+..+17
+    transitions = {k: v.numpy() for k, v in data.buffer.data.items()}
+    kept = [r for r in range(18) if r not in (4, 9, 17)]
+    assert transitions["rewards"].tolist() == kept
+    assert transitions["terminals"].tolist() == [float(r == 12) for r in kept]
+    # the next state of row 3 is row 4, of row 5 (an episode's first) row 6: never across a boundary
+    assert transitions["next_observations"][:, 0].tolist() == [r if r == 12 else r + 1 for r in kept]
+
+    # the Decision Transformer's segments see the same four episodes
+    segments = OfflineDataModule(str(path), batch_size=4, max_episode_steps=5, segment_length=3)
+    segments.setup()
+    buffer = segments.buffer
+    assert buffer.num_episodes == 4
+    assert buffer.data["timesteps"][:18].tolist() == [0, 1, 2, 3, 4] * 2 + [0, 1, 2] + [0, 1, 2, 3, 4]
+    assert buffer.data["returns_to_go"][[0, 5, 10, 13, 17]].tolist() == [10, 35, 33, 75, 17]
+
+
+def test_a_cut_last_episode_without_timeouts_is_refused_or_truncated(tmp_path):
+    """Episodes of 5, 3 (terminal) and a last one cut after 2 of its 5 steps."""
+    from vla_hydra.data.datamodule import FINAL_EPISODE_CUT, OfflineDataModule
+
+    path = _without_timeouts(tmp_path, [5, 3, 2], terminal_episodes=[1])
+    with pytest.raises(DatasetError, match=r"\[terminals\]: last transition is neither terminal nor timeout"):
+        read_d4rl_hdf5(path, time_limit=5)
+    loaded, metadata = read_d4rl_hdf5(path, cut_final_episode="truncate", time_limit=5)
+    assert np.flatnonzero(loaded["timeouts"]).tolist() == [4, 9] and metadata[FINAL_EPISODE_CUT]
+    data = OfflineDataModule(str(path), max_episode_steps=5, cut_final_episode="truncate")
+    data.setup()
+    assert data.episode_returns.tolist() == [10, 18]  # the cut 9 + 8 is no episode return
+    segments = OfflineDataModule(
+        str(path), max_episode_steps=5, cut_final_episode="truncate", segment_length=2
+    )
+    segments.setup()
+    assert segments.buffer.num_episodes == 3
+    assert segments.buffer.data["timesteps"][:10].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1]
+
+
+def test_the_time_limit_of_a_file_without_timeouts_comes_from_its_env(tmp_path, caplog):
+    """data.max_episode_steps, else the registered limit of the file's env (metadata/env_id), else of the
+    env the policy is evaluated in; none of them: one line naming the file and the field."""
+    from vla_hydra.data.datamodule import OfflineDataModule
+
+    named = _without_timeouts(tmp_path, [200, 150], [1], "named.hdf5", {"env_id": "Pendulum-v1"})
+    with caplog.at_level("INFO"):
+        loaded, _ = read_d4rl_hdf5(named)
+    assert np.flatnonzero(loaded["timeouts"]).tolist() == [199]
+    assert (
+        "200-step time limit (the registered limit of env Pendulum-v1, named by metadata/env_id)"
+        in caplog.text
+    )
+
+    anonymous = _without_timeouts(tmp_path, [200, 200], [], "anonymous.hdf5")
+    for read in (lambda: read_d4rl_hdf5(anonymous), lambda: OfflineDataModule(str(anonymous)).setup()):
+        with pytest.raises(DatasetError) as err:
+            read()
+        text = str(err.value)
+        assert "\n" not in text and text.startswith(
+            f"dataset {anonymous} [timeouts]: missing, and no time limit"
+        )
+        assert "data.max_episode_steps=" in text
+    data = OfflineDataModule(str(anonymous))
+    data.use_eval_env("Pendulum-v1", 100)  # the registered limit is the data's; 100 only this run's
+    data.setup()
+    assert data.episode_returns.tolist() == [sum(range(200)), sum(range(200, 400))]
+    mine = OfflineDataModule(str(anonymous), max_episode_steps=100)  # data.max_episode_steps wins
+    mine.use_eval_env("Pendulum-v1", None)
+    mine.setup()
+    assert len(mine.episode_returns) == 4

@@ -107,6 +107,32 @@ def test_d4rl_by_name_with_and_without_next_observations_give_the_same_transitio
     assert without["terminals"].tolist() == [0] * 8 + [1] + [0] * 4
 
 
+def test_d4rl_v0_file_without_timeouts_ends_episodes_at_its_envs_time_limit(tmp_path, monkeypatch, caplog):
+    """D4RL's -v0 files store no timeouts: episodes end at terminals and every 1000 steps after one
+    (Hopper's limit, known from the dataset's name). 2,300 rows: 1000 (limit), 300 (terminal), 1000
+    (limit) minus the last 2 steps, a cut the data=d4rl config truncates."""
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    n = 2298
+    terminals = np.zeros(n, bool)
+    terminals[1299] = True
+    arrays = {
+        "observations": np.zeros((n, 11), np.float32),
+        "actions": np.zeros((n, 3), np.float32),
+        "rewards": np.ones(n, np.float32),
+        "terminals": terminals,
+    }
+    write_d4rl_like(tmp_path / "hopper_medium-v0.hdf5", arrays, with_next=False)
+    dm = d4rl_datamodule("hopper-medium-v0", cut_final_episode="truncate")
+    with caplog.at_level("INFO"):
+        dm.setup("fit")
+    assert (
+        "1000-step time limit (the registered limit of env Hopper-v5, the env of D4RL dataset" in caplog.text
+    )
+    assert dm.episode_returns.tolist() == [1000, 300]  # the cut 998 steps are no episode return
+    # the 1000-step episode's last step and the cut's have no successor in the file: 2 rows dropped
+    assert len(dm.buffer) == n - 2 and dm.buffer.data["terminals"].sum() == 1
+
+
 def test_missing_d4rl_file_error_lists_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "d4rl"))
     with pytest.raises(DatasetError) as err:

@@ -3,13 +3,15 @@
 Schema: top-level `observations` (N, obs...), `actions` (N, act), `rewards` (N,), `terminals` (N,)
 bool (true termination: no bootstrap), `timeouts` (N,) bool (truncation: bootstrap), optionally
 `next_observations` (N, obs...), and a `metadata/` group of scalars (env id, behaviour policy,
-reference returns).
+reference returns). Files from before D4RL recorded `timeouts` (the -v0 files) get them inferred from
+the env's time limit, as D4RL's own readers do (`infer_timeouts`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ import numpy as np
 
 from vla_hydra.core.exceptions import DatasetError
 from vla_hydra.core.io import atomic_path
+from vla_hydra.core.logging import get_logger
+
+log = get_logger(__name__)
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 FLOAT_KEYS = ("observations", "actions", "rewards", "next_observations")
@@ -64,13 +69,22 @@ def _decode(value: Any) -> Any:
 CUT_FINAL_EPISODE_CHOICES = ("error", "truncate")
 
 
+# a file's time limit for infer_timeouts: (steps, where that number comes from), None when unknown
+TimeLimit = tuple[int, str]
+
+
 def read_d4rl_hdf5(
-    path: str | os.PathLike, cut_final_episode: str = "error"
+    path: str | os.PathLike,
+    cut_final_episode: str = "error",
+    time_limit: int | TimeLimit | Callable[[dict[str, Any]], TimeLimit | None] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Load and validate a D4RL-format file. Every problem raises DatasetError naming file and field.
 
     cut_final_episode: what to do when the last row is neither terminal nor timeout (collection stopped
     mid-episode): "error", or "truncate" to treat the cut as a time limit, as d4rl.qlearning_dataset does.
+    time_limit: for a file without `timeouts` (D4RL's -v0 files): the env's max_episode_steps, as a
+    number, a (number, its source) pair, or a function of the file's metadata giving such a pair or None;
+    without one, the registered limit of the env the file's metadata names. See `infer_timeouts`.
     """
     path = Path(path)
     if not path.exists():
@@ -86,18 +100,9 @@ def read_d4rl_hdf5(
     try:
         with h5py.File(path, "r") as f:
             for key in (*REQUIRED_KEYS, "next_observations"):
-                if key not in f and key in REQUIRED_KEYS:
-                    # files from before D4RL recorded time limits (d4rl's qlearning_dataset then guesses
-                    # episode ends from the env's time limit, which this reader does not)
-                    hint = (
-                        "; files older than D4RL's timeouts lack it: use D4RL's -v2 files"
-                        if key == "timeouts"
-                        else ""
-                    )
+                if key not in f and key in REQUIRED_KEYS and key != "timeouts":
                     raise DatasetError(
-                        path,
-                        key,
-                        f"missing required key (expected D4RL keys {', '.join(REQUIRED_KEYS)}){hint}",
+                        path, key, f"missing required key (expected D4RL keys {', '.join(REQUIRED_KEYS)})"
                     )
                 if key in f and not (isinstance(f[key], h5py.Dataset) and f[key].ndim >= 1):
                     found = "a group" if isinstance(f[key], h5py.Group) else "a scalar"
@@ -117,6 +122,8 @@ def read_d4rl_hdf5(
             f"unreadable HDF5 file ({' '.join(str(err).split())}); a partial copy or an interrupted write? "
             "delete it (a generated dataset is collected again on the next run)",
         ) from err
+    if "timeouts" not in arrays:
+        arrays["timeouts"] = _inferred_timeouts(path, arrays["terminals"], metadata, time_limit)
     if cut_final_episode == "truncate" and len(arrays["timeouts"]) and not arrays["terminals"][-1]:
         if not arrays["timeouts"][-1]:
             # read as a time limit (bootstrapped); noted so statistics over whole episodes can leave it out
@@ -124,6 +131,60 @@ def read_d4rl_hdf5(
         arrays["timeouts"][-1] = True
     validate_transitions(path, arrays)
     return arrays, metadata
+
+
+def infer_timeouts(terminals: np.ndarray, time_limit: int) -> np.ndarray:
+    """Timeouts of a file that does not store them, by D4RL's rule for such files (qlearning_dataset,
+    sequence_dataset): an episode also ends on the step whose counter reaches the env's time limit,
+    `episode_step == max_episode_steps - 1`, the counter restarting after every terminal and every such
+    end. So episodes are cut every `time_limit` rows after the previous terminal (D4RL's own loops reset
+    the counter to 0 and then count the ending row, so their later episodes end a step early; the env's
+    episodes did not). A step
+    that is both terminal and at the limit is terminal only. Rows after the last end are a cut episode
+    (the reader's cut_final_episode)."""
+    done = np.asarray(terminals, dtype=bool)
+    done = done.reshape(len(done), -1).any(axis=1)  # (N, 1) columns as (N,)
+    rows = np.arange(len(done))
+    # first row of each row's terminal-delimited stretch: one past the last terminal before it
+    last_terminal = np.maximum.accumulate(np.where(done, rows, -1))
+    first = np.concatenate([[0], last_terminal[:-1] + 1]) if len(done) else rows
+    return ((rows - first + 1) % int(time_limit) == 0) & ~done
+
+
+def _inferred_timeouts(
+    path: Path, terminals: np.ndarray, metadata: dict[str, Any], time_limit: Any
+) -> np.ndarray:
+    """`timeouts` for a file without them, from its env's time limit (one info line says which); else
+    the one-line error."""
+    if callable(time_limit):
+        time_limit = time_limit(metadata)
+    if isinstance(time_limit, (int, np.integer)) and not isinstance(time_limit, bool):
+        time_limit = (int(time_limit), "read_d4rl_hdf5's time_limit")
+    if time_limit is None and metadata.get("env_id"):
+        from vla_hydra.envs.factory import registered_time_limit
+
+        steps = registered_time_limit(str(metadata["env_id"]))
+        env_id = metadata["env_id"]
+        time_limit = (
+            (steps, f"the registered limit of env {env_id}, named by metadata/env_id") if steps else None
+        )
+    if time_limit is None or int(time_limit[0]) < 1:
+        raise DatasetError(
+            path,
+            "timeouts",
+            "missing, and no time limit is known to infer them from (files older than D4RL's timeouts end an "
+            "episode at the env's max_episode_steps): set data.max_episode_steps=<the time limit the data was "
+            f"collected with>, or use D4RL's -v2 files (expected D4RL keys {', '.join(REQUIRED_KEYS)})",
+        )
+    steps, source = int(time_limit[0]), time_limit[1]
+    if np.asarray(terminals).dtype.kind not in "biuf":  # validate_transitions names the bad terminals
+        return np.zeros(len(terminals), bool)
+    timeouts = infer_timeouts(terminals, steps)
+    log.info(
+        f"dataset {path} has no timeouts: inferred {int(timeouts.sum())} timeouts from a {steps}-step time limit ({source}), "
+        f"as D4RL does: an episode also ends after {steps} steps without a terminal"
+    )
+    return timeouts
 
 
 def _read_array(path: Path, f: h5py.File, key: str) -> np.ndarray:

@@ -64,6 +64,10 @@ class OfflineDataModule(L.LightningDataModule):
             `path` (which then only names the dataset's location in errors and results).
         env_family: the env the data must be evaluated in, by name without version (`Hopper`), for
             files that do not record their env id (D4RL's own files; known from the dataset's name).
+        max_episode_steps: for files without `timeouts` (D4RL's -v0 files), the time limit their episodes
+            were collected with; episode ends are inferred from it as D4RL does. None: the registered
+            limit of the file's env (metadata/env_id, else the D4RL name's env, else the env the policy
+            is evaluated in, see `use_eval_env`).
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class OfflineDataModule(L.LightningDataModule):
         arrays_loader: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]] | None = None,
         cut_final_episode: str = "error",
         env_family: str | None = None,
+        max_episode_steps: int | None = None,
     ):
         super().__init__()
         if path is None or not str(path).strip():
@@ -101,6 +106,18 @@ class OfflineDataModule(L.LightningDataModule):
             )
         self.cut_final_episode = cut_final_episode
         self.env_family = env_family
+        if max_episode_steps is not None and not (
+            isinstance(max_episode_steps, int)
+            and not isinstance(max_episode_steps, bool)
+            and max_episode_steps >= 1
+        ):
+            from vla_hydra.core.exceptions import ConfigError
+
+            raise ConfigError(
+                f"data.max_episode_steps={max_episode_steps!r}: expected a positive integer or null"
+            )
+        self.max_episode_steps = max_episode_steps
+        self._eval_env: tuple[str, int | None] | None = None
         self.buffer = None  # TensorBuffer of transitions, or TrajectoryBuffer of segments
         self._file_actions: np.ndarray | None = None
         self.metadata: dict = {}
@@ -119,6 +136,33 @@ class OfflineDataModule(L.LightningDataModule):
             f"would be collected in {recipe_env}, but the policy would be evaluated in env {env_id}; "
             f"use {env_choice_hint(recipe_env)}{dataset_choice_hint(env_id)}",
         )
+
+    def use_eval_env(self, env_id: str, time_limit: int | None = None) -> None:
+        """The env the policy will be evaluated in (before setup): a file without `timeouts` whose own env
+        is unknown has its episode ends inferred from this env's registered time limit (else `time_limit`,
+        the limit the run configures)."""
+        self._eval_env = (env_id, time_limit)
+
+    def _file_time_limit(self, metadata: dict) -> tuple[int, str] | None:
+        """The time limit of a file without `timeouts` (read_d4rl_hdf5 infers them from it) and its source:
+        data.max_episode_steps, else the registered limit of the file's env (metadata/env_id), of the D4RL
+        name's env, or of the evaluation env."""
+        from vla_hydra.envs.factory import registered_time_limit
+
+        if self.max_episode_steps is not None:
+            return int(self.max_episode_steps), "data.max_episode_steps"
+        named = [(metadata.get("env_id"), "named by metadata/env_id")]
+        if self.env_family:
+            named.append((f"{self.env_family}-v5", f"the env of D4RL dataset {self.name}"))
+        if self._eval_env:
+            named.append((self._eval_env[0], "the env the policy is evaluated in"))
+        for env_id, why in named:
+            steps = registered_time_limit(str(env_id)) if env_id else None
+            if steps:
+                return int(steps), f"the registered limit of env {env_id}, {why}"
+        if self._eval_env and self._eval_env[1]:
+            return int(self._eval_env[1]), f"env.max_episode_steps of env {self._eval_env[0]}, evaluated in"
+        return None
 
     def prepare_data(self) -> None:
         if self.path.exists() or self.recipe is None:
@@ -140,7 +184,9 @@ class OfflineDataModule(L.LightningDataModule):
         if self.buffer is not None:
             return
         arrays, self.metadata = (
-            self.arrays_loader() if self.arrays_loader else read_d4rl_hdf5(self.path, self.cut_final_episode)
+            self.arrays_loader()
+            if self.arrays_loader
+            else read_d4rl_hdf5(self.path, self.cut_final_episode, time_limit=self._file_time_limit)
         )
         self._check_reference_returns()
         stored = self.metadata.get("recipe_fingerprint")
