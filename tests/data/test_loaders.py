@@ -121,8 +121,10 @@ def test_d4rl_v0_file_without_timeouts_ends_episodes_at_its_envs_time_limit(tmp_
         "rewards": np.ones(n, np.float32),
         "terminals": terminals,
     }
-    write_d4rl_like(tmp_path / "hopper_medium-v0.hdf5", arrays, with_next=False)
+    # the name D4RL publishes and downloads hopper-medium-v0 under (no version; medium-replay is `mixed`)
+    path = write_d4rl_like(tmp_path / "hopper_medium.hdf5", arrays, with_next=False)
     dm = d4rl_datamodule("hopper-medium-v0", cut_final_episode="truncate")
+    assert dm.path == path and d4rl_datamodule(path=str(path)).name == "hopper-medium-v0"
     with caplog.at_level("INFO"):
         dm.setup("fit")
     assert (
@@ -149,6 +151,13 @@ def test_missing_d4rl_file_error_lists_where_it_looked_and_how_to_get_it(tmp_pat
     with pytest.raises(DatasetError, match="not found") as err:
         d4rl_datamodule("hopper-random-v2")
     assert str(tmp_path / "home" / ".d4rl" / "datasets" / "hopper_random-v2.hdf5") in str(err.value)
+    # a -v0 locomotion dataset is looked for under D4RL's own name for it first
+    with pytest.raises(DatasetError, match="not found") as err:
+        d4rl_datamodule("walker2d-medium-replay-v0")
+    home = tmp_path / "home" / ".d4rl" / "datasets"
+    assert f"(looked for {home / 'walker_mixed.hdf5'}, {home / 'walker2d_medium_replay-v0.hdf5'}, " in str(
+        err.value
+    )
 
 
 def test_d4rl_file_by_path_is_named_after_its_file_and_must_be_evaluated_in_its_env(tmp_path):

@@ -259,17 +259,23 @@ def d4rl_search_dirs() -> list[Path]:
 
 def d4rl_file_names(name: str) -> list[str]:
     """D4RL names its files after the dataset with '_' for '-' except before the version:
-    hopper-medium-replay-v2 -> hopper_medium_replay-v2.hdf5. The plain name is accepted too."""
+    hopper-medium-replay-v2 -> hopper_medium_replay-v2.hdf5; its -v0 locomotion files keep the names they
+    were published under (hopper-medium-v0 -> hopper_medium.hdf5, hopper-medium-replay-v0 ->
+    hopper_mixed.hdf5). The plain name is accepted too."""
     stem, _, version = name.rpartition("-")
     names = [f"{stem.replace('-', '_')}-{version}.hdf5", f"{name}.hdf5"] if stem else [f"{name}.hdf5"]
+    if name.lower() in _V0_NAMES:
+        names.insert(0, f"{_V0_NAMES[name.lower()]}.hdf5")
     return list(dict.fromkeys(names))
 
 
 def d4rl_name_from_file(path: str | os.PathLike) -> str:
     """The dataset name of a D4RL file name (the inverse of d4rl_file_names):
-    hopper_medium_replay-v2.hdf5 -> hopper-medium-replay-v2. Other files keep their own name (as
-    data=hdf5 names them)."""
+    hopper_medium_replay-v2.hdf5 -> hopper-medium-replay-v2, hopper_mixed.hdf5 -> hopper-medium-replay-v0.
+    Other files keep their own name (as data=hdf5 names them)."""
     stem = Path(path).stem
+    if stem in _V0_FILE_STEMS:
+        return _V0_FILE_STEMS[stem]
     return stem.replace("_", "-") if _LOCOMOTION_NAME.fullmatch(stem.replace("_", "-")) else stem
 
 
@@ -278,9 +284,21 @@ D4RL_ENV_FAMILIES = {"hopper": "Hopper", "halfcheetah": "HalfCheetah", "walker2d
 
 
 # D4RL's locomotion datasets: <env>-<quality>-v<N> (hopper-medium-replay-v2, walker2d-expert-v0, ...)
-_LOCOMOTION_NAME = re.compile(
-    rf"(?P<env>{'|'.join(D4RL_ENV_FAMILIES)})-(random|medium|expert|medium-replay|medium-expert|full-replay)-v\d+"
-)
+_QUALITIES = ("random", "medium", "expert", "medium-replay", "medium-expert", "full-replay")
+_LOCOMOTION_NAME = re.compile(rf"(?P<env>{'|'.join(D4RL_ENV_FAMILIES)})-({'|'.join(_QUALITIES)})-v\d+")
+
+
+def _v0_file_stem(env: str, quality: str) -> str:
+    """The name D4RL published a -v0 locomotion file under (d4rl/infos.py's URLs; d4rl downloads it under
+    that name): no version, medium-replay as `mixed` (Walker2d's as walker_mixed)."""
+    if quality == "medium-replay":
+        return f"{'walker' if env == 'walker2d' else env}_mixed"
+    return f"{env}_{quality.replace('-', '_')}"
+
+
+# file stem -> dataset name, for the -v0 locomotion files (there is no full-replay-v0)
+_V0_FILE_STEMS = {_v0_file_stem(env, q): f"{env}-{q}-v0" for env in D4RL_ENV_FAMILIES for q in _QUALITIES[:5]}
+_V0_NAMES = {name: stem for stem, name in _V0_FILE_STEMS.items()}
 
 
 def d4rl_env_family(name: str) -> str | None:
