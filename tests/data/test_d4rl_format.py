@@ -482,3 +482,38 @@ def test_the_time_limit_of_a_file_without_timeouts_comes_from_its_env(tmp_path, 
     mine.use_eval_env("Pendulum-v1", None)
     mine.setup()
     assert len(mine.episode_returns) == 4
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("empty", "[observations]: dataset is empty"),
+        ("short", "[terminals]: has 11 rows, expected 12"),
+        ("half", "[terminals]: holds 0.5 at row 3; expected 0/1 flags"),
+        ("text", "[terminals]: has dtype |S1, expected numbers"),
+        ("pairs", "[terminals]: has shape (12, 2), expected (12,)"),
+    ],
+)
+def test_bad_files_without_timeouts_name_the_bad_field(tmp_path, case, message):
+    """Timeouts are inferred from the terminals before those are validated: bad terminals (or none at
+    all: an empty file used to raise numpy's "cannot reshape array of size 0") get the usual one line."""
+    terminals = np.zeros(12)
+    terminals[6] = 1
+    terminals = {
+        "empty": terminals[:0],
+        "short": terminals[:-1],
+        "half": np.where(np.arange(12) == 3, 0.5, terminals),
+        "text": np.array([b"0"] * 12),
+        "pairs": np.stack([terminals, terminals], axis=1),
+    }[case]
+    rows = 0 if case == "empty" else 12
+    path = tmp_path / f"{case}.hdf5"
+    with h5py.File(path, "w") as f:
+        f["observations"] = np.zeros((rows, 2), np.float32)
+        f["actions"] = np.zeros((rows, 1), np.float32)
+        f["rewards"] = np.zeros(rows, np.float32)
+        f["terminals"] = terminals
+    with pytest.raises(DatasetError) as err:
+        read_d4rl_hdf5(path, time_limit=4)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"dataset {path} {message}"), text

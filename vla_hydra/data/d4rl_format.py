@@ -143,7 +143,7 @@ def infer_timeouts(terminals: np.ndarray, time_limit: int) -> np.ndarray:
     that is both terminal and at the limit is terminal only. Rows after the last end are a cut episode
     (the reader's cut_final_episode)."""
     done = np.asarray(terminals, dtype=bool)
-    done = done.reshape(len(done), -1).any(axis=1)  # (N, 1) columns as (N,)
+    done = done.any(axis=tuple(range(1, done.ndim)))  # (N, 1) columns as (N,)
     rows = np.arange(len(done))
     # first row of each row's terminal-delimited stretch: one past the last terminal before it
     last_terminal = np.maximum.accumulate(np.where(done, rows, -1))
