@@ -146,7 +146,8 @@ def markdown_section(all_curves: dict[str, tuple[np.ndarray, dict]], seeds: list
         "GRPO's env steps count the steps of its collected episodes; an iteration ends when its longest",
         "episode does, so GRPO overshoots its budget by up to one iteration (32 episodes).",
         "",
-        f"Reproduce: `{command}` (one run at a time; figure: `docs/grpo_vs_ppo.png`).",
+        f"Reproduce: `{command}` (one run at a time; it rewrites this section's tables and the figure, "
+        "`docs/grpo_vs_ppo.png`, from its runs).",
         "",
         "![GRPO vs PPO](grpo_vs_ppo.png)",
         "",

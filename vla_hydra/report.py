@@ -4,7 +4,8 @@
     python -m vla_hydra.report <sweep A> <sweep B> --out reports/bc_vs_iql
 
 Every `results.json` under the given dirs (written by `vla_hydra.train`, one per run) is one run;
-runs are grouped by (dataset, algo), an online run's dataset being "<env id> (online)" unless it
+runs are grouped by (dataset, algo, configuration: runs that differ in more than the seed get a group
+each), an online run's dataset being "<env id> (online)" unless it
 learned from a dataset too (GAIL's expert data). Per group: number of runs and their seeds, mean ± sample std
 (ddof=1) over runs of the final normalized score and of the final evaluation return, mean train
 steps and mean wall time. Prints the table and writes, into `--out` (default: the first dir):
@@ -643,8 +644,8 @@ def caption(groups: Sequence[Group], sweep_dirs: Sequence[Path]) -> str:
         "(100 · (return − random) / (expert − random), D4RL's convention; "
         f"{MISSING} where the dataset has no reference returns) and evaluation return (mean over the run's "
         "final evaluation episodes), reported as mean ± sample standard deviation (ddof=1) over the n runs "
-        "(seeds) of each (dataset, algo) group; a single run shows no std. Train steps are gradient updates; "
-        "wall time is per run (mean). "
+        "(seeds) of each (dataset, algo, configuration) group; a single run shows no std. Train steps are "
+        "gradient updates; wall time is per run (mean). "
         f"Sweep dirs: {', '.join(f'`{d}`' for d in sweep_dirs)}. "
         f"Seeds found: {', '.join(map(str, seeds))}."
     )
@@ -797,8 +798,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(
         prog="python -m vla_hydra.report",
         description="Aggregate the run dirs of one or more sweeps (every results.json below them) into a "
-        "table grouped by (dataset, algo): mean ± sample std (ddof=1) over seeds. Writes report.md, "
-        "report.csv and learning_curves.png.",
+        "table grouped by (dataset, algo, configuration): mean ± sample std (ddof=1) over seeds. Writes "
+        "report.md, report.csv and learning_curves.png.",
     )
     parser.add_argument(
         "sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="sweep or run dirs, searched recursively"
@@ -811,7 +812,10 @@ def _report(args: argparse.Namespace) -> Report:
     report = write_report(args.sweep_dirs, args.out)
     print(report.table)
     print()
-    print("mean ± sample std (ddof=1) over the n runs (seeds) of each (dataset, algo); final evaluations")
+    print(
+        "mean ± sample std (ddof=1) over the n runs (seeds) of each (dataset, algo, configuration); "
+        "final evaluations"
+    )
     for note in report.notes:
         print(f"note: {note}")
     for path in report.files.values():

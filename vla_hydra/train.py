@@ -218,7 +218,7 @@ def _build_run(cfg: DictConfig, ckpt_path: str | None):
     )
     max_steps = int(cfg.trainer.get("max_steps", -1))
     if ckpt_path and Path(ckpt_path).is_file():
-        check_resumable(ckpt_path, algo, max_steps, datamodule.name)
+        check_resumable(ckpt_path, algo, max_steps, datamodule.name, int(cfg.seed))
     if max_steps < 0 and not hasattr(algo, "total_timesteps"):
         raise ConfigError(
             f"trainer.max_steps={cfg.trainer.max_steps}: algo={algo.short_name()} learns "

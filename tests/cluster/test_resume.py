@@ -103,13 +103,16 @@ def test_checkpoints_that_cannot_continue_this_config_are_refused_in_one_line(tm
             train(cfg)
         assert "\n" not in str(err.value)
         assert not (tmp_path / f"case{i}" / "run" / "results.json").exists()
-    # a budget already behind the checkpoint: allowed (nothing to train), but said
-    behind = ["trainer.max_steps=20", f"ckpt_path={bc['checkpoint']}"]
+    # a budget already behind the checkpoint: allowed (nothing to train), but said; so is another seed
+    # than the checkpoint's run (a continuation on other minibatches), which used to pass silently
+    behind = ["trainer.max_steps=20", "seed=1", f"ckpt_path={bc['checkpoint']}"]
     with caplog.at_level("WARNING"):
         _, again = train(small_train_config(tmp_path / "behind", data_dir, behind))
     assert (
         again["train_steps"] == 50
         and "trainer.max_steps=20 is behind the checkpoint's step 50" in caplog.text
+        and f"seed=1, but the run that wrote ckpt_path={bc['checkpoint']} had seed=0" in caplog.text
+        and "add seed=0 to continue it exactly" in caplog.text
     )
 
 

@@ -136,11 +136,19 @@ def refuse_finished_run_dir(run_dir: Path) -> None:
         )
 
 
-def check_resumable(ckpt_path: str, algo, max_steps: int = -1, dataset_name: str | None = None) -> None:
+def check_resumable(
+    ckpt_path: str,
+    algo,
+    max_steps: int = -1,
+    dataset_name: str | None = None,
+    seed: int | None = None,
+) -> None:
     """Fail in one line, before training, when `ckpt_path` cannot continue into `algo`: an inference-only
     file (no optimizer/loop state), another algorithm, another dataset (`dataset_name`: its normalisation
     statistics and reward scale stay the checkpoint's), or weights of other shapes (another model= or
-    env). Warn when `max_steps` (trainer.max_steps) is already behind the checkpoint."""
+    env). Warn when `max_steps` (trainer.max_steps) is already behind the checkpoint, and when `seed`
+    differs from the seed of the run that wrote it (the minibatch sampler is reseeded from it, so the
+    continuation is not that run's: `ckpt_path=` without the run's `seed=` used to pass silently)."""
     from vla_hydra.algos.base import CHECKPOINT_KEY
 
     try:
@@ -185,6 +193,13 @@ def check_resumable(ckpt_path: str, algo, max_steps: int = -1, dataset_name: str
             f"ckpt_path={ckpt_path}: its weights do not fit this config ({problems[0]}"
             + (f"; {len(problems) - 1} more" if len(problems) > 1 else "")
             + "): resume with the model=/data=/env= settings of the run that wrote it"
+        )
+    trained_seed = (meta.get("config") or {}).get("seed")
+    if seed is not None and trained_seed is not None and int(trained_seed) != int(seed):
+        log.warning(
+            f"seed={seed}, but the run that wrote ckpt_path={ckpt_path} had seed={trained_seed}: this "
+            "continuation draws other samples (minibatches, env resets) than that run would (and "
+            f"results.json records seed {seed}); add seed={trained_seed} to continue it exactly"
         )
     step = int(checkpoint.get("global_step", 0))
     if 0 < max_steps < step:  # 0: experiment=eval's "restore and evaluate only"
