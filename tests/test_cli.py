@@ -219,6 +219,18 @@ def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, entry, args):
     assert a_file.read_text() == "mine"
 
 
+def test_a_log_file_that_cannot_be_written_is_one_line(tmp_path):
+    """An existing run dir where Hydra cannot open its log file (a read-only dir; here, as tests run as root,
+    a directory in its place): logging's ValueError ended the command with Hydra's traceback."""
+    (tmp_path / "eval.log").mkdir()
+    proc = run_module("vla_hydra.eval", "ckpt_path=x.ckpt", f"hydra.run.dir={tmp_path}", timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"error: cannot write {tmp_path / 'eval.log'}: Is a directory (runs go to hydra.run.dir / "
+        "hydra.sweep.dir, under paths.root_dir or $VLA_HYDRA_ROOT)"
+    ]
+
+
 @pytest.mark.parametrize(
     "overrides,line",
     [

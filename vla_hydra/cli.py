@@ -765,6 +765,27 @@ def refuse_unread_additions(cfg: Any) -> None:
             )
 
 
+def _run_dir_write_line(err: BaseException) -> str | None:
+    """Hydra creating the run dir, its log file or its saved config before the entry point runs
+    (hydra.run.dir=<a file>, a read-only dir): one line naming the path; None for any other error.
+    Python's logging wraps the log file's OSError in a ValueError ("Unable to configure handler")."""
+    cause = err.__cause__
+    if isinstance(err, ValueError) and isinstance(cause, OSError) and cause.filename:
+        err = cause
+    if not isinstance(err, OSError) or not err.filename:
+        return None
+    problem = "a file of that name exists" if isinstance(err, FileExistsError) else err.strerror
+    frames, tb = [], err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    what = "create the directory" if "mkdir" in frames else "write"
+    return (
+        f"cannot {what} {err.filename}: {problem} (runs go to hydra.run.dir / hydra.sweep.dir, under "
+        "paths.root_dir or $VLA_HYDRA_ROOT)"
+    )
+
+
 @contextmanager
 def one_line_hydra_errors(config_name: str) -> Iterator[None]:
     """While an entry point runs under @hydra.main: Hydra's composition and override errors end the
@@ -793,15 +814,8 @@ def one_line_hydra_errors(config_name: str) -> Iterator[None]:
                     or _own_error_line(err)
                     or _yaml_syntax_line(err)
                 )
-                if line is None and isinstance(err, OSError) and not _entry_point_state["task_started"]:
-                    # Hydra creating the run dir or its log file (hydra.run.dir=<a file>, a read-only root)
-                    problem = (
-                        "a file of that name exists" if isinstance(err, FileExistsError) else err.strerror
-                    )
-                    line = (
-                        f"cannot create the directory {err.filename}: {problem} (runs go to "
-                        "hydra.run.dir / hydra.sweep.dir, under paths.root_dir or $VLA_HYDRA_ROOT)"
-                    )
+                if line is None and not _entry_point_state["task_started"]:
+                    line = _run_dir_write_line(err)
                 if line is None:
                     raise
                 print(f"error: {line}", file=sys.stderr, flush=True)
