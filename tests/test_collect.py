@@ -334,8 +334,11 @@ def test_a_checkpoint_directory_is_named_as_one_not_as_a_missing_file(tmp_path, 
     from vla_hydra.core.exceptions import CheckpointError
     from vla_hydra.eval import CheckpointPolicy
 
-    with pytest.raises(CheckpointError, match=rf"^ckpt_path={tmp_path}: a directory, not a checkpoint file"):
+    with pytest.raises(
+        CheckpointError, match=rf"^ckpt_path={tmp_path}: a directory, not a checkpoint file"
+    ) as err:
         CheckpointPolicy(str(tmp_path))
+    assert str(err.value).endswith(f"; e.g. {tmp_path / 'checkpoints' / 'last.ckpt'}")
     # a DeepSpeed checkpoint: its `latest` tag and shards (consolidated by the strategy, faked here)
     deepspeed = tmp_path / "last.ckpt"
     (deepspeed / "checkpoint").mkdir(parents=True)

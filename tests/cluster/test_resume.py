@@ -62,13 +62,18 @@ def test_a_job_requeued_after_its_run_finished_hands_back_the_results(tmp_path, 
         train(cfg)
 
 
-@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "directory"])
+@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "directory", "checkpoints_dir"])
 def test_a_bad_ckpt_path_fails_in_one_line_before_any_work(tmp_path, case):
     path = tmp_path / "x.ckpt"
     if case == "not_a_checkpoint":
         path.write_text('{"results": 1}')
     if case == "directory":
         path = tmp_path
+    if (
+        case == "checkpoints_dir"
+    ):  # a run's checkpoints/ dir: its last.ckpt, not checkpoints/checkpoints/last.ckpt
+        path = tmp_path / "checkpoints"
+        path.mkdir()
     run_dir = tmp_path / "run"
     proc = run_module("vla_hydra.train", f"ckpt_path={path}", f"hydra.run.dir={run_dir}", timeout=120)
     assert proc.returncode == 1
@@ -77,6 +82,7 @@ def test_a_bad_ckpt_path_fails_in_one_line_before_any_work(tmp_path, case):
         "not_a_checkpoint": "not a complete checkpoint (truncated, or not written by torch.save); use "
         "another one, e.g. the run's checkpoints/last.ckpt",
         "directory": f"a directory; expected a checkpoint file, e.g. {path / 'checkpoints' / 'last.ckpt'}",
+        "checkpoints_dir": f"a directory; expected a checkpoint file, e.g. {path / 'last.ckpt'}",
     }[case]
     assert proc.stderr.strip().splitlines() == [f"error: ckpt_path={path}: {expected}"]
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "results.json").exists()
