@@ -217,17 +217,40 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
 
     overrides = _plain_overrides(argv)
     run_dir = _explicit_dir(overrides, "hydra.run.dir")
-    if any(key.lstrip("+~") == "ckpt_path" for key in overrides):
+    ckpt_paths = [value for key, value in overrides.items() if key.lstrip("+~") == "ckpt_path"]
+    if ckpt_paths:
         writes_run_dir = not any(arg in _INFO_FLAGS or arg.startswith("--cfg") for arg in argv)
-        if run_dir is not None and writes_run_dir and (run_dir / ".hydra").is_dir():
-            try:  # a live run's config must not be replaced by a command that will be refused
-                from vla_hydra.cluster.resume import refuse_run_dir_in_use
+        from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT
 
-                refuse_run_dir_in_use(run_dir)
+        sweep_dir = _explicit_dir(overrides, "hydra.sweep.dir")
+        if sweep_dir is not None and writes_run_dir:
+            # a sweep (experiment=eval, -m ckpt_path=A,B) replaces its job dirs' .hydra/ and results: into
+            # a sweep dir that holds runs it is refused as a fresh sweep is (continue one run alone instead)
+            held = sorted(
+                p.parent
+                for p in [*sweep_dir.glob("*/results.json"), *sweep_dir.glob(f"*/{RUN_DIR_CHECKPOINT}")]
+            )
+            if held:
+                print(
+                    f"error: hydra.sweep.dir={sweep_dir}: holds runs ({held[0]}); a sweep writes its own job "
+                    f"dirs: choose a new dir (continue one of its runs alone with "
+                    f"ckpt_path={held[0] / RUN_DIR_CHECKPOINT} hydra.run.dir={held[0]})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise SystemExit(1)
+        if run_dir is not None and writes_run_dir and run_dir.is_dir():
+            try:  # a live run's config must not be replaced by a command that will be refused
+                from vla_hydra.cluster.resume import refuse_another_runs_dir, refuse_run_dir_in_use
+
+                refuse_another_runs_dir(run_dir, ckpt_paths[0])
+                if (run_dir / ".hydra").is_dir():
+                    refuse_run_dir_in_use(run_dir)
             except CheckpointError as err:
                 print(f"error: {err}", file=sys.stderr, flush=True)
                 raise SystemExit(1) from None
-            keep_config_of_earlier_leg(run_dir)
+            if (run_dir / ".hydra").is_dir():
+                keep_config_of_earlier_leg(run_dir)
         return
 
     run_dirs = [run_dir] if run_dir is not None else []

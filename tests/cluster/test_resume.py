@@ -217,11 +217,14 @@ def test_a_run_dir_in_use_or_holding_an_interrupted_run_is_refused_before_anythi
     assert again.returncode == 0, again.stderr
 
 
-def test_a_refused_continuation_leaves_the_run_dir_as_it_was(tmp_path, data_dir):
+def test_a_refused_continuation_leaves_the_run_dir_as_it_was(tmp_path, data_dir, capsys):
     """A continuation into a run's own dir (ckpt_path= + hydra.run.dir=) that was refused (another algo's
     checkpoint, a typo, the run still going) replaced the run's .hydra/ config with the refused command's
     and appended to its train.log: the report then named the refused command as the run's."""
+    import shutil
+
     from tests.conftest import run_module
+    from vla_hydra.cli import refuse_finished_run_dir_early
     from vla_hydra.cluster.resume import lock_run_dir
 
     run = tmp_path / "run"
@@ -254,6 +257,30 @@ def test_a_refused_continuation_leaves_the_run_dir_as_it_was(tmp_path, data_dir)
     finally:
         held.close()
     assert proc.returncode == 1 and "is in use by another running process" in proc.stderr
+    assert snapshot() == before
+    # another run's checkpoint continued into this run's dir, or a sweep (-m, experiment=eval) into the
+    # sweep dir that holds it, replaced this run's results.json and config: refused before Hydra writes
+    other = tmp_path / "other" / "last.ckpt"
+    other.parent.mkdir()
+    shutil.copy(ckpt, other)
+    for argv, line in [
+        (
+            [f"ckpt_path={other}", f"hydra.run.dir={run}"],
+            f"error: ckpt_path={other}: run dir {run} holds another run (results.json, checkpoints/last.ckpt), "
+            f"which this continuation would replace; choose another hydra.run.dir (or continue that run with "
+            f"ckpt_path={ckpt})",
+        ),
+        (
+            ["-m", f"ckpt_path={other}", f"hydra.sweep.dir={tmp_path}"],
+            f"error: hydra.sweep.dir={tmp_path}: holds runs ({run}); a sweep writes its own job dirs: choose a "
+            f"new dir (continue one of its runs alone with ckpt_path={ckpt} hydra.run.dir={run})",
+        ),
+    ]:
+        with pytest.raises(SystemExit):
+            refuse_finished_run_dir_early(argv)
+        assert capsys.readouterr().err.splitlines() == [line]
+    with pytest.raises(CheckpointError, match="holds another run"):  # train() from Python, too
+        resume_checkpoint(OmegaConf.create({"ckpt_path": str(other)}), run)
     assert snapshot() == before
 
     # an accepted continuation keeps the first leg's config as .hydra/earlier/1/
