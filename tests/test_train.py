@@ -253,6 +253,14 @@ def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_
             "and eval_results.json: choose a new dir (or leave hydra.run.dir at its default)"
         )
         assert {p: p.read_bytes() for p in occupied.rglob("*") if p.is_file()} == before
+    # vla_hydra.collect into a training run's dir replaced its .hydra/ config the same way
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    refused = run_module("vla_hydra.collect", f"hydra.run.dir={run_dir}")
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        f"error: hydra.run.dir={run_dir}: holds another run (results.json, checkpoints); a collection writes its "
+        "own config and log: choose a new dir (or leave hydra.run.dir at its default)"
+    )
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_an_eval_multirun_into_a_training_sweep_is_refused_and_leaves_it_as_it_was(tmp_path):

@@ -358,18 +358,21 @@ def undo_refused_continuation() -> Iterator[None]:
         raise
 
 
-def refuse_occupied_eval_dir_early(argv: list[str]) -> None:
+def refuse_occupied_eval_dir_early(argv: list[str], task: str = "an evaluation") -> None:
     """`vla_hydra.eval ... hydra.run.dir=<dir>` into a dir that holds a training run (results.json,
     checkpoints/) or a finished evaluation (eval_results.json): Hydra would replace that run's saved config
     and the evaluation its results. Refused in one line before anything is written. (A failed
     evaluation's dir, with only its config and log, may be reused.) In a multirun (`-m`) the same holds
-    for the job dirs of an explicit `hydra.sweep.dir=` (a training sweep's <sweep dir>/<job>/)."""
+    for the job dirs of an explicit `hydra.sweep.dir=` (a training sweep's <sweep dir>/<job>/).
+    vla_hydra.collect (`task`: "a collection") refuses the same dirs: it replaced a training run's
+    .hydra/ config with its own."""
     overrides = _plain_overrides(argv)
     multirun = any(arg in ("-m", "--multirun") for arg in argv) or overrides.get("hydra.mode") == "MULTIRUN"
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = _explicit_dir(overrides, key)
     if given is None or not given.is_dir():
         return
+    writes = "eval_results.json" if task == "an evaluation" else "log"
     for run_dir in sorted(p for p in given.iterdir() if p.is_dir()) if multirun else [given]:
         held = [
             name for name in ("results.json", "checkpoints", "eval_results.json") if (run_dir / name).exists()
@@ -377,8 +380,8 @@ def refuse_occupied_eval_dir_early(argv: list[str]) -> None:
         if held:
             where = f" ({run_dir}: {', '.join(held)})" if multirun else f" ({', '.join(held)})"
             print(
-                f"error: {key}={given}: holds another run{where}; an evaluation writes its own config and "
-                f"eval_results.json: choose a new dir (or leave {key} at its default)",
+                f"error: {key}={given}: holds another run{where}; {task} writes its own config and "
+                f"{writes}: choose a new dir (or leave {key} at its default)",
                 file=sys.stderr,
                 flush=True,
             )
