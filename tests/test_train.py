@@ -173,7 +173,7 @@ def test_final_evaluation_runs_the_policy_with_dropout_off(tmp_path, data_dir):
     assert algo.training
 
 
-def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_dir):
+def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_dir, capsys):
     cfg = small_train_config(tmp_path, data_dir, ["trainer.max_steps=300"])
     _, results = train(cfg)
 
@@ -261,6 +261,15 @@ def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_
         "own config and log: choose a new dir (or leave hydra.run.dir at its default)"
     )
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    # and a training run into an evaluation's dir replaced the evaluation's config (refused before Hydra writes)
+    from vla_hydra.cli import refuse_finished_run_dir_early
+
+    with pytest.raises(SystemExit):
+        refuse_finished_run_dir_early([f"hydra.run.dir={tmp_path / 'eval'}", "trainer.max_steps=5"])
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: hydra.run.dir={tmp_path / 'eval'}: holds an evaluation (eval_results.json); a training run "
+        "writes its own config there: choose another hydra.run.dir"
+    ]
 
 
 def test_an_eval_multirun_into_a_training_sweep_is_refused_and_leaves_it_as_it_was(tmp_path):

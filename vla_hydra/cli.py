@@ -218,6 +218,16 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
     overrides = _plain_overrides(argv)
     run_dir = _explicit_dir(overrides, "hydra.run.dir")
     ckpt_paths = [value for key, value in overrides.items() if key.lstrip("+~") == "ckpt_path"]
+    writes = not any(arg in _INFO_FLAGS or arg.startswith("--cfg") for arg in argv)
+    if writes and run_dir is not None and (run_dir / "eval_results.json").is_file():
+        # vla_hydra.eval's dir: a training run replaced the evaluation's .hydra/ config with its own
+        print(
+            f"error: hydra.run.dir={run_dir}: holds an evaluation (eval_results.json); a training run writes "
+            "its own config there: choose another hydra.run.dir",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(1)
     if ckpt_paths:
         writes_run_dir = not any(arg in _INFO_FLAGS or arg.startswith("--cfg") for arg in argv)
         from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT
