@@ -213,6 +213,7 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
     `hydra.sweep.dir=` that holds finished runs: the same one-line refusal train() gives
     (resume.refuse_finished_run_dir), so not even the earlier runs' configs are replaced. Continuing a
     run (`ckpt_path=`) is allowed, and keeps the config of the run's earlier leg."""
+    from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT
     from vla_hydra.core.exceptions import CheckpointError
 
     overrides = _plain_overrides(argv)
@@ -229,11 +230,8 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
         )
         raise SystemExit(1)
     if ckpt_paths:
-        writes_run_dir = not any(arg in _INFO_FLAGS or arg.startswith("--cfg") for arg in argv)
-        from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT
-
         sweep_dir = _explicit_dir(overrides, "hydra.sweep.dir")
-        if sweep_dir is not None and writes_run_dir:
+        if sweep_dir is not None and writes:
             # a sweep (experiment=eval, -m ckpt_path=A,B) replaces its job dirs' .hydra/ and results: into
             # a sweep dir that holds runs it is refused as a fresh sweep is (continue one run alone instead)
             held = sorted(
@@ -249,7 +247,7 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
                     flush=True,
                 )
                 raise SystemExit(1)
-        if run_dir is not None and writes_run_dir and run_dir.is_dir():
+        if run_dir is not None and writes and run_dir.is_dir():
             try:  # a live run's config must not be replaced by a command that will be refused
                 from vla_hydra.cluster.resume import refuse_another_runs_dir, refuse_run_dir_in_use
 
@@ -265,10 +263,20 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
 
     run_dirs = [run_dir] if run_dir is not None else []
     sweep_dir = _explicit_dir(overrides, "hydra.sweep.dir")
+    interrupted: list[Path] = []
     if sweep_dir is not None:
         run_dirs += sorted(p.parent for p in sweep_dir.glob("*/results.json"))
+        # an interrupted job's dir: the job of the same number would be refused, but only after Hydra had
+        # replaced its .hydra/ config (what the run was) and the sweep's multirun.yaml. Not under
+        # cluster=slurm, whose jobs continue a last.ckpt they find in their own dir (cluster.auto_resume)
+        if (
+            writes
+            and overrides.get("cluster", "local") in ("local", "submitit_local")
+            and overrides.get("cluster.auto_resume", "false").lower() != "true"
+        ):
+            interrupted = sorted(p.parents[1] for p in sweep_dir.glob(f"*/{RUN_DIR_CHECKPOINT}"))
     finished = [d for d in run_dirs if (d / "results.json").is_file()]
-    if not finished and (run_dir is None or not run_dir.is_dir()):
+    if not finished and not interrupted and (run_dir is None or not run_dir.is_dir()):
         return  # nothing there yet (and --cfg job stays free of torch/lightning imports)
     try:
         from vla_hydra.cluster.resume import (
@@ -279,9 +287,9 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
 
         if finished:
             refuse_finished_run_dir(finished[0])
-        if run_dir is not None and run_dir.is_dir():
-            refuse_run_dir_in_use(run_dir)  # first: a running run's dir is not an interrupted one
-            refuse_unfinished_run_dir(run_dir)
+        for job_dir in [run_dir] if run_dir is not None and run_dir.is_dir() else interrupted:
+            refuse_run_dir_in_use(job_dir)  # first: a running run's dir is not an interrupted one
+            refuse_unfinished_run_dir(job_dir)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

@@ -172,7 +172,7 @@ def test_a_mid_epoch_resume_from_the_command_line_does_not_warn_of_an_unresumabl
 
 
 def test_a_run_dir_in_use_or_holding_an_interrupted_run_is_refused_before_anything_is_written(
-    tmp_path, data_dir
+    tmp_path, data_dir, capsys
 ):
     """Two runs into one hydra.run.dir overwrote each other's results.json and interleaved metrics.csv; a
     fresh run into an interrupted run's dir appended a second step history beside the old last.ckpt."""
@@ -207,6 +207,20 @@ def test_a_run_dir_in_use_or_holding_an_interrupted_run_is_refused_before_anythi
         f"ckpt_path={ckpt}, or choose another hydra.run.dir"
     ]
     assert not (interrupted / ".hydra").exists()
+    # a local sweep into the sweep dir holding an interrupted job: refused before Hydra replaced that job's
+    # .hydra/ config and the sweep's multirun.yaml (only the job itself was refused); not under cluster=slurm,
+    # whose jobs continue the last.ckpt they find (cluster.auto_resume)
+    from vla_hydra.cli import refuse_finished_run_dir_early
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(interrupted / "checkpoints", sweep / "1" / "checkpoints")
+    with pytest.raises(SystemExit):
+        refuse_finished_run_dir_early(["-m", "seed=0,1", f"hydra.sweep.dir={sweep}"])
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: run dir {sweep / '1'} holds an unfinished run (checkpoints/last.ckpt); continue it with "
+        f"ckpt_path={sweep / '1' / 'checkpoints' / 'last.ckpt'}, or choose another hydra.run.dir"
+    ]
+    refuse_finished_run_dir_early(["-m", "cluster=slurm", "seed=0,1", f"hydra.sweep.dir={sweep}"])
     again = run_module(
         "vla_hydra.train",
         *args[1:],
