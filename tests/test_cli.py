@@ -265,6 +265,34 @@ def test_a_plus_key_nothing_reads_is_refused_when_an_existing_one_was_meant(monk
         assert str(err.value) == line
 
 
+@pytest.mark.parametrize(
+    "config,overrides,line",
+    [
+        ("eval", ["ckpt_path=x.ckpt", "+episode=3"], "+episode=3: adds 'episode' to the config's top level, "
+         "where nothing reads it; did you mean episodes=3?"),
+        ("collect", ["+episodes=3"], "+episodes=3: adds 'episodes' to the config's top level, where nothing "
+         "reads it; did you mean data.recipe.episodes=3?"),
+        ("eval", ["ckpt_path=x.ckpt", "+foo=3"], None),
+    ],
+)  # fmt: skip
+def test_eval_and_collect_refuse_a_plus_key_nothing_reads(monkeypatch, config, overrides, line):
+    """`vla_hydra.eval +episode=3` evaluated 20 episodes and `collect +episodes=3` the recipe's 200, silently."""
+    import vla_hydra.cli as cli
+    from vla_hydra.collect import collect
+    from vla_hydra.core.exceptions import VlaHydraError
+    from vla_hydra.eval import evaluate
+
+    given = [(o, o.split("=", 1)[0].lstrip("+~")) for o in overrides]
+    monkeypatch.setattr(cli, "command_line_overrides", lambda: given)
+    entry = {"eval": evaluate, "collect": collect}[config]
+    with pytest.raises(VlaHydraError) as err:
+        entry(compose_config(config, overrides))
+    if line is None:  # a key of the user's own passes: the missing checkpoint is what stops it
+        assert "x.ckpt: file not found" in str(err.value)
+    else:
+        assert str(err.value) == line
+
+
 def test_train_refuses_a_plus_key_nothing_reads_before_training(tmp_path):
     proc = run_module("vla_hydra.train", "+max_steps=5", f"hydra.run.dir={tmp_path}/run", timeout=120)
     assert proc.returncode == 1

@@ -797,7 +797,12 @@ def refuse_unread_additions(cfg: Any) -> None:
         if not OmegaConf.is_dict(node) or "_target_" in node or "${" + key in text:
             continue
         if not parent:
-            meant = [path for path in keys_named(cfg, leaf) if path != leaf]
+            meant = [path for path in keys_named(cfg, leaf) if path != leaf] or [
+                # a slip of a top-level option (`vla_hydra.eval +episode=3` for episodes)
+                k
+                for k in cfg.keys()
+                if isinstance(k, str) and k != leaf and _one_edit_apart(leaf, k)
+            ][:1]
         else:
             others = [k for k in node.keys() if isinstance(k, str) and k != leaf]
             meant = [f"{parent}.{k}" for k in difflib.get_close_matches(leaf, others, n=1)]

@@ -22,7 +22,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
-from vla_hydra.cli import one_line_hydra_errors, run_cli
+from vla_hydra.cli import one_line_hydra_errors, refuse_unread_additions, run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values, check_value
 from vla_hydra.core.logging import get_logger
 
@@ -394,6 +394,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
         )
     _refuse_overrides_collection_ignores(cfg)
     check_config_values(cfg)
+    refuse_unread_additions(cfg)  # `+episodes=3` collected the recipe's 200 episodes, silently
     # small policy networks on a shared CPU: 1 thread is ~30x faster than contended multi-threading
     set_torch_threads(cfg.get("torch_threads", 1))
     if cfg.get("output") is None:

@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from vla_hydra.cli import one_line_hydra_errors, run_cli
+from vla_hydra.cli import one_line_hydra_errors, refuse_unread_additions, run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values
 from vla_hydra.core.logging import get_logger
 
@@ -166,6 +166,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from vla_hydra.envs.evaluation import rollout_episodes
 
     check_config_values(cfg)
+    refuse_unread_additions(cfg)  # `+episode=3` evaluated 20 episodes, silently
     set_torch_threads(cfg.get("torch_threads"))
     if cfg.get("export"):
         _refuse_existing_export(cfg.export)  # before any work, not after the evaluation
