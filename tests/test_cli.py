@@ -25,6 +25,11 @@ from vla_hydra.cli import _interruption_line, hydra_error_line
             ["algoo=cql"],
             "algoo=cql: the config has no option 'algoo'; did you mean algo=cql?",
         ),
+        # a top-level key that exists deeper: named, not only "no option"
+        (
+            ["max_steps=5"],
+            "max_steps=5: the config has no option 'max_steps'; did you mean trainer.max_steps=5?",
+        ),
         (
             ["paths.dat_dir=/x"],
             "paths.dat_dir=/x: paths has no option 'dat_dir'; did you mean paths.data_dir=/x?",

@@ -515,6 +515,11 @@ def _unknown_key_line(override: str, cause: Any) -> str:
     close = named_as_here[:1] or difflib.get_close_matches(key, known, n=1)
     if close:
         line += f"; did you mean {f'{parent}.' if parent else ''}{close[0]}={value}?"
+    elif not parent and node is not None:
+        # a top-level key that exists deeper (`max_steps=5` for trainer.max_steps, collect's `episodes=3`)
+        deeper = keys_named(node, key)
+        if deeper:
+            line += f"; did you mean {deeper[0]}={value}?"
     elsewhere = _choices_with_key(parent, key)
     swept = _swept_choices(parent)
     if swept and all(f"{parent}={choice}" in elsewhere for choice in swept):
