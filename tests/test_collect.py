@@ -453,6 +453,27 @@ def test_an_env_the_recipe_does_not_roll_out_is_refused(tmp_path):
     assert not Path(f"{out}.2").exists() and not Path(f"{out}.3").exists()
 
 
+def test_an_env_a_checkpoint_policy_was_not_trained_in_names_the_checkpoint(monkeypatch):
+    """With a checkpoint behaviour policy the advice was to set data.recipe.env_id, which is refused too."""
+    import hydra
+
+    import vla_hydra.cli as cli
+    from vla_hydra.collect import _refuse_another_env
+    from vla_hydra.core.config import ASSETS_DIR
+    from vla_hydra.core.exceptions import ConfigError
+
+    ckpt = ASSETS_DIR / "behavior_policies" / "hopper_sac.ckpt"
+    overrides = ["data=checkpoint_rollouts", f"data.recipe.behavior_policy.ckpt_path={ckpt}", "env=cartpole"]
+    cfg = compose_config("collect", overrides)
+    monkeypatch.setattr(cli, "command_line_overrides", lambda: [("env=cartpole", "env")])
+    with pytest.raises(ConfigError) as err:
+        _refuse_another_env(cfg, hydra.utils.instantiate(cfg.data.recipe))
+    assert str(err.value) == (
+        "env=cartpole: collection rolls out data.recipe.env_id=Hopper-v5 (data=checkpoint-rollouts), not "
+        "CartPole-v1; the behaviour policy checkpoint was trained in Hopper-v5; choose one trained in CartPole-v1"
+    )
+
+
 def _start_collect(out, run_dir, log_file, *args) -> subprocess.Popen:
     """`python -m vla_hydra.collect` in the background, its console output going to `log_file`."""
     return subprocess.Popen(

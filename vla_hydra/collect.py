@@ -470,9 +470,16 @@ def _refuse_another_env(cfg: DictConfig, recipe: CollectionRecipe) -> None:
 
     chosen = [override for override, key in command_line_overrides() if key == "env"]
     if chosen and cfg.env.id != recipe.env_id:
+        # a checkpoint acts only in the env it was trained in: data.recipe.env_id cannot change that
+        checkpoint = any(getattr(policy, "env_id", None) for policy in recipe.policies)
+        instead = (
+            f"the behaviour policy checkpoint was trained in {recipe.env_id}; choose one trained in {cfg.env.id}"
+            if checkpoint
+            else f"choose a data= recipe made in {cfg.env.id}, or set data.recipe.env_id"
+        )
         raise ConfigError(
             f"{chosen[0]}: collection rolls out data.recipe.env_id={recipe.env_id} (data={_data_choice(cfg)}), "
-            f"not {cfg.env.id}; choose a data= recipe made in {cfg.env.id}, or set data.recipe.env_id"
+            f"not {cfg.env.id}; {instead}"
         )
 
 
