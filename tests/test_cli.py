@@ -25,6 +25,11 @@ from vla_hydra.cli import _interruption_line, hydra_error_line
             ["algoo=cql"],
             "algoo=cql: the config has no option 'algoo'; did you mean algo=cql?",
         ),
+        # a top-level key that exists deeper: named, not only "no option"
+        (
+            ["max_steps=5"],
+            "max_steps=5: the config has no option 'max_steps'; did you mean trainer.max_steps=5?",
+        ),
         (
             ["paths.dat_dir=/x"],
             "paths.dat_dir=/x: paths has no option 'dat_dir'; did you mean paths.data_dir=/x?",
@@ -219,6 +224,18 @@ def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path, entry, args):
     assert a_file.read_text() == "mine"
 
 
+def test_a_log_file_that_cannot_be_written_is_one_line(tmp_path):
+    """An existing run dir where Hydra cannot open its log file (a read-only dir; here, as tests run as root,
+    a directory in its place): logging's ValueError ended the command with Hydra's traceback."""
+    (tmp_path / "eval.log").mkdir()
+    proc = run_module("vla_hydra.eval", "ckpt_path=x.ckpt", f"hydra.run.dir={tmp_path}", timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"error: cannot write {tmp_path / 'eval.log'}: Is a directory (runs go to hydra.run.dir / "
+        "hydra.sweep.dir, under paths.root_dir or $VLA_HYDRA_ROOT)"
+    ]
+
+
 @pytest.mark.parametrize(
     "overrides,line",
     [
@@ -250,6 +267,34 @@ def test_a_plus_key_nothing_reads_is_refused_when_an_existing_one_was_meant(monk
     else:
         with pytest.raises(ConfigError) as err:
             cli.refuse_unread_additions(cfg)
+        assert str(err.value) == line
+
+
+@pytest.mark.parametrize(
+    "config,overrides,line",
+    [
+        ("eval", ["ckpt_path=x.ckpt", "+episode=3"], "+episode=3: adds 'episode' to the config's top level, "
+         "where nothing reads it; did you mean episodes=3?"),
+        ("collect", ["+episodes=3"], "+episodes=3: adds 'episodes' to the config's top level, where nothing "
+         "reads it; did you mean data.recipe.episodes=3?"),
+        ("eval", ["ckpt_path=x.ckpt", "+foo=3"], None),
+    ],
+)  # fmt: skip
+def test_eval_and_collect_refuse_a_plus_key_nothing_reads(monkeypatch, config, overrides, line):
+    """`vla_hydra.eval +episode=3` evaluated 20 episodes and `collect +episodes=3` the recipe's 200, silently."""
+    import vla_hydra.cli as cli
+    from vla_hydra.collect import collect
+    from vla_hydra.core.exceptions import VlaHydraError
+    from vla_hydra.eval import evaluate
+
+    given = [(o, o.split("=", 1)[0].lstrip("+~")) for o in overrides]
+    monkeypatch.setattr(cli, "command_line_overrides", lambda: given)
+    entry = {"eval": evaluate, "collect": collect}[config]
+    with pytest.raises(VlaHydraError) as err:
+        entry(compose_config(config, overrides))
+    if line is None:  # a key of the user's own passes: the missing checkpoint is what stops it
+        assert "x.ckpt: file not found" in str(err.value)
+    else:
         assert str(err.value) == line
 
 

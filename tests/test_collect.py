@@ -334,8 +334,11 @@ def test_a_checkpoint_directory_is_named_as_one_not_as_a_missing_file(tmp_path, 
     from vla_hydra.core.exceptions import CheckpointError
     from vla_hydra.eval import CheckpointPolicy
 
-    with pytest.raises(CheckpointError, match=rf"^ckpt_path={tmp_path}: a directory, not a checkpoint file"):
+    with pytest.raises(
+        CheckpointError, match=rf"^ckpt_path={tmp_path}: a directory, not a checkpoint file"
+    ) as err:
         CheckpointPolicy(str(tmp_path))
+    assert str(err.value).endswith(f"; e.g. {tmp_path / 'checkpoints' / 'last.ckpt'}")
     # a DeepSpeed checkpoint: its `latest` tag and shards (consolidated by the strategy, faked here)
     deepspeed = tmp_path / "last.ckpt"
     (deepspeed / "checkpoint").mkdir(parents=True)
@@ -448,6 +451,27 @@ def test_an_env_the_recipe_does_not_roll_out_is_refused(tmp_path):
         "data.recipe.seed=<n> instead"
     ]
     assert not Path(f"{out}.2").exists() and not Path(f"{out}.3").exists()
+
+
+def test_an_env_a_checkpoint_policy_was_not_trained_in_names_the_checkpoint(monkeypatch):
+    """With a checkpoint behaviour policy the advice was to set data.recipe.env_id, which is refused too."""
+    import hydra
+
+    import vla_hydra.cli as cli
+    from vla_hydra.collect import _refuse_another_env
+    from vla_hydra.core.config import ASSETS_DIR
+    from vla_hydra.core.exceptions import ConfigError
+
+    ckpt = ASSETS_DIR / "behavior_policies" / "hopper_sac.ckpt"
+    overrides = ["data=checkpoint_rollouts", f"data.recipe.behavior_policy.ckpt_path={ckpt}", "env=cartpole"]
+    cfg = compose_config("collect", overrides)
+    monkeypatch.setattr(cli, "command_line_overrides", lambda: [("env=cartpole", "env")])
+    with pytest.raises(ConfigError) as err:
+        _refuse_another_env(cfg, hydra.utils.instantiate(cfg.data.recipe))
+    assert str(err.value) == (
+        "env=cartpole: collection rolls out data.recipe.env_id=Hopper-v5 (data=checkpoint-rollouts), not "
+        "CartPole-v1; the behaviour policy checkpoint was trained in Hopper-v5; choose one trained in CartPole-v1"
+    )
 
 
 def _start_collect(out, run_dir, log_file, *args) -> subprocess.Popen:

@@ -173,7 +173,7 @@ def test_final_evaluation_runs_the_policy_with_dropout_off(tmp_path, data_dir):
     assert algo.training
 
 
-def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_dir):
+def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_dir, capsys):
     cfg = small_train_config(tmp_path, data_dir, ["trainer.max_steps=300"])
     _, results = train(cfg)
 
@@ -253,6 +253,23 @@ def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_
             "and eval_results.json: choose a new dir (or leave hydra.run.dir at its default)"
         )
         assert {p: p.read_bytes() for p in occupied.rglob("*") if p.is_file()} == before
+    # vla_hydra.collect into a training run's dir replaced its .hydra/ config the same way
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    refused = run_module("vla_hydra.collect", f"hydra.run.dir={run_dir}")
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        f"error: hydra.run.dir={run_dir}: holds another run (results.json, checkpoints); a collection writes its "
+        "own config and log: choose a new dir (or leave hydra.run.dir at its default)"
+    )
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    # and a training run into an evaluation's dir replaced the evaluation's config (refused before Hydra writes)
+    from vla_hydra.cli import refuse_finished_run_dir_early
+
+    with pytest.raises(SystemExit):
+        refuse_finished_run_dir_early([f"hydra.run.dir={tmp_path / 'eval'}", "trainer.max_steps=5"])
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: hydra.run.dir={tmp_path / 'eval'}: holds an evaluation (eval_results.json); a training run "
+        "writes its own config there: choose another hydra.run.dir"
+    ]
 
 
 def test_an_eval_multirun_into_a_training_sweep_is_refused_and_leaves_it_as_it_was(tmp_path):
@@ -274,14 +291,35 @@ def test_an_eval_multirun_into_a_training_sweep_is_refused_and_leaves_it_as_it_w
     assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
 
 
-def test_eval_cli_bad_checkpoint_is_one_line_error(tmp_path):
+def test_eval_cli_bad_checkpoint_is_one_line_error_and_does_not_stop_a_sweep(tmp_path):
+    """One line for a bad checkpoint. `vla_hydra.eval -m ckpt_path=A,B` (and collect's sweeps) ran under
+    Hydra's basic launcher: a bad A ended the sweep and B was never evaluated, without a word. Every job
+    runs now, as in train's sweeps."""
+    from vla_hydra.core.config import compose_config
+
     bad = tmp_path / "last.ckpt"
     bad.write_text("not a checkpoint")
-    for path in [tmp_path / "missing.ckpt", bad]:
-        proc = run_module("vla_hydra.eval", f"ckpt_path={path}", f"hydra.run.dir={tmp_path}/eval")
-        assert proc.returncode == 1
-        lines = proc.stderr.strip().splitlines()
-        assert lines[-1].startswith(f"error: ckpt_path={path}") and len(lines) == 1, proc.stderr
+    missing = tmp_path / "missing.ckpt"
+    proc = run_module("vla_hydra.eval", f"ckpt_path={bad}", f"hydra.run.dir={tmp_path}/eval")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: ckpt_path={bad}: not a readable torch") and len(lines) == 1, (
+        proc.stderr
+    )
+    proc = run_module(
+        "vla_hydra.eval", "-m", f"ckpt_path={bad},{missing}", f"hydra.sweep.dir={tmp_path}/sweep"
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors[0] == f"error: job 0 (ckpt_path={bad}): {lines[0].removeprefix('error: ')}"
+    assert errors[1] == f"error: job 1 (ckpt_path={missing}): ckpt_path={missing}: file not found"
+    assert errors[-1].endswith("(2 of 2 jobs failed, each named above)")
+    # collect's sweeps (-m data.recipe.behavior_policy.ckpt_path=A,B) run under the same launcher
+    launchers = {
+        compose_config(name, [], return_hydra_config=True).hydra.launcher._target_
+        for name in ("eval", "collect")
+    }
+    assert launchers == {"hydra_plugins.vla_hydra_cluster.launchers.SequentialLauncher"}
 
 
 @pytest.mark.parametrize(

@@ -213,29 +213,70 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
     `hydra.sweep.dir=` that holds finished runs: the same one-line refusal train() gives
     (resume.refuse_finished_run_dir), so not even the earlier runs' configs are replaced. Continuing a
     run (`ckpt_path=`) is allowed, and keeps the config of the run's earlier leg."""
+    from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT
     from vla_hydra.core.exceptions import CheckpointError
 
     overrides = _plain_overrides(argv)
     run_dir = _explicit_dir(overrides, "hydra.run.dir")
-    if any(key.lstrip("+~") == "ckpt_path" for key in overrides):
-        writes_run_dir = not any(arg in _INFO_FLAGS or arg.startswith("--cfg") for arg in argv)
-        if run_dir is not None and writes_run_dir and (run_dir / ".hydra").is_dir():
+    ckpt_paths = [value for key, value in overrides.items() if key.lstrip("+~") == "ckpt_path"]
+    writes = not any(arg in _INFO_FLAGS or arg.startswith("--cfg") for arg in argv)
+    if writes and run_dir is not None and (run_dir / "eval_results.json").is_file():
+        # vla_hydra.eval's dir: a training run replaced the evaluation's .hydra/ config with its own
+        print(
+            f"error: hydra.run.dir={run_dir}: holds an evaluation (eval_results.json); a training run writes "
+            "its own config there: choose another hydra.run.dir",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(1)
+    if ckpt_paths:
+        sweep_dir = _explicit_dir(overrides, "hydra.sweep.dir")
+        if sweep_dir is not None and writes:
+            # a sweep (experiment=eval, -m ckpt_path=A,B) replaces its job dirs' .hydra/ and results: into
+            # a sweep dir that holds runs it is refused as a fresh sweep is (continue one run alone instead)
+            held = sorted(
+                p.parent
+                for p in [*sweep_dir.glob("*/results.json"), *sweep_dir.glob(f"*/{RUN_DIR_CHECKPOINT}")]
+            )
+            if held:
+                print(
+                    f"error: hydra.sweep.dir={sweep_dir}: holds runs ({held[0]}); a sweep writes its own job "
+                    f"dirs: choose a new dir (continue one of its runs alone with "
+                    f"ckpt_path={held[0] / RUN_DIR_CHECKPOINT} hydra.run.dir={held[0]})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise SystemExit(1)
+        if run_dir is not None and writes and run_dir.is_dir():
             try:  # a live run's config must not be replaced by a command that will be refused
-                from vla_hydra.cluster.resume import refuse_run_dir_in_use
+                from vla_hydra.cluster.resume import refuse_another_runs_dir, refuse_run_dir_in_use
 
-                refuse_run_dir_in_use(run_dir)
+                refuse_another_runs_dir(run_dir, ckpt_paths[0])
+                if (run_dir / ".hydra").is_dir():
+                    refuse_run_dir_in_use(run_dir)
             except CheckpointError as err:
                 print(f"error: {err}", file=sys.stderr, flush=True)
                 raise SystemExit(1) from None
-            keep_config_of_earlier_leg(run_dir)
+            if (run_dir / ".hydra").is_dir():
+                keep_config_of_earlier_leg(run_dir)
         return
 
     run_dirs = [run_dir] if run_dir is not None else []
     sweep_dir = _explicit_dir(overrides, "hydra.sweep.dir")
+    interrupted: list[Path] = []
     if sweep_dir is not None:
         run_dirs += sorted(p.parent for p in sweep_dir.glob("*/results.json"))
+        # an interrupted job's dir: the job of the same number would be refused, but only after Hydra had
+        # replaced its .hydra/ config (what the run was) and the sweep's multirun.yaml. Not under
+        # cluster=slurm, whose jobs continue a last.ckpt they find in their own dir (cluster.auto_resume)
+        if (
+            writes
+            and overrides.get("cluster", "local") in ("local", "submitit_local")
+            and overrides.get("cluster.auto_resume", "false").lower() != "true"
+        ):
+            interrupted = sorted(p.parents[1] for p in sweep_dir.glob(f"*/{RUN_DIR_CHECKPOINT}"))
     finished = [d for d in run_dirs if (d / "results.json").is_file()]
-    if not finished and (run_dir is None or not run_dir.is_dir()):
+    if not finished and not interrupted and (run_dir is None or not run_dir.is_dir()):
         return  # nothing there yet (and --cfg job stays free of torch/lightning imports)
     try:
         from vla_hydra.cluster.resume import (
@@ -246,9 +287,9 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
 
         if finished:
             refuse_finished_run_dir(finished[0])
-        if run_dir is not None and run_dir.is_dir():
-            refuse_run_dir_in_use(run_dir)  # first: a running run's dir is not an interrupted one
-            refuse_unfinished_run_dir(run_dir)
+        for job_dir in [run_dir] if run_dir is not None and run_dir.is_dir() else interrupted:
+            refuse_run_dir_in_use(job_dir)  # first: a running run's dir is not an interrupted one
+            refuse_unfinished_run_dir(job_dir)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
@@ -335,18 +376,21 @@ def undo_refused_continuation() -> Iterator[None]:
         raise
 
 
-def refuse_occupied_eval_dir_early(argv: list[str]) -> None:
+def refuse_occupied_eval_dir_early(argv: list[str], task: str = "an evaluation") -> None:
     """`vla_hydra.eval ... hydra.run.dir=<dir>` into a dir that holds a training run (results.json,
     checkpoints/) or a finished evaluation (eval_results.json): Hydra would replace that run's saved config
     and the evaluation its results. Refused in one line before anything is written. (A failed
     evaluation's dir, with only its config and log, may be reused.) In a multirun (`-m`) the same holds
-    for the job dirs of an explicit `hydra.sweep.dir=` (a training sweep's <sweep dir>/<job>/)."""
+    for the job dirs of an explicit `hydra.sweep.dir=` (a training sweep's <sweep dir>/<job>/).
+    vla_hydra.collect (`task`: "a collection") refuses the same dirs: it replaced a training run's
+    .hydra/ config with its own."""
     overrides = _plain_overrides(argv)
     multirun = any(arg in ("-m", "--multirun") for arg in argv) or overrides.get("hydra.mode") == "MULTIRUN"
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = _explicit_dir(overrides, key)
     if given is None or not given.is_dir():
         return
+    writes = "eval_results.json" if task == "an evaluation" else "log"
     for run_dir in sorted(p for p in given.iterdir() if p.is_dir()) if multirun else [given]:
         held = [
             name for name in ("results.json", "checkpoints", "eval_results.json") if (run_dir / name).exists()
@@ -354,8 +398,8 @@ def refuse_occupied_eval_dir_early(argv: list[str]) -> None:
         if held:
             where = f" ({run_dir}: {', '.join(held)})" if multirun else f" ({', '.join(held)})"
             print(
-                f"error: {key}={given}: holds another run{where}; an evaluation writes its own config and "
-                f"eval_results.json: choose a new dir (or leave {key} at its default)",
+                f"error: {key}={given}: holds another run{where}; {task} writes its own config and "
+                f"{writes}: choose a new dir (or leave {key} at its default)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -471,6 +515,11 @@ def _unknown_key_line(override: str, cause: Any) -> str:
     close = named_as_here[:1] or difflib.get_close_matches(key, known, n=1)
     if close:
         line += f"; did you mean {f'{parent}.' if parent else ''}{close[0]}={value}?"
+    elif not parent and node is not None:
+        # a top-level key that exists deeper (`max_steps=5` for trainer.max_steps, collect's `episodes=3`)
+        deeper = keys_named(node, key)
+        if deeper:
+            line += f"; did you mean {deeper[0]}={value}?"
     elsewhere = _choices_with_key(parent, key)
     swept = _swept_choices(parent)
     if swept and all(f"{parent}={choice}" in elsewhere for choice in swept):
@@ -753,7 +802,12 @@ def refuse_unread_additions(cfg: Any) -> None:
         if not OmegaConf.is_dict(node) or "_target_" in node or "${" + key in text:
             continue
         if not parent:
-            meant = [path for path in keys_named(cfg, leaf) if path != leaf]
+            meant = [path for path in keys_named(cfg, leaf) if path != leaf] or [
+                # a slip of a top-level option (`vla_hydra.eval +episode=3` for episodes)
+                k
+                for k in cfg.keys()
+                if isinstance(k, str) and k != leaf and _one_edit_apart(leaf, k)
+            ][:1]
         else:
             others = [k for k in node.keys() if isinstance(k, str) and k != leaf]
             meant = [f"{parent}.{k}" for k in difflib.get_close_matches(leaf, others, n=1)]
@@ -763,6 +817,27 @@ def refuse_unread_additions(cfg: Any) -> None:
                 f"{override}: adds '{leaf}' to {where}, where nothing reads it; did you mean "
                 f"{meant[0]}={value}?"
             )
+
+
+def _run_dir_write_line(err: BaseException) -> str | None:
+    """Hydra creating the run dir, its log file or its saved config before the entry point runs
+    (hydra.run.dir=<a file>, a read-only dir): one line naming the path; None for any other error.
+    Python's logging wraps the log file's OSError in a ValueError ("Unable to configure handler")."""
+    cause = err.__cause__
+    if isinstance(err, ValueError) and isinstance(cause, OSError) and cause.filename:
+        err = cause
+    if not isinstance(err, OSError) or not err.filename:
+        return None
+    problem = "a file of that name exists" if isinstance(err, FileExistsError) else err.strerror
+    frames, tb = [], err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    what = "create the directory" if "mkdir" in frames else "write"
+    return (
+        f"cannot {what} {err.filename}: {problem} (runs go to hydra.run.dir / hydra.sweep.dir, under "
+        "paths.root_dir or $VLA_HYDRA_ROOT)"
+    )
 
 
 @contextmanager
@@ -793,15 +868,8 @@ def one_line_hydra_errors(config_name: str) -> Iterator[None]:
                     or _own_error_line(err)
                     or _yaml_syntax_line(err)
                 )
-                if line is None and isinstance(err, OSError) and not _entry_point_state["task_started"]:
-                    # Hydra creating the run dir or its log file (hydra.run.dir=<a file>, a read-only root)
-                    problem = (
-                        "a file of that name exists" if isinstance(err, FileExistsError) else err.strerror
-                    )
-                    line = (
-                        f"cannot create the directory {err.filename}: {problem} (runs go to "
-                        "hydra.run.dir / hydra.sweep.dir, under paths.root_dir or $VLA_HYDRA_ROOT)"
-                    )
+                if line is None and not _entry_point_state["task_started"]:
+                    line = _run_dir_write_line(err)
                 if line is None:
                     raise
                 print(f"error: {line}", file=sys.stderr, flush=True)

@@ -22,7 +22,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
-from vla_hydra.cli import one_line_hydra_errors, run_cli
+from vla_hydra.cli import one_line_hydra_errors, refuse_unread_additions, run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values, check_value
 from vla_hydra.core.logging import get_logger
 
@@ -394,6 +394,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
         )
     _refuse_overrides_collection_ignores(cfg)
     check_config_values(cfg)
+    refuse_unread_additions(cfg)  # `+episodes=3` collected the recipe's 200 episodes, silently
     # small policy networks on a shared CPU: 1 thread is ~30x faster than contended multi-threading
     set_torch_threads(cfg.get("torch_threads", 1))
     if cfg.get("output") is None:
@@ -469,9 +470,16 @@ def _refuse_another_env(cfg: DictConfig, recipe: CollectionRecipe) -> None:
 
     chosen = [override for override, key in command_line_overrides() if key == "env"]
     if chosen and cfg.env.id != recipe.env_id:
+        # a checkpoint acts only in the env it was trained in: data.recipe.env_id cannot change that
+        checkpoint = any(getattr(policy, "env_id", None) for policy in recipe.policies)
+        instead = (
+            f"the behaviour policy checkpoint was trained in {recipe.env_id}; choose one trained in {cfg.env.id}"
+            if checkpoint
+            else f"choose a data= recipe made in {cfg.env.id}, or set data.recipe.env_id"
+        )
         raise ConfigError(
             f"{chosen[0]}: collection rolls out data.recipe.env_id={recipe.env_id} (data={_data_choice(cfg)}), "
-            f"not {cfg.env.id}; choose a data= recipe made in {cfg.env.id}, or set data.recipe.env_id"
+            f"not {cfg.env.id}; {instead}"
         )
 
 
@@ -481,6 +489,11 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    import sys
+
+    from vla_hydra.cli import refuse_occupied_eval_dir_early
+
+    refuse_occupied_eval_dir_early(sys.argv[1:], task="a collection")
     with one_line_hydra_errors("collect"):
         _hydra_main()
 

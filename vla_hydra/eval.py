@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from vla_hydra.cli import one_line_hydra_errors, run_cli
+from vla_hydra.cli import one_line_hydra_errors, refuse_unread_additions, run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values
 from vla_hydra.core.logging import get_logger
 
@@ -33,7 +33,7 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu", option: str = "ckpt_
     from omegaconf import OmegaConf
 
     from vla_hydra.algos.base import CHECKPOINT_KEY
-    from vla_hydra.core.checkpoints import is_deepspeed_checkpoint
+    from vla_hydra.core.checkpoints import checkpoint_in_dir, is_deepspeed_checkpoint
     from vla_hydra.core.exceptions import CheckpointError, VlaHydraError
     from vla_hydra.envs.factory import EnvSpec
     from vla_hydra.training.sharding import load_deepspeed_checkpoint
@@ -48,7 +48,7 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu", option: str = "ckpt_
     elif path.is_dir():
         raise CheckpointError(
             f"{option}={path}: a directory, not a checkpoint file (nor a DeepSpeed checkpoint "
-            "directory, which holds a 'latest' file)"
+            f"directory, which holds a 'latest' file); e.g. {checkpoint_in_dir(path)}"
         )
     elif not path.is_file():
         raise CheckpointError(f"{option}={path}: file not found")
@@ -166,6 +166,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from vla_hydra.envs.evaluation import rollout_episodes
 
     check_config_values(cfg)
+    refuse_unread_additions(cfg)  # `+episode=3` evaluated 20 episodes, silently
     set_torch_threads(cfg.get("torch_threads"))
     if cfg.get("export"):
         _refuse_existing_export(cfg.export)  # before any work, not after the evaluation

@@ -62,13 +62,18 @@ def test_a_job_requeued_after_its_run_finished_hands_back_the_results(tmp_path, 
         train(cfg)
 
 
-@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "directory"])
+@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "directory", "checkpoints_dir"])
 def test_a_bad_ckpt_path_fails_in_one_line_before_any_work(tmp_path, case):
     path = tmp_path / "x.ckpt"
     if case == "not_a_checkpoint":
         path.write_text('{"results": 1}')
     if case == "directory":
         path = tmp_path
+    if (
+        case == "checkpoints_dir"
+    ):  # a run's checkpoints/ dir: its last.ckpt, not checkpoints/checkpoints/last.ckpt
+        path = tmp_path / "checkpoints"
+        path.mkdir()
     run_dir = tmp_path / "run"
     proc = run_module("vla_hydra.train", f"ckpt_path={path}", f"hydra.run.dir={run_dir}", timeout=120)
     assert proc.returncode == 1
@@ -77,6 +82,7 @@ def test_a_bad_ckpt_path_fails_in_one_line_before_any_work(tmp_path, case):
         "not_a_checkpoint": "not a complete checkpoint (truncated, or not written by torch.save); use "
         "another one, e.g. the run's checkpoints/last.ckpt",
         "directory": f"a directory; expected a checkpoint file, e.g. {path / 'checkpoints' / 'last.ckpt'}",
+        "checkpoints_dir": f"a directory; expected a checkpoint file, e.g. {path / 'last.ckpt'}",
     }[case]
     assert proc.stderr.strip().splitlines() == [f"error: ckpt_path={path}: {expected}"]
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "results.json").exists()
@@ -169,7 +175,7 @@ def test_a_mid_epoch_resume_from_the_command_line_does_not_warn_of_an_unresumabl
 
 
 def test_a_run_dir_in_use_or_holding_an_interrupted_run_is_refused_before_anything_is_written(
-    tmp_path, data_dir
+    tmp_path, data_dir, capsys
 ):
     """Two runs into one hydra.run.dir overwrote each other's results.json and interleaved metrics.csv; a
     fresh run into an interrupted run's dir appended a second step history beside the old last.ckpt."""
@@ -204,6 +210,20 @@ def test_a_run_dir_in_use_or_holding_an_interrupted_run_is_refused_before_anythi
         f"ckpt_path={ckpt}, or choose another hydra.run.dir"
     ]
     assert not (interrupted / ".hydra").exists()
+    # a local sweep into the sweep dir holding an interrupted job: refused before Hydra replaced that job's
+    # .hydra/ config and the sweep's multirun.yaml (only the job itself was refused); not under cluster=slurm,
+    # whose jobs continue the last.ckpt they find (cluster.auto_resume)
+    from vla_hydra.cli import refuse_finished_run_dir_early
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(interrupted / "checkpoints", sweep / "1" / "checkpoints")
+    with pytest.raises(SystemExit):
+        refuse_finished_run_dir_early(["-m", "seed=0,1", f"hydra.sweep.dir={sweep}"])
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: run dir {sweep / '1'} holds an unfinished run (checkpoints/last.ckpt); continue it with "
+        f"ckpt_path={sweep / '1' / 'checkpoints' / 'last.ckpt'}, or choose another hydra.run.dir"
+    ]
+    refuse_finished_run_dir_early(["-m", "cluster=slurm", "seed=0,1", f"hydra.sweep.dir={sweep}"])
     again = run_module(
         "vla_hydra.train",
         *args[1:],
@@ -214,11 +234,14 @@ def test_a_run_dir_in_use_or_holding_an_interrupted_run_is_refused_before_anythi
     assert again.returncode == 0, again.stderr
 
 
-def test_a_refused_continuation_leaves_the_run_dir_as_it_was(tmp_path, data_dir):
+def test_a_refused_continuation_leaves_the_run_dir_as_it_was(tmp_path, data_dir, capsys):
     """A continuation into a run's own dir (ckpt_path= + hydra.run.dir=) that was refused (another algo's
     checkpoint, a typo, the run still going) replaced the run's .hydra/ config with the refused command's
     and appended to its train.log: the report then named the refused command as the run's."""
+    import shutil
+
     from tests.conftest import run_module
+    from vla_hydra.cli import refuse_finished_run_dir_early
     from vla_hydra.cluster.resume import lock_run_dir
 
     run = tmp_path / "run"
@@ -251,6 +274,30 @@ def test_a_refused_continuation_leaves_the_run_dir_as_it_was(tmp_path, data_dir)
     finally:
         held.close()
     assert proc.returncode == 1 and "is in use by another running process" in proc.stderr
+    assert snapshot() == before
+    # another run's checkpoint continued into this run's dir, or a sweep (-m, experiment=eval) into the
+    # sweep dir that holds it, replaced this run's results.json and config: refused before Hydra writes
+    other = tmp_path / "other" / "last.ckpt"
+    other.parent.mkdir()
+    shutil.copy(ckpt, other)
+    for argv, line in [
+        (
+            [f"ckpt_path={other}", f"hydra.run.dir={run}"],
+            f"error: ckpt_path={other}: run dir {run} holds another run (results.json, checkpoints/last.ckpt), "
+            f"which this continuation would replace; choose another hydra.run.dir (or continue that run with "
+            f"ckpt_path={ckpt})",
+        ),
+        (
+            ["-m", f"ckpt_path={other}", f"hydra.sweep.dir={tmp_path}"],
+            f"error: hydra.sweep.dir={tmp_path}: holds runs ({run}); a sweep writes its own job dirs: choose a "
+            f"new dir (continue one of its runs alone with ckpt_path={ckpt} hydra.run.dir={run})",
+        ),
+    ]:
+        with pytest.raises(SystemExit):
+            refuse_finished_run_dir_early(argv)
+        assert capsys.readouterr().err.splitlines() == [line]
+    with pytest.raises(CheckpointError, match="holds another run"):  # train() from Python, too
+        resume_checkpoint(OmegaConf.create({"ckpt_path": str(other)}), run)
     assert snapshot() == before
 
     # an accepted continuation keeps the first leg's config as .hydra/earlier/1/

@@ -57,6 +57,7 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
             )
         return str(own)
     check_run_checkpoint(cfg)  # before any data is collected or trained on, not when Lightning reads it
+    refuse_another_runs_dir(run_dir, path)
     return path
 
 
@@ -134,6 +135,23 @@ def refuse_finished_run_dir(run_dir: Path) -> None:
             f"run dir {run_dir} holds a finished run (results.json); choose another hydra.run.dir / "
             f"hydra.sweep.dir, or continue that run with ckpt_path={Path(run_dir) / RUN_DIR_CHECKPOINT}"
         )
+
+
+def refuse_another_runs_dir(run_dir: Path, ckpt_path: str) -> None:
+    """A continuation (`ckpt_path=<A's checkpoint> hydra.run.dir=<B>`) may write into the dir of an existing
+    run only to continue that very run: into another run's dir it replaced B's results.json, config and
+    metrics with A's continuation (and put a last-v1.ckpt beside B's last.ckpt)."""
+    run_dir = Path(run_dir)
+    held = [name for name in ("results.json", RUN_DIR_CHECKPOINT.as_posix()) if (run_dir / name).exists()]
+    if not held or ckpt_path == "last" or "${" in ckpt_path:
+        return  # nothing there to lose; `last` is the run dir's own checkpoint
+    if Path(ckpt_path).resolve().is_relative_to(run_dir.resolve()):
+        return
+    raise CheckpointError(
+        f"ckpt_path={ckpt_path}: run dir {run_dir} holds another run ({', '.join(held)}), which this "
+        "continuation would replace; choose another hydra.run.dir (or continue that run with "
+        f"ckpt_path={run_dir / RUN_DIR_CHECKPOINT})"
+    )
 
 
 def check_resumable(

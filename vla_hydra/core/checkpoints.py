@@ -22,6 +22,18 @@ def is_deepspeed_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / "latest").is_file()
 
 
+def checkpoint_in_dir(directory: str | Path) -> Path:
+    """The checkpoint file a user who named a directory most likely meant: a run dir's
+    checkpoints/last.ckpt, or the last.ckpt of a checkpoints/ dir (not checkpoints/checkpoints/last.ckpt)."""
+    directory = Path(directory)
+    inside = directory / RUN_DIR_CHECKPOINT.name
+    if inside.is_file() or (
+        directory.name == RUN_DIR_CHECKPOINT.parent.name and not (directory / RUN_DIR_CHECKPOINT).is_file()
+    ):
+        return inside
+    return directory / RUN_DIR_CHECKPOINT
+
+
 def check_checkpoint_file(path: str) -> None:
     """`ckpt_path=<path>` (not an alias): one line when it cannot be a checkpoint. Called in the run
     (training and eval_only) and, for every job, by the cluster launchers before they submit."""
@@ -33,7 +45,7 @@ def check_checkpoint_file(path: str) -> None:
         return
     if Path(path).is_dir():
         raise CheckpointError(
-            f"ckpt_path={path}: a directory; expected a checkpoint file, e.g. {Path(path) / RUN_DIR_CHECKPOINT}"
+            f"ckpt_path={path}: a directory; expected a checkpoint file, e.g. {checkpoint_in_dir(path)}"
         )
     if not Path(path).is_file():
         raise CheckpointError(f"ckpt_path={path}: file not found")
