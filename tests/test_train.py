@@ -309,6 +309,34 @@ def test_a_checkpoint_whose_policy_cannot_be_rebuilt_is_one_line_error(tmp_path,
 
 
 @pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("algo", "my_missing_pkg.algos.MyAlgo", "algo my_missing_pkg.algos.MyAlgo"),
+        ("model", "my_missing_pkg.models.MyNet", "model my_missing_pkg.models.MyNet"),
+        ("env", "my_missing_pkg.envs:MyRobot-v0", "env my_missing_pkg.envs:MyRobot-v0"),
+    ],
+)
+def test_a_checkpoint_of_a_users_own_package_names_it_when_it_is_not_importable(tmp_path, key, value, named):
+    """A checkpoint of the user's own algorithm evaluated without their package on the path said "was it
+    written by another version of vla_hydra?" (an env of theirs: `env.id=...: cannot import`, an option
+    the user had not passed)."""
+    from vla_hydra.core.config import ASSETS_DIR
+    from vla_hydra.eval import load_policy
+
+    checkpoint = torch.load(ASSETS_DIR / "behavior_policies" / "hopper_sac.ckpt", weights_only=False)
+    config = checkpoint["vla_hydra"]["config"]
+    config[key]["id" if key == "env" else "_target_"] = value
+    path = tmp_path / "mine.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as err:
+        load_policy(path)
+    assert str(err.value) == (
+        f"ckpt_path={path}: its {named} comes from package 'my_missing_pkg', which is not importable here; "
+        "install it or add its directory to PYTHONPATH"
+    )
+
+
+@pytest.mark.parametrize(
     "option", ["env=cartpole", "+env=cartpole", "algo.lr=1", "+trainer.max_steps=5", "eval.every_n_updates=5"]
 )
 def test_eval_refuses_training_options_instead_of_ignoring_them(tmp_path, option):
