@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import h5py
+import lightning as L
 import numpy as np
 import pytest
 import torch
 
 from tests.conftest import CONF_DIR, run_module, small_train_config
+from vla_hydra.algos.bc import BC
 from vla_hydra.core.exceptions import CheckpointError
 from vla_hydra.train import train
 
@@ -306,6 +308,61 @@ def test_a_checkpoint_whose_policy_cannot_be_rebuilt_is_one_line_error(tmp_path,
     torch.save(checkpoint, path)
     with pytest.raises(CheckpointError, match=r"its policy cannot be rebuilt from the config and weights"):
         load_policy(path, option="algo.expert_ckpt")
+
+
+class _PlainModule(L.LightningModule):
+    """A user's algorithm that is not a PolicyAlgorithm."""
+
+    def __init__(
+        self, spec, model, stats=None, lr=1e-3, weight_decay=0.0, updates_per_step=1, compile_losses=False
+    ):
+        super().__init__()
+
+
+class _NoStatsBC(BC):
+    """A user's subclass whose constructor leaves out `stats`."""
+
+    def __init__(self, spec, model, lr=1e-3, weight_decay=0.0, updates_per_step=50, compile_losses=False):
+        super().__init__(spec, model, lr, weight_decay, updates_per_step, compile_losses)
+
+
+class _KwargsBC(BC):
+    """A user's subclass that passes its options on through **kwargs."""
+
+    def __init__(self, spec, model, delta=0.5, **kwargs):
+        super().__init__(spec, model, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["algo._target_=tests.test_train._PlainModule"],
+            "algo._target_=tests.test_train._PlainModule: not a subclass of vla_hydra.algos.base.PolicyAlgorithm",
+        ),
+        (
+            ["algo._target_=tests.test_train._NoStatsBC"],
+            "algo._target_=tests.test_train._NoStatsBC: its constructor cannot be called as _NoStatsBC(spec=, "
+            "model=, stats=, <the algo.* options>) (got an unexpected keyword argument 'stats')",
+        ),
+        (
+            ["algo._target_=tests.test_train._KwargsBC", "+algo.foo=1"],
+            "algo.foo: tests.test_train._KwargsBC takes no argument 'foo' (its **kwargs pass it on to "
+            "BC.__init__, which does not take it)",
+        ),
+    ],
+)
+def test_a_users_algorithm_that_breaks_the_constructor_contract_is_one_line(
+    tmp_path, data_dir, overrides, message
+):
+    """Each of these was a traceback: Lightning's "No `training_step()` method defined", or a TypeError
+    from the algorithm's constructor."""
+    from vla_hydra.core.exceptions import ConfigError
+
+    cfg = small_train_config(tmp_path, data_dir, [*overrides, "debug=fdr"])
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert str(err.value).startswith(message), str(err.value)
 
 
 @pytest.mark.parametrize(
