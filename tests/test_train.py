@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import h5py
+import lightning as L
 import numpy as np
 import pytest
 import torch
 
 from tests.conftest import CONF_DIR, run_module, small_train_config
+from vla_hydra.algos.bc import BC
 from vla_hydra.core.exceptions import CheckpointError
 from vla_hydra.train import train
 
@@ -344,6 +346,89 @@ def test_a_checkpoint_whose_policy_cannot_be_rebuilt_is_one_line_error(tmp_path,
     torch.save(checkpoint, path)
     with pytest.raises(CheckpointError, match=r"its policy cannot be rebuilt from the config and weights"):
         load_policy(path, option="algo.expert_ckpt")
+
+
+class _PlainModule(L.LightningModule):
+    """A user's algorithm that is not a PolicyAlgorithm."""
+
+    def __init__(
+        self, spec, model, stats=None, lr=1e-3, weight_decay=0.0, updates_per_step=1, compile_losses=False
+    ):
+        super().__init__()
+
+
+class _NoStatsBC(BC):
+    """A user's subclass whose constructor leaves out `stats`."""
+
+    def __init__(self, spec, model, lr=1e-3, weight_decay=0.0, updates_per_step=50, compile_losses=False):
+        super().__init__(spec, model, lr, weight_decay, updates_per_step, compile_losses)
+
+
+class _KwargsBC(BC):
+    """A user's subclass that passes its options on through **kwargs."""
+
+    def __init__(self, spec, model, delta=0.5, **kwargs):
+        super().__init__(spec, model, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["algo._target_=tests.test_train._PlainModule"],
+            "algo._target_=tests.test_train._PlainModule: not a subclass of vla_hydra.algos.base.PolicyAlgorithm",
+        ),
+        (
+            ["algo._target_=tests.test_train._NoStatsBC"],
+            "algo._target_=tests.test_train._NoStatsBC: its constructor cannot be called as _NoStatsBC(spec=, "
+            "model=, stats=, <the algo.* options>) (got an unexpected keyword argument 'stats')",
+        ),
+        (
+            ["algo._target_=tests.test_train._KwargsBC", "+algo.foo=1"],
+            "algo.foo: tests.test_train._KwargsBC takes no argument 'foo' (its **kwargs pass it on to "
+            "BC.__init__, which does not take it)",
+        ),
+    ],
+)
+def test_a_users_algorithm_that_breaks_the_constructor_contract_is_one_line(
+    tmp_path, data_dir, overrides, message
+):
+    """Each of these was a traceback: Lightning's "No `training_step()` method defined", or a TypeError
+    from the algorithm's constructor."""
+    from vla_hydra.core.exceptions import ConfigError
+
+    cfg = small_train_config(tmp_path, data_dir, [*overrides, "debug=fdr"])
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("algo", "my_missing_pkg.algos.MyAlgo", "algo my_missing_pkg.algos.MyAlgo"),
+        ("model", "my_missing_pkg.models.MyNet", "model my_missing_pkg.models.MyNet"),
+        ("env", "my_missing_pkg.envs:MyRobot-v0", "env my_missing_pkg.envs:MyRobot-v0"),
+    ],
+)
+def test_a_checkpoint_of_a_users_own_package_names_it_when_it_is_not_importable(tmp_path, key, value, named):
+    """A checkpoint of the user's own algorithm evaluated without their package on the path said "was it
+    written by another version of vla_hydra?" (an env of theirs: `env.id=...: cannot import`, an option
+    the user had not passed)."""
+    from vla_hydra.core.config import ASSETS_DIR
+    from vla_hydra.eval import load_policy
+
+    checkpoint = torch.load(ASSETS_DIR / "behavior_policies" / "hopper_sac.ckpt", weights_only=False)
+    config = checkpoint["vla_hydra"]["config"]
+    config[key]["id" if key == "env" else "_target_"] = value
+    path = tmp_path / "mine.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as err:
+        load_policy(path)
+    assert str(err.value) == (
+        f"ckpt_path={path}: its {named} comes from package 'my_missing_pkg', which is not importable here; "
+        "install it or add its directory to PYTHONPATH"
+    )
 
 
 @pytest.mark.parametrize(

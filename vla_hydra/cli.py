@@ -76,6 +76,11 @@ def _missing_arguments_line(err: BaseException) -> str | None:
     target = re.search(r"Error in call to target '([^']+)'", str(err))
     if not (isinstance(cause, TypeError) and found and key and target):
         return None
+    if key.group(1) == "model":  # the algorithm completes the network with the env's shapes
+        return (
+            f"model: {target.group(1)} needs {found.group(1)}, which the algorithm passes from the env; "
+            "add `_partial_: true` to the model config (as conf/model/*.yaml have)"
+        )
     return (
         f"{key.group(1)}: {target.group(1)} needs {found.group(1)}; add them with "
         f"+{key.group(1)}.<name>=<value>"

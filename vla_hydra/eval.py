@@ -66,6 +66,7 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu", option: str = "ckpt_
             f"{option}={path}: no '{CHECKPOINT_KEY}' section; was it written by vla_hydra.train?"
         )
     config = OmegaConf.create(meta["config"])
+    _refuse_unimportable_packages(config, path, option)
     spec = EnvSpec.from_dict(meta["env_spec"])
     try:
         algo = instantiate(config.algo, _partial_=True)(spec=spec, model=instantiate(config.model))
@@ -87,6 +88,38 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu", option: str = "ckpt_
     algo.trained_steps = int(checkpoint.get("global_step", 0))
     algo.to(device).eval()
     return algo, instantiate(config.env), config
+
+
+def _refuse_unimportable_packages(config, path: Path, option: str) -> None:
+    """A checkpoint of a user's own algorithm, network or env (`algo._target_=my_pkg.algos.MyAlgo`,
+    `env.id=my_pkg.envs:MyRobot-v0`) rebuilds only where that package imports: say so in one line, rather
+    than suggest the checkpoint came from another version of vla_hydra."""
+    import importlib.util
+
+    from omegaconf import OmegaConf
+
+    from vla_hydra.core.exceptions import CheckpointError
+
+    env_id = OmegaConf.select(config, "env.id")
+    named = {
+        "algo": OmegaConf.select(config, "algo._target_"),
+        "model": OmegaConf.select(config, "model._target_"),
+        "env": env_id.rpartition(":")[0] if isinstance(env_id, str) else None,
+    }
+    for node, name in named.items():
+        if not isinstance(name, str) or not name:
+            continue
+        package = name.split(".")[0]
+        try:
+            found = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            what = f"env {env_id}" if node == "env" else f"{node} {name}"
+            raise CheckpointError(
+                f"{option}={path}: its {what} comes from package '{package}', which is not importable "
+                f"here; install it or add its directory to PYTHONPATH"
+            )
 
 
 def _refuse_existing_export(output: str | Path) -> None:

@@ -12,6 +12,32 @@ from vla_hydra.cli import hydra_choice, hydra_job_config
 from vla_hydra.core.exceptions import ConfigError, OutputError
 
 
+def check_algorithm_class(algo_cfg: DictConfig, algo_class) -> None:
+    """`algo._target_` (the user's own algorithm too) names a PolicyAlgorithm subclass that train.py and
+    vla_hydra.eval can build as `Algo(spec=, model=, stats=, **algo options)`: a plain LightningModule
+    failed in Lightning's fit with a traceback, a constructor without `stats` in a TypeError."""
+    import inspect
+
+    from vla_hydra.algos.base import PolicyAlgorithm
+
+    target = algo_cfg.get("_target_")
+    if not (isinstance(algo_class, type) and issubclass(algo_class, PolicyAlgorithm)):
+        raise ConfigError(
+            f"algo._target_={target}: not a subclass of vla_hydra.algos.base.PolicyAlgorithm (training, "
+            "evaluation and checkpoints use its act(), update() and checkpoint contents); subclass it, or "
+            "an algorithm of vla_hydra.algos"
+        )
+    options = [k for k in algo_cfg if isinstance(k, str) and not (k.startswith("_") and k.endswith("_"))]
+    try:
+        inspect.signature(algo_class).bind(spec=None, model=None, stats=None, **dict.fromkeys(options))
+    except TypeError as err:
+        raise ConfigError(
+            f"algo._target_={target}: its constructor cannot be called as {algo_class.__name__}(spec=, model=, "
+            f"stats=, <the algo.* options>) ({err}); PolicyAlgorithm's contract: "
+            "__init__(self, spec, model, <options>, stats=None)"
+        ) from err
+
+
 def check_segment_length(cfg: DictConfig, algo_class) -> None:
     """Sequence algorithms (DT) train on segments of algo.context_length steps, the others on single
     transitions; data.segment_length follows algo.context_length unless overridden."""
