@@ -13,7 +13,10 @@ import pytest
 import torch
 
 from tests.conftest import CONF_DIR, run_module, small_train_config
+from vla_hydra.algos.base import PolicyAlgorithm
 from vla_hydra.algos.bc import BC
+from vla_hydra.algos.online import OnlineAlgorithm
+from vla_hydra.algos.ppo import PPO
 from vla_hydra.core.exceptions import CheckpointError
 from vla_hydra.train import train
 
@@ -371,9 +374,38 @@ class _KwargsBC(BC):
         super().__init__(spec, model, **kwargs)
 
 
+class _NoUpdateBC(PolicyAlgorithm):
+    """A user's offline algorithm that implements neither update nor normalized_action."""
+
+    def __init__(self, spec, model, stats=None, **kwargs):
+        super().__init__(spec, stats=stats)
+
+    def configure_optimizers(self):
+        return None
+
+
+class _NoIterationPPO(PPO):
+    """A user's online algorithm that implements update (the offline hook) instead of train_iteration."""
+
+    train_iteration = OnlineAlgorithm.train_iteration
+
+    def update(self, batch, optimizers):
+        return {}
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
+        (
+            ["algo._target_=tests.test_train._NoUpdateBC"],
+            "algo._target_=tests.test_train._NoUpdateBC: _NoUpdateBC does not implement "
+            "normalized_action(normalized_obs), update(batch, optimizers), which training calls",
+        ),
+        (
+            ["algo=ppo", "env=cartpole", "algo._target_=tests.test_train._NoIterationPPO"],
+            "algo._target_=tests.test_train._NoIterationPPO: _NoIterationPPO does not implement "
+            "train_iteration(optimizers), which training calls",
+        ),
         (
             ["algo._target_=tests.test_train._PlainModule"],
             "algo._target_=tests.test_train._PlainModule: not a subclass of vla_hydra.algos.base.PolicyAlgorithm",

@@ -27,6 +27,12 @@ def check_algorithm_class(algo_cfg: DictConfig, algo_class) -> None:
             "evaluation and checkpoints use its act(), update() and checkpoint contents); subclass it, or "
             "an algorithm of vla_hydra.algos"
         )
+    missing = missing_methods(algo_class)
+    if missing:
+        raise ConfigError(
+            f"algo._target_={target}: {algo_class.__name__} does not implement {', '.join(missing)}, which "
+            "training calls (docs/extending.md)"
+        )
     options = [k for k in algo_cfg if isinstance(k, str) and not (k.startswith("_") and k.endswith("_"))]
     try:
         inspect.signature(algo_class).bind(spec=None, model=None, stats=None, **dict.fromkeys(options))
@@ -36,6 +42,26 @@ def check_algorithm_class(algo_cfg: DictConfig, algo_class) -> None:
             f"stats=, <the algo.* options>) ({err}); PolicyAlgorithm's contract: "
             "__init__(self, spec, model, <options>, stats=None)"
         ) from err
+
+
+def missing_methods(algo_class) -> list[str]:
+    """The methods a PolicyAlgorithm subclass must override and does not: each failed as a traceback
+    (NotImplementedError in the first iteration or the step-0 evaluation, Lightning's "No
+    `configure_optimizers()` method defined")."""
+    import lightning as L
+
+    from vla_hydra.algos.base import PolicyAlgorithm
+    from vla_hydra.algos.online import OnlineAlgorithm
+
+    required = [
+        ("configure_optimizers()", L.LightningModule, "configure_optimizers"),
+        ("normalized_action(normalized_obs)", PolicyAlgorithm, "normalized_action"),
+    ]
+    if issubclass(algo_class, OnlineAlgorithm):  # collects and updates in train_iteration, not update
+        required.append(("train_iteration(optimizers)", OnlineAlgorithm, "train_iteration"))
+    elif algo_class.training_step is PolicyAlgorithm.training_step:  # DT and the like override training_step
+        required.append(("update(batch, optimizers)", PolicyAlgorithm, "update"))
+    return [shown for shown, base, name in required if getattr(algo_class, name) is getattr(base, name)]
 
 
 def check_segment_length(cfg: DictConfig, algo_class) -> None:
