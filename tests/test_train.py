@@ -407,6 +407,11 @@ class _NoIterationPPO(PPO):
             "train_iteration(optimizers), which training calls",
         ),
         (
+            ["algo=ppo", "env=cartpole", "~algo.env"],
+            "algo._target_=vla_hydra.algos.ppo.PPO: an online algorithm is built with the env= factory "
+            "(missing a required argument: 'env'); add `env: ${env}` to its algo yaml",
+        ),
+        (
             ["algo._target_=tests.test_train._PlainModule"],
             "algo._target_=tests.test_train._PlainModule: not a subclass of vla_hydra.algos.base.PolicyAlgorithm",
         ),

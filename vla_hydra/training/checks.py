@@ -37,6 +37,13 @@ def check_algorithm_class(algo_cfg: DictConfig, algo_class) -> None:
     try:
         inspect.signature(algo_class).bind(spec=None, model=None, stats=None, **dict.fromkeys(options))
     except TypeError as err:
+        from vla_hydra.algos.online import OnlineAlgorithm
+
+        if issubclass(algo_class, OnlineAlgorithm) and "env" not in options:
+            raise ConfigError(
+                f"algo._target_={target}: an online algorithm is built with the env= factory ({err}); add "
+                "`env: ${env}` to its algo yaml, as conf/algo/ppo.yaml does"
+            ) from err
         raise ConfigError(
             f"algo._target_={target}: its constructor cannot be called as {algo_class.__name__}(spec=, model=, "
             f"stats=, <the algo.* options>) ({err}); PolicyAlgorithm's contract: "
