@@ -10,7 +10,6 @@ Heavy imports (torch, lightning) happen inside `train`, so `--help` and `--cfg j
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -197,7 +196,12 @@ def _build_run(cfg: DictConfig, ckpt_path: str | None):
 
     from vla_hydra.cluster.resume import check_resumable
     from vla_hydra.core.exceptions import ConfigError
-    from vla_hydra.training.checks import check_algorithm_class, check_data_source, check_segment_length
+    from vla_hydra.training.checks import (
+        build_algorithm,
+        check_algorithm_class,
+        check_data_source,
+        check_segment_length,
+    )
 
     env = instantiate(cfg.env)
     spec = env.spec()
@@ -214,18 +218,7 @@ def _build_run(cfg: DictConfig, ckpt_path: str | None):
         datamodule.use_eval_env(env.id, env.time_limit)
     datamodule.setup("fit")
     datamodule.check_compatible(spec)
-    build_algo, model = instantiate(cfg.algo, _partial_=True), instantiate(cfg.model)
-    try:
-        algo = build_algo(spec=spec, model=model, stats=datamodule.stats())
-    except TypeError as err:
-        # an algo.* option a user's subclass passes on through **kwargs to a constructor that lacks it
-        found = re.fullmatch(r"(\S+)\(\) got an unexpected keyword argument '(\w+)'", str(err))
-        if not (found and found.group(2) in cfg.algo):
-            raise
-        raise ConfigError(
-            f"algo.{found.group(2)}: {cfg.algo._target_} takes no argument '{found.group(2)}' (its **kwargs "
-            f"pass it on to {found.group(1)}, which does not take it)"
-        ) from err
+    algo = build_algorithm(cfg.algo, spec, instantiate(cfg.model), datamodule.stats())
     max_steps = int(cfg.trainer.get("max_steps", -1))
     if ckpt_path and Path(ckpt_path).is_file():
         check_resumable(ckpt_path, algo, max_steps, datamodule.name, int(cfg.seed))

@@ -71,6 +71,26 @@ def missing_methods(algo_class) -> list[str]:
     return [shown for shown, base, name in required if getattr(algo_class, name) is getattr(base, name)]
 
 
+def build_algorithm(algo_cfg: DictConfig, spec, model, stats):
+    """`Algo(spec=, model=, stats=, **algo options)` from `algo_cfg`. An algo.* option that a user's subclass
+    passes on through **kwargs to a constructor that lacks it is one line naming the option (a TypeError
+    from deep inside the constructor otherwise)."""
+    import re
+
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(algo_cfg, _partial_=True)(spec=spec, model=model, stats=stats)
+    except TypeError as err:
+        found = re.fullmatch(r"(\S+)\(\) got an unexpected keyword argument '(\w+)'", str(err))
+        if not (found and found.group(2) in algo_cfg):
+            raise
+        raise ConfigError(
+            f"algo.{found.group(2)}: {algo_cfg._target_} takes no argument '{found.group(2)}' (its **kwargs "
+            f"pass it on to {found.group(1)}, which does not take it)"
+        ) from err
+
+
 def check_segment_length(cfg: DictConfig, algo_class) -> None:
     """Sequence algorithms (DT) train on segments of algo.context_length steps, the others on single
     transitions; data.segment_length follows algo.context_length unless overridden."""
