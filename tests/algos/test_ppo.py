@@ -94,8 +94,10 @@ def test_ppo_resume_continues_env_step_budget(tmp_path, data_dir, caplog):
     assert (
         first["env_steps"] == 1024 and first["train_steps"] == 2 * 16
     )  # 2 iterations x 4 epochs x 4 minibatches
-    _, resumed = train(_ppo_cfg(tmp_path / "b", data_dir, 2048, [f"ckpt_path={first['checkpoint']}"]))
+    with caplog.at_level("INFO"):
+        _, resumed = train(_ppo_cfg(tmp_path / "b", data_dir, 2048, [f"ckpt_path={first['checkpoint']}"]))
     assert resumed["env_steps"] == 2048 and resumed["train_steps"] == 4 * 16
+    assert f"continuing ckpt_path={first['checkpoint']} from update 32, env step 1024" in caplog.text
     # the training curve continues across the resume
     assert resumed["train_episodes"][: len(first["train_episodes"])] == first["train_episodes"]
     assert resumed["train_episodes"][-1]["env_steps"] > 1024

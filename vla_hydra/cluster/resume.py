@@ -225,6 +225,12 @@ def check_resumable(
             f"trainer.max_steps={max_steps} is behind the checkpoint's step {step}: no training, the "
             "checkpoint's weights are evaluated as they are"
         )
+    elif step > 0:  # a continuation said as such (an online one showed only in its budget and results)
+        env_steps = checkpoint["state_dict"].get("env_steps")
+        log.info(
+            f"continuing ckpt_path={ckpt_path} from update {step}"
+            + (f", env step {int(env_steps)}" if env_steps is not None else "")
+        )
 
 
 def advance_iterable(dataset: Any, draws: int) -> int:
