@@ -127,7 +127,9 @@ def _train(
     callbacks = instantiate_dict_values(cfg.get("callbacks"), "callbacks", Callback)
     check_output_paths(cfg, callbacks, resuming=ckpt_path is not None)
     # the first run of a process: from its launch (what the user waits for); later sweep jobs: from train()
-    throughput = Throughput(since=None if first_run_in_process else started_at)
+    throughput = Throughput(
+        since=None if first_run_in_process else started_at, leg_start=start, resuming=ckpt_path is not None
+    )
     callbacks.append(throughput)
     callbacks.append(InterruptionRecord())  # what stopped a fit early, for the command's last line
     loggers = instantiate_dict_values(cfg.get("logger"), "logger", Logger)
@@ -154,6 +156,7 @@ def _train(
     final = rollout_episodes(policy, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
     evals = [cb for cb in callbacks if isinstance(cb, PolicyEvaluation)]
     best_checkpoint = evals[0].best_checkpoint if evals and evals[0].best else None
+    wall_seconds = time.perf_counter() - start  # this leg's; a continued run's earlier legs are added below
     results = {
         "algo": algo.run_label,
         "env": env.id,
@@ -163,7 +166,9 @@ def _train(
         "seed": int(cfg.seed),
         "train_steps": int(trainer.global_step),
         "env_steps": int(algo.env_steps) if hasattr(algo, "env_steps") else None,
-        "wall_seconds": time.perf_counter() - start,
+        "wall_seconds": wall_seconds,
+        # + the earlier legs' up to the checkpoint this leg continued; null: that checkpoint predates the record
+        "wall_seconds_all_legs": throughput.wall_seconds_all_legs(wall_seconds),
         "train_updates_per_s": throughput.updates_per_s,
         "train_env_steps_per_s": throughput.env_steps_per_s,
         "train_env_steps_per_cpu_s": throughput.env_steps_per_cpu_s,

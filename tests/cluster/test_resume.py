@@ -13,6 +13,7 @@ from tests.conftest import run_module, small_train_config
 from vla_hydra.cluster.resume import advance_iterable, resume_checkpoint
 from vla_hydra.core.exceptions import CheckpointError
 from vla_hydra.train import train
+from vla_hydra.training.callbacks import Throughput
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, data_dir):
@@ -31,6 +32,14 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, data_dir):
     b = torch.load(resumed["checkpoint"], weights_only=False)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["eval_return_mean"] == straight["eval_return_mean"]
+    # wall time across legs: the first leg's, up to its last checkpoint, travels in that checkpoint
+    assert straight["wall_seconds_all_legs"] == straight["wall_seconds"]
+    first_leg = torch.load(first["checkpoint"], weights_only=False)["callbacks"]["Throughput"]
+    assert 0 < first_leg["wall_seconds_all_legs"] <= first["wall_seconds"]
+    assert resumed["wall_seconds_all_legs"] >= first_leg["wall_seconds_all_legs"] + resumed["wall_seconds"]
+    assert resumed["wall_seconds_all_legs"] > resumed["wall_seconds"]
+    # a checkpoint saved before this record: the earlier legs' time is unknown, not zero
+    assert Throughput(resuming=True).wall_seconds_all_legs(1.0) is None
 
 
 def test_resume_checkpoint_prefers_own_run_dir_only_with_auto_resume(tmp_path):

@@ -6,6 +6,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import psutil
@@ -263,13 +264,24 @@ class Throughput(L.Callback):
     """Launch-to-first-step time, gradient updates/s and (online algorithms) env steps/s of the fit loop
     (evaluation time excluded).
 
+    It also carries a continued run's wall time across legs (a resume from `ckpt_path=`, a requeued SLURM
+    job): each checkpoint saves the wall seconds of all legs so far, from the checkpoint it continued
+    (earlier legs up to their last save) plus this leg's from `leg_start` to the save.
+
     Args:
         since: wall-clock time (time.time()) the first-step time counts from; None: the process's launch
             (a run's own process). Later jobs of a local sweep share the process: they pass their start.
+        leg_start: time.perf_counter() this leg's wall time counts from (results.json's wall_seconds);
+            None: now.
+        resuming: whether the fit continues a checkpoint; one saved before this callback kept the time
+            (no state of its own) leaves the earlier legs' time unknown (None).
     """
 
-    def __init__(self, since: float | None = None):
+    def __init__(self, since: float | None = None, leg_start: float | None = None, resuming: bool = False):
         self.since = since
+        self.leg_start = time.perf_counter() if leg_start is None else leg_start
+        # wall seconds of the earlier legs, up to the checkpoint this leg continues: 0 for a new run
+        self.earlier_legs_seconds: float | None = None if resuming else 0.0
         self.time_to_first_step_s: float | None = None
         self.updates_per_s: float | None = None
         self.env_steps_per_s: float | None = None
@@ -277,6 +289,22 @@ class Throughput(L.Callback):
         self.updates_per_cpu_s: float | None = None
         self.env_steps_per_cpu_s: float | None = None
         self._start_time = self._start_step = self._start_env_steps = None
+
+    def wall_seconds_all_legs(self, leg_seconds: float | None = None) -> float | None:
+        """The earlier legs' wall seconds plus this leg's (`leg_seconds`, default: from leg_start to now);
+        None when the earlier legs' are unknown."""
+        if self.earlier_legs_seconds is None:
+            return None
+        if leg_seconds is None:
+            leg_seconds = time.perf_counter() - self.leg_start
+        return self.earlier_legs_seconds + leg_seconds
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"wall_seconds_all_legs": self.wall_seconds_all_legs()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        earlier = state_dict.get("wall_seconds_all_legs")
+        self.earlier_legs_seconds = None if earlier is None else float(earlier)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.time_to_first_step_s is None:
