@@ -93,7 +93,17 @@ def test_report_cli_on_a_real_three_seed_sweep(tmp_path, data_dir):
 
 
 def _write_run(
-    run_dir: Path, algo, dataset, seed, ret, score="absent", history=(), overrides=None, steps=100, wall=1.0
+    run_dir: Path,
+    algo,
+    dataset,
+    seed,
+    ret,
+    score="absent",
+    history=(),
+    overrides=None,
+    steps=100,
+    wall=1.0,
+    all_legs="absent",
 ):
     run_dir.mkdir(parents=True)
     results = {
@@ -109,6 +119,8 @@ def _write_run(
     }
     if score != "absent":
         results["normalized_score"] = score
+    if all_legs != "absent":
+        results["wall_seconds_all_legs"] = all_legs
     (run_dir / "results.json").write_text(json.dumps(results))
     if overrides is not None:
         (run_dir / ".hydra").mkdir()
@@ -142,8 +154,9 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
     (a / "6" / "eval.log").write_text("")
     # beta/x: no normalized score (null); returns -10, -14 -> mean -12, std sqrt((2² + 2²) / 1) = 2.828
     beta_hist = [{"step": 0, "eval/return_mean": -20.0}, {"step": 50, "eval/return_mean": -11.0}]
-    _write_run(b / "deep" / "0", "x", "beta", 0, -10, None, beta_hist)
-    _write_run(b / "deep" / "1", "x", "beta", 1, -14, None, beta_hist)
+    # wall: a run continued from a checkpoint counts all its legs (5 s); null (unknown) -> its last leg's
+    _write_run(b / "deep" / "0", "x", "beta", 0, -10, None, beta_hist, all_legs=5.0)
+    _write_run(b / "deep" / "1", "x", "beta", 1, -14, None, beta_hist, all_legs=None)
     # beta/y: one run, no normalized_score key at all -> return only, no std
     _write_run(b / "deep" / "2", "y", "beta", 7, -5)
 
@@ -169,6 +182,7 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
     )
     assert ay.train_steps_mean == 150
     assert bx.score is None and bx.return_ == pytest.approx((-12.0, math.sqrt(8)))
+    assert bx.wall_seconds_mean == 3.0
     assert by.score is None and by.return_ == (-5.0, None) and by.seeds == [7]
 
     md = report.files["report.md"].read_text()
@@ -178,6 +192,7 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
     assert "| beta | x | 2 | 0,1 | — | -12.0 ± 2.8 | 100 |" in md
     assert "| beta | y | 1 | 7 | — | -5.0 | 100 |" in md
     assert "Seeds found: 0, 1, 2, 7." in md
+    assert "over all legs of a run continued from a checkpoint (`wall_seconds_all_legs`" in md
     assert "python -m vla_hydra.train -m algo=x seed=0,1,2 data=alpha\n" in md
     assert "python -m vla_hydra.train -m algo=y seed=0,1 algo.lr=1e-3\n" in md
     assert "python -m vla_hydra.train algo=y seed=0 algo.lr=3e-4\n" in md

@@ -8,7 +8,7 @@ runs are grouped by (dataset, algo, configuration: runs that differ in more than
 each), an online run's dataset being "<env id> (online)" unless it
 learned from a dataset too (GAIL's expert data). Per group: number of runs and their seeds, mean ± sample std
 (ddof=1) over runs of the final normalized score and of the final evaluation return, mean train
-steps and mean wall time. Prints the table and writes, into `--out` (default: the first dir):
+steps and mean wall time (a continued run's over all its legs). Prints the table and writes, into `--out` (default: the first dir):
 
     report.md            markdown table, caption, and the command lines that rerun each group
                          (rebuilt from the runs' .hydra/overrides.yaml)
@@ -59,7 +59,7 @@ class Run:
     env: str | None
     seed: int
     train_steps: int
-    wall_seconds: float
+    wall_seconds: float  # over all legs of a continued run where results.json knows them
     return_mean: float
     score: float | None
     history: list[dict[str, Any]]
@@ -135,6 +135,13 @@ def _field(data: dict, path: Path, key: str, kind: str, optional: bool = False) 
     if not check(value):
         raise VlaHydraError(f"{path} [{key}]: expected {expected}, got {value!r}")
     return value
+
+
+def _wall_seconds(data: dict, path: Path) -> float:
+    """A run's wall time: over all its legs (a run continued from a checkpoint), else its last leg's
+    (results.json of older versions, or a continuation of a checkpoint that did not record it)."""
+    all_legs = _field(data, path, "wall_seconds_all_legs", "number", optional=True)
+    return all_legs if all_legs is not None else _field(data, path, "wall_seconds", "number")
 
 
 def _read_overrides(run_dir: Path) -> list[str] | None:
@@ -262,7 +269,7 @@ def load_run(path: Path) -> Run:
         env=env,
         seed=_field(data, path, "seed", "int"),
         train_steps=_field(data, path, "train_steps", "int"),
-        wall_seconds=float(_field(data, path, "wall_seconds", "number")),
+        wall_seconds=float(_wall_seconds(data, path)),
         return_mean=float(_field(data, path, "eval_return_mean", "number")),
         score=_field(data, path, "normalized_score", "number", optional=True),
         history=history,
@@ -645,7 +652,8 @@ def caption(groups: Sequence[Group], sweep_dirs: Sequence[Path]) -> str:
         f"{MISSING} where the dataset has no reference returns) and evaluation return (mean over the run's "
         "final evaluation episodes), reported as mean ± sample standard deviation (ddof=1) over the n runs "
         "(seeds) of each (dataset, algo, configuration) group; a single run shows no std. Train steps are "
-        "gradient updates; wall time is per run (mean). "
+        "gradient updates; wall time is per run (mean), over all legs of a run continued from a checkpoint "
+        "(`wall_seconds_all_legs`; the last leg's alone where that is unknown). "
         f"Sweep dirs: {', '.join(f'`{d}`' for d in sweep_dirs)}. "
         f"Seeds found: {', '.join(map(str, seeds))}."
     )
