@@ -226,7 +226,14 @@ def _build_run(cfg: DictConfig, ckpt_path: str | None):
     algo = build_algorithm(cfg.algo, spec, instantiate(cfg.model), datamodule.stats())
     max_steps = int(cfg.trainer.get("max_steps", -1))
     if ckpt_path and Path(ckpt_path).is_file():
-        check_resumable(ckpt_path, algo, max_steps, datamodule.name, int(cfg.seed))
+        check_resumable(
+            ckpt_path,
+            algo,
+            max_steps,
+            datamodule.name,
+            int(cfg.seed),
+            OmegaConf.to_container(cfg.algo, resolve=True),
+        )
     if max_steps < 0 and not hasattr(algo, "total_timesteps"):
         raise ConfigError(
             f"trainer.max_steps={cfg.trainer.max_steps}: algo={algo.short_name()} learns "

@@ -120,7 +120,8 @@ def test_checkpoints_that_cannot_continue_this_config_are_refused_in_one_line(tm
         assert not (tmp_path / f"case{i}" / "run" / "results.json").exists()
     # a budget already behind the checkpoint: allowed (nothing to train), but said; so is another seed
     # than the checkpoint's run (a continuation on other minibatches), which used to pass silently
-    behind = ["trainer.max_steps=20", "seed=1", f"ckpt_path={bc['checkpoint']}"]
+    # ...and so are changed algo settings (what depends on them continues on the new values)
+    behind = ["trainer.max_steps=20", "seed=1", "algo.lr=2e-3", f"ckpt_path={bc['checkpoint']}"]
     with caplog.at_level("WARNING"):
         _, again = train(small_train_config(tmp_path / "behind", data_dir, behind))
     assert (
@@ -128,6 +129,7 @@ def test_checkpoints_that_cannot_continue_this_config_are_refused_in_one_line(tm
         and "trainer.max_steps=20 is behind the checkpoint's step 50" in caplog.text
         and f"seed=1, but the run that wrote ckpt_path={bc['checkpoint']} had seed=0" in caplog.text
         and "add seed=0 to continue it exactly" in caplog.text
+        and "with algo settings other than its run's (algo.lr: 0.001 -> 0.002)" in caplog.text
     )
 
 

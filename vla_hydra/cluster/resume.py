@@ -160,13 +160,17 @@ def check_resumable(
     max_steps: int = -1,
     dataset_name: str | None = None,
     seed: int | None = None,
+    algo_settings: dict | None = None,
 ) -> None:
     """Fail in one line, before training, when `ckpt_path` cannot continue into `algo`: an inference-only
     file (no optimizer/loop state), another algorithm, another dataset (`dataset_name`: its normalisation
     statistics and reward scale stay the checkpoint's), or weights of other shapes (another model= or
     env). Warn when `max_steps` (trainer.max_steps) is already behind the checkpoint, and when `seed`
     differs from the seed of the run that wrote it (the minibatch sampler is reseeded from it, so the
-    continuation is not that run's: `ckpt_path=` without the run's `seed=` used to pass silently)."""
+    continuation is not that run's: `ckpt_path=` without the run's `seed=` used to pass silently), and name
+    the `algo_settings` (the resolved algo.* config) that differ from that run's: what depends on them
+    (IQL's actor-lr cosine over algo.actor_lr_decay_updates, PPO's lr annealing over algo.total_timesteps)
+    continues on the new values, e.g. a stretched schedule whose lr rises again."""
     from vla_hydra.algos.base import CHECKPOINT_KEY
 
     try:
@@ -219,6 +223,18 @@ def check_resumable(
             "continuation draws other samples (minibatches, env resets) than that run would (and "
             f"results.json records seed {seed}); add seed={trained_seed} to continue it exactly"
         )
+    trained_algo = (meta.get("config") or {}).get("algo")
+    if algo_settings is not None and isinstance(trained_algo, dict):
+        changed = [
+            f"algo.{key}: {trained_algo[key]!r} -> {value!r}"
+            for key, value in algo_settings.items()
+            if key in trained_algo and not isinstance(value, dict) and value != trained_algo[key]
+        ]
+        if changed:
+            log.warning(
+                f"continuing ckpt_path={ckpt_path} with algo settings other than its run's ({'; '.join(changed)}): "
+                "what depends on them (learning-rate schedules, budgets) continues on the new values"
+            )
     step = int(checkpoint.get("global_step", 0))
     if 0 < max_steps < step:  # 0: experiment=eval's "restore and evaluate only"
         log.warning(
