@@ -277,7 +277,14 @@ def _note_budget_end(cfg: DictConfig, trainer, algo) -> None:
         return
     log = get_logger(__name__)
     max_steps = int(cfg.trainer.get("max_steps", -1))
-    if 0 <= max_steps < trainer.global_step:
+    if 0 < max_steps <= trainer.global_step and int(algo.env_steps) < algo.total_timesteps:
+        # e.g. a user's online algo yaml without `max_updates: -1`: trainer.max_steps fell back to 10000
+        log.warning(
+            f"trainer.max_steps={max_steps} ended this run after {trainer.global_step} updates, at "
+            f"{int(algo.env_steps)} of its algo.total_timesteps={algo.total_timesteps} env steps (online algos "
+            "end on their env-step budget where algo.max_updates=-1, which trainer.max_steps reads; else 10000)"
+        )
+    elif 0 <= max_steps < trainer.global_step:
         # offline blocks are cut at max_steps; an online iteration (rollout + its updates) is not
         log.info(
             f"trainer.max_steps={max_steps}: algo={algo.run_label} updates in whole iterations, "

@@ -89,6 +89,18 @@ def test_short_ppo_run_learns_cartpole(tmp_path, data_dir):
     assert sum(late) / len(late) > 2 * sum(early) / len(early)
 
 
+def test_an_update_limit_that_ends_the_run_before_its_env_step_budget_is_said(tmp_path, data_dir, caplog):
+    """trainer.max_steps (from algo.max_updates, 10000 when an algo yaml lacks it) cutting an online run
+    short of algo.total_timesteps used to pass silently."""
+    with caplog.at_level("WARNING"):
+        _, results = train(_ppo_cfg(tmp_path, data_dir, 1024, ["trainer.max_steps=16", "eval.episodes=2"]))
+    assert results["env_steps"] == 512 and results["train_steps"] == 16  # one iteration: 4 envs x 128 steps
+    assert (
+        "trainer.max_steps=16 ended this run after 16 updates, at 512 of its algo.total_timesteps=1024 "
+        "env steps" in caplog.text
+    )
+
+
 def test_ppo_resume_continues_env_step_budget(tmp_path, data_dir, caplog):
     _, first = train(_ppo_cfg(tmp_path / "a", data_dir, 1024))
     assert (
