@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 
 from tests.conftest import compose_config, small_train_config
+from vla_hydra.algos.online import OnlineAlgorithm
 from vla_hydra.algos.sac import (
     REPLAY_BUFFER_KEY,
     sac_actor_loss,
@@ -265,20 +266,39 @@ def test_resume_continues_env_steps_and_replay_buffer(tmp_path, data_dir, save_b
         assert int(ckpt2["state_dict"]["update_rounds"]) == 300 + 200 - 99
 
 
-def test_a_continuation_that_ends_inside_the_refill_warns(tmp_path, data_dir, caplog):
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_continuation_that_ends_inside_the_refill_warns(
+    tmp_path, data_dir, caplog, monkeypatch, world_size
+):
     """Resuming a SAC run (no saved buffer) for fewer env steps than the refill ran them, did no update
-    and came out with the checkpoint's policy, in silence: the user saw the same eval return again."""
+    and came out with the checkpoint's policy, in silence: the user saw the same eval return again.
+    world_size=2 (rank 0 of a trainer=ddp run, simulated in one process): each rank refills its own buffer
+    while env_steps counts both ranks' steps, so 150 env steps left (75 per rank) refill nothing either;
+    the warning compared them with one rank's 100 and stayed silent."""
     common = [*SMALL, "algo.learning_starts=100", "algo.batch_size=64", "eval.every_n_updates=100000"]
     _, first = train(small_train_config(tmp_path / "a", data_dir, [*common, "algo.total_timesteps=150"]))
+    total = 150 + 50 * (2 * world_size - 1)  # 50 or 150 env steps left
     second = small_train_config(
-        tmp_path / "b", data_dir, [*common, "algo.total_timesteps=200", f"ckpt_path={first['checkpoint']}"]
+        tmp_path / "b",
+        data_dir,
+        [*common, f"algo.total_timesteps={total}", f"ckpt_path={first['checkpoint']}"],
     )
+    if world_size > 1:
+        fit_start = OnlineAlgorithm.on_fit_start
+
+        def as_rank_zero_of_two(self):
+            fit_start(self)
+            self.world_size = world_size
+
+        monkeypatch.setattr(OnlineAlgorithm, "on_fit_start", as_rank_zero_of_two)
     with caplog.at_level("WARNING", logger="vla_hydra.algos.sac"):
         _, resumed = train(second)
-    assert resumed["env_steps"] == 200 and resumed["train_steps"] == first["train_steps"]
+    assert resumed["env_steps"] == total and resumed["train_steps"] == first["train_steps"]
+    per_process = " on each of the 2 processes (200 env steps)" if world_size > 1 else ""
     assert (
-        "algo.total_timesteps=200: resumed at env step 150 from a checkpoint without the replay buffer, which "
-        "first refills 100 transitions of the current policy; the 50 env steps left end before that"
+        f"algo.total_timesteps={total}: resumed at env step 150 from a checkpoint without the replay buffer, "
+        f"which first refills 100 transitions of the current policy{per_process}; the {total - 150} env steps "
+        "left end before that"
     ) in caplog.text
 
 

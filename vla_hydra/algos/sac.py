@@ -306,12 +306,16 @@ class SAC(OnlineAlgorithm):
             refill = max(self.batch_size, self.learning_starts)
             self._min_buffer_size = min(refill, self.replay_buffer.capacity)
             left = self.total_timesteps - int(self.env_steps)
-            if 0 < left < self._min_buffer_size:
+            # each process refills its own buffer, and env_steps counts every process's steps
+            needed = self._min_buffer_size * self.world_size
+            if 0 < left < needed:
                 # a short continuation would end still refilling: the policy comes out unchanged
+                per_process = f" on each of the {self.world_size} processes ({needed} env steps)"
                 log.warning(
                     f"algo.total_timesteps={self.total_timesteps}: resumed at env step {int(self.env_steps)} "
                     f"from a checkpoint without the replay buffer, which first refills {self._min_buffer_size} "
-                    f"transitions of the current policy; the {left} env steps left end before that: no "
+                    f"transitions of the current policy{per_process if self.world_size > 1 else ''}; the "
+                    f"{left} env steps left end before that: no "
                     "gradient update, the policy stays as the checkpoint's (raise algo.total_timesteps, or "
                     "save the buffer with algo.checkpoint_replay_buffer=true)"
                 )
