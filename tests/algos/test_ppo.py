@@ -110,6 +110,7 @@ def test_ppo_resume_continues_env_step_budget(tmp_path, data_dir, caplog):
         _, resumed = train(_ppo_cfg(tmp_path / "b", data_dir, 2048, [f"ckpt_path={first['checkpoint']}"]))
     assert resumed["env_steps"] == 2048 and resumed["train_steps"] == 4 * 16
     assert f"continuing ckpt_path={first['checkpoint']} from update 32, env step 1024" in caplog.text
+    assert "algo settings other than its run's" not in caplog.text  # a larger budget is how a run goes on
     # the training curve continues across the resume
     assert resumed["train_episodes"][: len(first["train_episodes"])] == first["train_episodes"]
     assert resumed["train_episodes"][-1]["env_steps"] > 1024

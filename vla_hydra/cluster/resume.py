@@ -154,6 +154,10 @@ def refuse_another_runs_dir(run_dir: Path, ckpt_path: str) -> None:
     )
 
 
+# algo.* keys whose change is how a run is extended (an online run's env-step budget), not a change of method
+BUDGET_KEYS = ("total_timesteps", "max_updates")
+
+
 def check_resumable(
     ckpt_path: str,
     algo,
@@ -169,8 +173,8 @@ def check_resumable(
     differs from the seed of the run that wrote it (the minibatch sampler is reseeded from it, so the
     continuation is not that run's: `ckpt_path=` without the run's `seed=` used to pass silently), and name
     the `algo_settings` (the resolved algo.* config) that differ from that run's: what depends on them
-    (IQL's actor-lr cosine over algo.actor_lr_decay_updates, PPO's lr annealing over algo.total_timesteps)
-    continues on the new values, e.g. a stretched schedule whose lr rises again."""
+    (IQL's actor-lr cosine over algo.actor_lr_decay_updates) continues on the new values, e.g. a stretched
+    schedule whose lr rises again. A larger budget (BUDGET_KEYS) is the usual continuation: not named."""
     from vla_hydra.algos.base import CHECKPOINT_KEY
 
     try:
@@ -228,7 +232,11 @@ def check_resumable(
         changed = [
             f"algo.{key}: {trained_algo[key]!r} -> {value!r}"
             for key, value in algo_settings.items()
-            if key in trained_algo and not isinstance(value, dict) and value != trained_algo[key]
+            if key in trained_algo
+            and key not in BUDGET_KEYS
+            and value is not None  # unset: filled in at fit start as it was (DT's target_return)
+            and not isinstance(value, dict)
+            and value != trained_algo[key]
         ]
         if changed:
             log.warning(
