@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -18,6 +18,12 @@ from omegaconf.errors import OmegaConfBaseException
 # whether the entry point's own function has started (errors before it are Hydra's set-up: config,
 # run directory, logging)
 _entry_point_state: dict[str, Any] = {"task_started": False}
+
+
+def exit_with_error(message: str) -> NoReturn:
+    """A refusal before anything runs: `error: <message>` as the command's one line on stderr, exit 1."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
 
 
 def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -227,13 +233,10 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
     writes = not any(arg in _INFO_FLAGS or arg.startswith("--cfg") for arg in argv)
     if writes and run_dir is not None and (run_dir / "eval_results.json").is_file():
         # vla_hydra.eval's dir: a training run replaced the evaluation's .hydra/ config with its own
-        print(
-            f"error: hydra.run.dir={run_dir}: holds an evaluation (eval_results.json); a training run writes "
-            "its own config there: choose another hydra.run.dir",
-            file=sys.stderr,
-            flush=True,
+        exit_with_error(
+            f"hydra.run.dir={run_dir}: holds an evaluation (eval_results.json); a training run writes "
+            "its own config there: choose another hydra.run.dir"
         )
-        raise SystemExit(1)
     if ckpt_paths:
         sweep_dir = _explicit_dir(overrides, "hydra.sweep.dir")
         if sweep_dir is not None and writes:
@@ -244,14 +247,11 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
                 for p in [*sweep_dir.glob("*/results.json"), *sweep_dir.glob(f"*/{RUN_DIR_CHECKPOINT}")]
             )
             if held:
-                print(
-                    f"error: hydra.sweep.dir={sweep_dir}: holds runs ({held[0]}); a sweep writes its own job "
+                exit_with_error(
+                    f"hydra.sweep.dir={sweep_dir}: holds runs ({held[0]}); a sweep writes its own job "
                     f"dirs: choose a new dir (continue one of its runs alone with "
-                    f"ckpt_path={held[0] / RUN_DIR_CHECKPOINT} hydra.run.dir={held[0]})",
-                    file=sys.stderr,
-                    flush=True,
+                    f"ckpt_path={held[0] / RUN_DIR_CHECKPOINT} hydra.run.dir={held[0]})"
                 )
-                raise SystemExit(1)
         if run_dir is not None and writes and run_dir.is_dir():
             try:  # a live run's config must not be replaced by a command that will be refused
                 from vla_hydra.cluster.resume import refuse_another_runs_dir, refuse_run_dir_in_use
@@ -260,8 +260,7 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
                 if (run_dir / ".hydra").is_dir():
                     refuse_run_dir_in_use(run_dir)
             except CheckpointError as err:
-                print(f"error: {err}", file=sys.stderr, flush=True)
-                raise SystemExit(1) from None
+                exit_with_error(str(err))
             if (run_dir / ".hydra").is_dir():
                 keep_config_of_earlier_leg(run_dir)
         return
@@ -296,8 +295,7 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
             refuse_run_dir_in_use(job_dir)  # first: a running run's dir is not an interrupted one
             refuse_unfinished_run_dir(job_dir)
     except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+        exit_with_error(str(err))
 
 
 # Hydra flags that print and exit without writing a run dir
@@ -402,13 +400,10 @@ def refuse_occupied_eval_dir_early(argv: list[str], task: str = "an evaluation")
         ]
         if held:
             where = f" ({run_dir}: {', '.join(held)})" if multirun else f" ({', '.join(held)})"
-            print(
-                f"error: {key}={given}: holds another run{where}; {task} writes its own config and "
-                f"{writes}: choose a new dir (or leave {key} at its default)",
-                file=sys.stderr,
-                flush=True,
+            exit_with_error(
+                f"{key}={given}: holds another run{where}; {task} writes its own config and "
+                f"{writes}: choose a new dir (or leave {key} at its default)"
             )
-            raise SystemExit(1)
 
 
 # -- Hydra's own errors (composing the config, parsing overrides) --------------------------------------
@@ -738,12 +733,9 @@ def _refuse_argparse_style_options(config_name: str) -> None:
 
         choice = (Path(CONF_DIR) / "env" / f"{value}.yaml").is_file()
         write = f"write {f'env={value}' if choice else env_choice_hint(value)}"
-    print(
-        f"error: {flag}: vla_hydra.{config_name} takes Hydra overrides (key=value), not --options; {write}",
-        file=sys.stderr,
-        flush=True,
+    exit_with_error(
+        f"{flag}: vla_hydra.{config_name} takes Hydra overrides (key=value), not --options; {write}"
     )
-    raise SystemExit(1)
 
 
 def _config_keys_named(config_name: str, key: str, overrides: list[str]) -> list[str]:
@@ -877,8 +869,7 @@ def one_line_hydra_errors(config_name: str) -> Iterator[None]:
                     line = _run_dir_write_line(err)
                 if line is None:
                     raise
-                print(f"error: {line}", file=sys.stderr, flush=True)
-                raise SystemExit(1) from None
+                exit_with_error(line)
 
         return original(one_line)
 
@@ -891,12 +882,9 @@ def one_line_hydra_errors(config_name: str) -> Iterator[None]:
             or os.environ.get("HYDRA_FULL_ERROR") == "1"
         ):
             raise
-        print(
-            "error: -m (--multirun) cannot be combined with --cfg/--info/-r: Hydra shows one job's config; "
-            "drop -m and give each swept option one value (seed=0, not seed=0,1)",
-            file=sys.stderr,
-            flush=True,
+        exit_with_error(
+            "-m (--multirun) cannot be combined with --cfg/--info/-r: Hydra shows one job's config; "
+            "drop -m and give each swept option one value (seed=0, not seed=0,1)"
         )
-        raise SystemExit(1) from None
     finally:
         hydra_utils.run_and_report = original

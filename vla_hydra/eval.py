@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from vla_hydra.cli import one_line_hydra_errors, refuse_unread_additions, run_cli
+from vla_hydra.cli import exit_with_error, one_line_hydra_errors, refuse_unread_additions, run_cli
 from vla_hydra.core.config import CONF_DIR, check_config_values
 from vla_hydra.core.logging import get_logger
 
@@ -280,8 +280,7 @@ def refuse_training_options_early(argv: list[str]) -> None:
             )
         else:
             continue
-        print(f"error: {arg}: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(1)
+        exit_with_error(f"{arg}: {message}")
 
 
 def main() -> None:

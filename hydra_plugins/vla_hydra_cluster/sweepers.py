@@ -204,14 +204,13 @@ class OptunaSweeper(_OptunaSweeper):
                 if not line.startswith("Error executing job with overrides:")
             )
         if failed:
-            print(
-                f"error: {len(failed)} of {impl.n_trials} trials failed (job{'s' if len(failed) > 1 else ''} "
+            from vla_hydra.cli import exit_with_error
+
+            exit_with_error(
+                f"{len(failed)} of {impl.n_trials} trials failed (job{'s' if len(failed) > 1 else ''} "
                 f"{', '.join(map(str, failed))}, named above); the best of the others: "
-                f"{impl.config.hydra.sweep.dir}/optimization_results.yaml",
-                file=sys.stderr,
-                flush=True,
+                f"{impl.config.hydra.sweep.dir}/optimization_results.yaml"
             )
-            raise SystemExit(1)
 
     @staticmethod
     def _go_on_after_failed_trials(impl) -> list[int]:

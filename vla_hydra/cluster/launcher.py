@@ -29,6 +29,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
+from vla_hydra.cli import exit_with_error
 from vla_hydra.core.checkpoints import check_run_checkpoint
 from vla_hydra.core.exceptions import ConfigError, VlaHydraError
 from vla_hydra.core.logging import get_logger
@@ -184,8 +185,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
             for config in self._checkpoint_configs(job_overrides):
                 check_run_checkpoint(config)
         except VlaHydraError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            raise SystemExit(1) from None
+            exit_with_error(str(err))
 
     def _checkpoint_configs(self, job_overrides: Sequence[Sequence[str]]) -> list[Any]:
         """The configs the jobs read their ckpt_path from. A job that sets ckpt_path itself is composed as

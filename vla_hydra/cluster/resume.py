@@ -220,14 +220,15 @@ def check_resumable(
             + (f"; {len(problems) - 1} more" if len(problems) > 1 else "")
             + "): resume with the model=/data=/env= settings of the run that wrote it"
         )
-    trained_seed = (meta.get("config") or {}).get("seed")
+    trained_config = meta.get("config") or {}
+    trained_seed = trained_config.get("seed")
     if seed is not None and trained_seed is not None and int(trained_seed) != int(seed):
         log.warning(
             f"seed={seed}, but the run that wrote ckpt_path={ckpt_path} had seed={trained_seed}: this "
             "continuation draws other samples (minibatches, env resets) than that run would (and "
             f"results.json records seed {seed}); add seed={trained_seed} to continue it exactly"
         )
-    trained_algo = (meta.get("config") or {}).get("algo")
+    trained_algo = trained_config.get("algo")
     if algo_settings is not None and isinstance(trained_algo, dict):
         changed = [
             f"algo.{key}: {trained_algo[key]!r} -> {value!r}"
