@@ -230,9 +230,9 @@ def _build_run(cfg: DictConfig, ckpt_path: str | None):
             ckpt_path,
             algo,
             max_steps,
-            datamodule.name,
-            int(cfg.seed),
-            OmegaConf.to_container(cfg.algo, resolve=True),
+            dataset_name=datamodule.name,
+            seed=int(cfg.seed),
+            algo_settings=OmegaConf.to_container(cfg.algo, resolve=True),
         )
     if max_steps < 0 and not hasattr(algo, "total_timesteps"):
         raise ConfigError(
