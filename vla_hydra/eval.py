@@ -219,25 +219,70 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir) / "eval_results.json"
     write_json_atomic(out, results)  # before the video and export: a failure there loses no result
     if cfg.get("video"):
-        from vla_hydra.envs.video import record_video
+        from vla_hydra.envs.video import add_video_to_results
 
-        video = record_video(
-            algo, env, Path(cfg.paths.output_dir) / "videos" / "eval.mp4", cfg.video_episodes, cfg.seed
-        )
-        results["video"] = video["path"]
-        log.info(f"video: {video['path']}")
-        write_json_atomic(out, results)
+        add_video_to_results(algo, env, results, out, cfg.video_episodes, cfg.seed)
     if cfg.get("export"):
         results["exported"] = str(export_policy(cfg.ckpt_path, cfg.export, algo))
         log.info(f"exported: {results['exported']}")
         write_json_atomic(out, results)
-    score = results["normalized_score"]
-    # logged, not printed: the run dir's eval.log keeps them too
-    log.info(
-        f"eval return {result.return_mean:.1f} ± {result.return_std:.1f} over {cfg.episodes} episodes"
-        + (f", normalized score {score:.1f}" if score is not None else "")
-    )
+    log.info(result.summary())  # logged, not printed: the run dir's eval.log keeps it too
     log.info(f"results: {out.resolve()}")
+    return results
+
+
+# config groups an eval_only run takes from the checkpoint, not from the command line
+_SET_BY_THE_CHECKPOINT = ("algo", "model", "data", "env", "trainer", "callbacks")
+
+
+def evaluate_training_run_checkpoint(cfg: DictConfig, output_dir: Path, start: float) -> dict[str, Any]:
+    """vla_hydra.train's `eval_only=true` (experiment=eval): no training. The checkpoint brings its own
+    algorithm, networks and env (the config it carries, as for `evaluate`), so one sweep re-evaluates
+    checkpoints of any algorithms; results.json has the fields of a training run's, labelled with the
+    run's algo, dataset and seed, so vla_hydra.report tables them."""
+    import time
+
+    from vla_hydra.cli import command_line_overrides
+    from vla_hydra.cluster.resume import refuse_finished_run_dir
+    from vla_hydra.core.checkpoints import check_run_checkpoint
+    from vla_hydra.core.exceptions import ConfigError
+    from vla_hydra.core.io import write_json_atomic
+    from vla_hydra.envs.evaluation import rollout_episodes
+
+    for override, key in command_line_overrides():
+        if key.split(".")[0] in _SET_BY_THE_CHECKPOINT:
+            raise ConfigError(
+                f"{override}: eval_only=true evaluates the checkpoint with the algo, model, data and env "
+                "it was trained with; only eval.* options apply (vla_hydra.eval takes the same)"
+            )
+    check_run_checkpoint(cfg)  # the same check as before a cluster submission
+    refuse_finished_run_dir(output_dir)
+    ckpt_path = Path(str(cfg.ckpt_path)).resolve()
+    algo, env, config = load_policy(ckpt_path)
+    final = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
+    data_config = config.get("data") or {}
+    results = {
+        "algo": algo.run_label,
+        "env": env.id,
+        "dataset": algo.dataset_name or data_config.get("name") or Path(str(data_config.get("path"))).stem,
+        "seed": int(config.get("seed", cfg.seed)),  # the training run's: reports group runs by it
+        "train_steps": algo.trained_steps,
+        "env_steps": int(algo.env_steps) if hasattr(algo, "env_steps") else None,
+        "wall_seconds": time.perf_counter() - start,
+        **final.to_dict(),
+        "eval_history": [],
+        "checkpoint": str(ckpt_path),
+        "eval_only": True,
+        "run_dir": str(output_dir),
+    }
+    out = output_dir / "results.json"
+    write_json_atomic(out, results)
+    if cfg.eval.get("video"):
+        from vla_hydra.envs.video import add_video_to_results
+
+        add_video_to_results(algo, env, results, out, cfg.eval.video_episodes, cfg.eval.seed)
+    log.info(f"{results['algo']} checkpoint after {results['train_steps']} updates: {final.summary()}")
+    log.info(f"results:    {out}")
     return results
 
 

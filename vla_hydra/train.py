@@ -18,7 +18,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vla_hydra.cli import (
-    command_line_overrides,
     continuation_started,
     hydra_choice,
     one_line_hydra_errors,
@@ -55,21 +54,6 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
             lock.close()
 
 
-def _log_final_evaluation(trainer, final) -> None:
-    """The final evaluation (eval.episodes, after training) in the loggers too, at the last update: a wandb
-    or TensorBoard user compares runs by it, and it used to be in results.json only."""
-    metrics = {
-        "final/return_mean": final.return_mean,
-        "final/return_std": final.return_std,
-        "final/episodes": float(len(final.returns)),
-    }
-    if final.normalized_score is not None:
-        metrics["final/normalized_score"] = final.normalized_score
-    for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=trainer.global_step)
-        logger.save()
-
-
 def _scoring_references(cfg: DictConfig, env, datamodule) -> dict[str, float] | None:
     """The reference returns of normalized scores, None (and a warning) when the only ones there are
     were measured on episodes of another length than this run's evaluation episodes."""
@@ -101,8 +85,9 @@ def _train(
     from vla_hydra.envs.evaluation import rollout_episodes
     from vla_hydra.training.callbacks import InterruptionRecord, PolicyEvaluation, Throughput
     from vla_hydra.training.checks import check_output_paths, refuse_local_multiprocess_sweep
+    from vla_hydra.training.loggers import log_final_evaluation
     from vla_hydra.training.sharding import prepare_strategy, weights_sharded
-    from vla_hydra.training.trainer import build_trainer
+    from vla_hydra.training.trainer import build_trainer, last_checkpoint
 
     # wall_seconds counts from here: the one-off library imports above (~3 s, paid by the first run of
     # a process only) would make the jobs of one local sweep incomparable
@@ -120,7 +105,10 @@ def _train(
         log.info(f"requeued after its run had finished ({output_dir / 'results.json'}): nothing left to do")
         return _optimized_metric(cfg, finished), finished
     if cfg.get("eval_only"):
-        return _evaluate_checkpoint(cfg, output_dir, start)
+        from vla_hydra.eval import evaluate_training_run_checkpoint
+
+        results = evaluate_training_run_checkpoint(cfg, output_dir, start)
+        return _optimized_metric(cfg, results), results
     ckpt_path = resume_checkpoint(cfg, output_dir)
     env, datamodule, algo = _build_run(cfg, ckpt_path)
 
@@ -141,10 +129,10 @@ def _train(
     except ConfigError:  # refused as the fit started (e.g. DAgger's expert for another env)
         remove_empty_dirs(output_dir)
         raise
-    last_ckpt = _last_checkpoint(trainer, callbacks)
+    last_ckpt = last_checkpoint(trainer, callbacks)
     if trainer.global_rank != 0:
         return None, {}  # rank 0 alone evaluates and writes results
-    _note_budget_end(cfg, trainer, algo)
+    algo.note_training_end(int(cfg.trainer.get("max_steps", -1)), trainer.global_step)
 
     policy = algo
     if weights_sharded(trainer.strategy) and last_ckpt:
@@ -185,9 +173,14 @@ def _train(
         "run_dir": str(output_dir),
     }
     write_json_atomic(output_dir / "results.json", results)
-    _log_final_evaluation(trainer, final)
-    _record_video_if_asked(cfg, algo, env, output_dir, results)
-    log.info(_evaluation_line(final, cfg.eval.episodes))
+    log_final_evaluation(trainer.loggers, final, trainer.global_step)
+    if cfg.eval.get("video"):  # after results.json: a failing video loses no result
+        from vla_hydra.envs.video import add_video_to_results
+
+        add_video_to_results(
+            algo, env, results, output_dir / "results.json", cfg.eval.video_episodes, cfg.eval.seed
+        )
+    log.info(final.summary())
     log.info(f"run dir:    {output_dir}")
     log.info(f"checkpoint: {results['checkpoint']}")
     log.info(f"results:    {output_dir / 'results.json'}")
@@ -245,149 +238,9 @@ def _build_run(cfg: DictConfig, ckpt_path: str | None):
     return env, datamodule, algo
 
 
-def _last_checkpoint(trainer, callbacks: list) -> str:
-    """The checkpoint the fit left (results.json names it), "" without checkpointing."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
-    checkpointing = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
-    last_ckpt = checkpointing[0].last_model_path if checkpointing else ""
-    if (
-        checkpointing
-        and not last_ckpt
-        and checkpointing[0].dirpath
-        and not trainer.fast_dev_run  # debug=fdr: a smoke test leaves no checkpoint
-    ):
-        # no optimizer step happened (e.g. an online budget inside the random warm-up), so Lightning
-        # saved nothing: still leave the policy as it is, without replacing an existing file. Every
-        # rank takes part (sharded weights are gathered collectively); rank 0's view of the file decides.
-        fallback = Path(checkpointing[0].dirpath) / "last.ckpt"
-        if not trainer.strategy.broadcast(fallback.exists()):
-            trainer.save_checkpoint(fallback, weights_only=False)
-            last_ckpt = str(fallback)
-    return last_ckpt
-
-
-def _note_budget_end(cfg: DictConfig, trainer, algo) -> None:
-    """Why an online run ended off its budget: whole iterations past trainer.max_steps, whole rollouts past
-    algo.total_timesteps, or a checkpoint that had spent the budget already."""
-    from vla_hydra.core.logging import get_logger
-
-    if not hasattr(algo, "total_timesteps"):
-        return
-    log = get_logger(__name__)
-    max_steps = int(cfg.trainer.get("max_steps", -1))
-    if 0 < max_steps <= trainer.global_step and int(algo.env_steps) < algo.total_timesteps:
-        # e.g. a user's online algo yaml without `max_updates: -1`: trainer.max_steps fell back to 10000
-        log.warning(
-            f"trainer.max_steps={max_steps} ended this run after {trainer.global_step} updates, at "
-            f"{int(algo.env_steps)} of its algo.total_timesteps={algo.total_timesteps} env steps (online algos "
-            "end on their env-step budget where algo.max_updates=-1, which trainer.max_steps reads; else 10000)"
-        )
-    elif 0 <= max_steps < trainer.global_step:
-        # offline blocks are cut at max_steps; an online iteration (rollout + its updates) is not
-        log.info(
-            f"trainer.max_steps={max_steps}: algo={algo.run_label} updates in whole iterations, "
-            f"so it stopped after {trainer.global_step} updates ({int(algo.env_steps)} env steps; "
-            f"its budget is algo.total_timesteps={algo.total_timesteps})"
-        )
-    elif algo.env_steps_at_fit_start >= algo.total_timesteps > 0:
-        log.warning(
-            f"algo.total_timesteps={algo.total_timesteps}: the checkpoint had already run "
-            f"{algo.env_steps_at_fit_start} env steps; no training, its policy is evaluated as it is"
-        )
-    elif int(algo.env_steps) > algo.total_timesteps:
-        # rollouts are whole (PPO: num_envs x num_steps; GRPO: whole episodes; SAC: one step per env)
-        log.info(
-            f"algo.total_timesteps={algo.total_timesteps}: algo={algo.run_label} collects in whole rollouts, "
-            f"so it ran {int(algo.env_steps)} env steps"
-        )
-
-
-def _evaluation_line(final, episodes: int) -> str:
-    score = final.normalized_score
-    return f"eval return {final.return_mean:.1f} ± {final.return_std:.1f} over {episodes} episodes" + (
-        f", normalized score {score:.1f}" if score is not None else ""
-    )
-
-
 def _optimized_metric(cfg: DictConfig, results: dict[str, Any]) -> float | None:
     """The value `train` returns to Hydra's sweepers (optimized_metric, a results.json field)."""
     return results.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
-
-
-# config groups an eval_only run takes from the checkpoint, not from the command line
-_SET_BY_THE_CHECKPOINT = ("algo", "model", "data", "env", "trainer", "callbacks")
-
-
-def _record_video_if_asked(cfg: DictConfig, policy, env, output_dir: Path, results: dict[str, Any]) -> None:
-    """eval.video=true: an mp4 of the policy, written after results.json (a failing video loses no
-    result), then named in it."""
-    if not cfg.eval.get("video"):
-        return
-    from vla_hydra.core.io import write_json_atomic
-    from vla_hydra.core.logging import get_logger
-    from vla_hydra.envs.video import record_video
-
-    get_logger(__name__).info(f"recording {cfg.eval.video_episodes} episode(s) to video (eval.video=true)")
-    video = record_video(
-        policy, env, output_dir / "videos" / "eval.mp4", cfg.eval.video_episodes, cfg.eval.seed
-    )
-    results["video"] = video["path"]
-    get_logger(__name__).info(f"video:      {video['path']}")
-    write_json_atomic(output_dir / "results.json", results)
-
-
-def _evaluate_checkpoint(
-    cfg: DictConfig, output_dir: Path, start: float
-) -> tuple[float | None, dict[str, Any]]:
-    """`eval_only=true` (experiment=eval): no training. The checkpoint brings its own algorithm, networks
-    and env (the config it carries, as for vla_hydra.eval), so one sweep re-evaluates checkpoints of any
-    algorithms; results.json has the fields of a training run's, labelled with the run's algo, dataset
-    and seed, so vla_hydra.report tables them."""
-    from vla_hydra.cluster.resume import refuse_finished_run_dir
-    from vla_hydra.core.checkpoints import check_run_checkpoint
-    from vla_hydra.core.exceptions import ConfigError
-    from vla_hydra.core.io import write_json_atomic
-    from vla_hydra.core.logging import get_logger
-    from vla_hydra.envs.evaluation import rollout_episodes
-    from vla_hydra.eval import load_policy
-
-    log = get_logger(__name__)
-    for override, key in command_line_overrides():
-        if key.split(".")[0] in _SET_BY_THE_CHECKPOINT:
-            raise ConfigError(
-                f"{override}: eval_only=true evaluates the checkpoint with the algo, model, data and env "
-                "it was trained with; only eval.* options apply (vla_hydra.eval takes the same)"
-            )
-    check_run_checkpoint(cfg)  # the same check as before a cluster submission
-    refuse_finished_run_dir(output_dir)
-    ckpt_path = Path(str(cfg.ckpt_path)).resolve()
-    algo, env, config = load_policy(ckpt_path)
-    final = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
-    data_config = config.get("data") or {}
-    results = {
-        "algo": algo.run_label,
-        "env": env.id,
-        "dataset": algo.dataset_name or data_config.get("name") or Path(str(data_config.get("path"))).stem,
-        "seed": int(config.get("seed", cfg.seed)),  # the training run's: reports group runs by it
-        "train_steps": algo.trained_steps,
-        "env_steps": int(algo.env_steps) if hasattr(algo, "env_steps") else None,
-        "wall_seconds": time.perf_counter() - start,
-        **final.to_dict(),
-        "eval_history": [],
-        "checkpoint": str(ckpt_path),
-        "eval_only": True,
-        "run_dir": str(output_dir),
-    }
-    write_json_atomic(output_dir / "results.json", results)
-    _record_video_if_asked(cfg, algo, env, output_dir, results)
-    log.info(
-        f"{results['algo']} checkpoint after {results['train_steps']} updates: "
-        + _evaluation_line(final, cfg.eval.episodes)
-    )
-    log.info(f"results:    {output_dir / 'results.json'}")
-    return _optimized_metric(cfg, results), results
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -236,6 +236,10 @@ class PolicyAlgorithm(L.LightningModule):
         if self.logging_this_step():
             self.log_train_metrics({f"train/{name}": v / updates for name, v in totals.items()})
 
+    def note_training_end(self, max_steps: int, global_step: int) -> None:
+        """After the fit, what a user should know about where it ended (online algorithms: their env-step
+        budget); offline training ends at trainer.max_steps exactly."""
+
     def log_train_metrics(self, metrics: dict[str, Any]) -> None:
         """Training metrics (progress bar too), written at global_step: the gradient-update count that
         evaluations and checkpoints use. Lightning would write them at its own batch count, which is

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.core.logging import get_logger
 from vla_hydra.data.stats import DatasetStats
 from vla_hydra.envs.factory import EnvFactory, EnvSpec, env_rewards
 from vla_hydra.models.normalization import RunningObservationNormalizer
@@ -168,6 +169,37 @@ class OnlineAlgorithm(PolicyAlgorithm):
         real_next = final_observations(next_obs, done, infos)
         self.obs = next_obs
         return next_obs, rewards.astype(np.float32), terminated, truncated, real_next
+
+    def note_training_end(self, max_steps: int, global_step: int) -> None:
+        """Why the run ended off its budget: whole iterations past trainer.max_steps, whole rollouts past
+        algo.total_timesteps, or a checkpoint that had spent the budget already."""
+        log = get_logger(__name__)
+        env_steps = int(self.env_steps)
+        if 0 < max_steps <= global_step and env_steps < self.total_timesteps:
+            # e.g. a user's online algo yaml without `max_updates: -1`: trainer.max_steps fell back to 10000
+            log.warning(
+                f"trainer.max_steps={max_steps} ended this run after {global_step} updates, at {env_steps} "
+                f"of its algo.total_timesteps={self.total_timesteps} env steps (online algos end on their "
+                "env-step budget where algo.max_updates=-1, which trainer.max_steps reads; else 10000)"
+            )
+        elif 0 <= max_steps < global_step:
+            # offline blocks are cut at max_steps; an online iteration (rollout + its updates) is not
+            log.info(
+                f"trainer.max_steps={max_steps}: algo={self.run_label} updates in whole iterations, so it "
+                f"stopped after {global_step} updates ({env_steps} env steps; its budget is "
+                f"algo.total_timesteps={self.total_timesteps})"
+            )
+        elif self.env_steps_at_fit_start >= self.total_timesteps > 0:
+            log.warning(
+                f"algo.total_timesteps={self.total_timesteps}: the checkpoint had already run "
+                f"{self.env_steps_at_fit_start} env steps; no training, its policy is evaluated as it is"
+            )
+        elif env_steps > self.total_timesteps:
+            # rollouts are whole (PPO: num_envs x num_steps; GRPO: whole episodes; SAC: one step per env)
+            log.info(
+                f"algo.total_timesteps={self.total_timesteps}: algo={self.run_label} collects in whole "
+                f"rollouts, so it ran {env_steps} env steps"
+            )
 
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

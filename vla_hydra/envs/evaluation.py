@@ -40,6 +40,14 @@ class EvalResult:
             "ref_returns": self.ref_returns,
         }
 
+    def summary(self) -> str:
+        """The one line train, eval and eval_only runs log: return mean ± std, episodes, normalized score."""
+        score = self.normalized_score
+        return (
+            f"eval return {self.return_mean:.1f} ± {self.return_std:.1f} over {len(self.returns)} episodes"
+            + (f", normalized score {score:.1f}" if score is not None else "")
+        )
+
 
 @contextmanager
 def evaluation_mode(policy: Any) -> Iterator[None]:

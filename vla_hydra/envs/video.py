@@ -88,3 +88,23 @@ def record_video(
     finally:
         tmp.unlink(missing_ok=True)
     return {"path": str(path.resolve()), "frames": len(frames), "returns": returns}
+
+
+def add_video_to_results(
+    policy: Any,
+    env_factory: EnvFactory,
+    results: dict[str, Any],
+    results_path: Path,
+    episodes: int,
+    seed: int,
+) -> None:
+    """`video=true` of train and eval: `episodes` episodes to videos/eval.mp4 beside `results_path`, named
+    in the results, which are written again. Called after the results were first written, so a failing
+    video loses no result."""
+    from vla_hydra.core.io import write_json_atomic
+
+    log.info(f"recording {episodes} episode(s) to video")
+    video = record_video(policy, env_factory, results_path.parent / "videos" / "eval.mp4", episodes, seed)
+    results["video"] = video["path"]
+    log.info(f"video:      {video['path']}")
+    write_json_atomic(results_path, results)

@@ -33,6 +33,21 @@ def finish_wandb_run(failed: bool = False) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
+def log_final_evaluation(loggers: list, final, step: int) -> None:
+    """The final evaluation (eval.episodes, after training) in every logger, at the last update: a wandb
+    or TensorBoard user compares runs by it, as results.json does."""
+    metrics = {
+        "final/return_mean": final.return_mean,
+        "final/return_std": final.return_std,
+        "final/episodes": float(len(final.returns)),
+    }
+    if final.normalized_score is not None:
+        metrics["final/normalized_score"] = final.normalized_score
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+        logger.save()
+
+
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 

@@ -35,3 +35,28 @@ def build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list):
         ) from err
     use_atomic_checkpoint_io(trainer)
     return trainer
+
+
+def last_checkpoint(trainer, callbacks: list) -> str:
+    """The checkpoint the fit left (results.json names it), "" without checkpointing."""
+    from pathlib import Path
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    # Lightning versions the name (last-v1.ckpt) rather than overwrite a last.ckpt already in the dir
+    checkpointing = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
+    last_ckpt = checkpointing[0].last_model_path if checkpointing else ""
+    if (
+        checkpointing
+        and not last_ckpt
+        and checkpointing[0].dirpath
+        and not trainer.fast_dev_run  # debug=fdr: a smoke test leaves no checkpoint
+    ):
+        # no optimizer step happened (e.g. an online budget inside the random warm-up), so Lightning
+        # saved nothing: still leave the policy as it is, without replacing an existing file. Every
+        # rank takes part (sharded weights are gathered collectively); rank 0's view of the file decides.
+        fallback = Path(checkpointing[0].dirpath) / "last.ckpt"
+        if not trainer.strategy.broadcast(fallback.exists()):
+            trainer.save_checkpoint(fallback, weights_only=False)
+            last_ckpt = str(fallback)
+    return last_ckpt
