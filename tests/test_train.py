@@ -415,6 +415,10 @@ class _NoIterationPPO(PPO):
             ["algo._target_=tests.test_train._PlainModule"],
             "algo._target_=tests.test_train._PlainModule: not a subclass of vla_hydra.algos.base.PolicyAlgorithm",
         ),
+        (  # not an algorithm, and without BC's options: named as such, not as `algo.lr: ... takes no argument`
+            ["algo._target_=torch.nn.Linear"],
+            "algo._target_=torch.nn.Linear: not a subclass of vla_hydra.algos.base.PolicyAlgorithm",
+        ),
         (
             ["algo._target_=tests.test_train._NoStatsBC"],
             "algo._target_=tests.test_train._NoStatsBC: its constructor cannot be called as _NoStatsBC(spec=, "

@@ -84,7 +84,11 @@ def _train(
     from vla_hydra.core.runtime import seed_everything, set_torch_threads
     from vla_hydra.envs.evaluation import rollout_episodes
     from vla_hydra.training.callbacks import InterruptionRecord, PolicyEvaluation, Throughput
-    from vla_hydra.training.checks import check_output_paths, refuse_local_multiprocess_sweep
+    from vla_hydra.training.checks import (
+        check_output_paths,
+        refuse_a_non_algorithm,
+        refuse_local_multiprocess_sweep,
+    )
     from vla_hydra.training.loggers import log_final_evaluation
     from vla_hydra.training.sharding import prepare_strategy, weights_sharded
     from vla_hydra.training.trainer import build_trainer, last_checkpoint
@@ -94,6 +98,7 @@ def _train(
     start = time.perf_counter()
     log = get_logger(__name__)
     silence_known_warnings()
+    refuse_a_non_algorithm(cfg.algo)  # before its algo.* options are checked against a constructor
     check_config_values(cfg)
     refuse_unread_additions(cfg)
     refuse_local_multiprocess_sweep(cfg)

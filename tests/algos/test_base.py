@@ -36,6 +36,27 @@ def test_a_model_that_does_not_fit_the_algorithm_is_refused(overrides, message):
         build_algo(overrides)
 
 
+def test_a_model_value_the_network_cannot_take_names_the_model_not_another_choice():
+    """`model=resmlp model.width=abc` (a user's network): the TypeError comes from inside its constructor,
+    whose signature fits; it used to read "model= cannot build this algorithm's network ...; use model=mlp"."""
+    from functools import partial
+
+    import torch
+
+    class WidthActor(torch.nn.Module):
+        def __init__(self, observation_shape, action_dim, width: int = 8):
+            super().__init__()
+            self.net = torch.nn.Linear(observation_shape[0], width)
+
+    cfg = compose_config("train", ["algo=bc"])
+    spec = instantiate(cfg.env).spec()
+    with pytest.raises(
+        ConfigError, match=r"^model: \S+WidthActor cannot be built with its model\.\* values \("
+    ) as err:
+        instantiate(cfg.algo, _partial_=True)(spec=spec, model=partial(WidthActor, width="abc"))
+    assert "use model=" not in str(err.value)
+
+
 @pytest.mark.parametrize("algo", sorted(p.stem for p in (ROOT / "conf" / "algo").glob("*.yaml")))
 def test_every_algorithm_acts_within_the_env_bounds_with_its_default_model(algo):
     """Every algo= choice builds with its default model= and maps a batch of env observations to env

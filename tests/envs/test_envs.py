@@ -51,6 +51,21 @@ def test_an_env_id_whose_module_cannot_be_imported_is_a_config_error():
         EnvFactory(id="no_such_pkg.envs:Robot-v0").spec()
 
 
+def test_an_env_module_that_fails_on_import_is_a_config_error(tmp_path, monkeypatch):
+    """The user's module exists but raises as it is imported: one line naming it and the error, also with
+    ref_returns set (whose time-limit check imports the module first), not a traceback."""
+    from vla_hydra.core.exceptions import ConfigError
+
+    (tmp_path / "broken_envs.py").write_text("undefined_name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(
+        ConfigError,
+        match=r"^env.id='broken_envs:Robot-v0': cannot import broken_envs to register it "
+        r"\(NameError: name 'undefined_name' is not defined\)$",
+    ):
+        EnvFactory(id="broken_envs:Robot-v0", ref_returns={"random": 0.0, "expert": 1.0}).spec()
+
+
 def test_an_argument_the_env_does_not_take_is_a_config_error():
     from vla_hydra.core.exceptions import ConfigError
 

@@ -111,9 +111,19 @@ class PolicyAlgorithm(L.LightningModule):
         algo = self.short_name()
         try:
             network = model(*args, **kwargs)
-        except TypeError as err:  # e.g. model=mlp given discrete=...: a network made for other algorithms
+        except TypeError as err:
+            import inspect
+
+            try:
+                inspect.signature(model).bind(*args, **kwargs)
+            except TypeError:  # e.g. model=mlp given discrete=...: a network made for other algorithms
+                raise ConfigError(
+                    f"algo={algo}: model= cannot build this algorithm's network ({err}); use {use}"
+                ) from err
+            # the call fits the signature: a model.* value the network cannot take (model.width=abc)
+            target = getattr(model, "func", model)
             raise ConfigError(
-                f"algo={algo}: model= cannot build this algorithm's network ({err}); use {use}"
+                f"model: {target.__module__}.{target.__qualname__} cannot be built with its model.* values ({err})"
             ) from err
         if getattr(network, "takes_sequences", False) and not self.takes_sequences:
             raise ConfigError(

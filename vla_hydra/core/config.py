@@ -242,6 +242,25 @@ def _check_node(node: DictConfig, prefix: str) -> None:
 _HYDRA_INSTANTIATE_KEYS = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}
 
 
+def import_target(target_path: str, option: str) -> Any:
+    """What a `_target_` names, or a one-line ConfigError naming the option (`algo._target_`)."""
+    import logging
+
+    from hydra.utils import get_object
+
+    from vla_hydra.core.exceptions import ConfigError
+
+    hydra_log = logging.getLogger("hydra.utils")
+    level = hydra_log.level
+    hydra_log.setLevel(logging.CRITICAL)  # it logs the failure in 3 lines of its own before raising
+    try:
+        return get_object(target_path)
+    except Exception as err:  # ImportError, AttributeError, or the module's own import-time error
+        raise ConfigError(f"{option}={target_path}: cannot be imported ({err})") from err
+    finally:
+        hydra_log.setLevel(level)
+
+
 def _check_target_arguments(node: DictConfig, prefix: str) -> None:
     """A node that builds an object (`_target_`) holds only arguments its constructor takes: a key added
     with `+algo.lrr=1` is named in one line here instead of failing deep inside the build with a
@@ -256,19 +275,7 @@ def _check_target_arguments(node: DictConfig, prefix: str) -> None:
     target_path = node["_target_"]
     if not isinstance(target_path, str):
         return
-    import logging
-
-    from hydra.utils import get_object
-
-    hydra_log = logging.getLogger("hydra.utils")
-    level = hydra_log.level
-    hydra_log.setLevel(logging.CRITICAL)  # it logs the failure in 3 lines of its own before raising
-    try:
-        target = get_object(target_path)
-    except Exception as err:  # ImportError, AttributeError, or the module's own import-time error
-        raise ConfigError(f"{prefix}_target_={target_path}: cannot be imported ({err})") from err
-    finally:
-        hydra_log.setLevel(level)
+    target = import_target(target_path, f"{prefix}_target_")
     try:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):  # builtins without a signature

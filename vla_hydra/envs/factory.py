@@ -133,17 +133,19 @@ class EnvFactory:
         kwargs = {**dict(self.kwargs), **overrides}
         if self.max_episode_steps is not None:
             kwargs.setdefault("max_episode_steps", int(self.max_episode_steps))
+        module = self.id.rpartition(":")[0]
+        if module:  # `my_pkg.envs:MyRobot-v0`: gymnasium imports my_pkg.envs to register the env
+            try:
+                importlib.import_module(module)
+            except Exception as err:  # not found, or the module's own error (SyntaxError, NameError, ...)
+                cause = err if isinstance(err, ModuleNotFoundError) else f"{type(err).__name__}: {err}"
+                raise ConfigError(
+                    f"env.id={self.id!r}: cannot import {module} to register it ({cause})"
+                ) from err
         try:
             env = gym.make(self.id, **kwargs)
         except gym.error.Error as err:
             raise ConfigError(f"env.id={self.id!r}: gymnasium cannot make it ({err})") from err
-        except ModuleNotFoundError as err:
-            module = self.id.rpartition(":")[0]
-            if not module:  # a dependency the env itself imports: not the id's fault
-                raise
-            # `my_pkg.envs:MyRobot-v0`: gymnasium imports my_pkg.envs to register the env
-            cause = err.__cause__ or err
-            raise ConfigError(f"env.id={self.id!r}: cannot import {module} to register it ({cause})") from err
         except TypeError as err:  # an argument the env's constructor does not take
             raise ConfigError(
                 f"env.kwargs={self.kwargs}: {self.id} cannot be made with them ({err})"
@@ -288,7 +290,7 @@ def registered_time_limit(env_id: str) -> int | None:
         if module:
             importlib.import_module(module)
         return gym.spec(name).max_episode_steps
-    except (gym.error.Error, ImportError):
+    except Exception:  # an unknown id, or a module that cannot be imported (make() names its error)
         return None
 
 

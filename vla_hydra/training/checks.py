@@ -18,15 +18,8 @@ def check_algorithm_class(algo_cfg: DictConfig, algo_class) -> None:
     failed in Lightning's fit with a traceback, a constructor without `stats` in a TypeError."""
     import inspect
 
-    from vla_hydra.algos.base import PolicyAlgorithm
-
     target = algo_cfg.get("_target_")
-    if not (isinstance(algo_class, type) and issubclass(algo_class, PolicyAlgorithm)):
-        raise ConfigError(
-            f"algo._target_={target}: not a subclass of vla_hydra.algos.base.PolicyAlgorithm (training, "
-            "evaluation and checkpoints use its act(), update() and checkpoint contents); subclass it, or "
-            "an algorithm of vla_hydra.algos"
-        )
+    refuse_a_non_algorithm(algo_cfg, algo_class)
     missing = missing_methods(algo_class)
     if missing:
         raise ConfigError(
@@ -49,6 +42,26 @@ def check_algorithm_class(algo_cfg: DictConfig, algo_class) -> None:
             f"stats=, <the algo.* options>) ({err}); PolicyAlgorithm's contract: "
             "__init__(self, spec, model, <options>, stats=None)"
         ) from err
+
+
+def refuse_a_non_algorithm(algo_cfg: DictConfig, algo_class=None) -> None:
+    """`algo._target_` names a PolicyAlgorithm subclass (`algo_class`: the class, imported here if not
+    given). Checked before the algo.* options are matched against its constructor: a network class there
+    read `algo.lr: my_pkg.models.MyNet takes no argument 'lr'`."""
+    from vla_hydra.algos.base import PolicyAlgorithm
+    from vla_hydra.core.config import import_target
+
+    target = algo_cfg.get("_target_")
+    if algo_class is None:
+        if not isinstance(target, str):
+            return  # none: instantiating names it
+        algo_class = import_target(target, "algo._target_")
+    if not (isinstance(algo_class, type) and issubclass(algo_class, PolicyAlgorithm)):
+        raise ConfigError(
+            f"algo._target_={target}: not a subclass of vla_hydra.algos.base.PolicyAlgorithm (training, "
+            "evaluation and checkpoints use its act(), update() and checkpoint contents); subclass it, or "
+            "an algorithm of vla_hydra.algos"
+        )
 
 
 def missing_methods(algo_class) -> list[str]:
