@@ -387,3 +387,21 @@ def test_a_model_config_without_partial_says_to_add_it(capsys):
         "which the algorithm passes from the env; add `_partial_: true` to the model config (as "
         "conf/model/*.yaml have)"
     )
+
+
+def test_a_home_path_in_an_override_is_expanded_as_bash_expands_it(monkeypatch, tmp_path):
+    """`output=~/data/x.hdf5` from zsh or in quotes reached Hydra with its `~`: a parse error for train's
+    ckpt_path, and vla_hydra.collect wrote into a directory named `~` under the working directory."""
+    from vla_hydra.cli import expand_home_in_argv
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    argv = ["vla_hydra.collect", "output=~/x.hdf5", "hydra.run.dir=~", "~logger", "tags=[a~b]", "+k=~x"]
+    monkeypatch.setattr("sys.argv", argv)
+    expand_home_in_argv()
+    assert argv[1:] == [
+        f"output={tmp_path}/x.hdf5",
+        f"hydra.run.dir={tmp_path}",
+        "~logger",
+        "tags=[a~b]",
+        "+k=~x",
+    ]

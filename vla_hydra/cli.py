@@ -219,6 +219,16 @@ def _sweep_job_prefix() -> str:
     return f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): "
 
 
+def expand_home_in_argv() -> None:
+    """`key=~/path` with its `~` written out, as bash does for an unquoted argument: zsh and a quoted
+    argument pass the `~` on, which Hydra's override grammar cannot parse. Called first by the entry
+    points, so Hydra and the early checks read the expanded path."""
+    for i, arg in enumerate(sys.argv[1:], start=1):
+        key, given, value = arg.partition("=")
+        if given and (value == "~" or value.startswith("~/")):
+            sys.argv[i] = f"{key}={os.path.expanduser(value)}"
+
+
 def refuse_finished_run_dir_early(argv: list[str]) -> None:
     """Before Hydra writes `.hydra/` (or multirun.yaml) into an explicit `hydra.run.dir=` /
     `hydra.sweep.dir=` that holds finished runs: the same one-line refusal train() gives

@@ -491,8 +491,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     import sys
 
-    from vla_hydra.cli import refuse_occupied_eval_dir_early
+    from vla_hydra.cli import expand_home_in_argv, refuse_occupied_eval_dir_early
 
+    expand_home_in_argv()
     refuse_occupied_eval_dir_early(sys.argv[1:], task="a collection")
     with one_line_hydra_errors("collect"):
         _hydra_main()

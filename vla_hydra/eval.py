@@ -329,8 +329,9 @@ def refuse_training_options_early(argv: list[str]) -> None:
 
 
 def main() -> None:
-    from vla_hydra.cli import refuse_occupied_eval_dir_early
+    from vla_hydra.cli import expand_home_in_argv, refuse_occupied_eval_dir_early
 
+    expand_home_in_argv()
     refuse_training_options_early(sys.argv[1:])
     refuse_occupied_eval_dir_early(sys.argv[1:])
     with one_line_hydra_errors("eval"):

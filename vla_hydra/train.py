@@ -257,8 +257,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     import sys
 
-    from vla_hydra.cli import refuse_finished_run_dir_early, undo_refused_continuation
+    from vla_hydra.cli import expand_home_in_argv, refuse_finished_run_dir_early, undo_refused_continuation
 
+    expand_home_in_argv()
     refuse_finished_run_dir_early(sys.argv[1:])
     with undo_refused_continuation(), one_line_hydra_errors("train"):
         _hydra_main()
