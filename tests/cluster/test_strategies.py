@@ -82,6 +82,26 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path, data_dir):
     assert results["train_steps"] == 100
 
 
+def test_ddp_policy_delay_algorithm_keeps_identical_weights(tmp_path, data_dir):
+    """TD3+BC's critic-only updates between its delayed actor updates leave the actor out of their
+    backward passes: DDP must look for unused parameters, and both ranks still end with the same weights
+    (PyTorch's 'did not find any unused parameters' warning for such runs is its false positive)."""
+    ranks, results = _ddp_ranks(
+        tmp_path,
+        "algo=td3bc",
+        "algo.updates_per_step=5",  # blocks of 5 updates: odd blocks hold two actor updates, even ones three
+        "trainer.max_steps=20",
+        "callbacks.policy_eval=null",
+        f"paths.data_dir={data_dir}",
+    )
+    for rank in ranks:
+        assert (rank["world_size"], rank["global_step"]) == (2, 20)
+        assert rank["find_unused_parameters"] is True
+        assert rank["buffers"]["num_updates"] == [20]
+    assert ranks[0]["params"] == ranks[1]["params"]
+    assert results["train_steps"] == 20
+
+
 @pytest.mark.parametrize(
     ("algo", "overrides"),
     [
