@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from tests.conftest import CONF_DIR, run_module, small_train_config
 from vla_hydra.algos.base import PolicyAlgorithm
@@ -519,6 +520,13 @@ def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path, data_dir):
     for i in (0, 1):
         assert (tmp_path / "sweep" / str(i) / "checkpoints" / "last.ckpt").is_file()
         assert (tmp_path / "sweep" / str(i) / ".hydra" / "overrides.yaml").is_file()
+        # each job's config in its loggers, with the config-group choices runs are filtered by
+        hparams = yaml.safe_load((tmp_path / "sweep" / str(i) / "csv" / "hparams.yaml").read_text())
+        assert (hparams["seed"], hparams["choices"]["algo"], hparams["choices"]["data"]) == (
+            i,
+            "bc",
+            "pendulum_mixed",
+        )
 
 
 def _write(path: Path, obs_dim=3, nan=False, drop=None):

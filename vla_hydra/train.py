@@ -89,7 +89,7 @@ def _train(
         refuse_a_non_algorithm,
         refuse_local_multiprocess_sweep,
     )
-    from vla_hydra.training.loggers import log_final_evaluation
+    from vla_hydra.training.loggers import log_final_evaluation, log_run_config
     from vla_hydra.training.sharding import prepare_strategy, weights_sharded
     from vla_hydra.training.trainer import build_trainer, last_checkpoint
 
@@ -127,6 +127,7 @@ def _train(
     callbacks.append(InterruptionRecord())  # what stopped a fit early, for the command's last line
     loggers = instantiate_dict_values(cfg.get("logger"), "logger", Logger)
     trainer = build_trainer(cfg.trainer, callbacks, loggers)
+    log_run_config(trainer.loggers, algo.run_config, algo)
     prepare_strategy(trainer, algo)
     continuation_started()
     try:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import small_train_config
 from vla_hydra.train import train
@@ -34,6 +35,16 @@ def test_many_loggers_write_their_files_and_no_api_key(tmp_path, data_dir, monke
     assert any(b"final/return_mean" in data for data in events)
     offline_runs = list((run / "wandb").glob("offline-run-*"))
     assert offline_runs and list(offline_runs[0].glob("*.wandb"))
+    # the run's config and parameter count in every logger: csv/hparams.yaml, TensorBoard's hparams,
+    # wandb's run config (with the run's tags)
+    hparams = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
+    assert hparams["algo"]["_target_"] == "vla_hydra.algos.bc.BC" and hparams["seed"] == cfg.seed
+    widths = [3, *cfg.model.hidden_dims, 1]  # Pendulum: 3 observations, 1 action
+    total = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    assert hparams["parameters"] == {"total": total, "trainable": total}
+    assert yaml.safe_load((run / "tensorboard" / "hparams.yaml").read_text())["parameters"]["total"] == total
+    wandb_record = next(offline_runs[0].glob("*.wandb")).read_bytes()
+    assert b'{"total":%d,' % total in wandb_record and b'"tags":["dev"]' in wandb_record
     for path in run.rglob("*"):
         if path.is_file():
             assert FAKE_KEY.encode() not in path.read_bytes(), f"API key written to {path}"

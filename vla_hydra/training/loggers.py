@@ -48,6 +48,26 @@ def log_final_evaluation(loggers: list, final, step: int) -> None:
         logger.save()
 
 
+def log_run_config(loggers: list, run_config: dict, algo) -> None:
+    """The composed config in every logger (wandb's run config, TensorBoard's hparams, csv/hparams.yaml), with
+    the config-group choices (`choices.algo`, `choices.data`, ...) and the parameter count: runs are
+    filtered and grouped by them in wandb or TensorBoard, as lightning-hydra-template and CORL do."""
+    from vla_hydra.cli import hydra_job_config
+
+    hydra_cfg = hydra_job_config()  # None when train() is called from Python: no choices then
+    choices = {} if hydra_cfg is None else dict(hydra_cfg.runtime.choices)
+    params = {
+        **run_config,
+        "choices": {group: choice for group, choice in choices.items() if not group.startswith("hydra/")},
+        "parameters": {
+            "total": sum(p.numel() for p in algo.parameters()),
+            "trainable": sum(p.numel() for p in algo.parameters() if p.requires_grad),
+        },
+    }
+    for logger in loggers:
+        logger.log_hyperparams(params)
+
+
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
