@@ -95,12 +95,13 @@ def test_cli_refuses_a_value_that_used_to_hang_before_touching_the_run_dir(tmp_p
         (["+trainer.gpus=1"], "trainer.gpus: lightning.pytorch.Trainer takes no argument 'gpus'"),
         (
             ["algo._target_=vla_hydra.algos.bc.Nope"],
-            "algo._target_=vla_hydra.algos.bc.Nope: cannot be imported",
+            "algo._target_=vla_hydra.algos.bc.Nope: cannot be imported (vla_hydra.algos.bc has no 'Nope')",
         ),
         # items of a list of objects too (it was Hydra's "Error locating target ... full_key: env.wrappers0")
         (
             ["env.wrappers=[{_target_: gymnasium.wrappers.NoSuchWrapper, _partial_: true}]"],
-            "env.wrappers[0]._target_=gymnasium.wrappers.NoSuchWrapper: cannot be imported",
+            "env.wrappers[0]._target_=gymnasium.wrappers.NoSuchWrapper: cannot be imported "
+            "(gymnasium.wrappers has no 'NoSuchWrapper')",
         ),
         (
             ["env.wrappers=[{_target_: gymnasium.wrappers.ClipReward, _partial_: true, min_rewrd: 0}]"],
@@ -114,6 +115,31 @@ def test_arguments_a_constructor_does_not_take_are_named(overrides, message):
     with pytest.raises(ConfigError) as err:
         check_config_values(compose_config("train", overrides))
     assert str(err.value).startswith(message)
+
+
+def test_an_unimportable_target_says_why_in_a_few_words(tmp_path, monkeypatch):
+    """Hydra's own text ('Error loading ...: ModuleNotFoundError(...) Are you sure that ...?') was passed on."""
+    from vla_hydra.core.config import import_target
+
+    package = tmp_path / "user_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "broken.py").write_text("x = = 1\n")
+    (package / "needs_dep.py").write_text("import a_dependency_not_installed\n")
+    (package / "algos.py").write_text("class HuberBC:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    expected = {
+        "no_such_pkg.Algo": "no module named 'no_such_pkg' (is its package installed, or its folder on PYTHONPATH?)",
+        "user_pkg.algos.HuberBc": "user_pkg.algos has no 'HuberBc'; did you mean user_pkg.algos.HuberBC?",
+        "user_pkg.nomodule.Algo": "user_pkg has no 'nomodule'",
+        "user_pkg.broken.Algo": "importing user_pkg.broken raised SyntaxError: invalid syntax (broken.py, line 1)",
+        "user_pkg.needs_dep.Algo": "importing user_pkg.needs_dep failed: No module named 'a_dependency_not_installed'",
+    }
+    for target, why in expected.items():
+        with pytest.raises(ConfigError) as err:
+            import_target(target, "algo._target_")
+        assert str(err.value) == f"algo._target_={target}: cannot be imported ({why})"
+    assert import_target("user_pkg.algos.HuberBC", "algo._target_").__name__ == "HuberBC"
 
 
 def test_cli_names_an_unknown_constructor_argument_before_the_run_dir_is_written(tmp_path):

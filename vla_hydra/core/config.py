@@ -256,9 +256,39 @@ def import_target(target_path: str, option: str) -> Any:
     try:
         return get_object(target_path)
     except Exception as err:  # ImportError, AttributeError, or the module's own import-time error
-        raise ConfigError(f"{option}={target_path}: cannot be imported ({err})") from err
+        raise ConfigError(
+            f"{option}={target_path}: cannot be imported ({_import_failure(target_path)})"
+        ) from err
     finally:
         hydra_log.setLevel(level)
+
+
+def _import_failure(target_path: str) -> str:
+    """Why `target_path` does not import, in a few words: the module that is missing, the name its
+    module lacks (with the closest one it has), or the error the module raised while importing."""
+    import difflib
+    import importlib
+
+    parts = target_path.split(".")
+    for end in range(len(parts) - 1, 0, -1):  # the longest prefix that is a module
+        module_name = ".".join(parts[:end])
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and (module_name + ".").startswith(err.name + "."):
+                continue  # this prefix is not a module: try a shorter one
+            return f"importing {module_name} failed: {err}"  # it imports a package that is missing
+        except Exception as err:  # noqa: BLE001 - the module's own import-time error, named
+            return f"importing {module_name} raised {type(err).__name__}: {err}"
+        obj = module
+        for depth, name in enumerate(parts[end:]):
+            if not hasattr(obj, name):
+                owner = ".".join(parts[: end + depth])
+                close = difflib.get_close_matches(name, [n for n in dir(obj) if not n.startswith("_")], n=1)
+                return f"{owner} has no '{name}'" + (f"; did you mean {owner}.{close[0]}?" if close else "")
+            obj = getattr(obj, name)
+        return f"{target_path} imports, but its lookup failed"  # get_object failed where this did not
+    return f"no module named '{parts[0]}' (is its package installed, or its folder on PYTHONPATH?)"
 
 
 def _check_target_arguments(node: DictConfig, prefix: str) -> None:
