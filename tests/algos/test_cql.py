@@ -135,3 +135,64 @@ def test_short_cql_run_learns(tmp_path, data_dir):
     algo, env, _ = load_policy(results["checkpoint"])
     rerun = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed)
     assert rerun.return_mean == pytest.approx(results["eval_return_mean"], rel=1e-6)
+
+
+class _StateCritics(torch.nn.Module):
+    """Q_k(s, a) = w s[1] + k + offset for k = 0, 1, whatever the action: (2, B[, n]) like EnsembleQNetwork."""
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = offset
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, obs, action, detach_params=False, critic=None):
+        base = self.w * obs[:, 1]
+        if action.dim() == 3:  # (B, n, A) candidates
+            base = base.unsqueeze(-1).expand(-1, action.shape[1])
+        return torch.stack([base, base + 1.0]) + self.offset
+
+
+class _RowLogProbActor(torch.nn.Module):
+    """sample(x, k): zero actions; log pi of every sample of row r is -(r + 1)."""
+
+    def sample(self, x, num_samples):
+        rows = torch.arange(x.shape[0], dtype=torch.float32)
+        log_probs = -(rows + 1.0).unsqueeze(1).expand(-1, num_samples)
+        return torch.zeros(x.shape[0], num_samples, 1), log_probs
+
+
+def test_update_wires_targets_terminals_and_importance_weights_hand_computed():
+    """The critic loss on stand-in networks: the TD target cuts at terminals (not timeouts) and uses the
+    target critics' min at s', and the logsumexp subtracts each proposal's own log density (uniform:
+    -|A| log 2; pi(.|s) and pi(.|s') samples: the log pi of the state they were drawn at)."""
+    algo = CQL(
+        SPEC,
+        lambda s, d: TanhGaussianActor(s, d, hidden_dims=(8,)),
+        critic_hidden_dims=(8,),
+        discount=0.5,
+        cql_alpha=1.0,
+        cql_n_actions=2,
+    )
+    algo.critic, algo.target_critic, algo.actor = _StateCritics(0.0), _StateCritics(1.0), _RowLogProbActor()
+    algo._direct_backward = True
+    batch = {
+        "observations": torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 0.0]]),
+        "actions": torch.tensor([[2.0], [-2.0]]),
+        "rewards": torch.tensor([1.0, 2.0]),
+        "next_observations": torch.tensor([[0.0, 3.0, 0.0], [0.0, 5.0, 0.0]]),
+        "terminals": torch.tensor([0.0, 1.0]),
+        "timeouts": torch.tensor([1.0, 0.0]),  # a time limit bootstraps; only the terminal cuts
+    }
+    losses = algo.update(batch, torch.optim.SGD(algo.parameters(), lr=0.0))
+    # target critics at s': [3 + 1, 5 + 1] and [3 + 2, 5 + 2], min [4, 6]; TD target [1 + 0.5 * 4, 2] = [3, 2]
+    # Q(s, a) = [1, 2] and [2, 3]: MSEs ((1 - 3)^2 + 0) / 2 = 2 and (1 + 1) / 2 = 1, summed
+    assert losses["td_loss"].item() == pytest.approx(3.0)
+    assert losses["q_mean"].item() == pytest.approx(2.0)
+    # state b's candidates all have Q = q: 2 uniform (q + log 2), 2 from pi(.|s) (log pi -(b + 1): q + b + 1)
+    # and 2 from pi(.|s') (rows B + b: log pi -(b + 3), q + b + 3); logsumexp - q is the same for both critics
+    per_state = [math.log(2 * 2 + 2 * math.exp(b + 1) + 2 * math.exp(b + 3)) for b in (0, 1)]
+    penalty = sum(per_state) / 2
+    assert losses["cql_penalty"].item() == pytest.approx(penalty, rel=1e-6)
+    assert losses["critic_loss"].item() == pytest.approx(3.0 + 1.0 * 2 * penalty, rel=1e-6)
+    # alpha = 1; log pi(a|s) = [-1, -2]; min Q(s, pi) = [1, 2]: mean(-1 - 1, -2 - 2) = -3
+    assert losses["actor_loss"].item() == pytest.approx(-3.0)

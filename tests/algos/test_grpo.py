@@ -35,11 +35,12 @@ def test_group_advantages_hand_computed():
 
 def test_group_with_identical_returns_has_exactly_zero_advantages():
     # 0.1 and -1234.567 are not exact in float32: the mean differs from them by rounding, and dividing
-    # that residue by a ~0 std would give +-1; identical groups must give exact zeros, no NaN
-    returns = torch.tensor([0.1] * 3 + [-1234.567] * 3 + [1.0, 2.0, 3.0])
+    # that residue by a ~0 std would give +-1; identical groups must give exact zeros, no NaN.
+    # 12345.678 x 3: float32 mean - value = 0.001 and std 0.0012, so without the check it gives ~0.8
+    returns = torch.tensor([0.1] * 3 + [-1234.567] * 3 + [12345.678] * 3 + [1.0, 2.0, 3.0])
     adv = group_advantages(returns, group_size=3)
-    assert torch.equal(adv[:6], torch.zeros(6))
-    torch.testing.assert_close(adv[6:], torch.tensor([-1.0, 0.0, 1.0]))
+    assert torch.equal(adv[:9], torch.zeros(9))
+    torch.testing.assert_close(adv[9:], torch.tensor([-1.0, 0.0, 1.0]))
     assert torch.isfinite(adv).all()
 
 

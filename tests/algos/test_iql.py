@@ -3,6 +3,8 @@ short real run that learns, and the checkpoint round trip."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +132,60 @@ def test_checkpoints_with_the_old_max_updates_key_still_build():
     small = {"critic_hidden_dims": (8,), "value_hidden_dims": (8,)}
     assert IQL(SPEC, actor, max_updates=2500, **small).actor_lr_decay_updates == 2500
     assert IQL(SPEC, actor, actor_lr_decay_updates=700, **small).actor_lr_decay_updates == 700
+
+
+class _StateValue(torch.nn.Module):
+    """V(s) = s[0]: hand-computable stand-in for the value network."""
+
+    def forward(self, obs):
+        return obs[..., 0]
+
+
+class _TwoCritics(torch.nn.Module):
+    """Q_0(s, a) = s[1] + a + offset, Q_1(s, a) = s[1] + 2a + offset: (2, B) like EnsembleQNetwork."""
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, obs, action, detach_params=False, critic=None):
+        return torch.stack([obs[:, 1] + action[:, 0], obs[:, 1] + 2 * action[:, 0]]) + self.offset
+
+
+class _ZeroActor(torch.nn.Module):
+    def forward(self, obs):
+        return torch.zeros(obs.shape[0], 1)
+
+
+def test_losses_wire_targets_terminals_and_advantages_hand_computed():
+    """The update's wiring on stand-in networks: V from s' (not s), the TD cut at terminals (not
+    timeouts), the discount, the target critics' min for the advantage, and dataset actions in [-1, 1]."""
+
+    def actor(shape, dim):
+        return GaussianActor(shape, dim, hidden_dims=(8,))
+
+    algo = IQL(SPEC, actor, discount=0.5, beta=1.0, max_weight=2.0, expectile=0.7)
+    algo.value, algo.critic, algo.target_critic = _StateValue(), _TwoCritics(0.0), _TwoCritics(1.0)
+    algo.actor, algo.stochastic_actor = _ZeroActor(), False
+    batch = {
+        "observations": torch.tensor([[1.0, 0.0, 0.0], [2.0, 1.0, 0.0]]),
+        "actions": torch.tensor([[2.0], [-2.0]]),  # torque in [-2, 2] -> 1, -1
+        "rewards": torch.tensor([1.0, 2.0]),
+        "next_observations": torch.tensor([[3.0, 0.0, 0.0], [5.0, 0.0, 0.0]]),
+        "terminals": torch.tensor([0.0, 1.0]),
+        "timeouts": torch.tensor([1.0, 0.0]),  # a time limit bootstraps; only the terminal cuts
+    }
+    _, figures = algo.losses(batch)
+    # TD target r + 0.5 (1 - term) V(s'): [1 + 0.5 * 3, 2] = [2.5, 2]
+    # critics Q_0 = [0 + 1, 1 - 1] = [1, 0], Q_1 = [0 + 2, 1 - 2] = [2, -1]
+    # MSEs: ((1 - 2.5)^2 + (0 - 2)^2) / 2 = 3.125 and ((2 - 2.5)^2 + (-1 - 2)^2) / 2 = 4.625; mean 3.875
+    assert figures["critic_loss"].item() == pytest.approx(3.875)
+    assert figures["q_mean"].item() == pytest.approx(0.5)
+    # advantage: min of the target critics [2, 0] minus V(s) [1, 2] = [1, -2]
+    assert figures["advantage_mean"].item() == pytest.approx(-0.5)
+    # expectile 0.7: (0.7 * 1 + 0.3 * 4) / 2 = 0.95
+    assert figures["value_loss"].item() == pytest.approx(0.95)
+    # weights exp(A) clipped at 2: [min(e, 2), exp(-2)] = [2, 0.135335]
+    assert figures["weight_mean"].item() == pytest.approx((2.0 + math.exp(-2.0)) / 2)
+    # deterministic actor at 0, dataset actions [1, -1]: mean(w * 1) = (2 + 0.135335) / 2
+    assert figures["actor_loss"].item() == pytest.approx((2.0 + math.exp(-2.0)) / 2)

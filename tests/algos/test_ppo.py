@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from tests.conftest import small_train_config
-from vla_hydra.algos.ppo import approx_kl, clipped_surrogate_loss, generalized_advantages, value_loss
+from vla_hydra.algos.ppo import (
+    approx_kl,
+    clipped_surrogate_loss,
+    generalized_advantages,
+    normalize,
+    value_loss,
+)
 from vla_hydra.train import train
 
 
@@ -172,3 +178,57 @@ def test_ppo_settings_that_cannot_train_fail_in_one_line(tmp_path, data_dir, ext
     with pytest.raises(ConfigError) as err:
         train(_ppo_cfg(tmp_path, data_dir, total, extra))
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_normalize_advantages_hand_computed():
+    # mean 3, std (Bessel) sqrt(((1 - 3)^2 + 0 + (5 - 3)^2) / 2) = 2
+    torch.testing.assert_close(normalize(torch.tensor([1.0, 3.0, 5.0])), torch.tensor([-1.0, 0.0, 1.0]))
+
+
+def test_collect_rollout_wires_truncations_terminations_and_returns_hand_computed():
+    """collect_rollout on stand-ins (a critic V(s) = s[0], scripted env steps): the time-limit step
+    bootstraps from V(final obs), the terminal one does not, and returns = advantages + values."""
+    import numpy as np
+
+    from vla_hydra.algos.ppo import PPO
+    from vla_hydra.envs.factory import EnvFactory
+    from vla_hydra.models.policies import StochasticPolicy
+
+    env = EnvFactory(id="CartPole-v1")
+
+    def model(shape, dim, discrete):
+        return StochasticPolicy(shape, dim, discrete=discrete, hidden_dims=(8,))
+
+    algo = PPO(
+        env.spec(), model, env, total_timesteps=3, num_steps=3, num_minibatches=1, gamma=0.9, gae_lambda=0.8
+    )
+
+    class Critic(torch.nn.Module):
+        def forward(self, obs):
+            return obs[..., 0]
+
+    class Actor(torch.nn.Module):
+        def sample(self, obs):
+            return torch.zeros(obs.shape[0], dtype=torch.long), torch.zeros(obs.shape[0])
+
+    algo.critic, algo.actor = Critic(), Actor()
+    algo.obs = np.array([[0.5, 0.0, 0.0, 0.0]], dtype=np.float32)
+    # step 0 continues, step 1 hits the time limit (final obs has V = 2), step 2 terminates
+    script = iter([(0.5, False, False), (2.0, False, True), (0.5, True, False)])
+
+    def step_envs(actions):
+        value, term, trunc = next(script)
+        real_next = np.array([[value, 0.0, 0.0, 0.0]], dtype=np.float32)
+        # where an episode ended, the env already reset: its next obs (V = 9) must not be bootstrapped
+        next_obs = np.full_like(real_next, 9.0) if term or trunc else real_next
+        algo.obs = next_obs
+        return next_obs, np.ones(1, np.float32), np.array([term]), np.array([trunc]), real_next
+
+    algo.step_envs = step_envs
+    rollout = algo.collect_rollout()
+    # the observations acted on: 0.5, 0.5, then the reset one (9) after the time limit
+    torch.testing.assert_close(rollout["values"], torch.tensor([0.5, 0.5, 9.0]))
+    # deltas: 1 + .9 * .5 - .5 = .95; 1 + .9 * 2 - .5 = 2.3; 1 - 9 = -8 (terminal: no bootstrap)
+    # A2 = -8; A1 = 2.3 (the time limit cuts the recursion); A0 = .95 + .72 * 2.3 = 2.606
+    torch.testing.assert_close(rollout["advantages"], torch.tensor([2.606, 2.3, -8.0]))
+    torch.testing.assert_close(rollout["returns"], torch.tensor([3.106, 2.8, 1.0]))

@@ -124,6 +124,10 @@ def test_buffer_bootstraps_through_time_limits_but_not_terminations():
         assert not np.allclose(data["next_observations"][i], data["observations"][i + 1])
     inside = np.setdiff1d(np.arange(299), ends)
     np.testing.assert_array_equal(data["next_observations"][inside], data["observations"][inside + 1])
+    # the training curve's return of each episode: the sum of that episode's rewards only
+    starts = ends - np.array(lengths) + 1
+    sums = [data["rewards"][a : b + 1].sum() for a, b in zip(starts, ends, strict=True)]
+    np.testing.assert_allclose([e["return"] for e in algo.episode_log], sums, rtol=1e-5)
     algo.envs.close()
 
 
@@ -438,3 +442,46 @@ def test_a_replay_dataset_from_an_overwritten_ring_holds_only_whole_episodes(tmp
     assert len(arrays["rewards"]) < 100 and metadata["transitions"] == len(arrays["rewards"])
     whole = [r for length, r in episodes if (length, r) in finished]
     assert metadata["dataset_return_mean"] == pytest.approx(np.mean(whole), abs=1e-3)
+
+
+class _StateCritics(torch.nn.Module):
+    """Q_k(s, a) = w s[1] + k + offset for k = 0, 1, whatever the action: (2, B) like EnsembleQNetwork."""
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = offset
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, obs, action, detach_params=False, critic=None):
+        base = self.w * obs[:, 1]
+        return torch.stack([base, base + 1.0]) + self.offset
+
+
+class _StateLogProbActor(torch.nn.Module):
+    """sample(x): zero actions with log pi = -x[1]."""
+
+    def sample(self, x):
+        return torch.zeros(x.shape[0], 1), -x[:, 1]
+
+
+def test_update_wires_the_soft_target_at_next_states_and_cuts_at_terminals_only():
+    """The critic loss of an update on stand-in networks: actions and log pi sampled at s', the target
+    critics' min, the discount, and no bootstrap at terminals (a time limit bootstraps)."""
+    algo = _bare_sac([])
+    algo.gamma = 0.5
+    algo.critic, algo.target_critic, algo.actor = _StateCritics(0.0), _StateCritics(1.0), _StateLogProbActor()
+    batch = {
+        "observations": torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 0.0]]),
+        "actions": torch.tensor([[1.0], [-1.0]]),
+        "rewards": torch.tensor([1.0, 2.0]),
+        "next_observations": torch.tensor([[0.0, 3.0, 0.0], [0.0, 5.0, 0.0]]),
+        "terminals": torch.tensor([0.0, 1.0]),
+        "timeouts": torch.tensor([1.0, 0.0]),
+    }
+    losses = algo.update(batch, torch.optim.SGD(algo.parameters(), lr=0.0))  # round 1: critic step only
+    # alpha = 1; min target Q(s', .) = [3 + 1, 5 + 1] = [4, 6]; log pi(a'|s') = -[3, 5]: soft values [7, 11]
+    # targets [1 + 0.5 * 7, 2] = [4.5, 2]; Q(s, a) = [1, 2] and [2, 3]
+    # MSEs ((1 - 4.5)^2 + 0) / 2 = 6.125 and ((2 - 4.5)^2 + (3 - 2)^2) / 2 = 3.625, summed
+    assert losses["critic_loss"].item() == pytest.approx(9.75)
+    assert losses["q_mean"].item() == pytest.approx(2.0)
+    algo.envs.close()

@@ -82,3 +82,55 @@ def test_short_td3bc_run_learns(tmp_path, data_dir):
     algo, env, _ = load_policy(results["checkpoint"])
     rerun = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed)
     assert rerun.return_mean == pytest.approx(results["eval_return_mean"], rel=1e-6)
+
+
+class _SliceActor(torch.nn.Module):
+    """pi(s) = scale * s[2]: a hand-computable stand-in for the actor networks."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, obs):
+        return self.scale * obs[:, 2:3]
+
+
+class _TwoCritics(torch.nn.Module):
+    """Q_0(s, a) = s[1] + a + offset, Q_1(s, a) = s[1] + 2a + offset, (2, B) like EnsembleQNetwork."""
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, obs, action, detach_params=False, critic=None):
+        q = torch.stack([obs[:, 1] + action[:, 0], obs[:, 1] + 2 * action[:, 0]]) + self.offset
+        return q if critic is None else q[critic]
+
+
+def test_losses_wire_targets_terminals_and_the_first_critic_hand_computed():
+    """The update's wiring on stand-in networks: the target actor and target critics at s', the TD cut at
+    terminals (not timeouts), the discount, and the actor loss through the first critic only."""
+    spec = EnvSpec("Pendulum-v1", (3,), 1, [-2.0], [2.0])
+    algo = TD3BC(
+        spec, lambda s, d: DeterministicActor(s, d, hidden_dims=(8,)), discount=0.5, policy_noise=0.0
+    )
+    algo.actor, algo.target_actor = _SliceActor(1.0), _SliceActor(2.0)
+    algo.critic, algo.target_critic = _TwoCritics(0.0), _TwoCritics(1.0)
+    batch = {
+        "observations": torch.tensor([[0.0, -2.0, 0.5], [0.0, 2.0, 0.5]]),
+        "actions": torch.tensor([[2.0], [-2.0]]),  # torque in [-2, 2] -> 1, -1
+        "rewards": torch.tensor([1.0, 2.0]),
+        "next_observations": torch.tensor([[0.0, 3.0, 0.25], [0.0, 5.0, -0.5]]),
+        "terminals": torch.tensor([0.0, 1.0]),
+        "timeouts": torch.tensor([1.0, 0.0]),  # a time limit bootstraps; only the terminal cuts
+    }
+    _, figures = algo.losses(batch, update_actor=True)
+    # target actions 2 * [0.25, -0.5] = [0.5, -1]; target critics Q_0 = [3 + 0.5 + 1, 5 - 1 + 1] = [4.5, 5],
+    # Q_1 = [3 + 1 + 1, 5 - 2 + 1] = [5, 4], min [4.5, 4]; TD target [1 + 0.5 * 4.5, 2] = [3.25, 2]
+    # critics at the dataset actions [1, -1]: Q_0 = [-1, 1], Q_1 = [0, 0]
+    # MSEs ((-1 - 3.25)^2 + (1 - 2)^2) / 2 = 9.53125 and (3.25^2 + 2^2) / 2 = 7.28125, summed
+    assert figures["critic_loss"].item() == pytest.approx(16.8125)
+    assert figures["q_mean"].item() == pytest.approx(0.0)
+    # pi = [0.5, 0.5]; first critic Q_0(s, pi) = [-1.5, 2.5]: lambda = 2.5 / 2 = 1.25, -1.25 * 0.5 = -0.625;
+    # BC term mean((0.5 - 1)^2, (0.5 + 1)^2) = 1.25
+    assert figures["actor_loss"].item() == pytest.approx(0.625)

@@ -76,6 +76,18 @@ def test_next_observations_derived_within_episodes_and_timeout_steps_dropped():
     assert without["terminals"].sum() == 1 and without["terminals"][-1] == 1
 
 
+def test_a_step_both_terminal_and_timed_out_is_kept_as_terminal():
+    """A terminal never bootstraps, so it needs no successor row even when the time limit fell on the same
+    step: only timed-out steps that did not terminate are dropped."""
+    arrays = make_arrays(n_episodes=2, length=3, with_next=False)
+    arrays["terminals"][2] = True  # episode 0 ends terminal and timed out at once; episode 1 times out
+    data = transitions_from_d4rl(arrays)
+    # rows 0, 1, 2 (terminal) kept; rows 3, 4 kept, row 5 (timeout only, no successor) dropped
+    np.testing.assert_array_equal(data["observations"][:, 0], [0, 1, 2, 100, 101])
+    np.testing.assert_array_equal(data["terminals"], [0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(data["next_observations"][:, 0], [1, 2, 2, 101, 102])
+
+
 def test_a_file_of_only_timed_out_single_steps_without_successors_fails_in_one_line(tmp_path):
     """Every row ends a timed-out episode and no next_observations: no transition is left. It used to
     surface as torch's 'random_ expects from < to' at the first sampled batch."""
@@ -101,6 +113,10 @@ def test_buffer_samples_blocks_of_minibatches_from_the_data():
     # every sampled row is a real row: obs - next_obs differ by exactly -1 in every dim
     diff = block["next_observations"] - block["observations"]
     assert torch.all(diff == 1)
+    # uniform over all 15 transitions: a block of 4096 draws every one of them (~273 times each)
+    rows = buffer.sample((64, 64), gen)["observations"][..., 0]
+    counts = torch.stack([(rows == v).sum() for v in data["observations"][:, 0].tolist()])
+    assert len(data["observations"]) == 15 and counts.min() > 200
 
 
 @pytest.mark.parametrize(
@@ -517,3 +533,50 @@ def test_bad_files_without_timeouts_name_the_bad_field(tmp_path, case, message):
         read_d4rl_hdf5(path, time_limit=4)
     text = str(err.value)
     assert "\n" not in text and text.startswith(f"dataset {path} {message}"), text
+
+
+def test_observation_statistics_hand_computed_and_kept_by_a_rebuilt_policy(tmp_path):
+    """Per-dimension mean and population std (ddof 0, as CORL) over the file's rows; the policy divides by
+    std + 1e-3, and a policy rebuilt without the data (as load_policy does) gets them from its state."""
+    import torch
+
+    from vla_hydra.algos.bc import BC
+    from vla_hydra.data.datamodule import OfflineDataModule
+    from vla_hydra.envs.factory import EnvSpec
+    from vla_hydra.models.mlp import DeterministicActor
+
+    arrays = make_arrays(n_episodes=2, length=2, obs_dim=2)  # column 0: 0, 1, 100, 101
+    arrays["observations"][:, 1] = 7.0  # a constant column: std 0
+    path = write_d4rl_hdf5(tmp_path / "stats.hdf5", arrays, {})
+    data = OfflineDataModule(str(path), batch_size=2)
+    data.setup("fit")
+    stats = data.stats()
+    # mean 50.5; deviations +-50.5, +-49.5: std sqrt((2 * 50.5^2 + 2 * 49.5^2) / 4) = sqrt(2500.25)
+    torch.testing.assert_close(stats.obs_mean, torch.tensor([50.5, 7.0]))
+    torch.testing.assert_close(stats.obs_std, torch.tensor([2500.25**0.5, 0.0]))
+    assert (stats.episode_return_min, stats.episode_return_max) == (2.0, 2.0)
+
+    spec = EnvSpec("Test-v0", (2,), 1, [-1.0], [1.0])
+
+    def actor(shape, dim):
+        return DeterministicActor(shape, dim, hidden_dims=(4,))
+
+    trained = BC(spec, actor, stats=stats)
+    obs = torch.tensor([[100.5, 7.5]])
+    expected = torch.tensor([[50.0 / (2500.25**0.5 + 1e-3), 0.5 / 1e-3]])
+    torch.testing.assert_close(trained.obs_normalizer(obs), expected)
+    rebuilt = BC(spec, actor)
+    rebuilt.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(rebuilt.obs_normalizer(obs), expected)
+
+
+def test_inferred_timeouts_hand_computed_and_a_terminal_at_the_limit_is_terminal_only():
+    from vla_hydra.data.d4rl_format import infer_timeouts
+
+    # limit 3: rows 0-2 time out at row 2; row 5 is terminal and at the limit (terminal only); the counter
+    # restarts after it, so rows 6-8 time out at row 8; rows 9, 10 are a cut remainder
+    terminals = np.zeros(11, bool)
+    terminals[5] = True
+    assert np.flatnonzero(infer_timeouts(terminals, 3)).tolist() == [2, 8]
+    # (N, 1) columns read as (N,)
+    assert np.flatnonzero(infer_timeouts(terminals[:, None], 3)).tolist() == [2, 8]

@@ -210,3 +210,31 @@ def test_a_users_env_registered_by_its_own_module_is_made_timed_and_scored(tmp_p
         assert observations.shape == (2, 3)
     finally:
         vector.close()
+
+
+def test_rollouts_count_each_episode_only_until_it_ends():
+    """Episodes of different lengths in one vector rollout: an env whose episode ended (terminated, or
+    truncated by the time limit) adds no more reward or length, though the vector env resets it and keeps
+    stepping it. CartPole pays 1 per step, so each return is its episode's length, counted here with a
+    plain single env per seed."""
+    import gymnasium as gym
+
+    def push_left(obs):
+        return np.zeros(len(obs), dtype=np.int64)
+
+    expected = []
+    for seed in range(8):
+        env = gym.make("CartPole-v1", max_episode_steps=10)
+        env.reset(seed=seed)
+        steps, done = 0, False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(0)
+            steps, done = steps + 1, terminated or truncated
+        expected.append(steps)
+        env.close()
+    assert len(set(expected)) > 1 and 10 in expected  # mixed lengths, some cut by the time limit
+
+    result = rollout_episodes(push_left, EnvFactory(id="CartPole-v1", max_episode_steps=10), 8, seed=0)
+    assert result.lengths.tolist() == expected
+    assert result.returns.tolist() == [float(n) for n in expected]
+    assert result.to_dict()["eval_length_mean"] == pytest.approx(np.mean(expected))
