@@ -180,3 +180,26 @@ def test_each_run_of_one_process_gets_its_own_wandb_run(tmp_path, data_dir, monk
         assert len(runs) == 1, f"seed {seed}: {runs}"
         run_ids.append(runs[0].name.rsplit("-", 1)[-1])
     assert run_ids[0] != run_ids[1]
+
+
+def test_a_run_continued_in_its_own_dir_logs_to_the_same_wandb_run(tmp_path, data_dir, monkeypatch):
+    """A SLURM requeue or a `ckpt_path=` continuation in the run's own dir made a new wandb run per leg,
+    splitting one training curve over several runs; a new run dir still gets a run of its own."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    wandb = ["logger=wandb", "logger.wandb.mode=offline", "callbacks.policy_eval=null"]
+    first = small_train_config(tmp_path, data_dir, [*wandb, "trainer.max_steps=50"])
+    train(first)
+    run = Path(first.paths.output_dir)
+    continued = small_train_config(
+        tmp_path,
+        data_dir,
+        [*wandb, "trainer.max_steps=100", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"],
+    )
+    _, results = train(continued)
+    assert results["train_steps"] == 100
+    legs = sorted(path.name for path in (run / "wandb").glob("offline-run-*"))
+    assert len(legs) == 2 and legs[0].rsplit("-", 1)[1] == legs[1].rsplit("-", 1)[1]
+    other = small_train_config(tmp_path / "other", data_dir, [*wandb, "trainer.max_steps=50"])
+    train(other)
+    (other_leg,) = (Path(other.paths.output_dir) / "wandb").glob("offline-run-*")
+    assert other_leg.name.rsplit("-", 1)[1] != legs[0].rsplit("-", 1)[1]

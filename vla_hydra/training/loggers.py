@@ -68,6 +68,13 @@ def log_run_config(loggers: list, run_config: dict, algo) -> None:
         logger.log_hyperparams(params)
 
 
+def earlier_wandb_run_id(save_dir: str | os.PathLike) -> str | None:
+    """The id of the latest wandb run already in `save_dir` (wandb names its folders
+    `[offline-]run-<YYYYMMDD_HHMMSS>-<id>`), None in a new run dir."""
+    runs = [path.name.split("-") for path in (Path(save_dir) / "wandb").glob("*run-*-*") if path.is_dir()]
+    return max(runs, key=lambda parts: parts[-2])[-1] if runs else None
+
+
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
@@ -95,6 +102,11 @@ def wandb_logger(
         # process (a local sweep's job with mode=disabled) the offline run asked for a login instead
         kwargs["mode"] = mode
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    earlier_id = earlier_wandb_run_id(save_dir)
+    if earlier_id and "id" not in kwargs:
+        # a run continued in its own dir (SLURM requeue, ckpt_path=): the same wandb run, not one per leg
+        # (offline runs of one id are synced into one run by `wandb sync`)
+        kwargs.update(id=earlier_id, resume="allow")
     logger = WandbLogger(save_dir=save_dir, project=project, name=name, **kwargs)
     if logger._wandb_init.get("anonymous") is None:
         # Lightning passes anonymous=None, which wandb (>= 0.19) answers with a deprecation warning per run
