@@ -417,6 +417,33 @@ def test_no_reference_returns_are_stored_when_the_policy_does_not_beat_random(tm
     assert "ref_random_return" not in meta
 
 
+def test_a_random_behaviour_policy_stores_no_reference_returns_and_warns_of_nothing(tmp_path, caplog):
+    """hopper_random warned that its behaviour policy did not beat a random policy; one that beat the
+    reference episodes by chance would have stored itself as the 'expert'."""
+    import logging
+
+    from vla_hydra.collect import CollectionRecipe, collect_dataset
+    from vla_hydra.envs.controllers import UniformRandomPolicy
+
+    for seed in range(3):  # some seeds' episodes beat the reference episodes, some do not
+        recipe = CollectionRecipe(
+            env_id="Pendulum-v1",
+            behavior_policy=UniformRandomPolicy([-2.0], [2.0], seed=seed),
+            episodes=2,
+            reference_episodes=2,
+            seed=seed,
+        )
+        with caplog.at_level(logging.INFO):
+            summary = collect_dataset(recipe, tmp_path / f"random{seed}.hdf5")
+        _, meta = read_d4rl_hdf5(tmp_path / f"random{seed}.hdf5")
+        assert "ref_expert_return" not in summary and "ref_random_return" not in meta
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert (
+        sum("a uniform-random behaviour policy: no reference returns" in r.message for r in caplog.records)
+        == 3
+    )
+
+
 def test_an_env_the_recipe_does_not_roll_out_is_refused(tmp_path):
     """collect rolls out data.recipe.env_id: `env=cartpole` with the Pendulum recipe used to be ignored."""
     out = tmp_path / "x.hdf5"

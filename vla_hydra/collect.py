@@ -335,7 +335,12 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
         "recipe_fingerprint": recipe.fingerprint(),
     }
     random_return = float(np.mean([ep["rewards"].sum() for ep in random_eps]))
-    if max(policy_returns) > random_return:
+    # a "random" dataset's behaviour policy is no expert, even where its returns beat the reference
+    # episodes' by chance: no references from it (env.ref_returns, if any, apply)
+    random_behaviour = all(isinstance(p, UniformRandomPolicy) for p in policies)
+    if random_behaviour:
+        log.info(f"a uniform-random behaviour policy: no reference returns stored in {output}")
+    elif max(policy_returns) > random_return:
         summary["ref_random_return"], summary["ref_expert_return"] = random_return, max(policy_returns)
         if env_factory.time_limit is not None:  # what the references mean: returns of episodes this long
             summary["ref_time_limit"] = env_factory.time_limit
