@@ -341,6 +341,17 @@ def _dt_runs_and_their_re_evaluations(root: Path) -> None:
         _write_config(eval_dir, _EVAL_CONFIG.format(ckpt=ckpt))
 
 
+def test_a_run_continued_in_its_own_dir_is_rerun_without_its_checkpoint(tmp_path):
+    """A continued run's overrides.yaml is its last leg's (`... ckpt_path=<its dir>/checkpoints/last.ckpt`):
+    rebuilt as is, the group's command continued the finished checkpoint instead of rerunning the sweep."""
+    for seed in (0, 1):
+        run_dir = tmp_path / "sweep" / str(seed)
+        resumed = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"] if seed == 0 else []
+        _write_run(run_dir, "bc", "alpha", seed, -100.0, overrides=["algo=bc", f"seed={seed}", *resumed])
+    (group,) = write_report([tmp_path / "sweep"], out=tmp_path / "out").groups
+    assert group.commands == ["python -m vla_hydra.train -m algo=bc seed=0,1"]
+
+
 def test_a_re_evaluated_checkpoint_is_labelled_with_its_training_settings(tmp_path):
     """A report on `eval_only=true` runs used to compare the eval command's own config (algo=bc's
     _target_, trainer.max_steps=${...}): labels of ~450 characters, and checkpoints trained with

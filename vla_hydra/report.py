@@ -158,7 +158,18 @@ def _read_overrides(run_dir: Path) -> list[str] | None:
         return []
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise VlaHydraError(f"{path}: expected a YAML list of override strings, got {overrides!r}")
-    return overrides
+    # a run continued in its own dir (`ckpt_path=<run dir>/checkpoints/last.ckpt`, Hydra keeping only the
+    # last leg's overrides): how it was resumed, not what it ran; rerunning it starts afresh
+    return [o for o in overrides if not _continues_own_checkpoint(o, run_dir)]
+
+
+def _continues_own_checkpoint(override: str, run_dir: Path) -> bool:
+    """Whether the override is a `ckpt_path=` of the run dir's own checkpoint (as resume.refuse_another_runs_dir
+    tells one: `last`, or a path inside the dir)."""
+    key, value = _split(override)
+    if key.lstrip("+~") != "ckpt_path" or value is None:
+        return False
+    return value == "last" or Path(value).expanduser().resolve().is_relative_to(run_dir.resolve())
 
 
 # keys of the composed config that differ between runs without making them different experiments:
