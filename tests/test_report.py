@@ -362,14 +362,17 @@ def test_a_re_evaluated_checkpoint_is_labelled_with_its_training_settings(tmp_pa
         ("dt [algo.lr=0.0001]", [0]),
         ("dt [algo.lr=0.0003]", [1]),
     ]
-    # the eval runs next to the training runs: the same two configurations, whatever command ran them
+    # the eval runs next to the training runs: the same two configurations, whatever command ran them, but
+    # a re-evaluated checkpoint is not a second run of its seed (they were one mean: n=2, seeds 0,0)
     both = write_report([tmp_path], out=tmp_path / "r2")
-    assert [(g.algo, len(g.runs)) for g in both.groups] == [
-        ("dt [algo.lr=0.0001]", 2),
-        ("dt [algo.lr=0.0003]", 2),
+    assert [(g.algo, g.seeds) for g in both.groups] == [
+        ("dt [algo.lr=0.0001, eval_only=false]", [0]),
+        ("dt [algo.lr=0.0003, eval_only=false]", [1]),
+        ("dt [algo.lr=0.0001, eval_only=true]", [0]),
+        ("dt [algo.lr=0.0003, eval_only=true]", [1]),
     ]
-    # rerunning a group reruns its training and its re-evaluation
-    assert any("eval_only=true" in c for c in both.groups[0].commands)
+    # rerunning a re-evaluation's group reruns that re-evaluation
+    assert all("eval_only=true" in c for c in both.groups[2].commands)
 
     # a checkpoint whose training run dir is gone: no settings to compare, so no split by its eval config
     shutil.rmtree(tmp_path / "train")

@@ -5,7 +5,7 @@
 
 Every `results.json` under the given dirs (written by `vla_hydra.train`, one per run) is one run;
 runs are grouped by (dataset, algo, configuration: runs that differ in more than the seed get a group
-each), an online run's dataset being "<env id> (online)" unless it
+each; re-evaluations of checkpoints (eval_only) one apart from the runs that trained them), an online run's dataset being "<env id> (online)" unless it
 learned from a dataset too (GAIL's expert data). Per group: number of runs and their seeds, mean ± sample std
 (ddof=1) over runs of the final normalized score and of the final evaluation return, mean train
 steps and mean wall time (a continued run's over all its legs). Prints the table and writes, into `--out` (default: the first dir):
@@ -273,6 +273,11 @@ def load_run(path: Path) -> Run:
         # an online run with a dataset (GAIL's expert data) stays with the other runs on that dataset
         dataset = f"{env} (online)"
     config_dir = _trained_run_dir(path, data)
+    settings = _read_settings(config_dir) if config_dir else None
+    if settings is not None and data.get("eval_only"):
+        # a re-evaluation of a checkpoint is not another seed of the run that trained it: beside that
+        # run (`report logs`) it is a row of its own, not a second run of one seed in the same mean
+        settings["eval_only"] = "true"
     run = Run(
         path=path,
         dataset=dataset,
@@ -285,7 +290,7 @@ def load_run(path: Path) -> Run:
         score=_field(data, path, "normalized_score", "number", optional=True),
         history=history,
         overrides=_read_overrides(path.parent),
-        settings=_read_settings(config_dir) if config_dir else None,
+        settings=settings,
         config_overrides=_read_overrides(config_dir) if config_dir else None,
         env_steps=data["env_steps"] if is_number(data.get("env_steps")) else None,
     )
