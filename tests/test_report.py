@@ -606,6 +606,25 @@ def test_an_empty_sweep_dir_among_several_is_named_not_fatal(tmp_path):
     )
 
 
+def test_an_interrupted_run_is_noted_with_the_checkpoint_to_continue_from(tmp_path):
+    """A job stopped by Ctrl-C / SIGTERM / a time limit leaves last.ckpt and no results.json: it was
+    noted as failed, with nothing on how to finish it."""
+    sweep = tmp_path / "sweep"
+    _write_run(sweep / "0", "bc", "alpha", 0, -100.0)
+    for job in ("1", "2"):  # 1 interrupted at a checkpoint, 2 failed before its first one
+        (sweep / job / ".hydra").mkdir(parents=True)
+        (sweep / job / "train.log").write_text("")
+    (sweep / "1" / "checkpoints").mkdir()
+    (sweep / "1" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    notes = write_report([sweep], out=tmp_path / "out").notes
+    interrupted, failed = (sweep / "1").resolve(), (sweep / "2").resolve()
+    assert (
+        f"skipped {interrupted}: no results.json (interrupted or still running; continue it with "
+        f"ckpt_path={interrupted}/checkpoints/last.ckpt hydra.run.dir={interrupted})" in notes
+    )
+    assert f"skipped {failed}: no results.json (the job failed or is still running)" in notes
+
+
 def test_a_usage_error_is_one_line_and_exit_code_1():
     proc = run_module("vla_hydra.report")
     assert proc.returncode == 1

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from vla_hydra.cli import run_cli
+from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT
 from vla_hydra.core.config import is_number
 from vla_hydra.core.exceptions import VlaHydraError
 from vla_hydra.core.io import atomic_path
@@ -785,7 +786,16 @@ def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None
                 f"{g.dataset} / {g.algo}: {missing} of {len(g.runs)} runs have no normalized_score; return only"
             )
     if len(incomplete) <= MAX_SKIPPED_LISTED:
-        notes += [f"skipped {d}: no {RESULTS_FILE} (the job failed or is still running)" for d in incomplete]
+        notes += [
+            f"skipped {d}: no {RESULTS_FILE} "
+            + (
+                f"(interrupted or still running; continue it with ckpt_path={d / RUN_DIR_CHECKPOINT} "
+                f"hydra.run.dir={d})"
+                if (d / RUN_DIR_CHECKPOINT).exists()
+                else "(the job failed or is still running)"
+            )
+            for d in incomplete
+        ]
     else:  # e.g. `report logs/train` over many refused runs: one line, not one per dir
         listed = ", ".join(str(d) for d in incomplete[:MAX_SKIPPED_LISTED])
         notes.append(
