@@ -559,6 +559,11 @@ def test_sweep_commands_rebuild_a_grid_as_one_multirun_and_quote_for_the_shell()
             "corrupt",
             "error: {d}/3/results.json: not valid JSON (Expecting ',' delimiter at line 1 column 15)",
         ),
+        # cut short (a copy of a run dir while it was written): was "... starting at at line 1 ..."
+        (
+            "truncated",
+            "error: {d}/3/results.json: not valid JSON (Unterminated string starting at line 1 column 10)",
+        ),
         ("not_object", "error: {d}/3/results.json: expected a JSON object, got list"),
         ("missing_key", "error: {d}/3/results.json: missing key 'dataset'"),
         ("bad_type", "error: {d}/3/results.json [seed]: expected an integer, got 'zero'"),
@@ -582,6 +587,7 @@ def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path, case, expected
         bad.write_text(
             {
                 "corrupt": '{"algo": "bc" "dataset": "p"}',
+                "truncated": '{"algo": "b',
                 "not_object": "[1, 2]",
                 "missing_key": '{"algo": "bc"}',
                 "bad_type": '{"algo": "bc", "dataset": "p", "seed": "zero"}',

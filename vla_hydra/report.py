@@ -251,7 +251,8 @@ def load_run(path: Path) -> Run:
         raise VlaHydraError(f"{path}: not valid JSON (not UTF-8 text)") from err
     except json.JSONDecodeError as err:
         raise VlaHydraError(
-            f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+            # json's "Unterminated string starting at" names a position itself
+            f"{path}: not valid JSON ({err.msg.removesuffix(' at')} at line {err.lineno} column {err.colno})"
         ) from err
     if not isinstance(data, dict):
         raise VlaHydraError(f"{path}: expected a JSON object, got {type(data).__name__}")
