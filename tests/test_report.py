@@ -373,6 +373,10 @@ def test_a_re_evaluated_checkpoint_is_labelled_with_its_training_settings(tmp_pa
     ]
     # rerunning a re-evaluation's group reruns that re-evaluation
     assert all("eval_only=true" in c for c in both.groups[2].commands)
+    # its wall time is the evaluation's, not the training's its train steps suggest
+    assert "a re-evaluation's (`eval_only`: the checkpoint's train steps) is its evaluation's alone" in (
+        both.files["report.md"].read_text()
+    )
 
     # a checkpoint whose training run dir is gone: no settings to compare, so no split by its eval config
     shutil.rmtree(tmp_path / "train")

@@ -671,7 +671,8 @@ def caption(groups: Sequence[Group], sweep_dirs: Sequence[Path]) -> str:
         "final evaluation episodes), reported as mean ± sample standard deviation (ddof=1) over the n runs "
         "(seeds) of each (dataset, algo, configuration) group; a single run shows no std. Train steps are "
         "gradient updates; wall time is per run (mean), over all legs of a run continued from a checkpoint "
-        "(`wall_seconds_all_legs`; the last leg's alone where that is unknown). "
+        "(`wall_seconds_all_legs`; the last leg's alone where that is unknown), and a re-evaluation's "
+        "(`eval_only`: the checkpoint's train steps) is its evaluation's alone. "
         f"Sweep dirs: {', '.join(f'`{d}`' for d in sweep_dirs)}. "
         f"Seeds found: {', '.join(map(str, seeds))}."
     )
