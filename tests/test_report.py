@@ -186,7 +186,7 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
     assert by.score is None and by.return_ == (-5.0, None) and by.seeds == [7]
 
     md = report.files["report.md"].read_text()
-    assert "| alpha | x | 3 | 0,1,2 | 90.0 ± 10.0 | -200.0 ± 100.0 | 100 | 2.0 |" in md
+    assert "| alpha | x | 3 | 0,1,2 | 90.0 ± 10.0 | -200.0 ± 100.0 | 100 | — | 2.0 |" in md
     assert "| alpha | y [algo.lr=1e-3] | 2 | 0,1 | 63.0 ± 4.2 | -390.0 ± 14.1 | 150 |" in md
     assert "| alpha | y [algo.lr=3e-4] | 1 | 0 | 70.0 | -300.0 | 100 |" in md
     assert "| beta | x | 2 | 0,1 | — | -12.0 ± 2.8 | 100 |" in md
@@ -210,6 +210,7 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
         "±",
         "100.0",
         "100",
+        "—",
         "2.0",
     ]
 
@@ -484,6 +485,14 @@ def test_online_runs_are_grouped_by_their_env(tmp_path):
         ("pendulum-expert-v0", "bc", 1),
         ("pendulum-expert-v0", "gail", 1),
     ]
+    # their env steps, the online budget's unit, in the table (none for the offline run)
+    assert [g.env_steps_mean for g in report.groups] == [20000, None, 50000]
+    assert (
+        "| Pendulum-v1 (online) | sac | 2 | 0,1 |" in report.table.replace("  ", " ")
+        or "20000" in report.table
+    )
+    with open(tmp_path / "out" / "report.csv") as f:
+        assert [row["env_steps_mean"] for row in csv.DictReader(f)] == ["20000.0", "", "50000.0"]
 
 
 def test_online_learning_curves_are_drawn_over_env_steps(tmp_path):

@@ -96,6 +96,12 @@ class Group:
         return mean_std([r.train_steps for r in self.runs])[0]
 
     @property
+    def env_steps_mean(self) -> float | None:
+        """Online runs' env steps (their budget's unit), None unless every run of the group has them."""
+        steps = [r.env_steps for r in self.runs]
+        return mean_std(steps)[0] if all(s is not None for s in steps) else None
+
+    @property
     def wall_seconds_mean(self) -> float:
         return mean_std([r.wall_seconds for r in self.runs])[0]
 
@@ -628,8 +634,10 @@ def _fmt_steps(value: float) -> str:
     return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
 
 
-COLUMNS = ["dataset", "algo", "n", "seeds", "normalized score", "eval return", "train steps", "wall time (s)"]
-NUMERIC = {"n", "normalized score", "eval return", "train steps", "wall time (s)"}
+COLUMNS = [
+    "dataset", "algo", "n", "seeds", "normalized score", "eval return", "train steps", "env steps", "wall time (s)"
+]  # fmt: skip
+NUMERIC = {"n", "normalized score", "eval return", "train steps", "env steps", "wall time (s)"}
 
 
 def table_rows(groups: Sequence[Group]) -> list[list[str]]:
@@ -642,6 +650,7 @@ def table_rows(groups: Sequence[Group]) -> list[list[str]]:
             _fmt(g.score),
             _fmt(g.return_),
             _fmt_steps(g.train_steps_mean),
+            MISSING if g.env_steps_mean is None else _fmt_steps(g.env_steps_mean),
             f"{g.wall_seconds_mean:.1f}",
         ]
         for g in groups
@@ -670,7 +679,8 @@ def caption(groups: Sequence[Group], sweep_dirs: Sequence[Path]) -> str:
         f"{MISSING} where the dataset has no reference returns) and evaluation return (mean over the run's "
         "final evaluation episodes), reported as mean ± sample standard deviation (ddof=1) over the n runs "
         "(seeds) of each (dataset, algo, configuration) group; a single run shows no std. Train steps are "
-        "gradient updates; wall time is per run (mean), over all legs of a run continued from a checkpoint "
+        f"gradient updates, env steps an online run's steps in its envs ({MISSING} for offline runs); wall "
+        "time is per run (mean), over all legs of a run continued from a checkpoint "
         "(`wall_seconds_all_legs`; the last leg's alone where that is unknown), and a re-evaluation's "
         "(`eval_only`: the checkpoint's train steps) is its evaluation's alone. "
         f"Sweep dirs: {', '.join(f'`{d}`' for d in sweep_dirs)}. "
@@ -729,6 +739,7 @@ CSV_FIELDS = [
     "eval_return_mean",
     "eval_return_std",
     "train_steps_mean",
+    "env_steps_mean",
     "wall_seconds_mean",
     "commands",
     "run_dirs",
@@ -755,6 +766,7 @@ def csv_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
                 "eval_return_mean": blank(g.return_[0]),
                 "eval_return_std": blank(g.return_[1]),
                 "train_steps_mean": blank(g.train_steps_mean),
+                "env_steps_mean": blank(g.env_steps_mean),
                 "wall_seconds_mean": blank(g.wall_seconds_mean),
                 "commands": "; ".join(g.commands),
                 "run_dirs": ";".join(str(r.path.parent) for r in g.runs),
