@@ -127,8 +127,9 @@ def check_search_settings(impl) -> None:
 
 
 def _drop_refused_trials(storage: str, study_name: str, stored: int, created: Path | None) -> None:
-    """After a refused submission: the database this command created is removed if it holds nothing
-    else; otherwise this command's trials that never ran are stored as FAIL instead of RUNNING."""
+    """After a refused submission or an interrupted wait: the database this command created is removed if
+    it holds nothing else; otherwise this command's trials that never reported are stored as FAIL instead
+    of RUNNING."""
     import optuna
     from optuna.trial import TrialState
 
@@ -188,10 +189,11 @@ class OptunaSweeper(_OptunaSweeper):
             with contextlib.redirect_stderr(captured):
                 super().sweep(arguments)
         except SystemExit as exit_:
-            # exit 1 out of a launch is a refused submission (sbatch: no controller, a bad partition): its
-            # asked-for trials would stay RUNNING in the study for good (and a new database would be left
-            # behind, its trials counted by the next command's sampler seed)
-            if exit_.code == 1 and isinstance(storage, str):
+            # exit 1 out of a launch is a refused submission (sbatch: no controller, a bad partition), 130 /
+            # 143 a wait stopped by Ctrl-C / SIGTERM (the SLURM jobs go on, but their results never reach
+            # the study): the asked-for trials would stay RUNNING in the study for good (and a new database
+            # would be left behind, its trials counted by the next command's sampler seed)
+            if exit_.code in (1, 130, 143) and isinstance(storage, str):
                 _drop_refused_trials(storage, impl.study_name, stored, database if created else None)
             raise
         finally:

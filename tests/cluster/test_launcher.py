@@ -251,6 +251,38 @@ def test_a_sigterm_that_slurm_follows_with_a_requeue_is_told_apart(
 
 
 @pytest.mark.parametrize(
+    "result_file,state,requeued",
+    [
+        (False, "PENDING", True),  # killed for its requeue: waits in the queue again
+        (False, "", False),  # ended without a result: a failure
+        (True, "RUNNING", True),  # the result file of an earlier attempt (a requeue during start-up)
+        (True, "PENDING", True),
+        (True, "COMPLETING", False),  # this attempt's result
+        (True, "", False),
+    ],
+)
+def test_a_requeued_job_is_waited_for_even_with_an_earlier_attempts_result(
+    tmp_path, monkeypatch, result_file, state, requeued
+):
+    """A DDP job signalled during start-up left rank 0's failed result behind and was requeued; the sweep
+    reported that stale failure as soon as rank 1 finished the requeued run (which then succeeded). A real
+    `squeue` stands in, printing what SLURM 22.05's does."""
+    from types import SimpleNamespace
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text(f'#!/bin/sh\n[ "$*" = "-h -j 7 -o %T" ] && echo "{state}"\n')
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    result = tmp_path / "7_0_result.pkl"
+    if result_file:
+        result.write_bytes(b"")
+    job = SimpleNamespace(job_id="7", _cancel_command="scancel", paths=SimpleNamespace(result_pickle=result))
+    assert launcher._requeued(job) is requeued
+
+
+@pytest.mark.parametrize(
     "stderr,line",
     [
         (  # scancel: the run's own line says where to continue; srun's exit code does not

@@ -265,6 +265,41 @@ def test_an_optuna_search_on_slurm_with_failing_trials_ends_on_one_line(slurm, p
     assert _study_trials(db, "bc_optuna") == ["FAIL"] * 2  # the study records them
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_ctrl_c_in_an_optuna_search_on_slurm_stores_its_waiting_trials_as_failed(
+    slurm, pendulum_data, tmp_path
+):
+    """Ctrl-C stops the waiting, not the jobs; their results never reach the study, whose trials stayed
+    RUNNING for good."""
+    import optuna
+
+    db = tmp_path / "logs" / "bc_optuna" / "optuna" / "bc_optuna.db"
+    db.parent.mkdir(parents=True)
+    stored = optuna.create_study(study_name="bc_optuna", storage=f"sqlite:///{db}", direction="maximize")
+    stored.add_trial(optuna.trial.create_trial(value=1.0))
+    output = tmp_path / "search.out"
+    args = ["hparams_search=bc_optuna", "cluster=slurm", "+cluster.additional_parameters.hold=true"]
+    args += ["hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", *small_job_args(tmp_path, pendulum_data)]
+    with output.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vla_hydra.train", *args],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    jobs = None
+    try:
+        wait_until(lambda: "pending with reason JobHeldUser" in output.read_text(), 90, "the held jobs")
+        jobs = output.read_text().split("or cancel: scancel ")[1].splitlines()[0].split()
+        proc.send_signal(2)
+        assert proc.wait(timeout=60) == 130
+        assert _study_trials(db, "bc_optuna") == ["COMPLETE", "FAIL", "FAIL"]
+    finally:
+        proc.kill()
+        if jobs:
+            subprocess.run(["scancel", *jobs])
+
+
 @pytest.mark.parametrize(
     ("signum", "code", "stopped"), [(2, 130, "interrupted"), (15, 143, "terminated (SIGTERM)")]
 )

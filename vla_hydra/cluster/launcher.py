@@ -645,19 +645,23 @@ def _kill_wait_s() -> float:
 
 
 def _requeued(job: Any) -> bool:
-    """A job that looks finished but has no result file may have been requeued (pre-emption): for a
-    moment SLURM accounting reports the killed run as ended while the job waits in the queue again.
-    Such a job is still listed by squeue; a job that really ended is not."""
-    if job.paths.result_pickle.exists() or not _is_slurm_job(job):
+    """A job that looks finished may have been requeued (pre-emption): for a moment SLURM accounting
+    reports the killed run as ended while the job waits in the queue again. Such a job is still listed by
+    squeue; a job that really ended is not. A result file does not settle it: an earlier attempt can leave
+    one (a requeue signal during start-up, caught in the middle of an import, ended rank 0 of a DDP job as
+    a failed result), so a job with one counts as requeued while squeue has it pending or running."""
+    if not _is_slurm_job(job):
         return False
     import subprocess
 
     try:
         listed = subprocess.run(
             ["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True, timeout=30
-        ).stdout.strip()
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         return False
+    if job.paths.result_pickle.exists():
+        return bool({"PENDING", "RUNNING", "REQUEUED"} & set(listed))
     return bool(listed)
 
 
