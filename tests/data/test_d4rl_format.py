@@ -139,6 +139,7 @@ def test_buffer_samples_blocks_of_minibatches_from_the_data():
         ("scalar_timeouts", "timeouts", "is a scalar; expected an array with one row per step"),
         ("half_terminal", "terminals", "holds 0.5 at row 4; expected 0/1 flags"),
         ("nan_timeout", "timeouts", "holds nan at row 2; expected 0/1 flags"),
+        ("float64_overflow", "rewards", "holds 1e+300 at row 2; expected values within float32's range"),
     ],
 )
 def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, field, message):
@@ -176,6 +177,9 @@ def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, fi
         elif case == "nan_timeout":
             arrays["timeouts"] = arrays["timeouts"].astype(np.float32)
             arrays["timeouts"][2] = np.nan
+        elif case == "float64_overflow":  # finite in the file, inf once training casts it to float32
+            arrays["rewards"] = arrays["rewards"].astype(np.float64)
+            arrays["rewards"][2] = 1e300
         with h5py.File(path, "w") as f:
             for k, v in arrays.items():
                 if case == "group_obs" and k == "observations":

@@ -206,6 +206,8 @@ FINAL_EPISODE_CUT = "final_episode_cut"
 # per-step scalars: one value per row; a trailing axis of 1 ((N, 1), as some converters write) is accepted
 SCALAR_KEYS = ("rewards", "terminals", "timeouts")
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """Check rows, shapes, dtypes and values in place (squeezing (N, 1) per-step scalars to (N,), giving
@@ -227,9 +229,20 @@ def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray])
             # Box(1,) actions stored as (N,): one column, as the losses expect (B, action_dim) batches;
             # integer (N,) actions stay as they are: the class indices of a Discrete env
             arrays[key] = value = value[:, None]
-        if key in FLOAT_KEYS and not np.isfinite(value).all():
-            bad = int(np.flatnonzero(~np.isfinite(value).reshape(n, -1).all(axis=1))[0])
-            raise DatasetError(path, key, f"contains NaN or inf (first at row {bad})")
+        if key in FLOAT_KEYS:
+            # training holds float32: a wider float beyond its range would silently become inf there
+            wide = value.dtype.kind == "f" and value.dtype.itemsize > 4
+            fits = np.abs(value) <= _FLOAT32_MAX if wide else np.isfinite(value)  # False for NaN and inf
+            if not fits.all():
+                bad = int(np.flatnonzero(~fits.reshape(n, -1).all(axis=1))[0])
+                if not np.isfinite(value[bad]).all():
+                    raise DatasetError(path, key, f"contains NaN or inf (first at row {bad})")
+                raise DatasetError(
+                    path,
+                    key,
+                    f"holds {np.abs(value[bad]).max():g} at row {bad}; expected values within float32's "
+                    f"range (|x| <= {_FLOAT32_MAX:.4g}), which training uses",
+                )
         if key in ("terminals", "timeouts") and value.dtype != bool and not np.isin(value, (0, 1)).all():
             # a float flag of 0.5 or NaN would silently count as true
             bad = int(np.flatnonzero(~np.isin(value, (0, 1)))[0])
