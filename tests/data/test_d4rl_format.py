@@ -140,6 +140,7 @@ def test_buffer_samples_blocks_of_minibatches_from_the_data():
         ("half_terminal", "terminals", "holds 0.5 at row 4; expected 0/1 flags"),
         ("nan_timeout", "timeouts", "holds nan at row 2; expected 0/1 flags"),
         ("float64_overflow", "rewards", "holds 1e+300 at row 2; expected values within float32's range"),
+        ("action_matrix", "actions", "has shape (15, 1, 1), expected (15, action_dim)"),
     ],
 )
 def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, field, message):
@@ -180,6 +181,8 @@ def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, fi
         elif case == "float64_overflow":  # finite in the file, inf once training casts it to float32
             arrays["rewards"] = arrays["rewards"].astype(np.float64)
             arrays["rewards"][2] = 1e300
+        elif case == "action_matrix":  # (B, 1, 1) actions broadcast against (B, 1) predictions
+            arrays["actions"] = arrays["actions"][:, :, None]
         with h5py.File(path, "w") as f:
             for k, v in arrays.items():
                 if case == "group_obs" and k == "observations":
@@ -243,6 +246,11 @@ def test_a_cut_last_episode_is_left_out_of_the_episode_return_range(tmp_path):
             "CartPole-v1",
             "[actions]: holds 2-dim vectors, but env CartPole-v1 has Discrete(2) actions",
         ),
+        (  # booleans are class indices too, not (N,) Box actions served as (B,) against (B, 1)
+            np.arange(15) % 2 == 1,
+            "Pendulum-v1",
+            "[actions]: holds integer class indices, but env Pendulum-v1 has Box(1,) actions",
+        ),
         (
             np.arange(15) % 3,
             "CartPole-v1",
@@ -264,11 +272,12 @@ def test_action_kind_must_match_the_env(tmp_path, actions, env_id, message):
     assert str(err.value) == f"dataset {path} {message}"
 
 
-def test_discrete_class_indices_matching_the_env_are_accepted(tmp_path):
+@pytest.mark.parametrize("actions", [np.arange(15) % 2, np.arange(15) % 2 == 1])
+def test_discrete_class_indices_matching_the_env_are_accepted(tmp_path, actions):
     from vla_hydra.data.datamodule import OfflineDataModule
     from vla_hydra.envs.factory import EnvFactory
 
-    arrays = {**make_arrays(obs_dim=4), "actions": np.arange(15) % 2}
+    arrays = {**make_arrays(obs_dim=4), "actions": actions}
     datamodule = OfflineDataModule(str(write_d4rl_hdf5(tmp_path / "d.hdf5", arrays, {})))
     datamodule.setup()
     datamodule.check_compatible(EnvFactory(id="CartPole-v1").spec())

@@ -225,10 +225,15 @@ def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray])
                 arrays[key] = value = value[:, 0]
             if value.ndim != 1:
                 raise DatasetError(path, key, f"has shape {value.shape}, expected ({n},): one value per step")
-        if key == "actions" and value.ndim == 1 and value.dtype.kind == "f":
-            # Box(1,) actions stored as (N,): one column, as the losses expect (B, action_dim) batches;
-            # integer (N,) actions stay as they are: the class indices of a Discrete env
-            arrays[key] = value = value[:, None]
+        if key == "actions" and value.ndim == 1 and value.dtype.kind in "fb":
+            # Box(1,) actions stored as (N,) floats: one column, as the losses expect (B, action_dim)
+            # batches; integer (N,) actions stay as they are, the class indices of a Discrete env, and
+            # boolean ones are such indices too (else served as (B,) against (B, 1) predictions)
+            arrays[key] = value = value[:, None] if value.dtype.kind == "f" else value.astype(np.int64)
+        if key == "actions" and value.ndim > 2:  # (N, 1, act): losses would broadcast it against (B, act)
+            raise DatasetError(
+                path, key, f"has shape {value.shape}, expected ({n}, action_dim): one action vector per step"
+            )
         if key in FLOAT_KEYS:
             # training holds float32: a wider float beyond its range would silently become inf there
             wide = value.dtype.kind == "f" and value.dtype.itemsize > 4
