@@ -380,6 +380,8 @@ def _episode(steps=3, end="truncated", **override):
     [
         ("nan_reward", "[rewards]: contains NaN or inf (first at row 4)"),
         ("inf_last_obs", "[next_observations]: contains NaN or inf (first at row 5)"),
+        # Minari keeps rewards as float64: named as stored, not as the inf float32 makes of it
+        ("float64_overflow", "[rewards]: holds 1e+300 at row 4; expected values within float32's range"),
         (
             "obs_length",
             "[observations]: episode 1 has observations of shape (3, 3) for 3 steps, expected (4, 3)",
@@ -400,6 +402,7 @@ def test_bad_minari_dataset_fails_in_one_line_naming_dataset_and_field(minari_ro
     obs = np.arange(12, dtype=np.float32).reshape(4, 3)
     second = {
         "nan_reward": dict(rewards=[-1.0, np.nan, -1.0]),  # row 3 + 1
+        "float64_overflow": dict(rewards=[-1.0, 1e300, -1.0]),
         "inf_last_obs": dict(observations=np.concatenate([obs[:3], [[0, np.inf, 0]]])),  # s' of row 3 + 2
         "obs_length": dict(observations=obs[:3]),
         "action_length": dict(actions=np.zeros((2, 1), np.float32)),
