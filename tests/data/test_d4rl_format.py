@@ -405,6 +405,23 @@ def test_a_flipped_bit_in_a_written_file_is_named_with_its_field(tmp_path):
     assert "\n" not in text and str(path) in text and "[observations]" in text and "data damaged" in text
 
 
+def test_a_file_another_process_is_writing_is_not_called_damaged(tmp_path):
+    """HDF5 locks a file open for writing; the reader's error said 'a partial copy or an interrupted
+    write? delete it', which would throw away a file still being written."""
+    import fcntl
+
+    path = write_d4rl_hdf5(tmp_path / "d.hdf5", make_arrays(), {})
+    with open(path, "rb") as writer:  # the exclusive lock a writing h5py process holds
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        with pytest.raises(DatasetError) as err:
+            read_d4rl_hdf5(path)
+    assert str(err.value) == (
+        f"dataset {path}: locked by another process that has it open for writing (HDF5 file lock); "
+        "wait until it has finished writing the file, then run again"
+    )
+    assert read_d4rl_hdf5(path)[0]["observations"].shape == (15, 3)  # once the writer is done
+
+
 # ---------------------------------------------------------------------------------------------------
 # files without timeouts (D4RL's -v0 files): episode ends inferred from the env's time limit
 

@@ -9,6 +9,7 @@ the env's time limit, as D4RL's own readers do (`infer_timeouts`).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Callable
@@ -116,6 +117,13 @@ def read_d4rl_hdf5(
             group = f["metadata"] if isinstance(f.get("metadata"), h5py.Group) else {}
             metadata = {k: _decode(v[()]) for k, v in group.items() if isinstance(v, h5py.Dataset)}
     except OSError as err:  # truncated or corrupt: h5py's header check passes, reading fails
+        if err.errno == errno.EAGAIN:  # HDF5's file lock: the file is not damaged, and not to be deleted
+            raise DatasetError(
+                path,
+                None,
+                "locked by another process that has it open for writing (HDF5 file lock); wait until it "
+                "has finished writing the file, then run again",
+            ) from err
         raise DatasetError(
             path,
             None,
