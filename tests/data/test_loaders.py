@@ -200,6 +200,10 @@ def test_d4rl_file_by_path_is_named_after_its_file_and_must_be_evaluated_in_its_
         ("cut", "[terminals]: last transition is neither terminal nor timeout"),
         ("equal_refs", "[metadata/ref_expert_return]: equals the random reference return (-5)"),
         ("array_ref", "[metadata/ref_expert_return]: holds [-5.0]; expected a finite number"),
+        (
+            "text_ref_time_limit",
+            "[metadata/ref_time_limit]: holds 'abc'; expected a whole number of steps >= 1",
+        ),
     ],
 )
 def test_bad_d4rl_file_by_name_fails_in_one_line_naming_the_resolved_file(
@@ -216,10 +220,14 @@ def test_bad_d4rl_file_by_name_fails_in_one_line_naming_the_resolved_file(
     elif case == "cut":
         arrays["timeouts"][-1] = False
     path = write_d4rl_like(tmp_path / "halfcheetah_medium-v2.hdf5", arrays)
-    if case in ("equal_refs", "array_ref"):  # else a traceback at the first evaluation's score
+    if case in ("equal_refs", "array_ref", "text_ref_time_limit"):  # else a traceback at the first score
         with h5py.File(path, "a") as f:
             f["metadata/ref_random_return"] = -5.0
-            f["metadata/ref_expert_return"] = -5.0 if case == "equal_refs" else np.array([-5.0])
+            f["metadata/ref_expert_return"] = {"equal_refs": -5.0, "array_ref": np.array([-5.0])}.get(
+                case, 5.0
+            )
+            if case == "text_ref_time_limit":  # int() of it was a traceback before the first evaluation
+                f["metadata/ref_time_limit"] = "abc"
     dm = d4rl_datamodule("halfcheetah-medium-v2")
     with pytest.raises(DatasetError) as err:
         dm.setup("fit")
