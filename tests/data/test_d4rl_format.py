@@ -141,6 +141,7 @@ def test_buffer_samples_blocks_of_minibatches_from_the_data():
         ("nan_timeout", "timeouts", "holds nan at row 2; expected 0/1 flags"),
         ("float64_overflow", "rewards", "holds 1e+300 at row 2; expected values within float32's range"),
         ("action_matrix", "actions", "has shape (15, 1, 1), expected (15, action_dim)"),
+        ("dangling_link", "rewards", 'is a link (<SoftLink to "/nowhere">) whose target cannot be opened'),
     ],
 )
 def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, field, message):
@@ -189,6 +190,8 @@ def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, fi
                     f.create_dataset("observations/state", data=v)
                 elif case == "scalar_timeouts" and k == "timeouts":
                     f.create_dataset(k, data=np.bool_(True))
+                elif case == "dangling_link" and k == "rewards":
+                    f[k] = h5py.SoftLink("/nowhere")
                 else:
                     f.create_dataset(k, data=v)
     with pytest.raises(DatasetError) as err:

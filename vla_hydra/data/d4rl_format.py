@@ -105,6 +105,11 @@ def read_d4rl_hdf5(
                     raise DatasetError(
                         path, key, f"missing required key (expected D4RL keys {', '.join(REQUIRED_KEYS)})"
                     )
+                if key in f and f.get(key) is None:  # a soft or external link to nothing (h5py: KeyError)
+                    link = f.get(key, getlink=True)
+                    raise DatasetError(
+                        path, key, f"is a link ({link!r}) whose target cannot be opened; expected an array"
+                    )
                 if key in f and not (isinstance(f[key], h5py.Dataset) and f[key].ndim >= 1):
                     found = "a group" if isinstance(f[key], h5py.Group) else "a scalar"
                     raise DatasetError(path, key, f"is {found}; expected an array with one row per step")
