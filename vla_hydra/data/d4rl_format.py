@@ -204,6 +204,17 @@ def _read_array(path: Path, f: h5py.File, key: str) -> np.ndarray:
     try:
         return f[key][()]
     except OSError as err:  # a chunk whose Fletcher-32 checksum fails, or a damaged compressed chunk
+        plist = f[key].id.get_create_plist()
+        filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+        missing = [str(code) for code, *_ in filters if not h5py.h5z.filter_avail(code)]
+        if missing:  # not damaged: compressed with a filter plugin (blosc, lz4, ...) this h5py lacks
+            raise DatasetError(
+                path,
+                key,
+                f"compressed with HDF5 filter {', '.join(missing)}, which is not available here; expected "
+                "h5py's own filters (gzip, lzf, szip): install the filter's plugin (e.g. pip install "
+                "hdf5plugin, with HDF5_PLUGIN_PATH set to its plugin folder) or re-save the file with gzip",
+            ) from err
         raise DatasetError(
             path,
             key,
