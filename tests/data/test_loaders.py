@@ -433,6 +433,27 @@ def test_bad_minari_dataset_fails_in_one_line_naming_dataset_and_field(minari_ro
     assert message in text, text
 
 
+def test_a_truncated_minari_data_file_fails_in_one_line(minari_root):
+    """Minari opens its data file at the first episode: a half-copied one was an OSError traceback."""
+    import minari
+
+    spaces = {
+        "observation_space": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
+        "action_space": gym.spaces.Box(-2, 2, (1,), np.float32),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers("test/cut-v0", [_episode() for _ in range(20)], **spaces)
+    data = minari_root / "test" / "cut-v0" / "data"
+    (main,) = data.glob("main_data.*")
+    main.write_bytes(main.read_bytes()[: main.stat().st_size // 2])
+    with pytest.raises(DatasetError) as err:
+        minari_datamodule("test/cut-v0").setup("fit")
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"dataset {data}: Minari cannot read its episodes (")
+    assert text.endswith("a partial copy or an interrupted download? copy or download it again"), text
+
+
 def test_missing_minari_dataset_says_where_it_looked_and_how_to_get_it(tmp_path, minari_root):
     import minari
 

@@ -175,7 +175,15 @@ def load_minari_arrays(dataset_id: str) -> tuple[dict[str, np.ndarray], dict[str
         dataset = minari.load_dataset(dataset_id, download=False)
     except Exception as err:  # unsupported Minari version, broken metadata, unreadable HDF5/arrow files
         raise DatasetError(path, None, f"Minari cannot read it: {_one_line(err)}") from err
-    arrays = minari_episodes_to_d4rl(path, dataset)
+    try:
+        arrays = minari_episodes_to_d4rl(path, dataset)
+    except OSError as err:  # a truncated or damaged data file: Minari opens it at the first episode
+        raise DatasetError(
+            path,
+            None,
+            f"Minari cannot read its episodes ({_one_line(err)}); a partial copy or an interrupted download? "
+            "copy or download it again",
+        ) from err
     metadata: dict[str, Any] = {"minari_dataset_id": dataset.id}
     if dataset.env_spec is not None:
         metadata["env_id"] = dataset.env_spec.id
