@@ -142,6 +142,13 @@ def test_buffer_samples_blocks_of_minibatches_from_the_data():
         ("float64_overflow", "rewards", "holds 1e+300 at row 2; expected values within float32's range"),
         ("action_matrix", "actions", "has shape (15, 1, 1), expected (15, action_dim)"),
         ("dangling_link", "rewards", 'is a link (<SoftLink to "/nowhere">) whose target cannot be opened'),
+        # a writer killed while filling its datasets: the unwritten rows read as 0s, silently
+        (
+            "unfinished",
+            "observations",
+            "only 1 of its 3 chunks written (the rest reads as 0s): the file was not finished",
+        ),
+        ("never_written", "actions", "never written (it reads as 0s): the file was not finished"),
         # not 'data damaged ... delete it': the file is fine, the plugin is missing
         ("missing_filter", "observations", "compressed with HDF5 filter 32001, which is not available here"),
     ],
@@ -194,6 +201,10 @@ def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, fi
                     f.create_dataset(k, data=np.bool_(True))
                 elif case == "dangling_link" and k == "rewards":
                     f[k] = h5py.SoftLink("/nowhere")
+                elif case == "unfinished" and k == "observations":
+                    f.create_dataset(k, shape=v.shape, dtype=v.dtype, chunks=(5, 3))[:5] = v[:5]
+                elif case == "never_written" and k == "actions":
+                    f.create_dataset(k, shape=v.shape, dtype=v.dtype)
                 elif case == "missing_filter" and k == "observations":  # blosc's id, without its plugin
                     kw = dict(chunks=v.shape, compression=32001, allow_unknown_filter=True)
                     f.create_dataset(k, shape=v.shape, dtype=v.dtype, **kw).id.write_direct_chunk((0, 0), v)

@@ -200,7 +200,31 @@ def _inferred_timeouts(
     return timeouts
 
 
+def _unwritten(dataset: h5py.Dataset) -> str | None:
+    """What of `dataset` was created but never written (a writer killed while filling it, or between
+    creating and filling it), which HDF5 reads back as its fill value, 0s; None when all of it was."""
+    if dataset.size == 0 or dataset.is_virtual or dataset.external:
+        return None
+    if dataset.chunks is None:  # contiguous: allocated whole at its first write
+        return None if dataset.id.get_storage_size() else "never written (it reads as 0s)"
+    chunks = int(
+        np.prod([-(-size // chunk) for size, chunk in zip(dataset.shape, dataset.chunks, strict=True)])
+    )
+    written = dataset.id.get_num_chunks()
+    return (
+        None if written >= chunks else f"only {written} of its {chunks} chunks written (the rest reads as 0s)"
+    )
+
+
 def _read_array(path: Path, f: h5py.File, key: str) -> np.ndarray:
+    unwritten = _unwritten(f[key])
+    if unwritten:
+        raise DatasetError(
+            path,
+            key,
+            f"{unwritten}: the file was not finished, an interrupted write? write it again (a generated "
+            "dataset: delete it, it is collected again on the next run)",
+        )
     try:
         return f[key][()]
     except OSError as err:  # a chunk whose Fletcher-32 checksum fails, or a damaged compressed chunk
