@@ -139,6 +139,18 @@ def test_buffer_samples_blocks_of_minibatches_from_the_data():
         ("scalar_timeouts", "timeouts", "is a scalar; expected an array with one row per step"),
         ("half_terminal", "terminals", "holds 0.5 at row 4; expected 0/1 flags"),
         ("nan_timeout", "timeouts", "holds nan at row 2; expected 0/1 flags"),
+        ("float64_overflow", "rewards", "holds 1e+300 at row 2; expected values within float32's range"),
+        ("action_matrix", "actions", "has shape (15, 1, 1), expected (15, action_dim)"),
+        ("dangling_link", "rewards", 'is a link (<SoftLink to "/nowhere">) whose target cannot be opened'),
+        # a writer killed while filling its datasets: the unwritten rows read as 0s, silently
+        (
+            "unfinished",
+            "observations",
+            "only 1 of its 3 chunks written (the rest reads as 0s): the file was not finished",
+        ),
+        ("never_written", "actions", "never written (it reads as 0s): the file was not finished"),
+        # not 'data damaged ... delete it': the file is fine, the plugin is missing
+        ("missing_filter", "observations", "compressed with HDF5 filter 32001, which is not available here"),
     ],
 )
 def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, field, message):
@@ -176,12 +188,26 @@ def test_bad_files_raise_one_line_error_naming_file_and_field(tmp_path, case, fi
         elif case == "nan_timeout":
             arrays["timeouts"] = arrays["timeouts"].astype(np.float32)
             arrays["timeouts"][2] = np.nan
+        elif case == "float64_overflow":  # finite in the file, inf once training casts it to float32
+            arrays["rewards"] = arrays["rewards"].astype(np.float64)
+            arrays["rewards"][2] = 1e300
+        elif case == "action_matrix":  # (B, 1, 1) actions broadcast against (B, 1) predictions
+            arrays["actions"] = arrays["actions"][:, :, None]
         with h5py.File(path, "w") as f:
             for k, v in arrays.items():
                 if case == "group_obs" and k == "observations":
                     f.create_dataset("observations/state", data=v)
                 elif case == "scalar_timeouts" and k == "timeouts":
                     f.create_dataset(k, data=np.bool_(True))
+                elif case == "dangling_link" and k == "rewards":
+                    f[k] = h5py.SoftLink("/nowhere")
+                elif case == "unfinished" and k == "observations":
+                    f.create_dataset(k, shape=v.shape, dtype=v.dtype, chunks=(5, 3))[:5] = v[:5]
+                elif case == "never_written" and k == "actions":
+                    f.create_dataset(k, shape=v.shape, dtype=v.dtype)
+                elif case == "missing_filter" and k == "observations":  # blosc's id, without its plugin
+                    kw = dict(chunks=v.shape, compression=32001, allow_unknown_filter=True)
+                    f.create_dataset(k, shape=v.shape, dtype=v.dtype, **kw).id.write_direct_chunk((0, 0), v)
                 else:
                     f.create_dataset(k, data=v)
     with pytest.raises(DatasetError) as err:
@@ -239,6 +265,11 @@ def test_a_cut_last_episode_is_left_out_of_the_episode_return_range(tmp_path):
             "CartPole-v1",
             "[actions]: holds 2-dim vectors, but env CartPole-v1 has Discrete(2) actions",
         ),
+        (  # booleans are class indices too, not (N,) Box actions served as (B,) against (B, 1)
+            np.arange(15) % 2 == 1,
+            "Pendulum-v1",
+            "[actions]: holds integer class indices, but env Pendulum-v1 has Box(1,) actions",
+        ),
         (
             np.arange(15) % 3,
             "CartPole-v1",
@@ -260,11 +291,12 @@ def test_action_kind_must_match_the_env(tmp_path, actions, env_id, message):
     assert str(err.value) == f"dataset {path} {message}"
 
 
-def test_discrete_class_indices_matching_the_env_are_accepted(tmp_path):
+@pytest.mark.parametrize("actions", [np.arange(15) % 2, np.arange(15) % 2 == 1])
+def test_discrete_class_indices_matching_the_env_are_accepted(tmp_path, actions):
     from vla_hydra.data.datamodule import OfflineDataModule
     from vla_hydra.envs.factory import EnvFactory
 
-    arrays = {**make_arrays(obs_dim=4), "actions": np.arange(15) % 2}
+    arrays = {**make_arrays(obs_dim=4), "actions": actions}
     datamodule = OfflineDataModule(str(write_d4rl_hdf5(tmp_path / "d.hdf5", arrays, {})))
     datamodule.setup()
     datamodule.check_compatible(EnvFactory(id="CartPole-v1").spec())
@@ -390,6 +422,23 @@ def test_a_flipped_bit_in_a_written_file_is_named_with_its_field(tmp_path):
         read_d4rl_hdf5(path)
     text = str(err.value)
     assert "\n" not in text and str(path) in text and "[observations]" in text and "data damaged" in text
+
+
+def test_a_file_another_process_is_writing_is_not_called_damaged(tmp_path):
+    """HDF5 locks a file open for writing; the reader's error said 'a partial copy or an interrupted
+    write? delete it', which would throw away a file still being written."""
+    import fcntl
+
+    path = write_d4rl_hdf5(tmp_path / "d.hdf5", make_arrays(), {})
+    with open(path, "rb") as writer:  # the exclusive lock a writing h5py process holds
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        with pytest.raises(DatasetError) as err:
+            read_d4rl_hdf5(path)
+    assert str(err.value) == (
+        f"dataset {path}: locked by another process that has it open for writing (HDF5 file lock); "
+        "wait until it has finished writing the file, then run again"
+    )
+    assert read_d4rl_hdf5(path)[0]["observations"].shape == (15, 3)  # once the writer is done
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -200,6 +200,10 @@ def test_d4rl_file_by_path_is_named_after_its_file_and_must_be_evaluated_in_its_
         ("cut", "[terminals]: last transition is neither terminal nor timeout"),
         ("equal_refs", "[metadata/ref_expert_return]: equals the random reference return (-5)"),
         ("array_ref", "[metadata/ref_expert_return]: holds [-5.0]; expected a finite number"),
+        (
+            "text_ref_time_limit",
+            "[metadata/ref_time_limit]: holds 'abc'; expected a whole number of steps >= 1",
+        ),
     ],
 )
 def test_bad_d4rl_file_by_name_fails_in_one_line_naming_the_resolved_file(
@@ -216,10 +220,14 @@ def test_bad_d4rl_file_by_name_fails_in_one_line_naming_the_resolved_file(
     elif case == "cut":
         arrays["timeouts"][-1] = False
     path = write_d4rl_like(tmp_path / "halfcheetah_medium-v2.hdf5", arrays)
-    if case in ("equal_refs", "array_ref"):  # else a traceback at the first evaluation's score
+    if case in ("equal_refs", "array_ref", "text_ref_time_limit"):  # else a traceback at the first score
         with h5py.File(path, "a") as f:
             f["metadata/ref_random_return"] = -5.0
-            f["metadata/ref_expert_return"] = -5.0 if case == "equal_refs" else np.array([-5.0])
+            f["metadata/ref_expert_return"] = {"equal_refs": -5.0, "array_ref": np.array([-5.0])}.get(
+                case, 5.0
+            )
+            if case == "text_ref_time_limit":  # int() of it was a traceback before the first evaluation
+                f["metadata/ref_time_limit"] = "abc"
     dm = d4rl_datamodule("halfcheetah-medium-v2")
     with pytest.raises(DatasetError) as err:
         dm.setup("fit")
@@ -380,6 +388,8 @@ def _episode(steps=3, end="truncated", **override):
     [
         ("nan_reward", "[rewards]: contains NaN or inf (first at row 4)"),
         ("inf_last_obs", "[next_observations]: contains NaN or inf (first at row 5)"),
+        # Minari keeps rewards as float64: named as stored, not as the inf float32 makes of it
+        ("float64_overflow", "[rewards]: holds 1e+300 at row 4; expected values within float32's range"),
         (
             "obs_length",
             "[observations]: episode 1 has observations of shape (3, 3) for 3 steps, expected (4, 3)",
@@ -400,6 +410,7 @@ def test_bad_minari_dataset_fails_in_one_line_naming_dataset_and_field(minari_ro
     obs = np.arange(12, dtype=np.float32).reshape(4, 3)
     second = {
         "nan_reward": dict(rewards=[-1.0, np.nan, -1.0]),  # row 3 + 1
+        "float64_overflow": dict(rewards=[-1.0, 1e300, -1.0]),
         "inf_last_obs": dict(observations=np.concatenate([obs[:3], [[0, np.inf, 0]]])),  # s' of row 3 + 2
         "obs_length": dict(observations=obs[:3]),
         "action_length": dict(actions=np.zeros((2, 1), np.float32)),
@@ -420,6 +431,27 @@ def test_bad_minari_dataset_fails_in_one_line_naming_dataset_and_field(minari_ro
     text = str(err.value)
     assert "\n" not in text and text.startswith(f"dataset {minari_root / 'test' / 'bad-v0' / 'data'} [")
     assert message in text, text
+
+
+def test_a_truncated_minari_data_file_fails_in_one_line(minari_root):
+    """Minari opens its data file at the first episode: a half-copied one was an OSError traceback."""
+    import minari
+
+    spaces = {
+        "observation_space": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
+        "action_space": gym.spaces.Box(-2, 2, (1,), np.float32),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers("test/cut-v0", [_episode() for _ in range(20)], **spaces)
+    data = minari_root / "test" / "cut-v0" / "data"
+    (main,) = data.glob("main_data.*")
+    main.write_bytes(main.read_bytes()[: main.stat().st_size // 2])
+    with pytest.raises(DatasetError) as err:
+        minari_datamodule("test/cut-v0").setup("fit")
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"dataset {data}: Minari cannot read its episodes (")
+    assert text.endswith("a partial copy or an interrupted download? copy or download it again"), text
 
 
 def test_missing_minari_dataset_says_where_it_looked_and_how_to_get_it(tmp_path, minari_root):

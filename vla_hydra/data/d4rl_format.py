@@ -9,6 +9,7 @@ the env's time limit, as D4RL's own readers do (`infer_timeouts`).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Callable
@@ -104,6 +105,11 @@ def read_d4rl_hdf5(
                     raise DatasetError(
                         path, key, f"missing required key (expected D4RL keys {', '.join(REQUIRED_KEYS)})"
                     )
+                if key in f and f.get(key) is None:  # a soft or external link to nothing (h5py: KeyError)
+                    link = f.get(key, getlink=True)
+                    raise DatasetError(
+                        path, key, f"is a link ({link!r}) whose target cannot be opened; expected an array"
+                    )
                 if key in f and not (isinstance(f[key], h5py.Dataset) and f[key].ndim >= 1):
                     found = "a group" if isinstance(f[key], h5py.Group) else "a scalar"
                     raise DatasetError(path, key, f"is {found}; expected an array with one row per step")
@@ -116,6 +122,13 @@ def read_d4rl_hdf5(
             group = f["metadata"] if isinstance(f.get("metadata"), h5py.Group) else {}
             metadata = {k: _decode(v[()]) for k, v in group.items() if isinstance(v, h5py.Dataset)}
     except OSError as err:  # truncated or corrupt: h5py's header check passes, reading fails
+        if err.errno == errno.EAGAIN:  # HDF5's file lock: the file is not damaged, and not to be deleted
+            raise DatasetError(
+                path,
+                None,
+                "locked by another process that has it open for writing (HDF5 file lock); wait until it "
+                "has finished writing the file, then run again",
+            ) from err
         raise DatasetError(
             path,
             None,
@@ -187,10 +200,45 @@ def _inferred_timeouts(
     return timeouts
 
 
+def _unwritten(dataset: h5py.Dataset) -> str | None:
+    """What of `dataset` was created but never written (a writer killed while filling it, or between
+    creating and filling it), which HDF5 reads back as its fill value, 0s; None when all of it was."""
+    if dataset.size == 0 or dataset.is_virtual or dataset.external:
+        return None
+    if dataset.chunks is None:  # contiguous: allocated whole at its first write
+        return None if dataset.id.get_storage_size() else "never written (it reads as 0s)"
+    chunks = int(
+        np.prod([-(-size // chunk) for size, chunk in zip(dataset.shape, dataset.chunks, strict=True)])
+    )
+    written = dataset.id.get_num_chunks()
+    return (
+        None if written >= chunks else f"only {written} of its {chunks} chunks written (the rest reads as 0s)"
+    )
+
+
 def _read_array(path: Path, f: h5py.File, key: str) -> np.ndarray:
+    unwritten = _unwritten(f[key])
+    if unwritten:
+        raise DatasetError(
+            path,
+            key,
+            f"{unwritten}: the file was not finished, an interrupted write? write it again (a generated "
+            "dataset: delete it, it is collected again on the next run)",
+        )
     try:
         return f[key][()]
     except OSError as err:  # a chunk whose Fletcher-32 checksum fails, or a damaged compressed chunk
+        plist = f[key].id.get_create_plist()
+        filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+        missing = [str(code) for code, *_ in filters if not h5py.h5z.filter_avail(code)]
+        if missing:  # not damaged: compressed with a filter plugin (blosc, lz4, ...) this h5py lacks
+            raise DatasetError(
+                path,
+                key,
+                f"compressed with HDF5 filter {', '.join(missing)}, which is not available here; expected "
+                "h5py's own filters (gzip, lzf, szip): install the filter's plugin (e.g. pip install "
+                "hdf5plugin, with HDF5_PLUGIN_PATH set to its plugin folder) or re-save the file with gzip",
+            ) from err
         raise DatasetError(
             path,
             key,
@@ -205,6 +253,8 @@ FINAL_EPISODE_CUT = "final_episode_cut"
 
 # per-step scalars: one value per row; a trailing axis of 1 ((N, 1), as some converters write) is accepted
 SCALAR_KEYS = ("rewards", "terminals", "timeouts")
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
@@ -223,13 +273,29 @@ def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray])
                 arrays[key] = value = value[:, 0]
             if value.ndim != 1:
                 raise DatasetError(path, key, f"has shape {value.shape}, expected ({n},): one value per step")
-        if key == "actions" and value.ndim == 1 and value.dtype.kind == "f":
-            # Box(1,) actions stored as (N,): one column, as the losses expect (B, action_dim) batches;
-            # integer (N,) actions stay as they are: the class indices of a Discrete env
-            arrays[key] = value = value[:, None]
-        if key in FLOAT_KEYS and not np.isfinite(value).all():
-            bad = int(np.flatnonzero(~np.isfinite(value).reshape(n, -1).all(axis=1))[0])
-            raise DatasetError(path, key, f"contains NaN or inf (first at row {bad})")
+        if key == "actions" and value.ndim == 1 and value.dtype.kind in "fb":
+            # Box(1,) actions stored as (N,) floats: one column, as the losses expect (B, action_dim)
+            # batches; integer (N,) actions stay as they are, the class indices of a Discrete env, and
+            # boolean ones are such indices too (else served as (B,) against (B, 1) predictions)
+            arrays[key] = value = value[:, None] if value.dtype.kind == "f" else value.astype(np.int64)
+        if key == "actions" and value.ndim > 2:  # (N, 1, act): losses would broadcast it against (B, act)
+            raise DatasetError(
+                path, key, f"has shape {value.shape}, expected ({n}, action_dim): one action vector per step"
+            )
+        if key in FLOAT_KEYS:
+            # training holds float32: a wider float beyond its range would silently become inf there
+            wide = value.dtype.kind == "f" and value.dtype.itemsize > 4
+            fits = np.abs(value) <= _FLOAT32_MAX if wide else np.isfinite(value)  # False for NaN and inf
+            if not fits.all():
+                bad = int(np.flatnonzero(~fits.reshape(n, -1).all(axis=1))[0])
+                if not np.isfinite(value[bad]).all():
+                    raise DatasetError(path, key, f"contains NaN or inf (first at row {bad})")
+                raise DatasetError(
+                    path,
+                    key,
+                    f"holds {np.abs(value[bad]).max():g} at row {bad}; expected values within float32's "
+                    f"range (|x| <= {_FLOAT32_MAX:.4g}), which training uses",
+                )
         if key in ("terminals", "timeouts") and value.dtype != bool and not np.isin(value, (0, 1)).all():
             # a float flag of 0.5 or NaN would silently count as true
             bad = int(np.flatnonzero(~np.isin(value, (0, 1)))[0])

@@ -241,8 +241,9 @@ class OfflineDataModule(L.LightningDataModule):
             )
 
     def _check_reference_returns(self) -> None:
-        """The stored reference returns, before they score anything: else a traceback at the first
-        evaluation (float() of an array, or a division by expert - random = 0)."""
+        """The stored reference returns and their episode length, before they score anything: else a
+        traceback at the first evaluation (float() of an array, int() of text, or a division by
+        expert - random = 0)."""
         import math
 
         from vla_hydra.core.config import is_number
@@ -252,6 +253,14 @@ class OfflineDataModule(L.LightningDataModule):
             value = self.metadata.get(key)
             if value is not None and not (is_number(value) and math.isfinite(value)):
                 raise DatasetError(self.path, f"metadata/{key}", f"holds {value!r}; expected a finite number")
+        limit = self.metadata.get("ref_time_limit")  # compared with the evaluation env's episode length
+        if limit is not None and not (is_number(limit) and limit >= 1 and float(limit).is_integer()):
+            raise DatasetError(
+                self.path,
+                "metadata/ref_time_limit",
+                f"holds {limit!r}; expected a whole number of steps >= 1 (the episode length the reference "
+                "returns were measured at)",
+            )
         refs = self.ref_returns
         if refs is not None and refs["random"] == refs["expert"]:
             raise DatasetError(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vla_hydra.core.exceptions import ConfigError, DatasetError
-from vla_hydra.data.d4rl_format import validate_transitions
+from vla_hydra.data.d4rl_format import FLOAT_KEYS, validate_transitions
 
 _HOW_TO_GET = (
     "download it on a machine with internet (`minari download {id}`) and copy its folder there or point "
@@ -79,7 +79,7 @@ def resolve_minari_path(dataset_id: str) -> Path:
 
 
 def minari_episodes_to_d4rl(path: str | Path, dataset) -> dict[str, np.ndarray]:
-    """Concatenate a MinariDataset's episodes into float32 D4RL arrays with next_observations
+    """Concatenate a MinariDataset's episodes into validated float32 D4RL arrays with next_observations
     (Discrete action spaces: int64 class indices, as vla_hydra.collect writes them).
 
     Every episode must hold one more observation than steps and end in a termination or truncation;
@@ -152,12 +152,15 @@ def minari_episodes_to_d4rl(path: str | Path, dataset) -> dict[str, np.ndarray]:
     }
     arrays = {}
     for key, chunks in parts.items():
-        dtype = bool if key in ("terminals", "timeouts") else np.float32
+        dtype = bool if key in ("terminals", "timeouts") else None  # values as stored, checked below
         if key == "actions" and discrete_actions:
             dtype = np.int64
-        # one copy straight into float32 (Minari keeps rewards as float64)
         arrays[key] = np.concatenate(chunks, dtype=dtype) if chunks else np.zeros(empty.get(key, (0,)), dtype)
-    return arrays
+    # validated before the cast to float32 (Minari keeps rewards, MuJoCo observations as float64), which
+    # would turn a value beyond float32's range into an inf that the error would misname
+    validate_transitions(path, arrays)
+    floats = [key for key in FLOAT_KEYS if key in arrays and not (key == "actions" and discrete_actions)]
+    return {**arrays, **{key: arrays[key].astype(np.float32, copy=False) for key in floats}}
 
 
 def load_minari_arrays(dataset_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -172,8 +175,15 @@ def load_minari_arrays(dataset_id: str) -> tuple[dict[str, np.ndarray], dict[str
         dataset = minari.load_dataset(dataset_id, download=False)
     except Exception as err:  # unsupported Minari version, broken metadata, unreadable HDF5/arrow files
         raise DatasetError(path, None, f"Minari cannot read it: {_one_line(err)}") from err
-    arrays = minari_episodes_to_d4rl(path, dataset)
-    validate_transitions(path, arrays)
+    try:
+        arrays = minari_episodes_to_d4rl(path, dataset)
+    except OSError as err:  # a truncated or damaged data file: Minari opens it at the first episode
+        raise DatasetError(
+            path,
+            None,
+            f"Minari cannot read its episodes ({_one_line(err)}); a partial copy or an interrupted download? "
+            "copy or download it again",
+        ) from err
     metadata: dict[str, Any] = {"minari_dataset_id": dataset.id}
     if dataset.env_spec is not None:
         metadata["env_id"] = dataset.env_spec.id
