@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -197,9 +198,29 @@ def test_a_run_continued_in_its_own_dir_logs_to_the_same_wandb_run(tmp_path, dat
     )
     _, results = train(continued)
     assert results["train_steps"] == 100
-    legs = sorted(path.name for path in (run / "wandb").glob("offline-run-*"))
-    assert len(legs) == 2 and legs[0].rsplit("-", 1)[1] == legs[1].rsplit("-", 1)[1]
+
+    def run_id(folder: Path) -> str:  # offline-run-<time>-<id>, + -<n> when two legs start in one second
+        return re.fullmatch(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)(-\d+)?", folder.name).group(1)
+
+    legs = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(legs) == 2 and run_id(legs[0]) == run_id(legs[1])
     other = small_train_config(tmp_path / "other", data_dir, [*wandb, "trainer.max_steps=50"])
     train(other)
     (other_leg,) = (Path(other.paths.output_dir) / "wandb").glob("offline-run-*")
-    assert other_leg.name.rsplit("-", 1)[1] != legs[0].rsplit("-", 1)[1]
+    assert run_id(other_leg) != run_id(legs[0])
+
+
+def test_the_earlier_wandb_run_id_is_read_from_wandb_s_folder_names(tmp_path):
+    """wandb names a run's folder [offline-]run-<time>-<id>, with -<n> added when a folder of that second
+    exists (two legs started within one second): the id is not the -<n>."""
+    from vla_hydra.training.loggers import earlier_wandb_run_id
+
+    assert earlier_wandb_run_id(tmp_path) is None
+    for name in [
+        "run-20261128_010000-aaa1",
+        "offline-run-20261128_020000-bbb2",
+        "offline-run-20261128_020000-bbb2-1",
+    ]:
+        (tmp_path / "wandb" / name).mkdir(parents=True)
+    (tmp_path / "wandb" / "latest-run").symlink_to(tmp_path / "wandb" / "run-20261128_010000-aaa1")
+    assert earlier_wandb_run_id(tmp_path) == "bbb2"

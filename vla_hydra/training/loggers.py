@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import netrc
 import os
+import re
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
@@ -71,8 +72,15 @@ def log_run_config(loggers: list, run_config: dict, algo) -> None:
 def earlier_wandb_run_id(save_dir: str | os.PathLike) -> str | None:
     """The id of the latest wandb run already in `save_dir` (wandb names its folders
     `[offline-]run-<YYYYMMDD_HHMMSS>-<id>`), None in a new run dir."""
-    runs = [path.name.split("-") for path in (Path(save_dir) / "wandb").glob("*run-*-*") if path.is_dir()]
-    return max(runs, key=lambda parts: parts[-2])[-1] if runs else None
+    # a folder whose name is taken (two legs started in the same second) gets a `-<n>` suffix
+    pattern = re.compile(r"(?:offline-)?run-(\d{8}_\d{6})-([a-z0-9]+)(?:-(\d+))?")
+    runs = (
+        [m for path in (Path(save_dir) / "wandb").iterdir() if (m := pattern.fullmatch(path.name))]
+        if (Path(save_dir) / "wandb").is_dir()
+        else []
+    )
+    latest = max(runs, key=lambda m: (m.group(1), int(m.group(3) or 0)), default=None)
+    return latest.group(2) if latest else None
 
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
