@@ -495,6 +495,20 @@ def test_online_runs_are_grouped_by_their_env(tmp_path):
         assert [row["env_steps_mean"] for row in csv.DictReader(f)] == ["20000.0", "", "50000.0"]
 
 
+def test_the_curve_ends_on_the_table_s_final_evaluation(tmp_path):
+    """A periodic evaluation at the last update (10 episodes) ended the curve while the table showed the
+    final evaluation (20 episodes) of the same step: curve 84.1 vs table 71.6 for one BC run."""
+    history = _hist((0, -1200, 0), (50, -700, 50), (100, -500, 70))  # the periodic ones, step 100 included
+    _write_run(tmp_path / "0", "bc", "alpha", 0, -400.0, 80.0, history, steps=100)
+    _write_run(
+        tmp_path / "1", "bc", "alpha", 1, -300.0, 90.0, _hist((0, -1100, 0), (50, -600, 60)), steps=100
+    )
+    curves, _ = learning_curves(write_report([tmp_path], out=tmp_path / "out").groups)
+    (_, (bc,)) = curves["alpha"]
+    # normalized scores, the last one the final evaluations' (80 + 90) / 2, not the periodic 70's
+    assert bc.steps == [0, 50, 100] and bc.mean == [0.0, 55.0, 85.0]
+
+
 def test_online_learning_curves_are_drawn_over_env_steps(tmp_path):
     """experiment=online_rl's report drew SAC (1500 updates), PPO (960) and GRPO (160) after the same
     6000 env steps at three different x positions, over 'gradient updates'."""

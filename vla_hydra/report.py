@@ -302,14 +302,16 @@ def load_run(path: Path) -> Run:
         config_overrides=_read_overrides(config_dir) if config_dir else None,
         env_steps=data["env_steps"] if is_number(data.get("env_steps")) else None,
     )
-    if history and history[-1]["step"] < run.train_steps:
-        # the final evaluation (the table's figure) ends the curve, at the step the table reports
+    if history and history[-1]["step"] <= run.train_steps:
+        # the final evaluation (the table's figure, over eval.episodes) ends the curve, at the step the table
+        # reports; a periodic evaluation at that step (over fewer episodes) gives way to it
         final = {"step": run.train_steps, RETURN_KEY: run.return_mean}
         if run.env_steps is not None:
             final[ENV_STEPS_KEY] = run.env_steps
         if run.score is not None:
             final[SCORE_KEY] = run.score
-        run.history = [*history, final]
+        earlier = history[:-1] if history[-1]["step"] == run.train_steps else history
+        run.history = [*earlier, final]
     return run
 
 
