@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from tests.algos.stand_ins import StateCritics
 from tests.conftest import compose_config, random_pendulum_batch, small_train_config
 from vla_hydra.algos.cql import CQL, cql_conservative_penalty, sac_alpha_loss
 from vla_hydra.core.exceptions import ConfigError
@@ -137,21 +138,6 @@ def test_short_cql_run_learns(tmp_path, data_dir):
     assert rerun.return_mean == pytest.approx(results["eval_return_mean"], rel=1e-6)
 
 
-class _StateCritics(torch.nn.Module):
-    """Q_k(s, a) = w s[1] + k + offset for k = 0, 1, whatever the action: (2, B[, n]) like EnsembleQNetwork."""
-
-    def __init__(self, offset: float):
-        super().__init__()
-        self.offset = offset
-        self.w = torch.nn.Parameter(torch.ones(()))
-
-    def forward(self, obs, action, detach_params=False, critic=None):
-        base = self.w * obs[:, 1]
-        if action.dim() == 3:  # (B, n, A) candidates
-            base = base.unsqueeze(-1).expand(-1, action.shape[1])
-        return torch.stack([base, base + 1.0]) + self.offset
-
-
 class _RowLogProbActor(torch.nn.Module):
     """sample(x, k): zero actions; log pi of every sample of row r is -(r + 1)."""
 
@@ -173,7 +159,7 @@ def test_update_wires_targets_terminals_and_importance_weights_hand_computed():
         cql_alpha=1.0,
         cql_n_actions=2,
     )
-    algo.critic, algo.target_critic, algo.actor = _StateCritics(0.0), _StateCritics(1.0), _RowLogProbActor()
+    algo.critic, algo.target_critic, algo.actor = StateCritics(0.0), StateCritics(1.0), _RowLogProbActor()
     algo._direct_backward = True
     batch = {
         "observations": torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 0.0]]),

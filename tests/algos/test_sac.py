@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from tests.algos.stand_ins import StateCritics
 from tests.conftest import compose_config, small_train_config
 from vla_hydra.algos.online import OnlineAlgorithm
 from vla_hydra.algos.sac import (
@@ -444,19 +445,6 @@ def test_a_replay_dataset_from_an_overwritten_ring_holds_only_whole_episodes(tmp
     assert metadata["dataset_return_mean"] == pytest.approx(np.mean(whole), abs=1e-3)
 
 
-class _StateCritics(torch.nn.Module):
-    """Q_k(s, a) = w s[1] + k + offset for k = 0, 1, whatever the action: (2, B) like EnsembleQNetwork."""
-
-    def __init__(self, offset: float):
-        super().__init__()
-        self.offset = offset
-        self.w = torch.nn.Parameter(torch.ones(()))
-
-    def forward(self, obs, action, detach_params=False, critic=None):
-        base = self.w * obs[:, 1]
-        return torch.stack([base, base + 1.0]) + self.offset
-
-
 class _StateLogProbActor(torch.nn.Module):
     """sample(x): zero actions with log pi = -x[1]."""
 
@@ -469,7 +457,7 @@ def test_update_wires_the_soft_target_at_next_states_and_cuts_at_terminals_only(
     critics' min, the discount, and no bootstrap at terminals (a time limit bootstraps)."""
     algo = _bare_sac([])
     algo.gamma = 0.5
-    algo.critic, algo.target_critic, algo.actor = _StateCritics(0.0), _StateCritics(1.0), _StateLogProbActor()
+    algo.critic, algo.target_critic, algo.actor = StateCritics(0.0), StateCritics(1.0), _StateLogProbActor()
     batch = {
         "observations": torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 0.0]]),
         "actions": torch.tensor([[1.0], [-1.0]]),
