@@ -127,7 +127,7 @@ def _train(
     callbacks.append(InterruptionRecord())  # what stopped a fit early, for the command's last line
     loggers = instantiate_dict_values(cfg.get("logger"), "logger", Logger)
     trainer = build_trainer(cfg.trainer, callbacks, loggers)
-    log_run_config(trainer.loggers, algo.run_config, algo)
+    log_run_config(trainer.loggers, algo)
     prepare_strategy(trainer, algo)
     continuation_started()
     try:

@@ -49,7 +49,7 @@ def log_final_evaluation(loggers: list, final, step: int) -> None:
         logger.save()
 
 
-def log_run_config(loggers: list, run_config: dict, algo) -> None:
+def log_run_config(loggers: list, algo) -> None:
     """The composed config in every logger (wandb's run config, TensorBoard's hparams, csv/hparams.yaml), with
     the config-group choices (`choices.algo`, `choices.data`, ...) and the parameter count: runs are
     filtered and grouped by them in wandb or TensorBoard, as lightning-hydra-template and CORL do."""
@@ -58,7 +58,7 @@ def log_run_config(loggers: list, run_config: dict, algo) -> None:
     hydra_cfg = hydra_job_config()  # None when train() is called from Python: no choices then
     choices = {} if hydra_cfg is None else dict(hydra_cfg.runtime.choices)
     params = {
-        **run_config,
+        **algo.run_config,
         "choices": {group: choice for group, choice in choices.items() if not group.startswith("hydra/")},
         "parameters": {
             "total": sum(p.numel() for p in algo.parameters()),
@@ -74,11 +74,8 @@ def earlier_wandb_run_id(save_dir: str | os.PathLike) -> str | None:
     `[offline-]run-<YYYYMMDD_HHMMSS>-<id>`), None in a new run dir."""
     # a folder whose name is taken (two legs started in the same second) gets a `-<n>` suffix
     pattern = re.compile(r"(?:offline-)?run-(\d{8}_\d{6})-([a-z0-9]+)(?:-(\d+))?")
-    runs = (
-        [m for path in (Path(save_dir) / "wandb").iterdir() if (m := pattern.fullmatch(path.name))]
-        if (Path(save_dir) / "wandb").is_dir()
-        else []
-    )
+    folder = Path(save_dir) / "wandb"
+    runs = [m for path in folder.iterdir() if (m := pattern.fullmatch(path.name))] if folder.is_dir() else []
     latest = max(runs, key=lambda m: (m.group(1), int(m.group(3) or 0)), default=None)
     return latest.group(2) if latest else None
 
