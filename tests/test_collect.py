@@ -484,7 +484,7 @@ def test_an_env_a_checkpoint_policy_was_not_trained_in_names_the_checkpoint(monk
     """With a checkpoint behaviour policy the advice was to set data.recipe.env_id, which is refused too."""
     import hydra
 
-    import vla_hydra.cli as cli
+    import vla_hydra.cli.job as cli_job
     from vla_hydra.collect import _refuse_another_env
     from vla_hydra.core.config import ASSETS_DIR
     from vla_hydra.core.exceptions import ConfigError
@@ -492,7 +492,7 @@ def test_an_env_a_checkpoint_policy_was_not_trained_in_names_the_checkpoint(monk
     ckpt = ASSETS_DIR / "behavior_policies" / "hopper_sac.ckpt"
     overrides = ["data=checkpoint_rollouts", f"data.recipe.behavior_policy.ckpt_path={ckpt}", "env=cartpole"]
     cfg = compose_config("collect", overrides)
-    monkeypatch.setattr(cli, "command_line_overrides", lambda: [("env=cartpole", "env")])
+    monkeypatch.setattr(cli_job, "command_line_overrides", lambda: [("env=cartpole", "env")])
     with pytest.raises(ConfigError) as err:
         _refuse_another_env(cfg, hydra.utils.instantiate(cfg.data.recipe))
     assert str(err.value) == (

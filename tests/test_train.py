@@ -268,7 +268,7 @@ def test_eval_cli_reproduces_training_evaluation_from_checkpoint(tmp_path, data_
     )
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
     # and a training run into an evaluation's dir replaced the evaluation's config (refused before Hydra writes)
-    from vla_hydra.cli import refuse_finished_run_dir_early
+    from vla_hydra.cli.run_dirs import refuse_finished_run_dir_early
 
     with pytest.raises(SystemExit):
         refuse_finished_run_dir_early([f"hydra.run.dir={tmp_path / 'eval'}", "trainer.max_steps=5"])

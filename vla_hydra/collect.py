@@ -22,7 +22,9 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
-from vla_hydra.cli import one_line_hydra_errors, refuse_unread_additions, run_cli
+from vla_hydra.cli.entry import run_cli
+from vla_hydra.cli.errors import one_line_hydra_errors
+from vla_hydra.cli.overrides import refuse_unread_additions
 from vla_hydra.core.config import CONF_DIR, check_config_values, check_value
 from vla_hydra.core.logging import get_logger
 
@@ -370,7 +372,7 @@ def collection_lock(output: str | Path):
 
 def _data_choice(cfg: DictConfig) -> str:
     """The `data=` choice as the user typed it (under Hydra), else the dataset's name."""
-    from vla_hydra.cli import hydra_choice
+    from vla_hydra.cli.job import hydra_choice
 
     return str(hydra_choice("data") or cfg.data.get("name", "?"))
 
@@ -450,7 +452,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
 def _refuse_overrides_collection_ignores(cfg: DictConfig) -> None:
     """`env.<key>=` and `seed=` overrides, which collection would ignore, are refused (from the config
     alone, so before anything is imported or built)."""
-    from vla_hydra.cli import command_line_overrides
+    from vla_hydra.cli.job import command_line_overrides
     from vla_hydra.core.exceptions import ConfigError
 
     for override, key in command_line_overrides():
@@ -470,7 +472,7 @@ def _refuse_overrides_collection_ignores(cfg: DictConfig) -> None:
 def _refuse_another_env(cfg: DictConfig, recipe: CollectionRecipe) -> None:
     """`collect env=cartpole` with a Pendulum recipe used to write Pendulum data without a word: collection
     rolls out the recipe's env (a checkpoint behaviour policy's own), so an `env=` must name that env."""
-    from vla_hydra.cli import command_line_overrides
+    from vla_hydra.cli.job import command_line_overrides
     from vla_hydra.core.exceptions import ConfigError
 
     chosen = [override for override, key in command_line_overrides() if key == "env"]
@@ -496,7 +498,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     import sys
 
-    from vla_hydra.cli import expand_home_in_argv, refuse_occupied_eval_dir_early
+    from vla_hydra.cli.overrides import expand_home_in_argv
+    from vla_hydra.cli.run_dirs import refuse_occupied_eval_dir_early
 
     expand_home_in_argv()
     refuse_occupied_eval_dir_early(sys.argv[1:], task="a collection")

@@ -14,7 +14,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from vla_hydra.cli import exit_with_error, one_line_hydra_errors, refuse_unread_additions, run_cli
+from vla_hydra.cli.entry import exit_with_error, run_cli
+from vla_hydra.cli.errors import one_line_hydra_errors
+from vla_hydra.cli.overrides import refuse_unread_additions
 from vla_hydra.core.config import CONF_DIR, check_config_values
 from vla_hydra.core.logging import get_logger
 
@@ -242,7 +244,7 @@ def evaluate_training_run_checkpoint(cfg: DictConfig, output_dir: Path, start: f
     run's algo, dataset and seed, so vla_hydra.report tables them."""
     import time
 
-    from vla_hydra.cli import command_line_overrides
+    from vla_hydra.cli.job import command_line_overrides
     from vla_hydra.cluster.resume import refuse_finished_run_dir
     from vla_hydra.core.checkpoints import check_run_checkpoint
     from vla_hydra.core.exceptions import ConfigError
@@ -329,7 +331,8 @@ def refuse_training_options_early(argv: list[str]) -> None:
 
 
 def main() -> None:
-    from vla_hydra.cli import expand_home_in_argv, refuse_occupied_eval_dir_early
+    from vla_hydra.cli.overrides import expand_home_in_argv
+    from vla_hydra.cli.run_dirs import refuse_occupied_eval_dir_early
 
     expand_home_in_argv()
     refuse_training_options_early(sys.argv[1:])

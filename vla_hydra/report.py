@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla_hydra.cli import run_cli
+from vla_hydra.cli.entry import run_cli
 from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT
 from vla_hydra.core.config import is_number
 from vla_hydra.core.exceptions import VlaHydraError

@@ -17,13 +17,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vla_hydra.cli import (
-    continuation_started,
-    hydra_choice,
-    one_line_hydra_errors,
-    refuse_unread_additions,
-    run_cli,
-)
+from vla_hydra.cli.entry import run_cli
+from vla_hydra.cli.errors import one_line_hydra_errors
+from vla_hydra.cli.job import hydra_choice
+from vla_hydra.cli.overrides import refuse_unread_additions
+from vla_hydra.cli.run_dirs import continuation_started
 from vla_hydra.core.config import CONF_DIR, check_config_values, instantiate_dict_values
 
 # train() calls so far in this process (a local multirun runs its jobs one after another in one process)
@@ -258,7 +256,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     import sys
 
-    from vla_hydra.cli import expand_home_in_argv, refuse_finished_run_dir_early, undo_refused_continuation
+    from vla_hydra.cli.overrides import expand_home_in_argv
+    from vla_hydra.cli.run_dirs import refuse_finished_run_dir_early, undo_refused_continuation
 
     expand_home_in_argv()
     refuse_finished_run_dir_early(sys.argv[1:])

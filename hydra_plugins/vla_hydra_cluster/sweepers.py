@@ -206,7 +206,7 @@ class OptunaSweeper(_OptunaSweeper):
                 if not line.startswith("Error executing job with overrides:")
             )
         if failed:
-            from vla_hydra.cli import exit_with_error
+            from vla_hydra.cli.entry import exit_with_error
 
             exit_with_error(
                 f"{len(failed)} of {impl.n_trials} trials failed (job{'s' if len(failed) > 1 else ''} "

@@ -224,7 +224,7 @@ def test_a_run_dir_in_use_or_holding_an_interrupted_run_is_refused_before_anythi
     # a local sweep into the sweep dir holding an interrupted job: refused before Hydra replaced that job's
     # .hydra/ config and the sweep's multirun.yaml (only the job itself was refused); not under cluster=slurm,
     # whose jobs continue the last.ckpt they find (cluster.auto_resume)
-    from vla_hydra.cli import refuse_finished_run_dir_early
+    from vla_hydra.cli.run_dirs import refuse_finished_run_dir_early
 
     sweep = tmp_path / "sweep"
     shutil.copytree(interrupted / "checkpoints", sweep / "1" / "checkpoints")
@@ -252,7 +252,7 @@ def test_a_refused_continuation_leaves_the_run_dir_as_it_was(tmp_path, data_dir,
     import shutil
 
     from tests.conftest import run_module
-    from vla_hydra.cli import refuse_finished_run_dir_early
+    from vla_hydra.cli.run_dirs import refuse_finished_run_dir_early
     from vla_hydra.cluster.resume import lock_run_dir
 
     run = tmp_path / "run"

@@ -168,7 +168,7 @@ class GRPO(OnlineAlgorithm):
     @classmethod
     def check_settings(cls, spec, algo_cfg) -> None:
         super().check_settings(spec, algo_cfg)
-        from vla_hydra.cli import command_line_overrides
+        from vla_hydra.cli.job import command_line_overrides
 
         for override, key in command_line_overrides():
             if key == "env.num_envs":  # would be ignored: one env per group member

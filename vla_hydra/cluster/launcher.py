@@ -29,7 +29,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
-from vla_hydra.cli import exit_with_error
+from vla_hydra.cli.entry import exit_with_error
 from vla_hydra.core.checkpoints import check_run_checkpoint
 from vla_hydra.core.exceptions import ConfigError, VlaHydraError
 from vla_hydra.core.logging import get_logger
@@ -89,7 +89,7 @@ def user_error_as_exception():
     """Around one sweep job: its user-error exit becomes JobExitedWithError carrying its error line. Other
     exits pass: Ctrl-C / SIGTERM (130 / 143) stop the sweep, and submitit's requeue exits with -1 after
     the pre-emption checkpoint."""
-    from vla_hydra.cli import last_error_line
+    from vla_hydra.cli.entry import last_error_line
 
     try:
         yield
@@ -272,7 +272,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
         # SLURM jobs only: local jobs are child processes that report their own state, and their
         # watcher has no scheduler to ask (its update() raises NotImplementedError)
         watcher = getattr(jobs[0], "watcher", None) if _is_slurm_job(jobs[0]) else None
-        from vla_hydra.cli import Terminated, raise_on_sigterm
+        from vla_hydra.cli.interrupts import Terminated, raise_on_sigterm
 
         # SIGTERM's default action would end this command in silence, leaving local jobs orphaned
         previous_sigterm = raise_on_sigterm()

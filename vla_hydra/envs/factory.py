@@ -181,9 +181,9 @@ class EnvFactory:
     def _make_in_worker(self, record_env_reward: bool) -> gym.Env:
         """`make` in an AsyncVectorEnv worker process, which leaves Ctrl-C to the main process: a terminal
         sends SIGINT to the whole process group, and each worker would print its own traceback.
-        A forked worker also inherits the main process's SIGTERM handler (vla_hydra.cli's), which would
-        turn the SIGTERM that ends it at exit into a traceback. (AsyncVectorEnv also calls this once in the
-        main process, for the spaces: that process keeps both handlers.)"""
+        A forked worker also inherits the main process's SIGTERM handler (vla_hydra.cli.interrupts'), which
+        would turn the SIGTERM that ends it at exit into a traceback. (AsyncVectorEnv also calls this once
+        in the main process, for the spaces: that process keeps both handlers.)"""
         if multiprocessing.parent_process() is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -355,8 +355,8 @@ class Throughput(L.Callback):
 
 
 class InterruptionRecord(L.Callback):
-    """What ended a fit early, for the command's last line (vla_hydra.cli.run_cli): Ctrl-C or SIGTERM, at
-    which update, and the checkpoint to continue from.
+    """What ended a fit early, for the command's last line (vla_hydra.cli.entry.run_cli): Ctrl-C or SIGTERM,
+    at which update, and the checkpoint to continue from.
 
     SIGTERM reaches the loop at a step boundary (Lightning raises it there), so on one process the state
     is consistent and `last.ckpt` is saved first; a Ctrl-C can land inside an update block, so nothing is

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from vla_hydra.cli import hydra_choice, hydra_job_config
+from vla_hydra.cli.job import hydra_choice, hydra_job_config
 from vla_hydra.core.exceptions import ConfigError, OutputError
 
 

@@ -53,7 +53,7 @@ def log_run_config(loggers: list, algo) -> None:
     """The composed config in every logger (wandb's run config, TensorBoard's hparams, csv/hparams.yaml), with
     the config-group choices (`choices.algo`, `choices.data`, ...) and the parameter count: runs are
     filtered and grouped by them in wandb or TensorBoard, as lightning-hydra-template and CORL do."""
-    from vla_hydra.cli import hydra_job_config
+    from vla_hydra.cli.job import hydra_job_config
 
     hydra_cfg = hydra_job_config()  # None when train() is called from Python: no choices then
     choices = {} if hydra_cfg is None else dict(hydra_cfg.runtime.choices)
