@@ -21,6 +21,30 @@ def test_lightning_adverts_are_dropped_and_its_other_messages_kept(caplog):
     assert messages == ["GPU available: False, used: False"]
 
 
+def test_lightning_adverts_are_dropped_also_once_the_standalone_lightning_fabric_is_imported(caplog):
+    """Lightning logs through the logger of the rank_zero module imported last; once something imported
+    `lightning_fabric` (the TensorBoard hparams code did), its "💡 Tip" adverts came through that logger,
+    which had no filter, in every later run of a sweep."""
+    import lightning_fabric.utilities.rank_zero  # noqa: F401
+    import lightning_utilities.core.rank_zero as rank_zero_module
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    before = rank_zero_module.log
+    rank_zero_module.log = logging.getLogger("lightning_fabric.utilities.rank_zero")  # what that import does
+    try:
+        silence_known_warnings()
+        with caplog.at_level(logging.INFO, logger="lightning_fabric.utilities.rank_zero"):
+            rank_zero_info(
+                "💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger"
+            )
+            rank_zero_info("GPU available: False, used: False")
+    finally:
+        rank_zero_module.log = before
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("lightning_fabric.utilities.rank_zero", "GPU available: False, used: False")
+    ]
+
+
 def test_lightning_imported_before_logging_is_configured_still_logs_to_the_run_log(tmp_path):
     """A continuation into its own run dir imports lightning before Hydra configures logging (the early
     run-dir checks): Lightning then installed console handlers of its own and stopped propagating, so its

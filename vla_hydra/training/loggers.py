@@ -104,7 +104,7 @@ def tensorboard_hparams(params: dict) -> dict[str, bool | int | float | str]:
     `choices/algo`, `seed`, `parameters/total`): the run's own paths left out (see _NOT_HPARAMS, and a
     setting naming a path in the run dir, e.g. `trainer/default_root_dir`), unset ones too (None: TensorBoard
     leaves the cell empty), lists as their text."""
-    from lightning_fabric.utilities.logger import _flatten_dict
+    from lightning.fabric.utilities.logger import _flatten_dict
 
     run_dir = str((params.get("paths") or {}).get("output_dir") or "") or None
     flat = _flatten_dict({k: v for k, v in params.items() if k not in _NOT_HPARAMS}, delimiter="/")
