@@ -64,3 +64,43 @@ def test_lightning_imported_before_logging_is_configured_still_logs_to_the_run_l
     assert proc.returncode == 0, proc.stderr
     assert "GPU available" not in proc.stderr
     assert "GPU available: False, used: False" in log_file.read_text()
+
+
+def test_tpu_line_dropped_and_the_gpu_line_kept(caplog):
+    """Lightning's "TPU available: False, using: 0 TPU cores" printed on every run and sweep job; vla_hydra
+    has no TPU trainer config. Its GPU line says which device the run uses: kept."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    silence_known_warnings()
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        rank_zero_info("GPU available: False, used: False")
+        rank_zero_info("TPU available: False, using: 0 TPU cores")
+        rank_zero_info("TPU available: True, using: 0 TPU cores")
+    assert [r.getMessage() for r in caplog.records] == [
+        "GPU available: False, used: False",
+        "TPU available: True, using: 0 TPU cores",
+    ]
+
+
+def test_an_unused_gpu_is_named_in_the_cli_s_terms_once(tmp_path, monkeypatch, caplog):
+    """On a GPU machine the default trainer=cpu got Lightning's "GPU available but not used. You can set it
+    by doing `Trainer(accelerator='gpu')`": advice for Python code, not for this CLI."""
+    import warnings
+
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    import vla_hydra.training.trainer as trainer_module
+    from tests.conftest import small_train_config
+
+    monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: True))
+    monkeypatch.setattr(trainer_module, "_unused_gpu_noted", False)
+    trainer_cfg = small_train_config(tmp_path, tmp_path).trainer
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")  # Lightning's warning recorded unless silence_known_warnings drops it
+        silence_known_warnings()
+        for _ in range(2):  # a sweep's jobs in one process: said once
+            trainer_module.build_trainer(trainer_cfg, [], [])
+    assert not [w for w in caught if "GPU available" in str(w.message)]
+    assert [r.getMessage() for r in caplog.records if "GPU" in r.getMessage()] == [
+        "a GPU (cuda) is available but this run trains on the CPU (trainer.accelerator=cpu): trainer=gpu trains on it"
+    ]
