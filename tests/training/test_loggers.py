@@ -329,3 +329,21 @@ def test_the_optimized_metric_is_logged_where_the_final_evaluation_does_not_hold
         float(final["final/eval_length_mean"]) == results["eval_length_mean"] == 200.0
     )  # Pendulum: 200 steps
     assert "final/eval_return_mean" not in final  # the default's field is final/return_mean already
+
+
+def test_an_offline_wandb_run_says_how_this_cli_sets_the_mode(tmp_path, monkeypatch, caplog):
+    """wandb's header advises `wandb online` or WANDB_MODE=online, neither of which changes the mode
+    vla_hydra passes to wandb.init: the run says what does, when it chose offline itself (mode=auto)."""
+    import logging
+
+    from vla_hydra.training.loggers import wandb_logger
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: not logged in
+    with caplog.at_level(logging.INFO, logger="vla_hydra.training.loggers"):
+        assert wandb_logger(str(tmp_path / "auto"), mode="auto")._wandb_init["mode"] == "offline"
+        wandb_logger(str(tmp_path / "chosen"), mode="offline")  # the user's choice: nothing to explain
+    assert [r.getMessage() for r in caplog.records] == [
+        "wandb runs offline: no credentials on this machine (after `wandb login` or with WANDB_API_KEY runs "
+        "upload); logger.wandb.mode sets the mode here, not `wandb online` or WANDB_MODE"
+    ]

@@ -110,7 +110,8 @@ def tensorboard_hparams(params: dict) -> dict[str, bool | int | float | str]:
     flat = _flatten_dict({k: v for k, v in params.items() if k not in _NOT_HPARAMS}, delimiter="/")
     hparams = {}
     for name, value in flat.items():
-        if value is None or (run_dir and isinstance(value, str) and value.startswith(run_dir)):
+        in_run_dir = isinstance(value, str) and run_dir and (value + os.sep).startswith(run_dir + os.sep)
+        if value is None or in_run_dir:
             continue
         hparams[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return hparams
@@ -198,6 +199,15 @@ def wandb_logger(
         raise ConfigError(f"logger.wandb.mode={mode}: expected one of {', '.join(WANDB_MODES)}")
     if mode == "auto":
         mode = "online" if wandb_logged_in() else "offline"
+        if mode == "offline":
+            from vla_hydra.core.logging import get_logger
+
+            # wandb's own header then says "Run `wandb online` or set WANDB_MODE=online": neither changes a
+            # mode given to wandb.init, as this one is
+            get_logger(__name__).info(
+                "wandb runs offline: no credentials on this machine (after `wandb login` or with WANDB_API_KEY "
+                "runs upload); logger.wandb.mode sets the mode here, not `wandb online` or WANDB_MODE"
+            )
     elif mode == "online" and not wandb_logged_in():
         raise ConfigError(
             "logger.wandb.mode=online: no wandb credentials on this machine (run `wandb login` or set "
