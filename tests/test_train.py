@@ -527,6 +527,9 @@ def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path, data_dir):
             "bc",
             "pendulum_mixed",
         )
+        assert (
+            "hydra" not in hparams["choices"]
+        )  # conf/hydra (run-dir settings): not a setting runs differ by
 
 
 def _write(path: Path, obs_dim=3, nan=False, drop=None):

@@ -177,7 +177,7 @@ def _train(
         "run_dir": str(output_dir),
     }
     write_json_atomic(output_dir / "results.json", results)
-    log_final_evaluation(trainer.loggers, final, trainer.global_step)
+    log_final_evaluation(trainer.loggers, final, trainer.global_step, results, cfg.get("optimized_metric"))
     if cfg.eval.get("video"):  # after results.json: a failing video loses no result
         from vla_hydra.envs.video import add_video_to_results
 

@@ -224,3 +224,126 @@ def test_the_earlier_wandb_run_id_is_read_from_wandb_s_folder_names(tmp_path):
         (tmp_path / "wandb" / name).mkdir(parents=True)
     (tmp_path / "wandb" / "latest-run").symlink_to(tmp_path / "wandb" / "run-20261128_010000-aaa1")
     assert earlier_wandb_run_id(tmp_path) == "bbb2"
+
+
+def _tensorboard_hparams_tab(logdir: Path):
+    """What TensorBoard's HParams tab shows for `logdir`: the experiment (hyper-parameter and metric
+    columns) and the session groups (rows), from TensorBoard's own hparams backend."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    backend = backend_context.Context(
+        base_plugin.TBContext(logdir=str(logdir), multiplexer=multiplexer, data_provider=provider)
+    )
+    request = context.RequestContext()
+    experiment = get_experiment.Handler(request, backend, "", api_pb2.GetExperimentRequest()).run()
+    columns = [api_pb2.ColParams(hparam=h.name) for h in experiment.hparam_infos]
+    columns += [api_pb2.ColParams(metric=m.name) for m in experiment.metric_infos]
+    sessions = api_pb2.ListSessionGroupsRequest(
+        start_index=0,
+        slice_size=100,
+        col_params=columns,
+        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS],
+        aggregation_type=api_pb2.AGGREGATION_AVG,
+    )
+    groups = list_session_groups.Handler(request, backend, "", sessions).run().session_groups
+    return experiment, groups
+
+
+def test_tensorboard_hparams_tab_lists_each_run_of_a_sweep_with_its_settings_and_final_metrics(
+    tmp_path, data_dir, monkeypatch
+):
+    """The HParams tab was empty (hparams.yaml alone): a sweep's runs could not be compared there."""
+    from google.protobuf.json_format import MessageToDict
+    from hydra.core.hydra_config import HydraConfig
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vla_hydra.core.config import compose_config
+
+    runs = {}
+    for job, (algo, lr) in enumerate([("bc", 0.003), ("td3bc", 0.0003)]):
+        lr_key = "algo.lr" if algo == "bc" else "algo.actor_lr"
+        overrides = [f"algo={algo}", f"{lr_key}={lr}", f"seed={job}", "logger=tensorboard"]
+        overrides += ["trainer.max_steps=20", "eval.every_n_updates=10", "eval.episodes=2"]
+        cfg = small_train_config(tmp_path / str(job), data_dir, overrides)
+        # the job's Hydra config, as in `python -m vla_hydra.train -m algo=bc,td3bc ...` (its choices)
+        HydraConfig.instance().set_config(compose_config("train", overrides, return_hydra_config=True))
+        try:
+            runs[f"{job}/run/tensorboard"] = (cfg, train(cfg)[1])
+        finally:
+            HydraConfig.instance().cfg = None
+
+    experiment, groups = _tensorboard_hparams_tab(tmp_path)
+    columns = {h.name: h for h in experiment.hparam_infos}
+    # every run's settings (BC's algo/lr and TD3+BC's algo/alpha alike), those that differ marked so
+    assert {"algo/lr", "algo/actor_lr", "algo/alpha", "choices/algo", "seed", "parameters/total"} <= set(
+        columns
+    )
+    assert columns["choices/algo"].differs and columns["seed"].differs and not columns["env/id"].differs
+    # where each run writes is no setting: it would differ in every sweep and head the table
+    assert not [name for name in columns if name.startswith(("paths/", "logger/", "choices/hydra"))]
+    assert "trainer/default_root_dir" not in columns
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert {"final/return_mean", "final/normalized_score", "eval/return_mean"} <= metrics
+    assert "hp_metric" not in metrics
+    assert sorted(g.name for g in groups) == sorted(runs)
+    for group in groups:
+        cfg, results = runs[group.name]
+        hparams = MessageToDict(group)["hparams"]
+        assert hparams["choices/algo"] == ("bc" if "lr" in cfg.algo else "td3bc")
+        assert hparams["choices/data"] == "pendulum_mixed" and "choices/experiment" not in hparams  # unset
+        assert hparams["seed"] == cfg.seed
+        assert hparams["algo/lr" if "lr" in cfg.algo else "algo/actor_lr"] == pytest.approx(
+            cfg.algo.get("lr", cfg.algo.get("actor_lr"))
+        )
+        values = {m.name.tag: m.value for m in group.metric_values}
+        assert values["final/return_mean"] == pytest.approx(results["eval_return_mean"])
+        assert values["final/normalized_score"] == pytest.approx(results["normalized_score"])
+        assert [s.status for s in group.sessions] == [1]  # STATUS_SUCCESS: the run finished
+
+    # no made-up scalar (Lightning's hp_metric of -1 at step 0): at step 0 only the evaluation before
+    # training, with the values results.json records
+    cfg, results = runs["0/run/tensorboard"]
+    events = EventAccumulator(str(tmp_path / "0" / "run" / "tensorboard"))
+    events.Reload()
+    at_step_0 = {tag: s.value for tag in events.Tags()["scalars"] for s in events.Scalars(tag) if s.step == 0}
+    first_eval = {k: v for k, v in results["eval_history"][0].items() if k != "step"}
+    assert at_step_0 == pytest.approx(first_eval)
+
+
+def test_the_optimized_metric_is_logged_where_the_final_evaluation_does_not_hold_it(tmp_path, data_dir):
+    """optimized_metric names a results.json field; the HParams tab lists it when a scalar holds it."""
+    cfg = small_train_config(
+        tmp_path, data_dir, ["optimized_metric=eval_length_mean", "trainer.max_steps=20", "eval.episodes=2"]
+    )
+    _, results = train(cfg)
+    with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv") as f:
+        (final,) = [row for row in csv.DictReader(f) if row["final/return_mean"]]
+    assert (
+        float(final["final/eval_length_mean"]) == results["eval_length_mean"] == 200.0
+    )  # Pendulum: 200 steps
+    assert "final/eval_return_mean" not in final  # the default's field is final/return_mean already
+
+
+def test_an_offline_wandb_run_says_how_this_cli_sets_the_mode(tmp_path, monkeypatch, caplog):
+    """wandb's header advises `wandb online` or WANDB_MODE=online, neither of which changes the mode
+    vla_hydra passes to wandb.init: the run says what does, when it chose offline itself (mode=auto)."""
+    import logging
+
+    from vla_hydra.training.loggers import wandb_logger
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: not logged in
+    with caplog.at_level(logging.INFO, logger="vla_hydra.training.loggers"):
+        assert wandb_logger(str(tmp_path / "auto"), mode="auto")._wandb_init["mode"] == "offline"
+        wandb_logger(str(tmp_path / "chosen"), mode="offline")  # the user's choice: nothing to explain
+    assert [r.getMessage() for r in caplog.records] == [
+        "wandb runs offline: no credentials on this machine (after `wandb login` or with WANDB_API_KEY runs "
+        "upload); logger.wandb.mode sets the mode here, not `wandb online` or WANDB_MODE"
+    ]

@@ -26,11 +26,22 @@ def get_logger(name: str) -> logging.Logger:
     return logger
 
 
+RANK_ZERO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+)
+
+
 class _DropLightningTips(logging.Filter):
-    # its adverts, and its Ctrl-C notice: the run's own last line says where it stopped and how to continue
+    # its adverts; its Ctrl-C notice (the run's own last line says where it stopped and how to continue);
+    # and its "TPU available: False, using: 0 TPU cores" on every run and sweep job: vla_hydra has no TPU
+    # trainer config (a machine with a TPU still gets the line, and Lightning's warning when it goes unused)
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg).lstrip()
-        return not message.startswith(("💡 Tip", "Detected KeyboardInterrupt, attempting graceful shutdown"))
+        return not message.startswith(
+            ("💡 Tip", "Detected KeyboardInterrupt, attempting graceful shutdown", "TPU available: False,")
+        )
 
 
 def silence_known_warnings() -> None:
@@ -55,11 +66,19 @@ def silence_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*Calling `close` while waiting for a pending call.*")
     # A resumed run writes into its own new run dir, not the one its checkpoint came from (intended).
     warnings.filterwarnings("ignore", message=".*The dirpath has changed from.*")
+    # Lightning's advice for an unused GPU is Python's (`Trainer(accelerator='gpu')`); build_trainer says it
+    # in this CLI's terms (trainer=gpu) instead
+    warnings.filterwarnings(
+        "ignore", message=r"GPU available but not used\. You can set it by doing `Trainer"
+    )
     # Lightning's "💡 Tip: ... try installing litlogger/litmodels" adverts on every Trainer: not advice
-    # that applies to a vla_hydra run (its loggers and checkpoints are chosen in conf/)
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
-        rank_zero.addFilter(_DropLightningTips())
+    # that applies to a vla_hydra run (its loggers and checkpoints are chosen in conf/). Lightning logs them
+    # through the logger of whichever rank_zero module was imported last: `lightning_fabric`'s (the
+    # standalone package) once anything imports it, and the tips came through there
+    for name in RANK_ZERO_LOGGERS:
+        rank_zero = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
+            rank_zero.addFilter(_DropLightningTips())
     # `lightning` installs its own console handler and also propagates to the root logger: under Hydra
     # (root already configured) every Lightning message would print twice.
     # Imported before Hydra configured logging (a continuation into its own run dir: the early run-dir

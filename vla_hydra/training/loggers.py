@@ -12,6 +12,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 
 
 def wandb_logged_in() -> bool:
@@ -34,9 +35,22 @@ def finish_wandb_run(failed: bool = False) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
-def log_final_evaluation(loggers: list, final, step: int) -> None:
+# results.json's fields that the final evaluation logs under another name
+FINAL_METRIC_TAGS = {
+    "eval_return_mean": "final/return_mean",
+    "eval_return_std": "final/return_std",
+    "eval_episodes": "final/episodes",
+    "normalized_score": "final/normalized_score",
+}
+
+
+def log_final_evaluation(
+    loggers: list, final, step: int, results: dict | None = None, optimized: str | None = None
+) -> None:
     """The final evaluation (eval.episodes, after training) in every logger, at the last update: a wandb
-    or TensorBoard user compares runs by it, as results.json does."""
+    or TensorBoard user compares runs by it, as results.json does. `optimized` (the run's optimized_metric,
+    a results.json field) is logged too, as `final/<field>`, where the evaluation's tags do not hold it.
+    TensorBoard's run also gets its hparams session's end (see log_run_config)."""
     metrics = {
         "final/return_mean": final.return_mean,
         "final/return_std": final.return_std,
@@ -44,22 +58,31 @@ def log_final_evaluation(loggers: list, final, step: int) -> None:
     }
     if final.normalized_score is not None:
         metrics["final/normalized_score"] = final.normalized_score
+    value = (results or {}).get(optimized) if optimized else None
+    if optimized not in FINAL_METRIC_TAGS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        metrics[f"final/{optimized}"] = float(value)
     for logger in loggers:
         logger.log_metrics(metrics, step=step)
+        if _is_tensorboard(logger):
+            _write_hparams_session_end(logger, step)
         logger.save()
 
 
 def log_run_config(loggers: list, algo) -> None:
     """The composed config in every logger (wandb's run config, TensorBoard's hparams, csv/hparams.yaml), with
     the config-group choices (`choices.algo`, `choices.data`, ...) and the parameter count: runs are
-    filtered and grouped by them in wandb or TensorBoard, as lightning-hydra-template and CORL do."""
+    filtered and grouped by them in wandb or TensorBoard, as lightning-hydra-template and CORL do.
+    TensorBoard's run also starts an hparams session, so that its HParams tab lists the run."""
     from vla_hydra.cli.job import hydra_job_config
 
     hydra_cfg = hydra_job_config()  # None when train() is called from Python: no choices then
     choices = {} if hydra_cfg is None else dict(hydra_cfg.runtime.choices)
     params = {
         **algo.run_config,
-        "choices": {group: choice for group, choice in choices.items() if not group.startswith("hydra/")},
+        # Hydra's own groups (hydra/launcher, ..., and conf/hydra: its run-dir settings) are no run setting
+        "choices": {
+            g: choice for g, choice in choices.items() if g != "hydra" and not g.startswith("hydra/")
+        },
         "parameters": {
             "total": sum(p.numel() for p in algo.parameters()),
             "trainable": sum(p.numel() for p in algo.parameters() if p.requires_grad),
@@ -67,6 +90,86 @@ def log_run_config(loggers: list, algo) -> None:
     }
     for logger in loggers:
         logger.log_hyperparams(params)
+        if _is_tensorboard(logger):
+            _write_hparams_session_start(logger, params)
+
+
+# not hyper-parameters: where the run writes (`paths`, each logger's save_dir), which differ from run to run
+# and would head TensorBoard's HParams table (it puts the settings that differ between runs first)
+_NOT_HPARAMS = ("paths", "logger", "hydra")
+
+
+def tensorboard_hparams(params: dict) -> dict[str, bool | int | float | str]:
+    """The run config as the flat `group/key` hyper-parameters of TensorBoard's HParams tab (`algo/lr`,
+    `choices/algo`, `seed`, `parameters/total`): the run's own paths left out (see _NOT_HPARAMS, and a
+    setting naming a path in the run dir, e.g. `trainer/default_root_dir`), unset ones too (None: TensorBoard
+    leaves the cell empty), lists as their text."""
+    from lightning.fabric.utilities.logger import _flatten_dict
+
+    run_dir = str((params.get("paths") or {}).get("output_dir") or "") or None
+    flat = _flatten_dict({k: v for k, v in params.items() if k not in _NOT_HPARAMS}, delimiter="/")
+    hparams = {}
+    for name, value in flat.items():
+        in_run_dir = isinstance(value, str) and run_dir and (value + os.sep).startswith(run_dir + os.sep)
+        if value is None or in_run_dir:
+            continue
+        hparams[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return hparams
+
+
+def _is_tensorboard(logger) -> bool:
+    from lightning.fabric.loggers import TensorBoardLogger
+
+    return isinstance(logger, TensorBoardLogger)
+
+
+def _hparams_summary(tag: str, **plugin_data):
+    """A summary of TensorBoard's hparams plugin (what its own summary_v2 writes, which needs TensorFlow)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    summary_metadata = metadata.create_summary_metadata(HParamsPluginData(**plugin_data))
+    return Summary(value=[Summary.Value(tag=tag, metadata=summary_metadata, tensor=metadata.NULL_TENSOR)])
+
+
+@rank_zero_only
+def _write_hparams_session_start(logger, params: dict) -> None:
+    """The run's hyper-parameters as an hparams session start in TensorBoard's run: the HParams tab lists
+    each run of a sweep with them, and with the last value of each scalar the run logs (final/return_mean,
+    final/normalized_score, ...) as its metrics. No experiment summary: TensorBoard takes the first one it
+    finds for the whole logdir, so a sweep over algo=bc,td3bc would show BC's settings alone; without one
+    it builds the table from all sessions' hyper-parameters and scalar tags. Lightning's own hparams summary
+    (default_hp_metric) is not used: it logs a made-up `hp_metric` of -1 at step 0."""
+    import time
+
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.plugins.hparams.plugin_data_pb2 import SessionStartInfo
+
+    start = SessionStartInfo(start_time_secs=time.time())
+    for name, value in tensorboard_hparams(params).items():
+        if isinstance(value, bool):
+            start.hparams[name].bool_value = value
+        elif isinstance(value, (int, float)):
+            start.hparams[name].number_value = value
+        else:
+            start.hparams[name].string_value = value
+    summary = _hparams_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start)
+    logger.experiment._get_file_writer().add_summary(summary, 0)
+
+
+@rank_zero_only
+def _write_hparams_session_end(logger, step: int) -> None:
+    """The run finished (the HParams tab's status and end time); a run stopped before its final evaluation
+    has none."""
+    import time
+
+    from tensorboard.plugins.hparams import api_pb2, metadata
+    from tensorboard.plugins.hparams.plugin_data_pb2 import SessionEndInfo
+
+    end = SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
+    summary = _hparams_summary(metadata.SESSION_END_INFO_TAG, session_end_info=end)
+    logger.experiment._get_file_writer().add_summary(summary, step)
 
 
 def earlier_wandb_run_id(save_dir: str | os.PathLike) -> str | None:
@@ -96,6 +199,15 @@ def wandb_logger(
         raise ConfigError(f"logger.wandb.mode={mode}: expected one of {', '.join(WANDB_MODES)}")
     if mode == "auto":
         mode = "online" if wandb_logged_in() else "offline"
+        if mode == "offline":
+            from vla_hydra.core.logging import get_logger
+
+            # wandb's own header then says "Run `wandb online` or set WANDB_MODE=online": neither changes a
+            # mode given to wandb.init, as this one is
+            get_logger(__name__).info(
+                "wandb runs offline: no credentials on this machine (after `wandb login` or with WANDB_API_KEY "
+                "runs upload); logger.wandb.mode sets the mode here, not `wandb online` or WANDB_MODE"
+            )
     elif mode == "online" and not wandb_logged_in():
         raise ConfigError(
             "logger.wandb.mode=online: no wandb credentials on this machine (run `wandb login` or set "

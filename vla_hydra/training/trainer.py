@@ -34,7 +34,33 @@ def build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list):
             f"strategy={strategy}): Lightning refuses it here: {err.__cause__}"
         ) from err
     use_atomic_checkpoint_io(trainer)
+    note_unused_gpu(trainer)
     return trainer
+
+
+_unused_gpu_noted = False
+
+
+def note_unused_gpu(trainer) -> None:
+    """A GPU this run leaves unused, once a process, in the CLI's terms (trainer=cpu is the default):
+    Lightning's own warning (silenced by silence_known_warnings) advised `Trainer(accelerator='gpu')`."""
+    global _unused_gpu_noted
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+
+    from vla_hydra.core.logging import get_logger
+
+    unused = [
+        kind
+        for kind, accelerator in (("cuda", CUDAAccelerator), ("mps", MPSAccelerator))
+        if accelerator.is_available() and not isinstance(trainer.accelerator, accelerator)
+    ]
+    if unused and not _unused_gpu_noted:
+        _unused_gpu_noted = True
+        get_logger(__name__).warning(
+            f"a GPU ({unused[0]}) is available but this run trains on the CPU "
+            f"(trainer.accelerator={type(trainer.accelerator).__name__.removesuffix('Accelerator').lower()}): "
+            "trainer=gpu trains on it"
+        )
 
 
 def last_checkpoint(trainer, callbacks: list) -> str:
