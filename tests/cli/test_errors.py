@@ -50,6 +50,14 @@ from vla_hydra.cli.errors import hydra_error_line
             "trainer.max_time=00:00:01:00: trainer (lightning.pytorch.Trainer) takes 'max_time', but this "
             "config does not set it; add it with +trainer.max_time=00:00:01:00",
         ),
+        # ... also where other choices of the group list it: the + line, naming them (it said "has no
+        # option", wrong for a constructor argument)
+        (
+            ["trainer.strategy=ddp"],
+            "trainer.strategy=ddp: trainer (lightning.pytorch.Trainer) takes 'strategy', but this config does "
+            "not set it; add it with +trainer.strategy=ddp (trainer=ddp and trainer=deepspeed and trainer=fsdp "
+            "set it)",
+        ),
         (
             ["data=cartpole_mixed", "data.recipe.env_kwargs={max_episode_steps:50}"],
             "data.recipe.env_kwargs={max_episode_steps:50}: data.recipe (vla_hydra.collect.CollectionRecipe) "

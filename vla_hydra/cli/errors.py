@@ -140,17 +140,21 @@ def _unknown_key_line(override: str, cause: Any) -> str:
             f"{parent}= choice, which has no option '{key}'; write ++{override.lstrip('+')} (every swept "
             "choice has it)"
         )
-    if elsewhere:  # e.g. cluster.wait under cluster=submitit_local: the option belongs to another choice
-        line += f"; {' and '.join(elsewhere)} {'has' if len(elsewhere) == 1 else 'have'} it"
-    elif (
+    if (
         isinstance(target, str)
         # a one-letter slip of an existing option (lrr for lr) is a typo: not worth importing the target
         and not (close and _one_edit_apart(key, close[0]))
         and _target_takes(target, key)
     ):
         # e.g. trainer.gradient_clip_val: Lightning's Trainer takes it, the yaml just does not list it
-        # (saying it has no such option, or suggesting trainer.max_steps for max_time, was wrong)
-        return f"{override}: {where} takes '{key}', but this config does not set it; add it with +{override}"
+        # (saying it has no such option, or suggesting trainer.max_steps for max_time, was wrong); also
+        # where other choices list it (env.num_envs with a user's env yaml that lists only its id)
+        line = f"{override}: {where} takes '{key}', but this config does not set it; add it with +{override}"
+        if elsewhere:
+            line += f" ({' and '.join(elsewhere)} {'sets' if len(elsewhere) == 1 else 'set'} it)"
+        return line
+    if elsewhere:  # e.g. cluster.wait under cluster=submitit_local: the option belongs to another choice
+        line += f"; {' and '.join(elsewhere)} {'has' if len(elsewhere) == 1 else 'have'} it"
     elif target is None and not known:
         # a free-form map (cluster.additional_parameters): new keys are how it is used. Not elsewhere: a new
         # key in a node that builds an object fails in its constructor, and one in a settings node
