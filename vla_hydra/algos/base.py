@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.core.runtime import decorrelate_rngs
@@ -18,6 +19,14 @@ from vla_hydra.models.normalization import ActionScaler, ObservationNormalizer
 from vla_hydra.training.sharding import finish_fsdp_backward
 
 CHECKPOINT_KEY = "vla_hydra"
+
+
+def torch_optimizer(optimizer):
+    """The torch optimizer inside Lightning's LightningOptimizer (else `optimizer` itself). The wrapper
+    forwards every attribute read (param_groups, defaults, state) through a Python __getattr__, ~4 per
+    zero_grad; its step stays the one to call (`PolicyAlgorithm.step_optimizer`): it advances
+    Lightning's global_step."""
+    return optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
 
 
 def host_scalars(metrics: dict[str, Any]) -> dict[str, float]:
