@@ -56,6 +56,15 @@ def test_a_run_of_one_lightning_step_reports_no_rate_rather_than_zero(tmp_path, 
     assert results["train_updates_per_s"] is None  # it used to say 0.0 updates/s
 
 
+def test_a_run_without_the_checkpoint_callback_writes_no_checkpoint(tmp_path, data_dir):
+    """callbacks.model_checkpoint=null: Lightning's own default checkpoint callback took over and wrote
+    checkpoints/epoch=0-step=N.ckpt at the epoch's end, a file results.json did not name."""
+    cfg = small_train_config(tmp_path, data_dir, ["callbacks.model_checkpoint=null", "trainer.max_steps=100"])
+    _, results = train(cfg)
+    assert results["train_steps"] == 100 and results["checkpoint"] is None
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
 def test_checkpoint_carries_inference_metadata_and_resume_continues_step_count(tmp_path, data_dir):
     first = small_train_config(tmp_path / "a", data_dir, ["trainer.max_steps=200"])
     _, results = train(first)

@@ -147,7 +147,7 @@ class OnlineAlgorithm(PolicyAlgorithm):
         Returns (next_obs, rewards, terminated, truncated, real_next_obs); next_obs already starts new
         episodes where one ended, real_next_obs holds the final observation there (for bootstrapping)."""
         next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
-        self.env_steps += self.env_steps_per_vector_step
+        self.env_steps.add_(self.env_steps_per_vector_step)  # in place: no module attribute assignment
         done = terminated | truncated
         # the training curve sums the env's own rewards, as evaluation does: env.wrappers may scale or
         # shape the rewards the algorithm learns from

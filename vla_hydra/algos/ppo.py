@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vla_hydra.algos.base import torch_optimizer
 from vla_hydra.algos.online import OnlineAlgorithm
 from vla_hydra.algos.schedules import linear_decay_lr, set_lr
 from vla_hydra.core.exceptions import ConfigError
@@ -233,15 +234,16 @@ class PPO(OnlineAlgorithm):
 
     def train_iteration(self, optimizers) -> dict[str, torch.Tensor]:
         optimizer = optimizers
+        torch_opt = torch_optimizer(optimizer)  # lr, zero_grad: without the Lightning wrapper's forwarding
         if self.anneal_lr:
             # completed iterations of all ranks together (each adds batch_size env steps per rank)
             steps_per_iteration = self.batch_size * self.world_size
             iteration = int(self.env_steps) // steps_per_iteration
             # iterations the budget runs (the last one may pass it): its lr stays above 0
             iterations = -(-self.total_timesteps // steps_per_iteration)
-            set_lr(optimizer, linear_decay_lr(self.lr, iteration, iterations))
+            set_lr(torch_opt, linear_decay_lr(self.lr, iteration, iterations))
         batch = self.collect_rollout()
-        params = [p for group in optimizer.param_groups for p in group["params"]]
+        params = [p for group in torch_opt.param_groups for p in group["params"]]
         stats: dict[str, torch.Tensor] = {}
         for _ in range(self.update_epochs):
             order = torch.randperm(self.batch_size, device=self.device)
@@ -262,7 +264,7 @@ class PPO(OnlineAlgorithm):
                 )
                 entropy_mean = entropy.mean()
                 loss = pg_loss - self.ent_coef * entropy_mean + self.vf_coef * v_loss
-                optimizer.zero_grad(set_to_none=True)
+                torch_opt.zero_grad(set_to_none=True)
                 self.backprop(loss)
                 self.clip_gradients_(params, self.max_grad_norm)
                 self.step_optimizer(optimizer)

@@ -301,10 +301,9 @@ class ResumeState(L.Callback):
         # before the loop's first fetch: the sampler still sits at its seed
         if not self._restored or not self.batches_consumed:
             return
+        # (online algorithms' ticks, data=rollouts, are a plain iterator: nothing to position)
         dataset = getattr(trainer.train_dataloader, "dataset", None)
-        if isinstance(dataset, torch.utils.data.IterableDataset) and not getattr(
-            dataset, "paces_only", False
-        ):
+        if isinstance(dataset, torch.utils.data.IterableDataset):
             drawn = advance_iterable(dataset, self.batches_consumed)
             log.info(f"resume: sampler advanced past the {drawn} batches already trained on")
 

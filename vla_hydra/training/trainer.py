@@ -13,13 +13,21 @@ def build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from vla_hydra.training.checkpoint_io import use_atomic_checkpoint_io
     from vla_hydra.training.checks import check_trainer_settings
 
     check_trainer_settings(trainer_cfg)
+    extra = {}
+    if "enable_checkpointing" not in trainer_cfg and not any(
+        isinstance(cb, ModelCheckpoint) for cb in callbacks
+    ):
+        # callbacks.model_checkpoint=null: no checkpoints, rather than Lightning's default callback's
+        # epoch=E-step=S.ckpt at every epoch end, which nothing (results.json, resume) would name
+        extra["enable_checkpointing"] = False
     try:
-        trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+        trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, **extra)
     except InstantiationException as err:
         # MisconfigurationException: a setting this machine cannot run; ValueError/TypeError: a value
         # Lightning does not accept (trainer.precision=fp8, ...); ImportError: an accelerator whose package
