@@ -473,7 +473,7 @@ def _limit_option(message: str, cluster: Any) -> str | None:
     owner_text = (
         f"cluster.{owner_key}={owner}"
         if owner is not None
-        else f"your default {'QOS' if owner_key == 'qos' else 'account'} (cluster.{owner_key} not set)"
+        else f"your default {'QOS' if owner_key == 'qos' else 'account'}; cluster.{owner_key} not set"
     )
     # e.g. too many jobs (MaxSubmitJob): no one option asks for it
     if key is None or cluster.get(key) is None:
