@@ -242,8 +242,9 @@ start_slurm() {
     if stale_daemon slurmctld slurm.conf || stale_daemon slurmd slurm.conf; then
         # started with an earlier config (e.g. without AccountingStorageEnforce); jobs and state survive
         log "slurm.conf changed since SLURM started: restarting slurmctld and slurmd"
-        stop_pidfile slurmd
-        stop_pidfile slurmctld
+        stop_pidfile slurmd &
+        stop_pidfile slurmctld &
+        wait
     fi
     pid_alive "$STATE_DIR/run/slurmctld.pid" || slurmctld
     wait_for slurmctld "$STATE_DIR/run/slurmctld.pid" scontrol ping
@@ -301,7 +302,7 @@ cmd_status() {
         # ours: written by this version of the script, read by the running daemons, and the user's account there
         local again="run, as root: $0 start"
         same_content "$CONF_DIR/slurm.conf" "$(render_slurm_conf)" \
-            || { echo "$CONF_DIR/slurm.conf was written by an earlier version of this script ($again)"; return 1; }
+            || { echo "$CONF_DIR/slurm.conf differs from what this script writes (written by an earlier version of it, or for another VLA_SLURM_STATE; $again)"; return 1; }
         if stale_daemon slurmctld slurm.conf || stale_daemon slurmd slurm.conf; then
             echo "SLURM runs with an older $CONF_DIR/slurm.conf ($again)"; return 1
         fi
