@@ -307,8 +307,9 @@ cmd_status() {
             echo "SLURM runs with an older $CONF_DIR/slurm.conf ($again)"; return 1
         fi
         local user=${SUDO_USER:-$(id -un)}
+        [[ $user == root ]] || again="run: sudo $0 start, as $user: it associates the user who runs sudo"
         sacctmgr -n -P show assoc where cluster="$CLUSTER" account="$ACCOUNT" user="$user" format=user 2>/dev/null | grep -qx "$user" \
-            || { echo "user $user has no association with account $ACCOUNT, which this script sets up ($again)"; return 1; }
+            || { echo "user $user has no association with account $ACCOUNT, so SLURM refuses their jobs ($again)"; return 1; }
     fi
     echo "running: $(sinfo --version); $(sinfo -h -o '%P %a %D %T %c' | head -1)"
 }

@@ -348,6 +348,12 @@ def test_an_sbatch_refusal_is_followed_by_the_setting_it_is_about():
             " (cluster.time_min=600 is over the limit of your default account; cluster.account not set)",
         ),
         (
+            {"mem_gb": 500, "qos": "normal"},
+            "QOSMaxMemoryPerJob; Job violates accounting/QOS policy (job submit limit, user's size and/or time "
+            "limits)",
+            " (cluster.mem_gb=500 is over the limit of cluster.qos=normal)",
+        ),
+        (
             {"qos": None, "time_min": 60},
             "QOSMaxSubmitJobPerUserLimit; Job violates accounting/QOS policy (job submit limit, user's size "
             "and/or time limits)",

@@ -419,9 +419,9 @@ _SBATCH_REFUSALS = {
 
 
 # sbatch's name for a QOS / association limit a job exceeds (QOSMaxWallDurationPerJobLimit,
-# AssocGrpCpuLimit, ...; a QOS with Flags=DenyOnLimit refuses such a job at submission instead of leaving it
+# QOSMaxMemoryPerJob, AssocGrpCpuLimit, ...; a QOS with Flags=DenyOnLimit refuses such a job at submission instead of leaving it
 # pending): the words of the limit -> the cluster.* option that asks for it
-_LIMIT_REASON = re.compile(r"\b(QOS|Assoc)\w*?Limit\b")
+_LIMIT_REASON = re.compile(r"\b(?:QOS|Assoc)(?:Grp|Max|Min)\w+")  # some end in Limit, some not
 _LIMIT_OPTIONS = {
     "WallDuration": "time_min",
     "Cpu": "cpus_per_task",
