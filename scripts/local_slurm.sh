@@ -17,6 +17,9 @@ MARKER="# written by vla_hydra scripts/local_slurm.sh"
 CLUSTER=local
 NODE=localhost
 PARTITION=debug
+ACCOUNT=vla_hydra
+SHORT_QOS=short
+SHORT_QOS_MAXWALL=00:05:00
 DB_SOCKET=$STATE_DIR/mysql/mysqld.sock
 START_TIMEOUT_S=${VLA_SLURM_START_TIMEOUT_S:-60}
 
@@ -61,20 +64,18 @@ wait_for() {  # wait_for <what> <pid file> <command...>: poll until the command 
     done
 }
 
-write_configs() {
-    if [[ -f $CONF_DIR/slurm.conf ]] && ! grep -qF "$MARKER" "$CONF_DIR/slurm.conf"; then
-        die "$CONF_DIR/slurm.conf exists and was not written by this script; refusing to replace it"
-    fi
-    mkdir -p "$CONF_DIR" "$STATE_DIR"/{ctld,slurmd,log,run,mysql}
+# What this script writes as slurm.conf and slurmdbd.conf. On `start`, a config that differs from the one
+# in place (written by an earlier version of this script) is rewritten and the daemons already running
+# with the old one are restarted; `status` reports such a config as out of date.
+render_slurm_conf() {
     # the node line as slurmd detects the hardware; memory capped at 85% so a job asking for what is
     # "free" cannot be refused by the node's own check
-    local hw mem cpus
+    local hw mem cpus topology
     hw=$(slurmd -C | head -1)
     mem=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$hw")
     cpus=$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<<"$hw")
-    local topology
     topology=$(grep -o 'Boards=[0-9]* SocketsPerBoard=[0-9]* CoresPerSocket=[0-9]* ThreadsPerCore=[0-9]*' <<<"$hw")
-    cat >"$CONF_DIR/slurm.conf" <<EOF
+    cat <<EOF
 $MARKER
 ClusterName=$CLUSTER
 SlurmctldHost=$NODE(127.0.0.1)
@@ -102,10 +103,16 @@ KillWait=10
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
+# as on real clusters: a job needs an association (user + account, see ensure_accounts), a QOS that
+# association may use, and must fit the QOS's limits; sbatch refuses the others
+AccountingStorageEnforce=associations,limits,qos
 NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$cpus $topology RealMemory=$((mem * 85 / 100)) State=UNKNOWN
 PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
-    cat >"$CONF_DIR/slurmdbd.conf" <<EOF
+}
+
+render_slurmdbd_conf() {
+    cat <<EOF
 $MARKER
 AuthType=auth/munge
 DbdHost=localhost
@@ -118,6 +125,23 @@ StorageHost=localhost
 StorageUser=root
 StorageLoc=slurm_acct_db
 EOF
+}
+
+same_content() { [[ -f $1 ]] && [[ $(cat "$1") == "$2" ]]; }
+
+# a daemon started before its config was (re)written runs with the old one (pid files are written at start)
+stale_daemon() { pid_alive "$STATE_DIR/run/$1.pid" && [[ $CONF_DIR/$2 -nt $STATE_DIR/run/$1.pid ]]; }
+
+write_configs() {  # a config is rewritten only when it changes, so its mtime tells stale_daemon the truth
+    if [[ -f $CONF_DIR/slurm.conf ]] && ! grep -qF "$MARKER" "$CONF_DIR/slurm.conf"; then
+        die "$CONF_DIR/slurm.conf exists and was not written by this script; refusing to replace it"
+    fi
+    mkdir -p "$CONF_DIR" "$STATE_DIR"/{ctld,slurmd,log,run,mysql}
+    local conf
+    conf=$(render_slurm_conf)
+    same_content "$CONF_DIR/slurm.conf" "$conf" || printf '%s\n' "$conf" >"$CONF_DIR/slurm.conf"
+    conf=$(render_slurmdbd_conf)
+    same_content "$CONF_DIR/slurmdbd.conf" "$conf" || printf '%s\n' "$conf" >"$CONF_DIR/slurmdbd.conf"
     # slurmdbd refuses a config readable by others (it may hold the database password)
     chmod 600 "$CONF_DIR/slurmdbd.conf"
     # MariaDB reached by its socket only: "localhost" means the socket for the MySQL client library
@@ -166,16 +190,62 @@ start_mariadb() {
     db -e "create database if not exists slurm_acct_db"
 }
 
+# The accounting this script sets up (SLURM enforces it: AccountingStorageEnforce above). Account
+# $ACCOUNT with QOS normal (the default) and $SHORT_QOS (at most $SHORT_QOS_MAXWALL per job; DenyOnLimit:
+# sbatch refuses a longer --time instead of leaving the job pending); root, and the user who ran this
+# script through sudo, are associated with it as their default account, so a job that names no account
+# runs. Anything else (another account, QOS or user) is refused as on a real cluster.
+ensure_accounts() {
+    local users=(root) user qos assocs defaults
+    if [[ -n ${SUDO_USER:-} && $SUDO_USER != root ]] && id "$SUDO_USER" >/dev/null 2>&1; then users+=("$SUDO_USER"); fi
+    qos=$(sacctmgr -n -P show qos format=name,maxwall,flags)
+    if ! grep -qx "$SHORT_QOS|$SHORT_QOS_MAXWALL|DenyOnLimit" <<<"$qos"; then
+        if grep -q "^$SHORT_QOS|" <<<"$qos"; then
+            sacctmgr -i modify qos "$SHORT_QOS" set MaxWall="$SHORT_QOS_MAXWALL" Flags=DenyOnLimit >/dev/null
+        else
+            sacctmgr -i add qos "$SHORT_QOS" MaxWall="$SHORT_QOS_MAXWALL" Flags=DenyOnLimit \
+                Description="jobs of at most $SHORT_QOS_MAXWALL" >/dev/null
+        fi
+    fi
+    assocs=$(sacctmgr -n -P show assoc where cluster="$CLUSTER" format=account,user,qos,defaultqos)
+    if ! grep -qx "$ACCOUNT||normal,$SHORT_QOS|normal" <<<"$assocs"; then
+        if grep -q "^$ACCOUNT||" <<<"$assocs"; then
+            sacctmgr -i modify account "$ACCOUNT" where cluster="$CLUSTER" set qos=normal,"$SHORT_QOS" defaultqos=normal >/dev/null
+        else
+            sacctmgr -i add account "$ACCOUNT" cluster="$CLUSTER" description="vla_hydra local SLURM" \
+                organization=vla_hydra qos=normal,"$SHORT_QOS" defaultqos=normal >/dev/null
+        fi
+    fi
+    for user in "${users[@]}"; do
+        grep -q "^$ACCOUNT|$user|" <<<"$assocs" || sacctmgr -i add user "$user" account="$ACCOUNT" cluster="$CLUSTER" >/dev/null
+    done
+    defaults=$(sacctmgr -n -P show user format=user,defaultaccount)
+    for user in "${users[@]}"; do
+        grep -qx "$user|$ACCOUNT" <<<"$defaults" || sacctmgr -i modify user "$user" set defaultaccount="$ACCOUNT" >/dev/null
+    done
+}
+
 start_slurmdbd() {
-    pid_alive "$STATE_DIR/run/slurmdbd.pid" && return 0
-    slurmdbd
+    if stale_daemon slurmdbd slurmdbd.conf; then
+        log "slurmdbd.conf changed since slurmdbd started: restarting it"
+        stop_pidfile slurmdbd
+    fi
+    pid_alive "$STATE_DIR/run/slurmdbd.pid" || slurmdbd
     wait_for slurmdbd "$STATE_DIR/run/slurmdbd.pid" sacctmgr -n show cluster
     sacctmgr -n show cluster format=cluster | grep -qw "$CLUSTER" || sacctmgr -i add cluster "$CLUSTER" >/dev/null
+    ensure_accounts
 }
 
 node_usable() { sinfo -h -n "$NODE" -o %T | grep -qE '^(idle|mixed|allocated|completing)'; }
 
 start_slurm() {
+    if stale_daemon slurmctld slurm.conf || stale_daemon slurmd slurm.conf; then
+        # started with an earlier config (e.g. without AccountingStorageEnforce); jobs and state survive
+        log "slurm.conf changed since SLURM started: restarting slurmctld and slurmd"
+        stop_pidfile slurmd &
+        stop_pidfile slurmctld &
+        wait
+    fi
     pid_alive "$STATE_DIR/run/slurmctld.pid" || slurmctld
     wait_for slurmctld "$STATE_DIR/run/slurmctld.pid" scontrol ping
     pid_alive "$STATE_DIR/run/slurmd.pid" || slurmd -N "$NODE"
@@ -228,6 +298,19 @@ cmd_status() {
     scontrol ping >/dev/null 2>&1 || { echo "controller not responding"; return 1; }
     node_usable || { echo "node $NODE not usable: $(sinfo -h -n $NODE -o '%T %E')"; return 1; }
     sacctmgr -n show cluster format=cluster 2>/dev/null | grep -qw "$CLUSTER" || { echo "accounting (slurmdbd) not responding"; return 1; }
+    if grep -qF "$MARKER" "$CONF_DIR/slurm.conf" 2>/dev/null; then
+        # ours: written by this version of the script, read by the running daemons, and the user's account there
+        local again="run, as root: $0 start"
+        same_content "$CONF_DIR/slurm.conf" "$(render_slurm_conf)" \
+            || { echo "$CONF_DIR/slurm.conf differs from what this script writes (written by an earlier version of it, or for another VLA_SLURM_STATE; $again)"; return 1; }
+        if stale_daemon slurmctld slurm.conf || stale_daemon slurmd slurm.conf; then
+            echo "SLURM runs with an older $CONF_DIR/slurm.conf ($again)"; return 1
+        fi
+        local user=${SUDO_USER:-$(id -un)}
+        [[ $user == root ]] || again="run: sudo $0 start, as $user: it associates the user who runs sudo"
+        sacctmgr -n -P show assoc where cluster="$CLUSTER" account="$ACCOUNT" user="$user" format=user 2>/dev/null | grep -qx "$user" \
+            || { echo "user $user has no association with account $ACCOUNT, so SLURM refuses their jobs ($again)"; return 1; }
+    fi
     echo "running: $(sinfo --version); $(sinfo -h -o '%P %a %D %T %c' | head -1)"
 }
 

@@ -322,3 +322,58 @@ def test_an_sbatch_refusal_is_followed_by_the_setting_it_is_about():
         "failed: Requested node configuration is not available"
     )
     assert launcher._refused_option(message, config) == " (cluster.mem_gb=10000)"
+
+
+@pytest.mark.parametrize(
+    ("cluster", "message", "setting"),
+    [
+        # no cluster.account: SLURM used the default account, which the line says and how to list the others
+        (
+            {"account": None, "partition": "gpu"},
+            "Invalid account or account/partition combination specified",
+            " (cluster.account not set: your default account with cluster.partition=gpu; the accounts you may "
+            "use: sacctmgr show assoc user=$USER format=account,partition,qos)",
+        ),
+        # a QOS limit names the option that asks for too much, not "time limits" from sbatch's generic words
+        (
+            {"cpus_per_task": 64, "qos": "normal", "time_min": 60},
+            "QOSMaxCpuPerJobLimit; Job violates accounting/QOS policy (job submit limit, user's size and/or time "
+            "limits)",
+            " (cluster.cpus_per_task=64 is over the limit of cluster.qos=normal)",
+        ),
+        (
+            {"time_min": 600, "account": None},
+            "AssocMaxWallDurationPerJobLimit; Job violates accounting/QOS policy (job submit limit, user's size "
+            "and/or time limits)",
+            " (cluster.time_min=600 is over the limit of your default account; cluster.account not set)",
+        ),
+        (
+            {"mem_gb": 500, "qos": "normal"},
+            "QOSMaxMemoryPerJob; Job violates accounting/QOS policy (job submit limit, user's size and/or time "
+            "limits)",
+            " (cluster.mem_gb=500 is over the limit of cluster.qos=normal)",
+        ),
+        (
+            {"qos": None, "time_min": 60},
+            "QOSMaxSubmitJobPerUserLimit; Job violates accounting/QOS policy (job submit limit, user's size "
+            "and/or time limits)",
+            " (a limit of your default QOS; cluster.qos not set)",
+        ),
+    ],
+)
+def test_an_accounting_refusal_names_the_setting_and_whose_limit(cluster, message, setting):
+    from omegaconf import OmegaConf
+
+    assert launcher._refused_option(message, OmegaConf.create({"cluster": cluster})) == setting
+
+
+def test_sbatch_stderr_becomes_one_reason():
+    stderr = (
+        "sbatch: error: QOSMaxWallDurationPerJobLimit\n"
+        "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, "
+        "user's size and/or time limits)\n"
+    )
+    assert launcher._sbatch_reason(stderr) == (
+        "QOSMaxWallDurationPerJobLimit; Job violates accounting/QOS policy (job submit limit, user's size "
+        "and/or time limits)"
+    )

@@ -416,23 +416,44 @@ def test_cluster_settings_flow_into_the_trainer_and_launcher():
     assert cfg.trainer.plugins[0].auto_requeue is False
 
 
+REFUSED = "error: cluster: the scheduler refused the job(s): "
+
+
 def test_settings_sbatch_would_refuse_or_misread_fail_in_one_line(slurm, pendulum_data, tmp_path):
     """Checked before submitting (a time limit of 0 would be UNLIMITED, one below the pre-emption warning
-    never trains), and a scheduler rejection is one line too; no job runs."""
+    never trains), and a scheduler rejection is one line too, sbatch's reason followed by the user's setting
+    it is about; no job runs. The local SLURM enforces accounts and QOS (AccountingStorageEnforce) as real
+    clusters do: an unknown account or QOS, or a time over the QOS's MaxWall, is refused by sbatch."""
     cases = {
-        ("cluster.time_min=0",): "error: cluster.time_min=0: expected an integer >= 1",
+        ("cluster.time_min=0",): ("error: cluster.time_min=0: expected an integer >= 1", ""),
         ("cluster.time_min=1", "cluster.signal_delay_s=120"): (
             "error: cluster.time_min=1: must end after the pre-emption warning "
-            "(cluster.signal_delay_s=120 s before the end)"
+            "(cluster.signal_delay_s=120 s before the end)",
+            "",
         ),
         # an Optuna search whose first batch sbatch refuses: it used to leave a new study database whose
         # trials stayed RUNNING (and counted in the next command's sampler seed)
         ("hparams_search=bc_optuna", "hydra.sweeper.n_trials=1", "cluster.partition=doesnotexist"): (
-            "error: cluster: the scheduler refused the job(s): "
+            REFUSED + "invalid partition specified: doesnotexist; Invalid partition name specified",
+            " (cluster.partition=doesnotexist)",
         ),
-        ("cluster.partition=doesnotexist",): "error: cluster: the scheduler refused the job(s): ",
+        ("cluster.partition=doesnotexist",): (
+            REFUSED + "invalid partition specified: doesnotexist; Invalid partition name specified",
+            " (cluster.partition=doesnotexist)",
+        ),
+        # before AccountingStorageEnforce, these were queued and ran (or waited) as if all was well
+        ("cluster.account=nope",): (
+            REFUSED + "Invalid account or account/partition combination specified",
+            " (cluster.account=nope)",
+        ),
+        ("cluster.qos=nope",): (REFUSED + "Invalid qos specification", " (cluster.qos=nope)"),
+        # the local SLURM's QOS `short` allows 5 minutes (scripts/local_slurm.sh)
+        ("cluster.qos=short", "cluster.time_min=10"): (
+            REFUSED + "QOSMaxWallDurationPerJobLimit; Job violates accounting/QOS policy",
+            " (cluster.time_min=10 is over the limit of cluster.qos=short: MaxWall 00:05:00)",
+        ),
     }
-    for i, (overrides, message) in enumerate(cases.items()):
+    for i, (overrides, (message, setting)) in enumerate(cases.items()):
         root = tmp_path / str(i)
         proc = run_module(
             "vla_hydra.train",
@@ -442,18 +463,49 @@ def test_settings_sbatch_would_refuse_or_misread_fail_in_one_line(slurm, pendulu
             *overrides,
             cwd=tmp_path,
         )
-        assert proc.returncode == 1
+        assert proc.returncode == 1, (overrides, proc.stderr[-2000:])
         # one line: sbatch's own complaint (which submitit echoes) only inside it
         lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("[")]  # log lines
-        assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]
+        assert len(lines) == 1 and lines[0].startswith(message), (overrides, proc.stderr[-2000:])
+        # sbatch's refusal is followed by the user's setting it is about
+        assert lines[0].endswith(setting), (overrides, lines[0])
+        assert "Traceback" not in proc.stderr and "sbatch: error" not in lines[0]
         assert not list(root.glob("logs/train/multiruns/*/0/results.json"))
         # nothing left behind: a refused command used to leave a sweep dir with multirun.yaml (and, when
         # sbatch refused, submitit's pickled jobs) that looked like a sweep whose jobs never wrote anything
         assert not list(root.glob("logs/*/multiruns/*")), list(root.rglob("*"))
         assert not list(root.glob("logs/*/optuna/*")), list(root.rglob("*"))
-    assert "invalid partition" in lines[-1]
-    # sbatch's refusal is followed by the user's setting it is about
-    assert lines[-1].endswith("(cluster.partition=doesnotexist)")
+    # nothing was queued by any of them
+    assert not subprocess.run(["squeue", "-h", "--me"], capture_output=True, text=True).stdout.strip()
+
+
+def test_a_job_under_the_account_and_qos_it_names_runs_and_is_accounted_there(slurm, pendulum_data, tmp_path):
+    """Enforcement refuses what the cluster does not know, not everything: a job naming the local SLURM's
+    account and its short QOS, within the QOS's 5 minutes, runs to the end and sacct records it there."""
+    proc = run_module(
+        "vla_hydra.train",
+        "-m",
+        "cluster=slurm",
+        *small_job_args(tmp_path, pendulum_data, 20),
+        "cluster.account=vla_hydra",
+        "cluster.qos=short",
+        "cluster.time_min=5",
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = sweep_dirs(tmp_path)
+    assert json.loads((sweep / "0" / "results.json").read_text())["train_steps"] == 20
+    # the job id the launcher reports ("#0 completed (job 42): <run dir>")
+    (job,) = re.findall(r"#0 completed \(job ([0-9_]+)\)", proc.stdout + proc.stderr)
+
+    def accounted() -> list[str]:
+        out = subprocess.run(
+            ["sacct", "-j", job, "-n", "-X", "-P", "-o", "account,qos,state"], capture_output=True, text=True
+        )
+        return [line for line in out.stdout.splitlines() if line.endswith("|COMPLETED")]
+
+    assert wait_until(accounted, 30, "sacct's record of the job") == ["vla_hydra|short|COMPLETED"]
 
 
 def test_a_local_sweep_of_multi_process_jobs_is_refused_in_one_line(tmp_path, pendulum_data):

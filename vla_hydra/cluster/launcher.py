@@ -240,7 +240,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
             raise SystemExit(130) from None
         except Exception as err:  # noqa: BLE001 - e.g. submitit's FailedJobError: sbatch refused the jobs
             # nothing ran: one line and exit 1 (SystemExit passes Hydra's traceback printer)
-            message = " ".join((str(err) or sbatch_stderr.getvalue()).split())
+            message = _sbatch_reason(str(err) or sbatch_stderr.getvalue())
             print(
                 f"error: cluster: the scheduler refused the job(s): {message}{_refused_option(message, self.config)}",
                 file=sys.stderr,
@@ -418,10 +418,89 @@ _SBATCH_REFUSALS = {
 }
 
 
+# sbatch's name for a QOS / association limit a job exceeds (QOSMaxWallDurationPerJobLimit,
+# QOSMaxMemoryPerJob, AssocGrpCpuLimit, ...; a QOS with Flags=DenyOnLimit refuses such a job at submission instead of leaving it
+# pending): the words of the limit -> the cluster.* option that asks for it
+_LIMIT_REASON = re.compile(r"\b(?:QOS|Assoc)(?:Grp|Max|Min)\w+")  # some end in Limit, some not
+_LIMIT_OPTIONS = {
+    "WallDuration": "time_min",
+    "Cpu": "cpus_per_task",
+    "Node": "nodes",
+    "Mem": "mem_gb",
+    "GRES": "gpus_per_node",
+}
+
+
+def _sbatch_reason(stderr: str) -> str:
+    """sbatch's refusal in one line: `QOSMaxWallDurationPerJobLimit; Job violates accounting/QOS policy
+    (...)`, without the `sbatch: error: ` and `Batch job submission failed: ` before each part."""
+    parts = []
+    for line in stderr.splitlines():
+        line = " ".join(line.split())
+        for prefix in ("sbatch: error: ", "Batch job submission failed: "):
+            line = line.removeprefix(prefix)
+        if line:
+            parts.append(line)
+    return "; ".join(parts)
+
+
+def _qos_max_wall(qos: str) -> str | None:
+    """The MaxWall of a QOS as sacctmgr shows it (`00:05:00`), or None when it cannot say."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["sacctmgr", "-n", "-P", "show", "qos", qos, "format=maxwall"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
+def _limit_option(message: str, cluster: Any) -> str | None:
+    """` (cluster.time_min=10 is over the MaxWall of cluster.qos=short: 00:05:00)` for a refusal that
+    names the QOS / association limit the job exceeds; None for other refusals."""
+    found = _LIMIT_REASON.search(message)
+    if not found:
+        return None
+    reason = found.group(0)
+    key = next((k for word, k in _LIMIT_OPTIONS.items() if word.lower() in reason.lower()), None)
+    owner_key = "qos" if reason.startswith("QOS") else "account"
+    owner = cluster.get(owner_key)
+    owner_text = (
+        f"cluster.{owner_key}={owner}"
+        if owner is not None
+        else f"your default {'QOS' if owner_key == 'qos' else 'account'}; cluster.{owner_key} not set"
+    )
+    # e.g. too many jobs (MaxSubmitJob): no one option asks for it
+    if key is None or cluster.get(key) is None:
+        return f" (a limit of {owner_text})"
+    limit = ""
+    if key == "time_min" and owner_key == "qos" and owner is not None:
+        max_wall = _qos_max_wall(str(owner))
+        limit = f": MaxWall {max_wall}" if max_wall else ""
+    return f" (cluster.{key}={cluster.get(key)} is over the limit of {owner_text}{limit})"
+
+
 def _refused_option(message: str, config: Any) -> str:
     """` (cluster.partition=gpu2)`: the user's setting an sbatch refusal is about, when it says which."""
     cluster = config.get("cluster") or {}
+    limit = _limit_option(message, cluster)
+    if limit is not None:
+        return limit
     lowered = message.lower()
+    if "invalid account" in lowered:  # "Invalid account or account/partition combination specified"
+        account, partition = cluster.get("account"), cluster.get("partition")
+        with_partition = f" with cluster.partition={partition}" if partition is not None else ""
+        if account is not None:
+            return f" (cluster.account={account}{with_partition})"
+        return (
+            f" (cluster.account not set: your default account{with_partition}; the accounts you may use: "
+            "sacctmgr show assoc user=$USER format=account,partition,qos)"
+        )
     for word, key in _SBATCH_REFUSALS.items():
         if word in lowered and cluster.get(key) is not None:
             return f" (cluster.{key}={cluster.get(key)})"
