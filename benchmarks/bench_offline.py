@@ -26,13 +26,13 @@ import vla_hydra.core.runtime  # noqa: E402, F401  (sets OMP_WAIT_POLICY before 
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-from benchmarks.common import bench_config, emit, run_header  # noqa: E402
+from benchmarks.common import bench_config, data_dir, emit, run_header  # noqa: E402
 from benchmarks.corl_style import CORL_STYLE, load_d4rl_tensors, sample  # noqa: E402
 from vla_hydra.train import train  # noqa: E402
 
 
 def config(algo: str, data: str, out: Path, updates: int, threads: int, device: str, extra: list[str]):
-    return bench_config(algo, out, ROOT / "data", updates, threads, device, data=data, extra=extra)
+    return bench_config(algo, out, data_dir(), updates, threads, device, data=data, extra=extra)
 
 
 def plain_loop_updates_per_s(cfg, updates: int, device: str) -> float:
