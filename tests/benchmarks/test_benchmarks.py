@@ -9,9 +9,9 @@ its paths the wrong way round would print the reciprocal). Results go to the tes
 nothing is written into the repository.
 
 The slow ones (`make test-full`): `--compile` (10-20 s of torch.compile per graph on a 2-core CPU),
-bench_cluster.py (every part is CLI subprocesses; its sweep needs the local SLURM) and the longer
-comparison scripts (grpo_vs_ppo.py, il_vs_bc.py, td3bc_crosscheck.py), of which the fast tests check
-`--help`.
+bench_cluster.py (every part is CLI subprocesses, ~30 s each at the least; its sweep needs the local
+SLURM) and runs of the longer comparisons (grpo_vs_ppo.py, il_vs_bc.py, td3bc_crosscheck.py: 20-50 s);
+of those scripts the fast tests check that `--help` runs. The fast ones take ~75 s on a 2-core CPU.
 """
 
 from __future__ import annotations
