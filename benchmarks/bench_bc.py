@@ -105,6 +105,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vla_bench_"))
     dataset_dir = data_dir()
 
+    per_step = int(lightning_config(work, dataset_dir, args.updates, args.threads).algo.updates_per_step)
+    if args.updates < 2 * per_step:  # train.py times from the end of its first step
+        parser.error(f"--updates {args.updates}: needs at least {2 * per_step} (2 × algo.updates_per_step)")
     plain, lightning = [], []
     for r in range(args.rounds):
         cfg = lightning_config(work / f"run{r}", dataset_dir, args.updates, args.threads, args.device)

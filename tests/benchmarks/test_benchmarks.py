@@ -210,15 +210,20 @@ def test_bench_ppo(tmp_path, data_dir):
     assert lines[0]["lightning_median"] == lines[2]["lightning_median"]  # the same Lightning runs
 
 
-def test_bench_ppo_refuses_fewer_steps_than_two_iterations(tmp_path, data_dir):
-    proc = run_module(
-        "benchmarks.bench_ppo", "--steps", "1000", "--rounds", "1", "--solve-seeds", "0",
-        env=bench_env(tmp_path, data_dir),
-    )  # fmt: skip
+@pytest.mark.parametrize(
+    "script, args, error",
+    [
+        ("bench_bc", ["--updates=50"], "--updates 50: needs at least 100 (2 × algo.updates_per_step)"),
+        ("bench_ppo", ["--steps=1000"], "--steps 1000: needs at least 1024 (2 iterations of 512 env steps)"),
+    ],
+    ids=["bench_bc", "bench_ppo"],
+)
+def test_too_few_updates_for_a_figure_are_refused(script, args, error, tmp_path, data_dir):
+    """train.py times from the end of its first step: with one step there is no figure to print (these
+    crashed on None / 0 before)."""
+    proc = run_module(f"benchmarks.{script}", *args, env=bench_env(tmp_path, data_dir))
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.splitlines()[-1].endswith(
-        "error: --steps 1000: needs at least 1024 (2 iterations of 512 env steps)"
-    )
+    assert proc.stderr.splitlines()[-1] == f"{script}.py: error: {error}"
 
 
 def test_bench_online(tmp_path, data_dir):
