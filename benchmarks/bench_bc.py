@@ -3,7 +3,7 @@
 Both paths use the same network (conf/model/mlp.yaml), the same dataset tensors, batch size, optimizer
 and thread count, measured alternately in this one process; the ratio is what matters on a noisy box.
 
-    python benchmarks/bench_bc.py [--updates 5000] [--rounds 3] [--threads 1]
+    python benchmarks/bench_bc.py [--updates 5000] [--rounds 3] [--threads 1] [--skip-cli] [--cli-repeats N]
 
 Prints JSON lines and appends them to benchmarks/results/bench_bc.jsonl.
 """
@@ -28,7 +28,7 @@ import vla_hydra.core.runtime  # noqa: E402, F401  (sets OMP_WAIT_POLICY before 
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-from benchmarks.common import bench_config, emit, run_header  # noqa: E402
+from benchmarks.common import bench_config, data_dir, emit, run_header  # noqa: E402
 from vla_hydra.algos.bc import bc_mse_loss  # noqa: E402
 from vla_hydra.train import train  # noqa: E402
 
@@ -92,16 +92,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--skip-cli", action="store_true", help="only the updates/s comparison")
+    parser.add_argument(
+        "--cli-repeats",
+        type=int,
+        default=None,
+        help="runs of each CLI measurement (default: 5 of --cfg job, 3 of import lightning and of launch)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     common = run_header(args.threads, args.device)
     lines = []
     work = Path(tempfile.mkdtemp(prefix="vla_bench_"))
-    data_dir = ROOT / "data"
+    dataset_dir = data_dir()
 
+    per_step = int(lightning_config(work, dataset_dir, args.updates, args.threads).algo.updates_per_step)
+    if args.updates < 2 * per_step:  # train.py times from the end of its first step
+        parser.error(f"--updates {args.updates}: needs at least {2 * per_step} (2 × algo.updates_per_step)")
     plain, lightning = [], []
     for r in range(args.rounds):
-        cfg = lightning_config(work / f"run{r}", data_dir, args.updates, args.threads, args.device)
+        cfg = lightning_config(work / f"run{r}", dataset_dir, args.updates, args.threads, args.device)
         plain.append(plain_loop_updates_per_s(cfg, args.updates, args.device))
         lightning.append(train(cfg)[1]["train_updates_per_s"])
     lines.append(
@@ -121,8 +130,8 @@ def main() -> None:
 
     if args.skip_cli:
         return _emit_all(lines, common)
-    cfg_job = command_seconds(["-m", "vla_hydra.train", "--cfg", "job"], 5)
-    reference = command_seconds(["-c", "import lightning"], 3)
+    cfg_job = command_seconds(["-m", "vla_hydra.train", "--cfg", "job"], args.cli_repeats or 5)
+    reference = command_seconds(["-c", "import lightning"], args.cli_repeats or 3)
     lines.append(
         {
             "bench": "cli_cfg_job_seconds",
@@ -134,7 +143,7 @@ def main() -> None:
     )
 
     first_steps = []
-    for r in range(3):
+    for r in range(args.cli_repeats or 3):
         out = work / f"startup{r}"
         subprocess.run(
             [
@@ -144,7 +153,7 @@ def main() -> None:
                 "trainer.max_steps=100",
                 "eval.episodes=2",
                 "callbacks.policy_eval=null",
-                f"paths.data_dir={data_dir}",
+                f"paths.data_dir={dataset_dir}",
                 f"hydra.run.dir={out}",
             ],
             cwd=ROOT,

@@ -131,6 +131,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
+    if args.transitions < 2:
+        parser.error(
+            f"--transitions {args.transitions}: needs at least 2 (1 transition per file, at the least)"
+        )
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     common = run_header(args.threads, args.device, numpy=np.__version__, h5py=h5py.__version__)

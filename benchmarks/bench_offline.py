@@ -26,13 +26,13 @@ import vla_hydra.core.runtime  # noqa: E402, F401  (sets OMP_WAIT_POLICY before 
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-from benchmarks.common import bench_config, emit, run_header  # noqa: E402
+from benchmarks.common import bench_config, data_dir, emit, run_header  # noqa: E402
 from benchmarks.corl_style import CORL_STYLE, load_d4rl_tensors, sample  # noqa: E402
 from vla_hydra.train import train  # noqa: E402
 
 
 def config(algo: str, data: str, out: Path, updates: int, threads: int, device: str, extra: list[str]):
-    return bench_config(algo, out, ROOT / "data", updates, threads, device, data=data, extra=extra)
+    return bench_config(algo, out, data_dir(), updates, threads, device, data=data, extra=extra)
 
 
 def plain_loop_updates_per_s(cfg, updates: int, device: str) -> float:
@@ -116,6 +116,15 @@ def main() -> None:
     available = {p.stem for p in (ROOT / "conf" / "algo").glob("*.yaml")}
     common = run_header(args.threads, args.device, data=args.data)
     work = Path(tempfile.mkdtemp(prefix="vla_bench_offline_"))
+    # every algo's --updates checked before the first is timed (train.py times from the end of its first step)
+    for algo in [a for a in args.algos.split(",") if a in available]:
+        updates = args.updates or DEFAULT_UPDATES.get(algo, 1000)
+        cfg = config(algo, args.data, work, updates, args.threads, args.device, args.override)
+        per_step = int(cfg.algo.updates_per_step)
+        if updates < 2 * per_step:
+            parser.error(
+                f"--updates {updates}: {algo} needs at least {2 * per_step} (2 × algo.updates_per_step)"
+            )
     for algo in args.algos.split(","):
         if algo not in available:
             emit(
@@ -129,11 +138,6 @@ def main() -> None:
             cfg = config(
                 algo, args.data, work / f"{algo}{r}", updates, args.threads, args.device, args.override
             )
-            per_step = int(cfg.algo.updates_per_step)
-            if updates < 2 * per_step:  # train.py times from the end of its first step
-                parser.error(
-                    f"--updates {updates}: {algo} needs at least {2 * per_step} (2 × algo.updates_per_step)"
-                )
             plain.append(plain_loop_updates_per_s(cfg, updates, args.device))
             lightning.append(train(cfg)[1]["train_updates_per_s"])
             if args.corl and algo in CORL_STYLE:

@@ -19,7 +19,8 @@ SAC (Pendulum-v1, CleanRL defaults unless noted):
   per-parameter Polyak updates) on the same actor, env and hyper-parameters; the three paths rotate
   which goes first per round.
 - `sac_steps_to_solve`: the default config (learning_starts 5000) evaluated every `--solve-eval-every`
-  updates (10 episodes); stops at the first evaluation with mean return >= -250 (budget 20k steps).
+  updates (10 episodes); stops at the first evaluation with mean return >= -250 (budget `--solve-steps`,
+  20k).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-from benchmarks.common import bench_config, emit, run_header  # noqa: E402
+from benchmarks.common import bench_config, data_dir, emit, run_header  # noqa: E402
 from vla_hydra.train import train  # noqa: E402
 
 NAME = "bench_online"
@@ -68,7 +69,7 @@ def online_config(algo: str, env: str, out: Path, threads: int, device: str, ext
     return bench_config(
         algo,
         out,
-        ROOT / "data",
+        data_dir(),
         updates=-1,
         threads=threads,
         device=device,
@@ -308,7 +309,7 @@ def bench_sac(args, common: dict, work: Path) -> None:
         args.threads,
         args.device,
         [
-            "algo.total_timesteps=20000",
+            f"algo.total_timesteps={args.solve_steps}",
             f"+callbacks.policy_eval={{_target_: vla_hydra.training.callbacks.PolicyEvaluation, "
             f"env: '${{env}}', every_n_updates: {args.solve_eval_every}, episodes: 10, seed: '${{eval.seed}}'}}",
             f"+callbacks.stop_when_solved={{_target_: benchmarks.bench_online.StopWhenSolved, "
@@ -353,6 +354,7 @@ def main() -> None:
     parser.add_argument("--sac-learning-starts", type=int, default=1000)
     parser.add_argument("--solve-eval-every", type=int, default=500, help="updates between evaluations")
     parser.add_argument("--skip-solve", action="store_true", help="speed only, no steps-to-solve run")
+    parser.add_argument("--solve-steps", type=int, default=20000, help="env-step budget of the solve run")
     parser.add_argument("--override", action="append", default=[], help="extra config override (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

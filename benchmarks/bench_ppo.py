@@ -8,7 +8,8 @@ in one process; plus the env steps PPO needs to solve CartPole-v1 through train.
   clip-fraction statistics read with .item(), explained variance per iteration, default Adam), on the same
   networks (same initialisation), vector envs and hyper-parameters (what a user switching compares).
 
-    python benchmarks/bench_ppo.py [--steps 50000] [--rounds 6] [--solve-seeds 1] [--threads 1]
+    python benchmarks/bench_ppo.py [--steps 50000] [--rounds 6] [--solve-seeds 1] [--solve-steps 500000]
+                                   [--threads 1]
 
 "Solved" = first periodic evaluation (10 episodes) with mean return >= 475 (CleanRL's budget: 500k
 steps). JSON lines to stdout, appended to benchmarks/results/bench_ppo.jsonl.
@@ -32,7 +33,7 @@ import vla_hydra.core.runtime  # noqa: E402, F401  (sets OMP_WAIT_POLICY before 
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-from benchmarks.common import bench_config, emit, run_header  # noqa: E402
+from benchmarks.common import bench_config, data_dir, emit, run_header  # noqa: E402
 from vla_hydra.train import train  # noqa: E402
 
 SOLVED_RETURN = 475.0
@@ -42,7 +43,7 @@ def config(out: Path, steps: int, threads: int, extra: list[str] | None = None):
     return bench_config(
         "ppo",
         out,
-        ROOT / "data",
+        data_dir(),
         updates=-1,
         threads=threads,
         data="rollouts",
@@ -166,8 +167,9 @@ def cleanrl_style_env_steps_per_s(cfg) -> tuple[float, float]:
         envs.close()
 
 
-def solve_config(out: Path, seed: int, threads: int):
-    """The default `algo=ppo env=cartpole` run (CleanRL's 500k budget), evaluated every 20 iterations."""
+def solve_config(out: Path, seed: int, threads: int, steps: int | None = None):
+    """The default `algo=ppo env=cartpole` run (CleanRL's 500k budget unless `steps`), evaluated every 20
+    iterations."""
     from omegaconf import open_dict
 
     from vla_hydra.core.config import compose_config
@@ -181,6 +183,7 @@ def solve_config(out: Path, seed: int, threads: int):
             f"torch_threads={threads}",
             "eval.every_n_updates=320",  # 20 iterations x 16 updates = every 10240 env steps
             "trainer.enable_progress_bar=false",
+            *([f"algo.total_timesteps={steps}"] if steps else []),
         ],
     )
     with open_dict(cfg):
@@ -202,9 +205,17 @@ def main() -> None:
     parser.add_argument(
         "--solve-seeds", type=int, default=1, help="seeds of the 500k-step solve run (0 = skip)"
     )
+    parser.add_argument(
+        "--solve-steps", type=int, default=None, help="env-step budget of the solve runs (default 500k)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = config(Path(tmp), args.steps, args.threads)
+    batch = int(cfg.algo.num_steps) * int(cfg.env.num_envs)
+    if args.steps < 2 * batch:  # each path times from the end of its first iteration
+        parser.error(f"--steps {args.steps}: needs at least {2 * batch} (2 iterations of {batch} env steps)")
     header = run_header(args.threads, bench="ppo_cartpole")
     lightning, plain, lightning_cpu, plain_cpu, cleanrl, cleanrl_cpu = [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -257,7 +268,7 @@ def main() -> None:
                 },
             )
         for seed in range(args.solve_seeds):
-            _, results = train(solve_config(Path(tmp) / f"solve{seed}", seed, args.threads))
+            _, results = train(solve_config(Path(tmp) / f"solve{seed}", seed, args.threads, args.solve_steps))
             emit(
                 "bench_ppo",
                 {

@@ -1,5 +1,10 @@
 """What every benchmark shares: the run header (date, machine, versions, threads, device) and the
-JSON-lines output (stdout + benchmarks/results/<name>.jsonl)."""
+JSON-lines output (stdout + benchmarks/results/<name>.jsonl).
+
+Environment variables (tests/benchmarks sets both, so a test run writes nothing into the repository):
+- VLA_BENCH_RESULTS_DIR: where the <name>.jsonl files are appended (default benchmarks/results/);
+- VLA_HYDRA_DATA_DIR: the dataset cache the benchmarks read and collect into (default <repo>/data/),
+  the same variable conf/paths/default.yaml reads for train.py."""
 
 from __future__ import annotations
 
@@ -12,7 +17,16 @@ from pathlib import Path
 import torch
 from omegaconf import open_dict
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("VLA_BENCH_RESULTS_DIR") or ROOT / "benchmarks" / "results")
+
+
+def data_dir() -> Path:
+    """The dataset cache: VLA_HYDRA_DATA_DIR (as train.py) or the repository's data/."""
+    return Path(os.environ.get("VLA_HYDRA_DATA_DIR") or ROOT / "data")
 
 
 def run_header(threads: int, device: str = "cpu", **extra) -> dict:
@@ -28,11 +42,12 @@ def run_header(threads: int, device: str = "cpu", **extra) -> dict:
 
 
 def emit(name: str, line: dict) -> None:
-    """Print one JSON line and append it to benchmarks/results/<name>.jsonl."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    """Print one JSON line and append it to <results_dir()>/<name>.jsonl (benchmarks/results/ by default)."""
+    directory = results_dir()
+    directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(line)
     print(text, flush=True)
-    with open(RESULTS_DIR / f"{name}.jsonl", "a") as f:
+    with open(directory / f"{name}.jsonl", "a") as f:
         f.write(text + "\n")
 
 

@@ -8,7 +8,8 @@ and shared), into <runs>/<env>/<algo>/seed<k>/; a run dir with a results.json is
 Each run evaluates its deterministic policy periodically (10 episodes, fixed seeds); the curves and
 the table give, at each point of a common env-step grid, the latest evaluation at or before it,
 mean ± std over seeds. Writes docs/grpo_vs_ppo.png and the "## GRPO vs PPO" section of
-docs/online_rl.md (the rest of that file is left as it is), and one JSON line per (env, algo).
+docs/online_rl.md (the rest of that file is left as it is; --docs DIR writes both under DIR instead),
+and one JSON line per (env, algo).
 """
 
 from __future__ import annotations
@@ -199,6 +200,12 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "logs" / "grpo_vs_ppo")
     parser.add_argument("--grid-points", type=int, default=10)
     parser.add_argument("--report-only", action="store_true", help="do not train; read finished run dirs")
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        default=ROOT / "docs",
+        help="where grpo_vs_ppo.png and online_rl.md's section are written (default: the repository's docs/)",
+    )
     args = parser.parse_args()
     budgets = {"cartpole": args.cartpole_steps, "pendulum": args.pendulum_steps}
 
@@ -234,12 +241,13 @@ def main() -> None:
             )
     if not all_curves:
         sys.exit("error: no finished runs under " + str(args.runs))
-    plot(all_curves, ROOT / "docs" / "grpo_vs_ppo.png")
+    args.docs.mkdir(parents=True, exist_ok=True)
+    plot(all_curves, args.docs / "grpo_vs_ppo.png")
     command = (
         f"python benchmarks/grpo_vs_ppo.py --seeds {' '.join(map(str, args.seeds))} "
         f"--cartpole-steps {args.cartpole_steps} --pendulum-steps {args.pendulum_steps}"
     )
-    write_section(ROOT / "docs" / "online_rl.md", markdown_section(all_curves, args.seeds, command))
+    write_section(args.docs / "online_rl.md", markdown_section(all_curves, args.seeds, command))
 
 
 if __name__ == "__main__":
