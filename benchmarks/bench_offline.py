@@ -49,14 +49,16 @@ def plain_loop_updates_per_s(cfg, updates: int, device: str) -> float:
     buffer = datamodule.buffer.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     batch_size = cfg.data.batch_size
+    # the fields the update reads, as train.py's datamodule gathers them (its `batch_keys`; None: all)
+    fields = {} if algo.batch_keys is None else {"keys": algo.batch_keys}
     warmup = 20  # first updates allocate optimizer state; Lightning's figure skips nothing, so keep it small
     for _ in range(warmup):
-        algo.update(buffer.sample((batch_size,), generator), optimizers)
+        algo.update(buffer.sample((batch_size,), generator, **fields), optimizers)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(updates):
-        algo.update(buffer.sample((batch_size,), generator), optimizers)
+        algo.update(buffer.sample((batch_size,), generator, **fields), optimizers)
     if device == "cuda":
         torch.cuda.synchronize()
     return updates / (time.perf_counter() - start)

@@ -3,6 +3,7 @@ loop, and a checkpoint that carries everything inference needs."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -12,7 +13,6 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.core.runtime import decorrelate_rngs
-from vla_hydra.data.batch import tree_map
 from vla_hydra.data.stats import DatasetStats
 from vla_hydra.envs.factory import EnvSpec
 from vla_hydra.models.normalization import ActionScaler, ObservationNormalizer
@@ -49,6 +49,15 @@ def host_scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: scalars[k] for k in metrics}
 
 
+def split_block(block: Any, count: int) -> list[Any]:
+    """The first `count` minibatches of a block (every leaf shaped (K, B, ...), nested dicts allowed): views
+    `block[k]`, made by one unbind per leaf instead of one indexing per leaf and update."""
+    if isinstance(block, Mapping):
+        parts = {key: split_block(value, count) for key, value in block.items()}
+        return [{key: part[k] for key, part in parts.items()} for k in range(count)]
+    return block.unbind(0)[:count]
+
+
 class PolicyAlgorithm(L.LightningModule):
     """Subclasses build their networks in __init__ and implement `update` and `normalized_action`.
 
@@ -75,6 +84,9 @@ class PolicyAlgorithm(L.LightningModule):
     # whether it trains on trajectory segments (data.segment_length = algo.context_length) with a sequence
     # model (a network class that sets takes_sequences = True), rather than on single transitions
     takes_sequences: bool = False
+    # the dataset fields `update` reads: the offline datamodule gathers only these into its minibatch
+    # blocks (as a plain loop indexes only what it uses); None: every field
+    batch_keys: tuple[str, ...] | None = None
 
     def __init__(
         self,
@@ -273,16 +285,16 @@ class PolicyAlgorithm(L.LightningModule):
 
     def training_step(self, block: dict[str, torch.Tensor], batch_idx: int) -> None:
         optimizers = self.optimizers()
-        totals: dict[str, torch.Tensor] = {}
         updates = self.updates_per_step
         max_steps = self.trainer.max_steps if self._trainer is not None else -1
         if max_steps >= 0:  # the last block stops at trainer.max_steps, which counts updates exactly
             updates = max(1, min(updates, max_steps - self.trainer.global_step))
-        for k in range(updates):
-            losses = self.update(tree_map(lambda x, k=k: x[k], block), optimizers)
-            for name, value in losses.items():
-                totals[name] = totals[name] + value if name in totals else value
-        if self.logging_this_step():
+        figures = [self.update(batch, optimizers) for batch in split_block(block, updates)]
+        if self.logging_this_step():  # summed only on the steps that write them (1 in log_every_n_steps)
+            totals: dict[str, torch.Tensor] = {}
+            for losses in figures:
+                for name, value in losses.items():
+                    totals[name] = totals[name] + value if name in totals else value
             self.log_train_metrics({f"train/{name}": v / updates for name, v in totals.items()})
 
     def note_training_end(self, max_steps: int, global_step: int) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.algos.base import PolicyAlgorithm, torch_optimizer
 from vla_hydra.core.exceptions import ConfigError
 
 
@@ -23,6 +23,7 @@ def bc_cross_entropy_loss(logits: torch.Tensor, dataset_actions: torch.Tensor) -
 class BC(PolicyAlgorithm):
     every_backward_uses_all_parameters = True
     supports_discrete = True
+    batch_keys = ("observations", "actions")
 
     def __init__(
         self,
@@ -61,7 +62,7 @@ class BC(PolicyAlgorithm):
 
     def update(self, batch, optimizers):
         loss, figures = self.loss_fn()(batch)
-        optimizers.zero_grad(set_to_none=True)
+        torch_optimizer(optimizers).zero_grad(set_to_none=True)
         self.backprop(loss)
         self.step_optimizer(optimizers)
         return figures

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.algos.base import PolicyAlgorithm, torch_optimizer
 from vla_hydra.algos.critic_losses import per_critic_mse, td_target
 from vla_hydra.algos.sac import sac_actor_loss
 from vla_hydra.data.stats import return_range_reward_scale
@@ -47,6 +47,7 @@ def _unmapped_rewards_before_2026_11_27(state_dict, prefix, *args) -> None:
 
 
 class CQL(PolicyAlgorithm):
+    batch_keys = ("observations", "actions", "rewards", "next_observations", "terminals")
     def __init__(
         self,
         spec,
@@ -151,7 +152,7 @@ class CQL(PolicyAlgorithm):
         penalty = cql_conservative_penalty(q_ood, q_data, self.cql_temp)  # mean over both critics
         critic_loss = td_loss + self.cql_alpha * q_all.shape[0] * penalty  # CORL sums the critics
 
-        optimizers.zero_grad(set_to_none=True)
+        torch_optimizer(optimizers).zero_grad(set_to_none=True)
         self.backprop(critic_loss + actor_loss + alpha_loss)
         self.step_optimizer(optimizers)
         soft_update(self.target_critic, self.critic, self.tau)

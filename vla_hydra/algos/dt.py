@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.algos.base import PolicyAlgorithm, torch_optimizer
 from vla_hydra.algos.schedules import warmup_lr
 from vla_hydra.core.exceptions import ConfigError
 from vla_hydra.core.logging import get_logger
@@ -117,9 +117,10 @@ class DecisionTransformer(PolicyAlgorithm):
     def update(self, batch, optimizers):
         loss = self.segment_loss(batch)
         lr = warmup_lr(self.lr, self.num_updates, self.warmup_updates)
-        for group in optimizers.param_groups:
+        optimizer = torch_optimizer(optimizers)
+        for group in optimizer.param_groups:
             group["lr"] = lr
-        optimizers.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         self.backprop(loss)
         # returns the pre-clip norm as a tensor; clipping itself needs no host sync
         grad_norm = self.clip_gradients_(self.transformer.parameters(), self.grad_clip)

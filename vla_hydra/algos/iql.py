@@ -16,7 +16,7 @@ import copy
 
 import torch
 
-from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.algos.base import PolicyAlgorithm, torch_optimizer
 from vla_hydra.algos.critic_losses import per_critic_mse, td_target
 from vla_hydra.algos.schedules import cosine_lr
 from vla_hydra.data.stats import return_range_reward_scale
@@ -49,6 +49,7 @@ def awr_regression_loss(
 
 
 class IQL(PolicyAlgorithm):
+    batch_keys = ("observations", "actions", "rewards", "next_observations", "terminals")
     def __init__(
         self,
         spec,
@@ -137,13 +138,14 @@ class IQL(PolicyAlgorithm):
     def update(self, batch, optimizers):
         loss, figures = self.loss_fn()(batch)
         lr = cosine_lr(self.actor_lr, self._num_updates, self.actor_lr_decay_updates)
-        optimizers.param_groups[2]["lr"] = lr
-        optimizers.zero_grad(set_to_none=True)
+        optimizer = torch_optimizer(optimizers)
+        optimizer.param_groups[2]["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
         self.backprop(loss)
         self.step_optimizer(optimizers)
         soft_update(self.target_critic, self.critic, self.tau)
         self._num_updates += 1
-        self.num_updates += 1
+        self.num_updates.add_(1)  # in place: no nn.Module attribute assignment
         return figures
 
     def configure_optimizers(self):

@@ -17,7 +17,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from vla_hydra.algos.base import PolicyAlgorithm
+from vla_hydra.algos.base import PolicyAlgorithm, torch_optimizer
 from vla_hydra.algos.critic_losses import per_critic_mse, td_target
 from vla_hydra.models.critics import EnsembleQNetwork, soft_update
 
@@ -36,6 +36,7 @@ def smoothed_target_action(target_action: torch.Tensor, noise_std: float, noise_
 
 
 class TD3BC(PolicyAlgorithm):
+    batch_keys = ("observations", "actions", "rewards", "next_observations", "terminals")
     def __init__(
         self,
         spec,
@@ -99,10 +100,10 @@ class TD3BC(PolicyAlgorithm):
 
     def update(self, batch, optimizers):
         self._num_updates += 1
-        self.num_updates += 1
+        self.num_updates.add_(1)  # in place: no nn.Module attribute assignment
         update_actor = self._num_updates % self.policy_freq == 0  # CORL: iterations 2, 4, ...
         loss, figures = self.loss_fn()(batch, update_actor)
-        optimizers.zero_grad(set_to_none=True)  # actor grads stay None off-delay: Adam skips them
+        torch_optimizer(optimizers).zero_grad(set_to_none=True)  # actor grads stay None off-delay: Adam skips them
         self.backprop(loss)
         self.step_optimizer(optimizers)
         if update_actor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import torch
@@ -48,10 +48,17 @@ class TensorBuffer:
     def to(self, device: torch.device | str) -> TensorBuffer:
         return self if torch.device(device) == self.device else TensorBuffer(self.data, device)
 
-    def sample(self, batch_shape: tuple[int, ...], generator: torch.Generator | None = None) -> dict:
-        """One gather for the whole (K, B) block of minibatches."""
+    def sample(
+        self,
+        batch_shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        keys: Collection[str] | None = None,
+    ) -> dict:
+        """One gather for the whole (K, B) block of minibatches: of every field, or of `keys` only (the
+        same rows: the indices do not depend on which fields are gathered)."""
         idx = torch.randint(self.size, batch_shape, device=self.device, generator=generator)
-        return tree_map(lambda x: x[idx], self.data)
+        data = self.data if keys is None else {key: self.data[key] for key in keys}
+        return tree_map(lambda x: x[idx], data)
 
     def __len__(self) -> int:
         return self.size

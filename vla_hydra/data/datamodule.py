@@ -25,19 +25,27 @@ class _MinibatchBlocks(IterableDataset):
     """Yields dicts of tensors shaped (updates_per_step, batch_size, ...), sampled on the buffer's device."""
 
     def __init__(
-        self, buffer: TensorBuffer, updates_per_step: int, batch_size: int, steps_per_epoch: int, seed: int
+        self,
+        buffer: TensorBuffer,
+        updates_per_step: int,
+        batch_size: int,
+        steps_per_epoch: int,
+        seed: int,
+        keys: tuple[str, ...] | None = None,
     ):
         self.buffer, self.shape, self.steps_per_epoch = (
             buffer,
             (updates_per_step, batch_size),
             steps_per_epoch,
         )
+        # the fields the algorithm reads (its `batch_keys`); None: all of them
+        self.sample_kwargs = {} if keys is None else {"keys": keys}
         self.generator = torch.Generator(device=buffer.device)
         self.generator.manual_seed(seed)
 
     def __iter__(self):
         for _ in range(self.steps_per_epoch):
-            yield self.buffer.sample(self.shape, self.generator)
+            yield self.buffer.sample(self.shape, self.generator, **self.sample_kwargs)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -399,12 +407,15 @@ class OfflineDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        device, rank = torch.device("cpu"), 0
+        device, rank, keys = torch.device("cpu"), 0, None
         if self.trainer is not None:
             device, rank = self.trainer.strategy.root_device, self.trainer.global_rank
+            # gather only the fields the algorithm reads (BC: observations and actions), as a plain loop
+            # would; the sampled rows are the same either way
+            keys = getattr(self.trainer.lightning_module, "batch_keys", None)
         self.buffer = self.buffer.to(device)
         blocks = _MinibatchBlocks(
-            self.buffer, self.updates_per_step, self.batch_size, self.steps_per_epoch, self.seed + rank
+            self.buffer, self.updates_per_step, self.batch_size, self.steps_per_epoch, self.seed + rank, keys
         )
         # batch_size=None: the dataset already yields whole batches; no collation, no workers.
         return DataLoader(blocks, batch_size=None, num_workers=0)
