@@ -37,8 +37,9 @@ def lightning_config(tmp: Path, data_dir: Path, updates: int, threads: int, devi
     return bench_config("bc", tmp, data_dir, updates, threads, device)
 
 
-def plain_loop_updates_per_s(cfg, updates: int, device: str = "cpu") -> float:
-    """The same BC update written as a plain PyTorch loop (CORL style), timed end to end."""
+def plain_loop_updates_per_s(cfg, updates: int, device: str = "cpu") -> tuple[float, float]:
+    """The same BC update written as a plain PyTorch loop (CORL style), timed end to end: updates per wall
+    second and per second of this process's CPU time."""
     env = instantiate(cfg.env)
     spec = env.spec()
     datamodule = instantiate(cfg.data)
@@ -68,12 +69,12 @@ def plain_loop_updates_per_s(cfg, updates: int, device: str = "cpu") -> float:
         update()
     if device == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(updates):
         update()
     if device == "cuda":
         torch.cuda.synchronize()
-    return updates / (time.perf_counter() - start)
+    return updates / (time.perf_counter() - start), updates / (time.process_time() - start_cpu)
 
 
 def command_seconds(args: list[str], repeats: int) -> list[float]:
@@ -108,11 +109,15 @@ def main() -> None:
     per_step = int(lightning_config(work, dataset_dir, args.updates, args.threads).algo.updates_per_step)
     if args.updates < 2 * per_step:  # train.py times from the end of its first step
         parser.error(f"--updates {args.updates}: needs at least {2 * per_step} (2 × algo.updates_per_step)")
-    plain, lightning = [], []
+    plain, lightning, plain_cpu, lightning_cpu = [], [], [], []
     for r in range(args.rounds):
         cfg = lightning_config(work / f"run{r}", dataset_dir, args.updates, args.threads, args.device)
-        plain.append(plain_loop_updates_per_s(cfg, args.updates, args.device))
-        lightning.append(train(cfg)[1]["train_updates_per_s"])
+        wall, cpu = plain_loop_updates_per_s(cfg, args.updates, args.device)
+        plain.append(wall)
+        plain_cpu.append(cpu)
+        results = train(cfg)[1]
+        lightning.append(results["train_updates_per_s"])
+        lightning_cpu.append(results["train_updates_per_cpu_s"])
     lines.append(
         {
             "bench": "bc_updates_per_s",
@@ -125,6 +130,12 @@ def main() -> None:
             "ratio_lightning_over_plain": statistics.median(lightning) / statistics.median(plain),
             "plain_torch_all": plain,
             "lightning_all": lightning,
+            # per CPU-second of this process: robust to other load on a shared machine
+            "plain_torch_per_cpu_s_median": statistics.median(plain_cpu),
+            "lightning_per_cpu_s_median": statistics.median(lightning_cpu),
+            "ratio_per_cpu_s": statistics.median(lightning_cpu) / statistics.median(plain_cpu),
+            "plain_torch_per_cpu_s_all": plain_cpu,
+            "lightning_per_cpu_s_all": lightning_cpu,
         }
     )
 

@@ -35,7 +35,8 @@ def config(algo: str, data: str, out: Path, updates: int, threads: int, device: 
     return bench_config(algo, out, data_dir(), updates, threads, device, data=data, extra=extra)
 
 
-def plain_loop_updates_per_s(cfg, updates: int, device: str) -> float:
+def plain_loop_updates_per_s(cfg, updates: int, device: str) -> tuple[float, float]:
+    """(updates per wall second, per second of this process's CPU time) of the plain loop."""
     env = instantiate(cfg.env)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -50,18 +51,19 @@ def plain_loop_updates_per_s(cfg, updates: int, device: str) -> float:
     generator = torch.Generator(device=device).manual_seed(0)
     batch_size = cfg.data.batch_size
     # the fields the update reads, as train.py's datamodule gathers them (its `batch_keys`; None: all)
-    fields = {} if algo.batch_keys is None else {"keys": algo.batch_keys}
+    keys = getattr(algo, "batch_keys", None)
+    fields = {} if keys is None else {"keys": keys}
     warmup = 20  # first updates allocate optimizer state; Lightning's figure skips nothing, so keep it small
     for _ in range(warmup):
         algo.update(buffer.sample((batch_size,), generator, **fields), optimizers)
     if device == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(updates):
         algo.update(buffer.sample((batch_size,), generator, **fields), optimizers)
     if device == "cuda":
         torch.cuda.synchronize()
-    return updates / (time.perf_counter() - start)
+    return updates / (time.perf_counter() - start), updates / (time.process_time() - start_cpu)
 
 
 def corl_style_updates_per_s(cfg, algo: str, updates: int, device: str) -> float:
@@ -136,12 +138,17 @@ def main() -> None:
             continue
         updates = args.updates or DEFAULT_UPDATES.get(algo, 1000)
         plain, lightning, compiled, corl = [], [], [], []
+        plain_cpu, lightning_cpu = [], []  # per CPU-second: robust to other load on a shared machine
         for r in range(args.rounds):
             cfg = config(
                 algo, args.data, work / f"{algo}{r}", updates, args.threads, args.device, args.override
             )
-            plain.append(plain_loop_updates_per_s(cfg, updates, args.device))
-            lightning.append(train(cfg)[1]["train_updates_per_s"])
+            wall, cpu = plain_loop_updates_per_s(cfg, updates, args.device)
+            plain.append(wall)
+            plain_cpu.append(cpu)
+            results = train(cfg)[1]
+            lightning.append(results["train_updates_per_s"])
+            lightning_cpu.append(results["train_updates_per_cpu_s"])
             if args.corl and algo in CORL_STYLE:
                 corl.append(corl_style_updates_per_s(cfg, algo, updates, args.device))
             if args.compile and "compile_losses" in cfg.algo:
@@ -170,6 +177,11 @@ def main() -> None:
             "ratio_lightning_over_plain": statistics.median(lightning) / statistics.median(plain),
             "plain_loop_all": plain,
             "lightning_all": lightning,
+            "plain_loop_per_cpu_s_median": statistics.median(plain_cpu),
+            "lightning_per_cpu_s_median": statistics.median(lightning_cpu),
+            "ratio_per_cpu_s": statistics.median(lightning_cpu) / statistics.median(plain_cpu),
+            "plain_loop_per_cpu_s_all": plain_cpu,
+            "lightning_per_cpu_s_all": lightning_cpu,
         }
         if corl:
             line["corl_style_median"] = statistics.median(corl)

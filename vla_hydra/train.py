@@ -162,6 +162,8 @@ def _train(
         # + the earlier legs' up to the checkpoint this leg continued; null: that checkpoint predates the record
         "wall_seconds_all_legs": throughput.wall_seconds_all_legs(wall_seconds),
         "train_updates_per_s": throughput.updates_per_s,
+        # per second of this process's CPU time: comparable across runs on a shared, loaded machine
+        "train_updates_per_cpu_s": throughput.updates_per_cpu_s,
         "train_env_steps_per_s": throughput.env_steps_per_s,
         "train_env_steps_per_cpu_s": throughput.env_steps_per_cpu_s,
         "time_to_first_step_s": throughput.time_to_first_step_s,

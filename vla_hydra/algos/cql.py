@@ -48,6 +48,7 @@ def _unmapped_rewards_before_2026_11_27(state_dict, prefix, *args) -> None:
 
 class CQL(PolicyAlgorithm):
     batch_keys = ("observations", "actions", "rewards", "next_observations", "terminals")
+
     def __init__(
         self,
         spec,

@@ -50,6 +50,7 @@ def awr_regression_loss(
 
 class IQL(PolicyAlgorithm):
     batch_keys = ("observations", "actions", "rewards", "next_observations", "terminals")
+
     def __init__(
         self,
         spec,

@@ -37,6 +37,7 @@ def smoothed_target_action(target_action: torch.Tensor, noise_std: float, noise_
 
 class TD3BC(PolicyAlgorithm):
     batch_keys = ("observations", "actions", "rewards", "next_observations", "terminals")
+
     def __init__(
         self,
         spec,
@@ -103,7 +104,8 @@ class TD3BC(PolicyAlgorithm):
         self.num_updates.add_(1)  # in place: no nn.Module attribute assignment
         update_actor = self._num_updates % self.policy_freq == 0  # CORL: iterations 2, 4, ...
         loss, figures = self.loss_fn()(batch, update_actor)
-        torch_optimizer(optimizers).zero_grad(set_to_none=True)  # actor grads stay None off-delay: Adam skips them
+        # actor grads stay None off-delay: Adam skips them
+        torch_optimizer(optimizers).zero_grad(set_to_none=True)
         self.backprop(loss)
         self.step_optimizer(optimizers)
         if update_actor:
