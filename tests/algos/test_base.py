@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from tests.conftest import ROOT, compose_config, run_module
@@ -114,3 +115,46 @@ def test_gail_refuses_a_budget_below_one_rollout_before_collecting_its_expert_da
     with pytest.raises(ConfigError, match=r"algo.total_timesteps=100: less than one iteration's rollout"):
         train(cfg)
     assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())
+
+
+def test_split_block_gives_the_same_minibatches_as_indexing_each_update():
+    from vla_hydra.algos.base import split_block
+
+    block = {
+        "observations": {"image": torch.randn(4, 3, 2), "state": torch.randn(4, 3)},
+        "actions": torch.randn(4, 3, 1),
+    }
+    parts = split_block(block, 3)  # a last block cut short at trainer.max_steps
+    assert len(parts) == 3
+    for k, part in enumerate(parts):
+        assert torch.equal(part["observations"]["image"], block["observations"]["image"][k])
+        assert torch.equal(part["observations"]["state"], block["observations"]["state"][k])
+        assert torch.equal(part["actions"], block["actions"][k])
+
+
+def test_a_buffer_sample_of_some_fields_draws_the_same_rows():
+    from vla_hydra.data.buffer import TensorBuffer
+
+    data = {"observations": torch.randn(50, 3), "actions": torch.randn(50, 1), "rewards": torch.randn(50)}
+    buffer = TensorBuffer(data)
+    full = buffer.sample((4, 8), torch.Generator().manual_seed(0))
+    some = buffer.sample((4, 8), torch.Generator().manual_seed(0), keys=("observations", "actions"))
+    assert set(some) == {"observations", "actions"}
+    assert all(torch.equal(some[key], full[key]) for key in some)
+
+
+def test_offline_algorithms_name_the_fields_they_read():
+    from vla_hydra.algos.bc import BC
+    from vla_hydra.algos.cql import CQL
+    from vla_hydra.algos.iql import IQL
+    from vla_hydra.algos.td3bc import TD3BC
+
+    assert BC.batch_keys == ("observations", "actions")
+    for algo in (TD3BC, IQL, CQL):
+        assert set(algo.batch_keys) == {
+            "observations",
+            "actions",
+            "rewards",
+            "next_observations",
+            "terminals",
+        }
