@@ -22,7 +22,7 @@ import math
 import torch
 
 from vla_hydra.algos.base import PolicyAlgorithm, torch_optimizer
-from vla_hydra.algos.critic_losses import per_critic_mse, td_target
+from vla_hydra.algos.critic_losses import TD_BATCH_KEYS, per_critic_mse, td_target
 from vla_hydra.algos.sac import sac_actor_loss
 from vla_hydra.data.stats import return_range_reward_scale
 from vla_hydra.models.critics import EnsembleQNetwork, soft_update
@@ -47,7 +47,7 @@ def _unmapped_rewards_before_2026_11_27(state_dict, prefix, *args) -> None:
 
 
 class CQL(PolicyAlgorithm):
-    batch_keys = ("observations", "actions", "rewards", "next_observations", "terminals")
+    batch_keys = TD_BATCH_KEYS
 
     def __init__(
         self,

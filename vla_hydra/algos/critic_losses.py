@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import torch
 
+# the dataset fields an offline one-step TD update reads (PolicyAlgorithm.batch_keys of CQL, TD3+BC, IQL)
+TD_BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
+
 
 def td_target(
     rewards: torch.Tensor, terminated: torch.Tensor, next_value: torch.Tensor, gamma: float

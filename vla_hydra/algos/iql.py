@@ -17,7 +17,7 @@ import copy
 import torch
 
 from vla_hydra.algos.base import PolicyAlgorithm, torch_optimizer
-from vla_hydra.algos.critic_losses import per_critic_mse, td_target
+from vla_hydra.algos.critic_losses import TD_BATCH_KEYS, per_critic_mse, td_target
 from vla_hydra.algos.schedules import cosine_lr
 from vla_hydra.data.stats import return_range_reward_scale
 from vla_hydra.models.critics import EnsembleQNetwork, ValueNetwork, soft_update
@@ -49,7 +49,7 @@ def awr_regression_loss(
 
 
 class IQL(PolicyAlgorithm):
-    batch_keys = ("observations", "actions", "rewards", "next_observations", "terminals")
+    batch_keys = TD_BATCH_KEYS
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_hydra.algos.base import PolicyAlgorithm, torch_optimizer
-from vla_hydra.algos.critic_losses import per_critic_mse, td_target
+from vla_hydra.algos.critic_losses import TD_BATCH_KEYS, per_critic_mse, td_target
 from vla_hydra.models.critics import EnsembleQNetwork, soft_update
 
 
@@ -36,7 +36,7 @@ def smoothed_target_action(target_action: torch.Tensor, noise_std: float, noise_
 
 
 class TD3BC(PolicyAlgorithm):
-    batch_keys = ("observations", "actions", "rewards", "next_observations", "terminals")
+    batch_keys = TD_BATCH_KEYS
 
     def __init__(
         self,
