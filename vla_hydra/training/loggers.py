@@ -35,13 +35,9 @@ def finish_wandb_run(failed: bool = False) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
-# results.json's fields that the final evaluation logs under another name
-FINAL_METRIC_TAGS = {
-    "eval_return_mean": "final/return_mean",
-    "eval_return_std": "final/return_std",
-    "eval_episodes": "final/episodes",
-    "normalized_score": "final/normalized_score",
-}
+# results.json's fields that the final evaluation's metrics hold already (as final/return_mean,
+# final/return_std, final/episodes, final/normalized_score)
+_LOGGED_AS_FINAL = ("eval_return_mean", "eval_return_std", "eval_episodes", "normalized_score")
 
 
 def log_final_evaluation(
@@ -59,7 +55,7 @@ def log_final_evaluation(
     if final.normalized_score is not None:
         metrics["final/normalized_score"] = final.normalized_score
     value = (results or {}).get(optimized) if optimized else None
-    if optimized not in FINAL_METRIC_TAGS and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if optimized not in _LOGGED_AS_FINAL and isinstance(value, (int, float)) and not isinstance(value, bool):
         metrics[f"final/{optimized}"] = float(value)
     for logger in loggers:
         logger.log_metrics(metrics, step=step)
