@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,28 @@ def slurm(tmp_path_factory):
                     pytest.fail(f"local SLURM did not start: {reason}")
                 pytest.skip(f"local SLURM cannot be started on this machine: {reason}")
             mark.touch()
+
+
+def jobs_under(root: Path) -> list[str]:
+    """The SLURM jobs still queued or running that were submitted from `root` (their working dir) or below:
+    one line each, `<job id> <state> <reason> <working dir>`. Every test submits from its own tmp_path, so
+    this tells one test's jobs from another's (the tests run as one user: `squeue --me` lists them all)."""
+    listed = subprocess.run(["squeue", "-h", "-o", "%i %T %r %Z"], capture_output=True, text=True, timeout=60)
+    return [line for line in listed.stdout.splitlines() if Path(line.split()[-1]).is_relative_to(root)]
+
+
+@pytest.fixture(autouse=True)
+def cancel_the_jobs_a_slurm_test_leaves(request):
+    """A SLURM test's jobs end with the test: one that outlived it (a detached job finishing, a job whose test
+    failed before its cleanup, a requeued job waiting for its BeginTime) ran later, beside another test's,
+    and showed up in that test's checks."""
+    yield
+    root = request.node.funcargs.get("tmp_path")  # where each SLURM test submits from
+    if "slurm" not in request.fixturenames or root is None:
+        return
+    left = jobs_under(root)
+    if left:
+        subprocess.run(["scancel", *(line.split()[0] for line in left)], capture_output=True, timeout=60)
 
 
 def stop_slurm_started_by_tests(root) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.conftest import jobs_under
 from tests.conftest import run_module
 
 # under pytest-xdist (make test) these share one worker: one local SLURM node, jobs queued one test at a time
@@ -475,8 +476,10 @@ def test_settings_sbatch_would_refuse_or_misread_fail_in_one_line(slurm, pendulu
         # sbatch refused, submitit's pickled jobs) that looked like a sweep whose jobs never wrote anything
         assert not list(root.glob("logs/*/multiruns/*")), list(root.rglob("*"))
         assert not list(root.glob("logs/*/optuna/*")), list(root.rglob("*"))
-    # nothing was queued by any of them
-    assert not subprocess.run(["squeue", "-h", "--me"], capture_output=True, text=True).stdout.strip()
+    # nothing was queued by any of them (other tests' jobs may be: only those submitted from here count)
+    queued = jobs_under(tmp_path)
+    assert not queued, [subprocess.run(["scontrol", "show", "job", line.split()[0]], capture_output=True,
+                                       text=True).stdout for line in queued]  # fmt: skip
 
 
 def test_a_job_under_the_account_and_qos_it_names_runs_and_is_accounted_there(slurm, pendulum_data, tmp_path):
