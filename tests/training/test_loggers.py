@@ -95,10 +95,16 @@ def test_wandb_login_detection(tmp_path, monkeypatch):
 
 
 def test_terminal_run_shows_progress_bar_with_updates_and_eval_return(tmp_path, data_dir):
-    """Under a pseudo-terminal (`script`) the rich bar shows updates, updates/s and the eval return."""
+    """Under a pseudo-terminal (`script`) the rich bar shows updates, updates/s and the eval return, and what
+    a terminal shows at the end (pyte replays the output) is each log line once and whole above one bar.
+    The log handler used to write past rich's redirect: each log line left a stale copy of the bar on the
+    screen, a wrapped line lost its end under the redrawn bar, and "`Trainer.fit` stopped" was erased."""
+    import os
     import shutil
     import subprocess
     import sys
+
+    import pyte
 
     if shutil.which("script") is None:
         pytest.skip("needs util-linux `script` to provide a pseudo-terminal")
@@ -107,18 +113,31 @@ def test_terminal_run_shows_progress_bar_with_updates_and_eval_return(tmp_path, 
         f"eval.episodes=2 callbacks.policy_eval.episodes=2 paths.data_dir={data_dir} "
         f"hydra.run.dir={tmp_path}/run"
     )
+    width = 100
     proc = subprocess.run(
         ["script", "-q", "-e", "-c", command, "/dev/null"],
         capture_output=True,
-        text=True,
         timeout=300,
         cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "COLUMNS": str(width), "LINES": "40"},
     )
-    assert proc.returncode == 0, proc.stdout[-2000:]
+    stdout = proc.stdout.decode(errors="replace")
+    assert proc.returncode == 0, stdout[-2000:]
     # the bar counts updates (200), not blocks of 50 against data.steps_per_epoch (it showed "4/100")
     for text in ["updates", "updates/s", "eval_return", "200/200"]:
-        assert text in proc.stdout, text
-    assert "4/100" not in proc.stdout and "Epoch" not in proc.stdout
+        assert text in stdout, text
+    assert "4/100" not in stdout and "Epoch" not in stdout
+
+    screen = pyte.HistoryScreen(width, 40, history=1000)
+    screen.set_mode(pyte.modes.LNM)  # the pty turned "\n" into "\r\n"; keep a bare "\n" a new line too
+    pyte.ByteStream(screen).feed(proc.stdout)
+    rows = [("".join(row[x].data for x in range(width))) for row in screen.history.top] + screen.display
+    shown = " ".join(row.strip() for row in rows if row.strip())  # wrapped lines joined again
+    for step in (0, 100, 200):
+        assert shown.count(f"step {step}/200: eval return") == 1, shown
+    assert re.search(r"step 200/200: eval return -?[\d.]+ ± [\d.]+ \(normalized -?[\d.]+\)", shown), shown
+    assert "`Trainer.fit` stopped: `max_steps=200` reached." in shown, shown
+    assert sum(row.lstrip().startswith("updates ━") for row in rows) == 1, "\n".join(rows)
 
 
 def test_a_misspelt_or_unusable_wandb_mode_is_refused_in_one_line(tmp_path):

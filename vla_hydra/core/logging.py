@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 
 def _global_rank() -> int:
@@ -24,6 +25,25 @@ def get_logger(name: str) -> logging.Logger:
     if not any(isinstance(f, _RankZeroFilter) for f in logger.filters):
         logger.addFilter(_RankZeroFilter())
     return logger
+
+
+class _CurrentStdout:
+    """`sys.stdout` as it is at each write: the stream of the console log handler (conf/hydra/default.yaml).
+    Lightning's progress bar (rich) swaps sys.stdout for a proxy that prints above the live bar while it
+    runs; a handler holding the stream it was given at start-up wrote past that proxy, into the bar, and each
+    log line left a stale copy of the bar on the screen (and a wrapped line lost its end under the bar)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+
+CURRENT_STDOUT = _CurrentStdout()
 
 
 RANK_ZERO_LOGGERS = (
