@@ -317,3 +317,17 @@ def test_a_refused_continuation_leaves_the_run_dir_as_it_was(tmp_path, data_dir,
     assert sorted(p.name for p in (run / ".hydra" / "earlier").iterdir()) == ["1"]
     assert "trainer.max_steps=50" in (run / ".hydra" / "earlier" / "1" / "overrides.yaml").read_text()
     assert "trainer.max_steps=80" in (run / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_a_moved_run_continued_with_nothing_left_to_train_still_names_its_checkpoint(tmp_path, data_dir):
+    """A run dir copied elsewhere (e.g. from the cluster) and continued there with trainer.max_steps at
+    the checkpoint's step evaluates that checkpoint, but its results.json said "checkpoint": null:
+    Lightning saved nothing, and restores the last checkpoint's name only for the dir it was saved in."""
+    import shutil
+
+    _, first = train(small_train_config(tmp_path / "cluster", data_dir, ["trainer.max_steps=50"]))
+    shutil.copytree(tmp_path / "cluster" / "run", tmp_path / "laptop" / "run")
+    moved_ckpt = tmp_path / "laptop" / "run" / "checkpoints" / "last.ckpt"
+    continued = ["trainer.max_steps=50", f"ckpt_path={moved_ckpt}"]
+    _, again = train(small_train_config(tmp_path / "laptop", data_dir, continued))
+    assert again["train_steps"] == 50 and again["checkpoint"] == str(moved_ckpt)

@@ -92,5 +92,7 @@ def last_checkpoint(trainer, callbacks: list) -> str:
         fallback = Path(checkpointing[0].dirpath) / "last.ckpt"
         if not trainer.strategy.broadcast(fallback.exists()):
             trainer.save_checkpoint(fallback, weights_only=False)
-            last_ckpt = str(fallback)
+        # an existing one is the checkpoint this run continued with nothing left to train (a run dir
+        # holding another's is refused before training); Lightning names it only in the dir it was saved in
+        last_ckpt = str(fallback)
     return last_ckpt
