@@ -42,6 +42,25 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, data_dir):
     assert Throughput(resuming=True).wall_seconds_all_legs(1.0) is None
 
 
+def test_a_run_continued_from_a_budget_that_cut_its_last_block_equals_an_uninterrupted_run(
+    tmp_path, data_dir
+):
+    """trainer.max_steps=70 trains 50 + 20 of TD3+BC's 50-update blocks; continued to 150, the run skipped the
+    cut block's other 30 batches and its blocks ended at 120, 170 instead of 100, 150: other weights,
+    other evaluation steps than the uninterrupted run's. It now trains the cut block's rest first."""
+    steps = ["algo=td3bc", "trainer.max_steps=150", "eval.every_n_updates=50"]
+    _, straight = train(small_train_config(tmp_path / "straight", data_dir, steps))
+    _, cut = train(small_train_config(tmp_path / "split", data_dir, [*steps, "trainer.max_steps=70"]))
+    _, resumed = train(
+        small_train_config(tmp_path / "resumed", data_dir, [*steps, f"ckpt_path={cut['checkpoint']}"])
+    )
+
+    a = torch.load(straight["checkpoint"], weights_only=False)["state_dict"]
+    b = torch.load(resumed["checkpoint"], weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["step"] for h in resumed["eval_history"]] == [h["step"] for h in straight["eval_history"]]
+
+
 def test_resume_checkpoint_prefers_own_run_dir_only_with_auto_resume(tmp_path):
     own = tmp_path / "checkpoints" / "last.ckpt"
     given = tmp_path / "given.ckpt"

@@ -283,13 +283,22 @@ class PolicyAlgorithm(L.LightningModule):
         else:
             optimizer.step()
 
+    def updates_into_block(self) -> int:
+        """How many of the current minibatch block's updates are trained already: 0, except when continuing a
+        run whose trainer.max_steps cut its last block short; the continuation trains that block's rest first
+        (the sampler draws it again), so it takes the batches and step boundaries of an uninterrupted run."""
+        if self._trainer is None or type(self).training_step is not PolicyAlgorithm.training_step:
+            return 0  # an algorithm with its own training_step (online ones) counts its updates its own way
+        return self.trainer.global_step % self.updates_per_step
+
     def training_step(self, block: dict[str, torch.Tensor], batch_idx: int) -> None:
         optimizers = self.optimizers()
-        updates = self.updates_per_step
+        done = self.updates_into_block()
+        updates = self.updates_per_step - done
         max_steps = self.trainer.max_steps if self._trainer is not None else -1
         if max_steps >= 0:  # the last block stops at trainer.max_steps, which counts updates exactly
             updates = max(1, min(updates, max_steps - self.trainer.global_step))
-        figures = [self.update(batch, optimizers) for batch in split_block(block, updates)]
+        figures = [self.update(batch, optimizers) for batch in split_block(block, done + updates)[done:]]
         if self.logging_this_step():  # summed only on the steps that write them (1 in log_every_n_steps)
             totals: dict[str, torch.Tensor] = {}
             for losses in figures:

@@ -304,7 +304,8 @@ class ResumeState(L.Callback):
         # (online algorithms' ticks, data=rollouts, are a plain iterator: nothing to position)
         dataset = getattr(trainer.train_dataloader, "dataset", None)
         if isinstance(dataset, torch.utils.data.IterableDataset):
-            drawn = advance_iterable(dataset, self.batches_consumed)
+            # a block that trainer.max_steps cut short is drawn again: its rest is trained first
+            drawn = advance_iterable(dataset, self.batches_consumed - bool(pl_module.updates_into_block()))
             log.info(f"resume: sampler advanced past the {drawn} batches already trained on")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
