@@ -754,9 +754,12 @@ def test_a_sweep_into_a_finished_sweep_dir_is_refused_before_anything_is_written
     kept = {p: p.read_bytes() for p in [sweep / "multirun.yaml", *sweep.glob("0/**/*.*")] if p.is_file()}
     again = run_module("vla_hydra.train", *args, "trainer.max_steps=100", f"hydra.sweep.dir={sweep}")
     assert again.returncode == 1
+    # it used to name the job's dir and say to continue it with ckpt_path=, which the sweep then refused:
+    # ckpt_path= goes to every job of a sweep, so a run is continued alone, in its own dir
     assert again.stderr.strip().splitlines() == [
-        f"error: run dir {sweep / '0'} holds a finished run (results.json); choose another hydra.run.dir / "
-        f"hydra.sweep.dir, or continue that run with ckpt_path={sweep / '0' / 'checkpoints' / 'last.ckpt'}"
+        f"error: hydra.sweep.dir={sweep}: holds runs ({sweep / '0'}); a sweep writes its own job dirs: choose "
+        f"a new dir (continue one of its runs alone with ckpt_path={sweep / '0' / 'checkpoints' / 'last.ckpt'} "
+        f"hydra.run.dir={sweep / '0'})"
     ]
     assert all(p.read_bytes() == data for p, data in kept.items())
 

@@ -250,8 +250,9 @@ def test_a_run_dir_in_use_or_holding_an_interrupted_run_is_refused_before_anythi
     with pytest.raises(SystemExit):
         refuse_finished_run_dir_early(["-m", "seed=0,1", f"hydra.sweep.dir={sweep}"])
     assert capsys.readouterr().err.splitlines() == [
-        f"error: run dir {sweep / '1'} holds an unfinished run (checkpoints/last.ckpt); continue it with "
-        f"ckpt_path={sweep / '1' / 'checkpoints' / 'last.ckpt'}, or choose another hydra.run.dir"
+        f"error: hydra.sweep.dir={sweep}: holds runs ({sweep / '1'}); a sweep writes its own job dirs: choose "
+        f"a new dir (continue one of its runs alone with ckpt_path={sweep / '1' / 'checkpoints' / 'last.ckpt'} "
+        f"hydra.run.dir={sweep / '1'})"
     ]
     refuse_finished_run_dir_early(["-m", "cluster=slurm", "seed=0,1", f"hydra.sweep.dir={sweep}"])
     again = run_module(

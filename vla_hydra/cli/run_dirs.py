@@ -38,11 +38,7 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
                 for p in [*sweep_dir.glob("*/results.json"), *sweep_dir.glob(f"*/{RUN_DIR_CHECKPOINT}")]
             )
             if held:
-                exit_with_error(
-                    f"hydra.sweep.dir={sweep_dir}: holds runs ({held[0]}); a sweep writes its own job "
-                    f"dirs: choose a new dir (continue one of its runs alone with "
-                    f"ckpt_path={held[0] / RUN_DIR_CHECKPOINT} hydra.run.dir={held[0]})"
-                )
+                exit_with_error(_sweep_dir_holds_runs(sweep_dir, held[0]))
         if run_dir is not None and writes and run_dir.is_dir():
             try:  # a live run's config must not be replaced by a command that will be refused
                 from vla_hydra.cluster.resume import refuse_another_runs_dir, refuse_run_dir_in_use
@@ -81,12 +77,27 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
         )
 
         if finished:
+            if finished[0] != run_dir:  # a job dir of the sweep, whose own line said to add ckpt_path=
+                exit_with_error(_sweep_dir_holds_runs(sweep_dir, finished[0]))
             refuse_finished_run_dir(finished[0])
         for job_dir in [run_dir] if run_dir is not None and run_dir.is_dir() else interrupted:
             refuse_run_dir_in_use(job_dir)  # first: a running run's dir is not an interrupted one
+            if job_dir != run_dir:
+                exit_with_error(_sweep_dir_holds_runs(sweep_dir, job_dir))
             refuse_unfinished_run_dir(job_dir)
     except CheckpointError as err:
         exit_with_error(str(err))
+
+
+def _sweep_dir_holds_runs(sweep_dir: Path, run: Path) -> str:
+    """A sweep into a dir that holds runs: a sweep's ckpt_path= would go to every job, so continuing one of
+    them is a run of its own."""
+    from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT
+
+    return (
+        f"hydra.sweep.dir={sweep_dir}: holds runs ({run}); a sweep writes its own job dirs: choose a new dir "
+        f"(continue one of its runs alone with ckpt_path={run / RUN_DIR_CHECKPOINT} hydra.run.dir={run})"
+    )
 
 
 # Hydra flags that print and exit without writing a run dir
