@@ -135,6 +135,21 @@ def test_a_trained_checkpoint_is_the_expert(tmp_path, data_dir):
     assert results["env_steps"] == 200
 
 
+def test_an_expert_checkpoint_of_other_observations_names_the_env_settings(tmp_path, data_dir):
+    """A CartPole expert trained on stacked frames, as DAgger's expert in plain CartPole: refused before
+    anything is built (it used to fail at the first labels: "the expert returned actions of shape ()")."""
+    stack = "{_target_: gymnasium.wrappers.FrameStackObservation, _partial_: true, stack_size: 4}"
+    ppo = ["algo=ppo", "env=cartpole", "algo.total_timesteps=512", "trainer.max_steps=-1", "eval.episodes=2"]
+    _, expert = train(small_train_config(tmp_path / "ppo", data_dir, [*ppo, f"env.wrappers=[{stack}]"]))
+    dagger = ["env=cartpole", "model=stochastic_policy", f"algo.expert_ckpt={expert['checkpoint']}"]
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("acts on observations of shape (4, 4), but this run's CartPole-v1 gives (4,)"),
+    ):
+        train(_dagger_cfg(tmp_path / "dagger", data_dir, dagger))
+    assert not (tmp_path / "dagger" / "run" / "checkpoints").exists()
+
+
 def test_an_expert_checkpoint_from_another_env_names_the_env_to_select(tmp_path, data_dir):
     from hydra.utils import instantiate
 

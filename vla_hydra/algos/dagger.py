@@ -70,6 +70,14 @@ def load_expert_checkpoint(expert_ckpt: str, spec: EnvSpec, device: str):
             f"(action dim {expert.spec.action_dim}), but env is {spec.env_id} "
             f"(action dim {spec.action_dim}); run with {env_choice_hint(expert.spec.env_id)}"
         )
+    trained_shape, shape = tuple(expert.spec.observation_shape), tuple(spec.observation_shape)
+    if trained_shape != shape:
+        # e.g. trained with a frame-stacking env.wrappers: it failed on the first labels, blaming the expert
+        raise ConfigError(
+            f"algo.expert_ckpt={expert_ckpt}: acts on observations of shape {trained_shape}, but this run's "
+            f"{spec.env_id} gives {shape}; run with the env settings (env.wrappers, env.kwargs) of the run "
+            "that wrote it"
+        )
     return expert
 
 
