@@ -109,6 +109,28 @@ def test_collect_rolls_out_a_trained_checkpoint_in_its_own_env(tmp_path, data_di
     assert meta["dataset_return_mean"] == pytest.approx(expected.return_mean, rel=1e-4)
 
 
+def test_a_checkpoint_trained_on_stacked_frames_collects_with_random_reference_returns(tmp_path, data_dir):
+    """A PPO CartPole checkpoint trained with a FrameStackObservation wrapper ((4, 4) observations): the
+    uniform-random reference policy took every axis but the last as the batch and returned (n, 4)
+    actions, so collection ended in "UniformRandomPolicy returned actions of shape (50, 4)"."""
+    from tests.conftest import small_train_config
+    from vla_hydra.collect import CollectionRecipe, collect_dataset
+    from vla_hydra.eval import CheckpointPolicy
+    from vla_hydra.train import train
+
+    stack = "{_target_: gymnasium.wrappers.FrameStackObservation, _partial_: true, stack_size: 4}"
+    overrides = ["algo=ppo", "env=cartpole", "algo.total_timesteps=512", "trainer.max_steps=-1"]
+    cfg = small_train_config(tmp_path, data_dir, [*overrides, f"env.wrappers=[{stack}]", "eval.episodes=2"])
+    _, results = train(cfg)
+    recipe = CollectionRecipe(
+        env_id=None, behavior_policy=CheckpointPolicy(results["checkpoint"]), episodes=2, reference_episodes=4
+    )
+    summary = collect_dataset(recipe, tmp_path / "stacked.hdf5")
+    arrays, meta = read_d4rl_hdf5(tmp_path / "stacked.hdf5")
+    assert arrays["observations"].shape[1:] == (4, 4) and arrays["actions"].dtype == np.int64
+    assert summary["episodes"] == 2 and 5 < meta["ref_random_return"] < 100  # CartPole's random: ~22
+
+
 def test_a_decision_transformer_checkpoint_collects_the_episodes_it_evaluates(tmp_path, data_dir):
     """A DT acts from its context and returns-to-go: collection drives them like evaluation does (a fresh
     context per batch of episodes, returns-to-go lowered by each reward), not one endless context."""

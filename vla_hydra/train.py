@@ -223,6 +223,7 @@ def _build_run(cfg: DictConfig, ckpt_path: str | None):
     datamodule.setup("fit")
     datamodule.check_compatible(spec)
     algo = build_algorithm(cfg.algo, spec, instantiate(cfg.model), datamodule.stats())
+    algo.algo_choice, algo.dataset_name = hydra_choice("algo"), datamodule.name
     max_steps = int(cfg.trainer.get("max_steps", -1))
     if ckpt_path and Path(ckpt_path).is_file():
         check_resumable(
@@ -239,7 +240,6 @@ def _build_run(cfg: DictConfig, ckpt_path: str | None):
             "from a fixed dataset and has no other end; expected a number of gradient updates >= 1"
         )
     algo.run_config = OmegaConf.to_container(cfg, resolve=True)
-    algo.algo_choice, algo.dataset_name = hydra_choice("algo"), datamodule.name
     algo.ref_returns = _scoring_references(cfg, env, datamodule)
     return env, datamodule, algo
 

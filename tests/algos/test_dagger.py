@@ -101,6 +101,19 @@ def test_resume_continues_with_the_aggregate_dataset(tmp_path, data_dir):
     assert torch.equal(final["data"]["labels"][:400], saved["data"]["labels"])
 
 
+def test_a_continuation_with_a_budget_already_spent_keeps_every_label(tmp_path, data_dir):
+    """Continuing a DAgger run without repeating its larger algo.total_timesteps sized the aggregate
+    dataset by the smaller budget and ended in a ValueError traceback while loading the checkpoint; now
+    the run trains no further (as PPO's does), is evaluated, and its checkpoint keeps all the labels."""
+    fast = ["algo.total_timesteps=400", "algo.updates_per_iteration=10", "eval.episodes=2"]
+    _, first = train(_dagger_cfg(tmp_path / "a", data_dir, fast))
+    spent = [*fast[1:], "algo.total_timesteps=200", f"ckpt_path={first['checkpoint']}"]
+    _, resumed = train(_dagger_cfg(tmp_path / "b", data_dir, spent))
+    assert resumed["env_steps"] == 400 and resumed["train_steps"] == first["train_steps"]
+    kept = torch.load(resumed["checkpoint"], weights_only=False)["dagger_dataset"]
+    assert kept["size"] == 400
+
+
 def test_a_trained_checkpoint_is_the_expert(tmp_path, data_dir):
     _, bc = train(small_train_config(tmp_path / "bc", data_dir, ["trainer.max_steps=100"]))
     cfg = _dagger_cfg(tmp_path / "dagger", data_dir, [f"algo.expert_ckpt={bc['checkpoint']}", "debug=fdr"])
@@ -120,6 +133,21 @@ def test_a_trained_checkpoint_is_the_expert(tmp_path, data_dir):
     # and a whole (fast_dev_run) iteration trains with it
     _, results = train(cfg)
     assert results["env_steps"] == 200
+
+
+def test_an_expert_checkpoint_of_other_observations_names_the_env_settings(tmp_path, data_dir):
+    """A CartPole expert trained on stacked frames, as DAgger's expert in plain CartPole: refused before
+    anything is built (it used to fail at the first labels: "the expert returned actions of shape ()")."""
+    stack = "{_target_: gymnasium.wrappers.FrameStackObservation, _partial_: true, stack_size: 4}"
+    ppo = ["algo=ppo", "env=cartpole", "algo.total_timesteps=512", "trainer.max_steps=-1", "eval.episodes=2"]
+    _, expert = train(small_train_config(tmp_path / "ppo", data_dir, [*ppo, f"env.wrappers=[{stack}]"]))
+    dagger = ["env=cartpole", "model=stochastic_policy", f"algo.expert_ckpt={expert['checkpoint']}"]
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("acts on observations of shape (4, 4), but this run's CartPole-v1 gives (4,)"),
+    ):
+        train(_dagger_cfg(tmp_path / "dagger", data_dir, dagger))
+    assert not (tmp_path / "dagger" / "run" / "checkpoints").exists()
 
 
 def test_an_expert_checkpoint_from_another_env_names_the_env_to_select(tmp_path, data_dir):

@@ -266,6 +266,33 @@ def test_resume_continues_env_steps_and_replay_buffer(tmp_path, data_dir, save_b
         torch.testing.assert_close(
             buffer["data"]["observations"][:400], ckpt[REPLAY_BUFFER_KEY]["data"]["observations"]
         )
+        # continued with a smaller algo.buffer_size: it keeps the newest 500 transitions (the larger
+        # saved buffer used to end the run in a ValueError traceback, as did a budget already spent)
+        smaller = small_train_config(
+            tmp_path / "c",
+            data_dir,
+            [
+                *common,
+                "algo.total_timesteps=700",
+                "algo.buffer_size=500",
+                f"ckpt_path={resumed['checkpoint']}",
+            ],
+        )
+        _, continued = train(smaller)
+        assert continued["env_steps"] == 700
+        newest = torch.load(continued["checkpoint"], map_location="cpu", weights_only=False)[
+            REPLAY_BUFFER_KEY
+        ]
+        assert newest["size"] == 500 and newest["added"] == 700
+        spent = small_train_config(
+            tmp_path / "d",
+            data_dir,
+            [*common, "algo.total_timesteps=400", f"ckpt_path={resumed['checkpoint']}"],
+        )
+        _, unchanged = train(spent)
+        assert unchanged["env_steps"] == 600 and unchanged["train_steps"] == resumed["train_steps"]
+        kept = torch.load(unchanged["checkpoint"], map_location="cpu", weights_only=False)[REPLAY_BUFFER_KEY]
+        assert kept["size"] == 600
     else:
         # an empty buffer first refills learning_starts (100) transitions of the current policy
         assert int(ckpt2["state_dict"]["update_rounds"]) == 300 + 200 - 99

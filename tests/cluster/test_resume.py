@@ -168,6 +168,25 @@ def test_resuming_an_online_run_in_another_env_names_the_env_to_use(tmp_path, da
     )
 
 
+def test_resuming_with_the_other_ppo_choice_names_the_algo_choice(tmp_path, data_dir, monkeypatch):
+    """algo=ppo and algo=ppo_continuous are one class, so ckpt_path= of a ppo run under
+    algo=ppo_continuous passed the algorithm check and failed on weight shapes, telling the user to
+    resume with other model=/data=/env= settings when the algo= choice was what differed."""
+    from vla_hydra.core.exceptions import CheckpointError
+
+    budget = ["env=cartpole", "algo.total_timesteps=512", "env.num_envs=4", "algo.num_steps=128"]
+    # the algo= choice as a command line under Hydra gives it (compose gives none)
+    monkeypatch.setattr("vla_hydra.train.hydra_choice", lambda group: "ppo")
+    _, ppo = train(small_train_config(tmp_path / "a", data_dir, ["algo=ppo", *budget, "eval.episodes=2"]))
+    monkeypatch.setattr("vla_hydra.train.hydra_choice", lambda group: "ppo_continuous")
+    resumed = ["algo=ppo_continuous", *budget, f"ckpt_path={ppo['checkpoint']}"]
+    with pytest.raises(CheckpointError) as err:
+        train(small_train_config(tmp_path / "b", data_dir, resumed))
+    assert str(err.value).endswith(
+        "resume with the algo=ppo (not ppo_continuous) and the model=/data=/env= settings of the run that wrote it"
+    )
+
+
 def test_advance_iterable_restarts_finished_epochs():
     class Counter(torch.utils.data.IterableDataset):
         def __init__(self):

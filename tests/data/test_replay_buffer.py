@@ -78,6 +78,24 @@ def test_a_full_ring_restored_into_a_larger_one_stays_oldest_first():
     assert larger.chronological()["rewards"].tolist() == [3, 4, 5, 6, 7]
 
 
+def test_a_ring_restored_into_a_smaller_one_keeps_its_newest_entries():
+    """Resuming SAC with a lower algo.buffer_size (or a budget already spent) restored a larger ring than
+    the new capacity: it ended the run in a ValueError traceback. Now the newest entries are kept, oldest
+    first, as `add` keeps them, and the ring goes on overwriting the oldest."""
+    full = _ring(4)
+    full.add(_block([1, 2, 3]))
+    full.add(_block([4, 5, 6]))  # stored as [5, 6, 3, 4]
+    partial = _ring(8)
+    partial.add(_block([1, 2, 3, 4, 5, 6]))
+    for saved in (full, partial):
+        smaller = _ring(3)
+        smaller.load_state_dict(saved.state_dict())
+        assert smaller.chronological()["rewards"].tolist() == [4, 5, 6]
+        assert smaller.overwritten and smaller.added == 6
+        smaller.add(_block([7]))
+        assert smaller.chronological()["rewards"].tolist() == [5, 6, 7]
+
+
 def test_state_of_another_layout_is_refused():
     state = _ring(4).state_dict()
     with pytest.raises(ValueError, match="fields"):

@@ -70,6 +70,14 @@ def load_expert_checkpoint(expert_ckpt: str, spec: EnvSpec, device: str):
             f"(action dim {expert.spec.action_dim}), but env is {spec.env_id} "
             f"(action dim {spec.action_dim}); run with {env_choice_hint(expert.spec.env_id)}"
         )
+    trained_shape, shape = tuple(expert.spec.observation_shape), tuple(spec.observation_shape)
+    if trained_shape != shape:
+        # e.g. trained with a frame-stacking env.wrappers: it failed on the first labels, blaming the expert
+        raise ConfigError(
+            f"algo.expert_ckpt={expert_ckpt}: acts on observations of shape {trained_shape}, but this run's "
+            f"{spec.env_id} gives {shape}; run with the env settings (env.wrappers, env.kwargs) of the run "
+            "that wrote it"
+        )
     return expert
 
 
@@ -129,12 +137,14 @@ class DAgger(OnlineAlgorithm):
         self.dataset = self._new_dataset("cpu")
         self._expert_act: Callable[[np.ndarray], np.ndarray] | None = None
 
-    def _new_dataset(self, device) -> ReplayBuffer:
+    def _new_dataset(self, device, holding: int = 0) -> ReplayBuffer:
         """DAgger's aggregate D: (raw observation, expert label) pairs. A ring that never wraps: every
-        env step adds one pair, so the env-step budget (+ one vector step of slack) bounds its size."""
+        env step adds one pair, so the env-step budget (+ one vector step of slack) bounds its size; a
+        resumed run's also holds the `holding` pairs its checkpoint restores (a continuation whose budget
+        is below them trains no further, and must not drop labels from the checkpoint it saves again)."""
         label_shape = () if self.spec.discrete else (self.spec.action_dim,)
         fields = {"observations": tuple(self.spec.observation_shape), "labels": label_shape}
-        return ReplayBuffer(self.total_timesteps + self.num_envs, fields, device)
+        return ReplayBuffer(max(self.total_timesteps, holding) + self.num_envs, fields, device)
 
     def normalized_action(self, normalized_obs: torch.Tensor) -> torch.Tensor:
         return self.actor(normalized_obs)
@@ -182,7 +192,7 @@ class DAgger(OnlineAlgorithm):
         self.expert_labels(self.obs)  # an expert for another env fails here, before any evaluation
         if self.dataset.device != self.device:  # keeps what a resumed checkpoint restored
             restored = self.dataset.state_dict()
-            self.dataset = self._new_dataset(self.device)
+            self.dataset = self._new_dataset(self.device, len(self.dataset))
             self.dataset.load_state_dict(restored)
 
     # -- one iteration -------------------------------------------------------------------------
@@ -245,4 +255,6 @@ class DAgger(OnlineAlgorithm):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if _DATASET_KEY in checkpoint:
-            self.dataset.load_state_dict(checkpoint[_DATASET_KEY])
+            restored = checkpoint[_DATASET_KEY]
+            self.dataset = self._new_dataset(self.dataset.device, int(restored["size"]))
+            self.dataset.load_state_dict(restored)

@@ -256,7 +256,9 @@ class SAC(OnlineAlgorithm):
             "terminals": (),
             "timeouts": (),  # truncated and not terminated: only for writing episode-ordered files
         }
-        capacity = min(self.buffer_size, max(self.total_timesteps, self.batch_size))
+        # a continuation below the env steps already run trains no further, and keeps its restored buffer
+        run_steps = max(self.total_timesteps, int(self.env_steps), self.batch_size)
+        capacity = min(self.buffer_size, run_steps)
         # a multiple of num_envs, so each env's rows stay on one residue class (ReplayBuffer.chronological)
         capacity = max(capacity - capacity % self.num_envs, self.num_envs)
         return ReplayBuffer(capacity, fields, self.device)

@@ -215,10 +215,17 @@ def check_resumable(
     problems += [f"{k}: {saved[k]} in the checkpoint, {shape} here" for k, shape in expected.items()
                  if k in saved and saved[k] != shape]  # fmt: skip
     if problems:
+        # algo=ppo and algo=ppo_continuous are one class (the check above passes): the choice is named
+        written_by, chosen = meta.get("algo_choice"), getattr(algo, "algo_choice", None)
+        other_choice = (
+            f"algo={written_by} (not {chosen}) and the "
+            if written_by and chosen and chosen != written_by
+            else ""
+        )
         raise CheckpointError(
             f"ckpt_path={ckpt_path}: its weights do not fit this config ({problems[0]}"
             + (f"; {len(problems) - 1} more" if len(problems) > 1 else "")
-            + "): resume with the model=/data=/env= settings of the run that wrote it"
+            + f"): resume with the {other_choice}model=/data=/env= settings of the run that wrote it"
         )
     trained_config = meta.get("config") or {}
     trained_seed = trained_config.get("seed")

@@ -156,21 +156,23 @@ class ReplayBuffer:
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        if int(state["size"]) > self.capacity:
-            raise ValueError(
-                f"replay buffer state holds {state['size']} transitions, more than capacity {self.capacity}"
-            )
         if set(state["data"]) != set(self.data):
             raise ValueError(f"replay buffer fields {sorted(state['data'])} != {sorted(self.data)}")
-        self.size = int(state["size"])
-        self.added = int(state.get("added", self.size))  # states saved before 2026-11-27 lack it
-        # a ring that is not full has written exactly `size` entries from index 0
-        self.position = int(state["position"]) % self.capacity if self.size == self.capacity else self.size
-        shift = 0
-        if self.size < self.capacity and self.size == int(state.get("capacity", self.size)):
-            # a full ring restored into a larger one: its oldest entry (at the saved write position)
-            # goes to index 0, so the entries lie oldest first, as a partial ring's must (chronological)
-            shift = -int(state["position"])
-        for key, value in state["data"].items():
-            value = value.roll(shift, dims=0) if shift else value
+        saved_size = int(state["size"])
+        data = dict(state["data"])
+        if saved_size == int(state.get("capacity", saved_size)) and saved_size != self.capacity:
+            # a full ring's oldest entry is at its saved write position: put the entries oldest first
+            # (restored as they lay into a larger ring, the replay dataset written from it (chronological)
+            # ran the newest rows before the oldest, splicing episodes together)
+            data = {key: value.roll(-int(state["position"]), dims=0) for key, value in data.items()}
+        self.size = min(saved_size, self.capacity)
+        if saved_size > self.capacity:
+            # a smaller ring (a lower algo.buffer_size on resume): the newest `capacity` entries, as `add`
+            # keeps them (this used to end the resumed run in a traceback)
+            data = {key: value[-self.capacity :] for key, value in data.items()}
+        self.added = int(state.get("added", saved_size))  # states saved before 2026-11-27 lack it
+        # entries lie oldest first from index 0 unless the ring keeps its saved layout (same capacity)
+        same_layout = saved_size == self.capacity == int(state.get("capacity", saved_size))
+        self.position = int(state["position"]) % self.capacity if same_layout else self.size % self.capacity
+        for key, value in data.items():
             self.data[key][: self.size] = value.to(self.device, self.data[key].dtype)

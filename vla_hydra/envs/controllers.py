@@ -58,7 +58,8 @@ class UniformRandomPolicy:
         self._rng = np.random.default_rng(seed)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        batch = np.asarray(obs).shape[:-1]
+        # one action per row of the batch, whatever each observation's shape (a frame stack's (k, d) too)
+        batch = np.shape(obs)[:1]
         if self.discrete:
             return self._rng.integers(int(self.low[0]), int(self.high[0]) + 1, size=batch)
         return self._rng.uniform(self.low, self.high, size=(*batch, *self.low.shape)).astype(np.float32)
