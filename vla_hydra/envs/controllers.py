@@ -50,7 +50,8 @@ class CartPoleBalance:
 
 class UniformRandomPolicy:
     """Uniform actions in the env's bounds: the 'random' reference policy. `discrete`: class indices
-    in [low, high] (a Discrete(n) env's spec has low [0], high [n - 1]), one per observation."""
+    in [low, high] (a Discrete(n) env's spec has low [0], high [n - 1]). Called with a batch of
+    observations (one row per env, as collection's vector envs give them): one action per row."""
 
     def __init__(self, low, high, seed: int = 0, discrete: bool = False):
         self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
