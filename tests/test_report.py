@@ -144,10 +144,10 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
         overrides = ["algo=x", f"seed={seed}", "data=alpha"]
         _write_run(a / str(seed), "x", "alpha", seed, ret, score, history, overrides, wall=seed + 1.0)
     # alpha/y at lr 1e-3: scores 60, 66 -> mean 63, std sqrt((3² + 3²) / 1) = 4.243; returns -400, -380 ->
-    # -390 ± 14.14. A third run at lr 3e-4 is another configuration: a row of its own, not in that mean
+    # -390 ± 14.14. A third run at lr 3e-3 is another configuration: a row of its own, not in that mean
     _write_run(a / "3", "y", "alpha", 0, -400, 60, overrides=["algo=y", "seed=0", "algo.lr=1e-3"], steps=100)
     _write_run(a / "4", "y", "alpha", 1, -380, 66, overrides=["algo=y", "seed=1", "algo.lr=1e-3"], steps=200)
-    _write_run(a / "7", "y", "alpha", 0, -300, 70, overrides=["algo=y", "seed=0", "algo.lr=3e-4"], steps=100)
+    _write_run(a / "7", "y", "alpha", 0, -300, 70, overrides=["algo=y", "seed=0", "algo.lr=3e-3"], steps=100)
     (a / "5" / ".hydra").mkdir(parents=True)  # a training job that never wrote results.json
     (a / "5" / "train.log").write_text("")
     (a / "6" / ".hydra").mkdir(parents=True)  # not a training job (e.g. a vla_hydra.eval run): not listed
@@ -165,7 +165,7 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
     assert list(by_key) == [
         ("alpha", "x"),
         ("alpha", "y [algo.lr=1e-3]"),
-        ("alpha", "y [algo.lr=3e-4]"),
+        ("alpha", "y [algo.lr=3e-3]"),
         ("beta", "x"),
         ("beta", "y"),
     ]
@@ -188,14 +188,14 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
     md = report.files["report.md"].read_text()
     assert "| alpha | x | 3 | 0,1,2 | 90.0 ± 10.0 | -200.0 ± 100.0 | 100 | — | 2.0 |" in md
     assert "| alpha | y [algo.lr=1e-3] | 2 | 0,1 | 63.0 ± 4.2 | -390.0 ± 14.1 | 150 |" in md
-    assert "| alpha | y [algo.lr=3e-4] | 1 | 0 | 70.0 | -300.0 | 100 |" in md
+    assert "| alpha | y [algo.lr=3e-3] | 1 | 0 | 70.0 | -300.0 | 100 |" in md
     assert "| beta | x | 2 | 0,1 | — | -12.0 ± 2.8 | 100 |" in md
     assert "| beta | y | 1 | 7 | — | -5.0 | 100 |" in md
     assert "Seeds found: 0, 1, 2, 7." in md
     assert "over all legs of a run continued from a checkpoint (`wall_seconds_all_legs`" in md
     assert "python -m vla_hydra.train -m algo=x seed=0,1,2 data=alpha\n" in md
     assert "python -m vla_hydra.train -m algo=y seed=0,1 algo.lr=1e-3\n" in md
-    assert "python -m vla_hydra.train algo=y seed=0 algo.lr=3e-4\n" in md
+    assert "python -m vla_hydra.train algo=y seed=0 algo.lr=3e-3\n" in md
     assert f"skipped {(a / '5').resolve()}: no results.json" in md and f"{(a / '6').resolve()}" not in md
     assert "(no .hydra/overrides.yaml in its run dirs)" in md  # beta groups
     assert report.table.splitlines()[2].split() == [
@@ -219,7 +219,7 @@ def test_grouping_and_aggregation_on_hand_written_runs(tmp_path):
     assert [(r["dataset"], r["algo"], r["n_runs"]) for r in rows] == [
         ("alpha", "x", "3"),
         ("alpha", "y [algo.lr=1e-3]", "2"),
-        ("alpha", "y [algo.lr=3e-4]", "1"),
+        ("alpha", "y [algo.lr=3e-3]", "1"),
         ("beta", "x", "2"),
         ("beta", "y", "1"),
     ]
@@ -285,6 +285,48 @@ def test_where_a_run_was_launched_and_newer_config_keys_do_not_make_it_another_e
         ("x [algo.extra=(unset)]", [0, 1]),
         ("x [algo.extra=3]", [2]),
     ]
+
+
+def test_how_a_run_was_watched_does_not_make_it_another_experiment(tmp_path):
+    """Its eval interval, loggers, tags or videos: a run continued with another eval interval (or one with
+    logger=tensorboard) used to get a row of its own beside its seeds."""
+    base = "seed: {seed}\nalgo:\n  lr: 0.001\neval:\n  episodes: 20\n  every_n_updates: {every}\n  video: {video}\n"
+    watched = "logger:\n  {logger}: {{save_dir: x}}\ntags: [{tag}]\ntrainer:\n  log_every_n_steps: {log}\n"
+    for seed, (every, video, logger, tag, log) in enumerate(
+        [(1000, "false", "csv", "dev", 1), (250, "true", "tensorboard", "paper", 10)]
+    ):
+        _write_run(tmp_path / str(seed), "x", "alpha", seed, -100.0, 50.0, overrides=[f"seed={seed}"])
+        config = (base + watched).format(seed=seed, every=every, video=video, logger=logger, tag=tag, log=log)
+        (tmp_path / str(seed) / ".hydra" / "config.yaml").write_text(config)
+    assert [(g.algo, g.seeds) for g in write_report([tmp_path], out=tmp_path / "r1").groups] == [
+        ("x", [0, 1])
+    ]
+    # the final evaluation's episodes are part of the score: still two rows
+    _write_run(tmp_path / "2", "x", "alpha", 2, -100.0, 50.0, overrides=["seed=2", "eval.episodes=50"])
+    config = (base + watched).format(seed=2, every=1000, video="false", logger="csv", tag="dev", log=1)
+    (tmp_path / "2" / ".hydra" / "config.yaml").write_text(config.replace("episodes: 20", "episodes: 50"))
+    groups = write_report([tmp_path], out=tmp_path / "r2").groups
+    assert [(g.algo, g.seeds) for g in groups] == [
+        ("x [eval.episodes=20]", [0, 1]),
+        ("x [eval.episodes=50]", [2]),
+    ]
+
+
+def test_rows_of_numeric_settings_follow_their_values(tmp_path):
+    """Sorted as text, `[256, 256]` came before `[64, 64]` and lr 0.001 before 0.0003."""
+    runs = [("[256, 256]", 0.001), ("[64, 64]", 0.001), ("[64, 64]", 0.0003), ("[1024, 1024]", 0.0003)]
+    for seed, (hidden, lr) in enumerate(runs):
+        overrides = [f"seed={seed}", f"model.hidden_dims={hidden}", f"algo.lr={lr}"]
+        _write_run(tmp_path / str(seed), "x", "alpha", seed, -100.0, 50.0, overrides=overrides)
+        config = f"seed: {seed}\nalgo:\n  lr: {lr}\nmodel:\n  hidden_dims: {hidden}\n"
+        (tmp_path / str(seed) / ".hydra" / "config.yaml").write_text(config)
+    labels = [g.algo for g in write_report([tmp_path], out=tmp_path / "r").groups]
+    assert labels == [
+        "x [algo.lr=0.0003, model.hidden_dims=[64, 64]]",
+        "x [algo.lr=0.0003, model.hidden_dims=[1024, 1024]]",
+        "x [algo.lr=0.001, model.hidden_dims=[64, 64]]",
+        "x [algo.lr=0.001, model.hidden_dims=[256, 256]]",
+    ], labels
 
 
 # what .hydra/config.yaml holds for a `algo=dt` training run and for an `eval_only=true ckpt_path=...` run

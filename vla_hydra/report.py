@@ -180,7 +180,9 @@ def _continues_own_checkpoint(override: str, run_dir: Path) -> bool:
 
 
 # keys of the composed config that differ between runs without making them different experiments:
-# where a run was launched (cluster=, its launcher plugins and pre-emption callbacks) and its paths
+# where a run was launched (cluster=, its launcher plugins and pre-emption callbacks) and its paths, and
+# how it was watched (its name and tags, loggers, progress display, how often it was evaluated along the
+# way, logged or checkpointed, videos); a run continued with another eval interval got a row of its own
 _NOT_SETTINGS = (
     "seed",
     "ckpt_path",
@@ -189,6 +191,17 @@ _NOT_SETTINGS = (
     "trainer.plugins",
     "callbacks.preemption",
     "callbacks.resume_state",
+    "task_name",
+    "tags",
+    "logger.",
+    "extras.",
+    "eval.every_n_updates",
+    "eval.video",
+    "callbacks.policy_eval.",
+    "callbacks.model_checkpoint.",
+    "callbacks.progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar",
 )
 
 
@@ -386,11 +399,24 @@ def _split_by_settings(group: Group) -> list[Group]:
     parts: dict[tuple[str, ...], list[Run]] = {}
     for run in group.runs:
         parts.setdefault(tuple(value(run, key) for key in varying), []).append(run)
-    labels = _labels(group.algo, list(varying), sorted(parts), _overridden_keys(group))
-    return [
-        Group(group.dataset, label, parts[values])
-        for label, values in zip(labels, sorted(parts), strict=True)
-    ]
+    ordered = sorted(parts, key=lambda values: tuple(map(_value_order, values)))
+    labels = _labels(group.algo, list(varying), ordered, _overridden_keys(group))
+    return [Group(group.dataset, label, parts[values]) for label, values in zip(labels, ordered, strict=True)]
+
+
+def _value_order(text: str) -> tuple:
+    """Rows in the order of their settings' values: numbers and lists of numbers by value (as text,
+    `[256, 256]` came before `[64, 64]` and 0.001 before 0.0003); anything else ((unset), an interpolation)
+    as text, before them."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+        return (1, tuple(float(v) for v in value), "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, (float(value),), "")
+    return (0, (), text)
 
 
 LABEL_VALUE_CHARS, LABEL_CHARS = 24, 60  # a label is a table cell and a legend entry
