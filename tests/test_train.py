@@ -611,8 +611,15 @@ def test_cached_dataset_from_another_recipe_is_refused(tmp_path, data_dir):
     )
     from vla_hydra.core.exceptions import DatasetError
 
-    with pytest.raises(DatasetError, match="recipe_fingerprint"):
+    with pytest.raises(DatasetError, match="recipe_fingerprint") as err:
         train(changed)
+    advice = f"train on it as it is with data=hdf5 data.path={tmp_path}/p.hdf5"
+    assert str(err.value).endswith(advice), err.value
+    # the advice works (it used to say "point data.path at another file", which the file did not need)
+    as_it_is = small_train_config(
+        tmp_path / "as_it_is", data_dir, ["data=hdf5", "debug=fdr", f"data.path={tmp_path}/p.hdf5"]
+    )
+    assert train(as_it_is) is not None
 
 
 def test_a_file_of_ones_own_at_data_path_is_named_by_its_file_not_the_recipes_dataset(tmp_path, data_dir):

@@ -202,8 +202,10 @@ class OfflineDataModule(L.LightningDataModule):
             raise DatasetError(
                 self.path,
                 "metadata/recipe_fingerprint",
-                "file was collected with a different data.recipe; delete it to re-collect, "
-                "or point data.path at another file",
+                # the file itself is fine: a user who collected it with other recipe settings loads it as
+                # it is (data=hdf5), as the recipe's dataset it would mislabel results
+                f"file was collected with a different data.recipe than data={self.name}'s; delete it to "
+                f"re-collect, or train on it as it is with data=hdf5 data.path={self.path}",
             )
         if self.recipe is not None and stored is None and self.name != self.path.stem:
             # a file of the user's own at data.path, not this recipe's: results and reports name it by
