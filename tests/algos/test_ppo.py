@@ -107,6 +107,15 @@ def test_an_update_limit_that_ends_the_run_before_its_env_step_budget_is_said(tm
     )
 
 
+def test_a_continuation_with_another_seed_is_warned_about_once(tmp_path, data_dir, caplog):
+    """The seed line said it, and the changed-settings line again as algo.seed (the algo's `${seed}`)."""
+    _, first = train(_ppo_cfg(tmp_path / "a", data_dir, 512))
+    with caplog.at_level("WARNING"):
+        train(_ppo_cfg(tmp_path / "b", data_dir, 1024, ["seed=1", f"ckpt_path={first['checkpoint']}"]))
+    assert f"seed=1, but the run that wrote ckpt_path={first['checkpoint']} had seed=0" in caplog.text
+    assert "algo.seed" not in caplog.text and "algo settings other than its run's" not in caplog.text
+
+
 def test_ppo_resume_continues_env_step_budget(tmp_path, data_dir, caplog):
     _, first = train(_ppo_cfg(tmp_path / "a", data_dir, 1024))
     assert (

@@ -242,6 +242,7 @@ def check_resumable(
             for key, value in algo_settings.items()
             if key in trained_algo
             and key not in BUDGET_KEYS
+            and key != "seed"  # online algos' copy of the top-level seed (`${seed}`): said above already
             and value is not None  # unset: filled in at fit start as it was (DT's target_return)
             and not isinstance(value, dict)
             and value != trained_algo[key]
