@@ -287,9 +287,7 @@ class PolicyAlgorithm(L.LightningModule):
         """How many of the current minibatch block's updates are trained already: 0, except when continuing a
         run whose trainer.max_steps cut its last block short; the continuation trains that block's rest first
         (the sampler draws it again), so it takes the batches and step boundaries of an uninterrupted run."""
-        if self._trainer is None or type(self).training_step is not PolicyAlgorithm.training_step:
-            return 0  # an algorithm with its own training_step (online ones) counts its updates its own way
-        return self.trainer.global_step % self.updates_per_step
+        return self.trainer.global_step % self.updates_per_step if self._trainer is not None else 0
 
     def training_step(self, block: dict[str, torch.Tensor], batch_idx: int) -> None:
         optimizers = self.optimizers()

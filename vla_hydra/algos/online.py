@@ -213,6 +213,9 @@ class OnlineAlgorithm(PolicyAlgorithm):
         self._episodes_logged = len(self.episode_log)
 
     # -- the Lightning step --------------------------------------------------------------------
+    def updates_into_block(self) -> int:
+        return 0  # an iteration is never cut short by trainer.max_steps; global_step counts its updates
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
         losses = self.train_iteration(self.optimizers())
         # before the logging check: Lightning writes the last step's logs because should_stop is set, so
