@@ -204,7 +204,7 @@ class OfflineDataModule(L.LightningDataModule):
                 "metadata/recipe_fingerprint",
                 # the file itself is fine: a user who collected it with other recipe settings loads it as
                 # it is (data=hdf5), as the recipe's dataset it would mislabel results
-                f"file was collected with a different data.recipe than data={self.name}'s; delete it to "
+                "file was collected with other data.recipe settings than this run's; delete it to "
                 f"re-collect, or train on it as it is with data=hdf5 data.path={self.path}",
             )
         if self.recipe is not None and stored is None and self.name != self.path.stem:
