@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from vla_hydra.cli.entry import exit_with_error, run_cli
 from vla_hydra.cli.errors import one_line_hydra_errors
 from vla_hydra.cli.overrides import refuse_unread_additions
+from vla_hydra.cluster.warning_signal import release_warning_signal
 from vla_hydra.core.config import CONF_DIR, check_config_values
 from vla_hydra.core.logging import get_logger
 
@@ -206,6 +207,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("export"):
         _refuse_existing_export(cfg.export)  # before any work, not after the evaluation
     algo, env, config = load_policy(cfg.ckpt_path, select_device(cfg.device))
+    release_warning_signal(hand_on=True)  # set up: a time-limit warning held since the job began acts now
     result = rollout_episodes(algo, env, cfg.episodes, cfg.seed, ref_returns=algo.ref_returns)
     results = {
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
@@ -261,6 +263,7 @@ def evaluate_training_run_checkpoint(cfg: DictConfig, output_dir: Path, start: f
     refuse_finished_run_dir(output_dir)
     ckpt_path = Path(str(cfg.ckpt_path)).resolve()
     algo, env, config = load_policy(ckpt_path)
+    release_warning_signal(hand_on=True)
     final = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
     data_config = config.get("data") or {}
     results = {

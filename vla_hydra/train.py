@@ -75,7 +75,9 @@ def _train(
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.loggers import Logger
 
+    from vla_hydra.cluster.preemption import PreemptionCheckpoint
     from vla_hydra.cluster.resume import finished_before_requeue, resume_checkpoint
+    from vla_hydra.cluster.warning_signal import release_warning_signal
     from vla_hydra.core.exceptions import ConfigError
     from vla_hydra.core.io import remove_empty_dirs, write_json_atomic
     from vla_hydra.core.logging import get_logger, silence_known_warnings
@@ -127,6 +129,8 @@ def _train(
     trainer = build_trainer(cfg.trainer, callbacks, loggers)
     log_run_config(trainer.loggers, algo)
     prepare_strategy(trainer, algo)
+    if not any(isinstance(callback, PreemptionCheckpoint) for callback in callbacks):
+        release_warning_signal(hand_on=True)  # nothing in the fit takes over a held time-limit warning
     continuation_started()
     try:
         trainer.fit(algo, datamodule=datamodule, ckpt_path=ckpt_path)

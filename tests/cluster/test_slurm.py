@@ -198,6 +198,27 @@ def test_preempted_job_checkpoints_requeues_and_matches_uninterrupted_twin(slurm
     assert preempted["normalized_score"] == twin["normalized_score"]
 
 
+def test_a_time_limit_warning_during_start_up_requeues_the_job_cleanly(slurm, pendulum_data, tmp_path):
+    """The warning used to meet submitit's handler mid-import (torch, Lightning): its SystemExit left a
+    partially initialised module and the job failed on an AttributeError instead of being requeued."""
+    steps = 400
+
+    def warn_at_start_up(job: str, log: Path) -> None:
+        # train.log exists once Hydra has set the job up; the fit starts seconds later (imports, data)
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        wait_until(lambda: "pre-emption signal SIGUSR2: saved" in log.read_text(), 60, "the checkpoint")
+
+    output, sweep, log = interrupted_sweep(
+        tmp_path, small_job_args(tmp_path, pendulum_data, steps), "", warn_at_start_up
+    )
+    text = log.read_text()
+    assert "[ERROR]" not in text and "AttributeError" not in output, output[-3000:]
+    assert "SIGUSR2 arrived during start-up: saving at the first step" in text
+    first_block = int(text.split("pre-emption signal SIGUSR2: saved")[1].split("at step ")[1].split()[0])
+    assert "Requeued job" in text and f"from update {first_block}" in text
+    assert json.loads((sweep / "0" / "results.json").read_text())["train_steps"] == steps
+
+
 def test_a_job_out_of_time_limit_requeues_names_its_checkpoint(slurm, pendulum_data, tmp_path):
     """With no time-limit requeue left (cluster.max_num_timeout=0) the sweep used to end on submitit's
     "UncompletedJobError: Job not requeued because: timed-out too many times." and no word of the

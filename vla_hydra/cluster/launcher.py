@@ -148,8 +148,14 @@ class WaitForAllJobs(BaseSubmititLauncher):
 
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
         """The job side (runs in the SLURM / local job process); the job still ends FAILED, exit code 1."""
-        with user_error_as_exception():
-            return super().__call__(*args, **kwargs)
+        from vla_hydra.cluster.warning_signal import hold_warning_signal, release_warning_signal
+
+        hold_warning_signal()  # until the job can act on a time-limit warning cleanly (not mid-import)
+        try:
+            with user_error_as_exception():
+                return super().__call__(*args, **kwargs)
+        finally:
+            release_warning_signal()
 
     def _executor(self):
         import submitit

@@ -6,7 +6,8 @@ process is: a checkpoint written from inside that handler could capture half a t
 callback replaces the handler while training runs: the signal only sets a flag; at the end of the
 current step the callback saves `last.ckpt` and re-delivers the signal to the handler it replaced
 (submitit's: requeue and exit). The requeued job finds that checkpoint in its run dir
-(`cluster.auto_resume`, see `resume.resume_checkpoint`).
+(`cluster.auto_resume`, see `resume.resume_checkpoint`). A signal that arrived before the fit (held since
+the job started, `warning_signal`) is acted on at the first step boundary.
 
 Only one mechanism handles the signal: cluster=slurm gives Lightning a `SLURMEnvironment` with
 `auto_requeue: false`, so Lightning neither requeues nor listens to SIGUSR1.
@@ -20,15 +21,10 @@ from pathlib import Path
 
 import lightning as L
 
+from vla_hydra.cluster.warning_signal import submitit_signal, take_held_signal
 from vla_hydra.core.logging import get_logger
 
 log = get_logger(__name__)
-
-
-def submitit_signal() -> signal.Signals:
-    """The signal submitit asks SLURM to send (submitit reads SUBMITIT_PREEMPT_SIGNAL, default USR2)."""
-    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
-    return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
 
 
 class PreemptionCheckpoint(L.Callback):
@@ -51,9 +47,16 @@ class PreemptionCheckpoint(L.Callback):
         self.received = signum
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._previous = signal.getsignal(self.signum)
-        signal.signal(self.signum, self._on_signal)
+        self._previous = signal.signal(self.signum, self._on_signal)
         self._installed = True
+        # a job holds the signal from its start (warning_signal): one that arrived meanwhile is acted on
+        # at the first step boundary, and the handler the hold replaced (submitit's) is the one handed to
+        held = take_held_signal(self.signum)
+        if held is not None:
+            self._previous, arrived = held
+            if arrived is not None:
+                log.info(f"{signal.Signals(arrived).name} arrived during start-up: saving at the first step")
+                self.received = self.received or arrived
 
     def _uninstall(self) -> None:
         if self._installed:
