@@ -6,5 +6,6 @@
   its own run dir's `checkpoints/last.ckpt`).
 - `preemption.PreemptionCheckpoint` (callback): the scheduler's warning signal is handled at the next
   step boundary: save `last.ckpt`, then hand the signal to submitit, which requeues the job.
+- `warning_signal`: that signal is held from a job's start until the job can act on it (not mid-import).
 - `launcher`: Hydra launchers over submitit that wait for every job and report each failure.
 """
