@@ -720,3 +720,18 @@ def test_many_run_dirs_without_results_are_noted_in_one_line(tmp_path):
     skipped = [note for note in report.notes if note.startswith("skipped")]
     assert len(skipped) == 1 and skipped[0].startswith("skipped 5 run dirs with no results.json")
     assert skipped[0].endswith("and 2 more")
+
+
+def test_a_seed_run_twice_in_one_group_is_noted(tmp_path):
+    """`report <sweep> <the same sweep rerun>` averaged seeds 0, 0, 1 as three independent runs (n=3, a
+    smaller std) without a word."""
+    for sweep, seeds in (("a", (0, 1)), ("b", (0,))):
+        for seed in seeds:
+            _write_run(tmp_path / sweep / str(seed), "bc", "alpha", seed, -100.0 - seed, 50.0 + seed)
+    report = write_report([tmp_path / "a", tmp_path / "b"], out=tmp_path / "out")
+    (group,) = report.groups
+    assert group.seeds == [0, 0, 1]
+    runs = ", ".join(str((tmp_path / s / "0").resolve()) for s in ("a", "b"))
+    note = f"alpha / bc: seed 0 counted 2 times in its mean and std ({runs}); report one of them for independent seeds"
+    assert note in report.notes and f"- {note}" in report.files["report.md"].read_text()
+    assert not any("seed" in n for n in write_report([tmp_path / "a"], out=tmp_path / "out").notes)

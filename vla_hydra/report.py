@@ -8,7 +8,8 @@ runs are grouped by (dataset, algo, configuration: runs that differ in more than
 each; re-evaluations of checkpoints (eval_only) one apart from the runs that trained them), an online run's dataset being "<env id> (online)" unless it
 learned from a dataset too (GAIL's expert data). Per group: number of runs and their seeds, mean ± sample std
 (ddof=1) over runs of the final normalized score and of the final evaluation return, mean train
-steps and mean wall time (a continued run's over all its legs). Prints the table and writes, into `--out` (default: the first dir):
+steps and mean wall time (a continued run's over all its legs); a seed counted twice in a group is noted.
+Prints the table and writes, into `--out` (default: the first dir):
 
     report.md            markdown table, caption, and the command lines that rerun each group
                          (rebuilt from the runs' .hydra/overrides.yaml)
@@ -827,6 +828,7 @@ def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None
             notes.append(
                 f"{g.dataset} / {g.algo}: {missing} of {len(g.runs)} runs have no normalized_score; return only"
             )
+        notes += _repeated_seed_notes(g)
     if len(incomplete) <= MAX_SKIPPED_LISTED:
         notes += [
             f"skipped {d}: no {RESULTS_FILE} "
@@ -860,6 +862,21 @@ def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None
         where = err.filename or out_dir
         raise VlaHydraError(f"--out {out_dir}: cannot write {where} ({err.strerror or err})") from err
     return Report(groups=groups, notes=notes, table=text_table(groups), files=files)
+
+
+def _repeated_seed_notes(group: Group) -> list[str]:
+    """A seed run twice in one group (the same sweep rerun and both dirs reported, `report logs/train`): one
+    mean counts the runs as independent samples, which they are not (a CPU run repeats itself exactly,
+    shrinking the std)."""
+    by_seed: dict[int, list[Run]] = {}
+    for run in group.runs:
+        by_seed.setdefault(run.seed, []).append(run)
+    return [
+        f"{group.dataset} / {group.algo}: seed {seed} counted {len(runs)} times in its mean and std "
+        f"({', '.join(str(r.path.parent) for r in runs)}); report one of them for independent seeds"
+        for seed, runs in sorted(by_seed.items())
+        if len(runs) > 1
+    ]
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
