@@ -735,3 +735,24 @@ def test_a_seed_run_twice_in_one_group_is_noted(tmp_path):
     note = f"alpha / bc: seed 0 counted 2 times in its mean and std ({runs}); report one of them for independent seeds"
     assert note in report.notes and f"- {note}" in report.files["report.md"].read_text()
     assert not any("seed" in n for n in write_report([tmp_path / "a"], out=tmp_path / "out").notes)
+
+
+def test_a_file_of_the_users_in_the_out_dir_is_not_overwritten(tmp_path):
+    """`--out docs` replaced a report.md (or learning_curves.png) of the user's there without a word; a
+    report's own files are still replaced by the next report."""
+    _write_run(tmp_path / "sweep" / "0", "bc", "alpha", 0, -100.0, 50.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("report.md", "learning_curves.png"):
+        (out / name).write_text("my notes\n")
+        proc = run_module("vla_hydra.report", str(tmp_path / "sweep"), "--out", str(out))
+        assert proc.returncode == 1 and proc.stderr.splitlines() == [
+            f"error: {out / name}: exists and was not written by vla_hydra.report (its report.md would begin "
+            "with '# Sweep report'); not overwriting it: pass another --out, or move the file"
+        ]
+        assert (out / name).read_text() == "my notes\n" and sorted(p.name for p in out.iterdir()) == [name]
+        (out / name).unlink()
+    first = write_report([tmp_path / "sweep"], out=out)
+    _write_run(tmp_path / "sweep" / "1", "bc", "alpha", 1, -200.0, 40.0)
+    assert write_report([tmp_path / "sweep"], out=out).groups[0].seeds == [0, 1]  # its own files: replaced
+    assert "| alpha | bc | 2 | 0,1 |" in first.files["report.md"].read_text()

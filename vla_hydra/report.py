@@ -9,7 +9,8 @@ each; re-evaluations of checkpoints (eval_only) one apart from the runs that tra
 learned from a dataset too (GAIL's expert data). Per group: number of runs and their seeds, mean ± sample std
 (ddof=1) over runs of the final normalized score and of the final evaluation return, mean train
 steps and mean wall time (a continued run's over all its legs); a seed counted twice in a group is noted.
-Prints the table and writes, into `--out` (default: the first dir):
+Prints the table and writes, into `--out` (default: the first dir; files of these names that an earlier
+report did not write there are refused, not replaced):
 
     report.md            markdown table, caption, and the command lines that rerun each group
                          (rebuilt from the runs' .hydra/overrides.yaml)
@@ -51,6 +52,7 @@ SCORE_KEY, RETURN_KEY = "eval/normalized_score", "eval/return_mean"
 STEP_KEY, ENV_STEPS_KEY = "step", "env_steps"
 MAX_SKIPPED_LISTED = 3  # run dirs without results named one by one in the notes
 MISSING = "—"
+REPORT_TITLE = "# Sweep report"  # report.md's first line: marks the --out files as a report's
 
 
 @dataclass
@@ -721,7 +723,7 @@ def markdown(groups, sweep_dirs, notes, png_name: str) -> str:
     rows = table_rows(groups)
     align = ["---:" if c in NUMERIC else "---" for c in COLUMNS]
     lines = [
-        "# Sweep report",
+        REPORT_TITLE,
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join(align) + "|",
@@ -850,6 +852,7 @@ def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None
     notes += curve_notes
 
     files = {name: out_dir / name for name in ("report.md", "report.csv", "learning_curves.png")}
+    _refuse_foreign_files(files)
     try:
         with atomic_path(files["report.md"]) as tmp:
             tmp.write_text(markdown(groups, dirs, notes, files["learning_curves.png"].name))
@@ -877,6 +880,23 @@ def _repeated_seed_notes(group: Group) -> list[str]:
         for seed, runs in sorted(by_seed.items())
         if len(runs) > 1
     ]
+
+
+def _refuse_foreign_files(files: dict[str, Path]) -> None:
+    """A report overwrites only its own outputs: its three files are written together, report.md first, so
+    they are its own when report.md begins as it writes it; a user's report.md (or a figure of that name) in
+    the --out dir is not replaced."""
+    md = files["report.md"]
+    try:
+        ours = md.read_text(errors="replace").startswith(REPORT_TITLE)
+    except OSError:
+        ours = False  # absent (then neither file beside it is ours), or unreadable
+    for path in files.values():
+        if path.exists() and not ours:
+            raise VlaHydraError(
+                f"{path}: exists and was not written by vla_hydra.report (its report.md would begin with "
+                f"'{REPORT_TITLE}'); not overwriting it: pass another --out, or move the file"
+            )
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
