@@ -462,7 +462,7 @@ def test_labels_are_short_and_never_show_interpolations(tmp_path):
     configs = [
         (
             "0",
-            "${oc.select:algo.max_updates,10000}",
+            "${cluster.tasks_per_node}",  # resolves to nothing here (an interpolation that resolves: below)
             "vla_hydra.models.actors.DeterministicActor",
             "/d/a.hdf5",
         ),
@@ -756,3 +756,33 @@ def test_a_file_of_the_users_in_the_out_dir_is_not_overwritten(tmp_path):
     _write_run(tmp_path / "sweep" / "1", "bc", "alpha", 1, -200.0, 40.0)
     assert write_report([tmp_path / "sweep"], out=out).groups[0].seeds == [0, 1]  # its own files: replaced
     assert "| alpha | bc | 2 | 0,1 |" in first.files["report.md"].read_text()
+
+
+def test_a_default_given_by_an_interpolation_is_compared_by_its_value(tmp_path):
+    """trainer.max_steps is `${oc.select:algo.max_updates,10000}` by default: a run with the default budget
+    and one with `trainer.max_steps=100` were one mean (interpolations were no values). Typed out, the
+    default is the same experiment, and `${seed}` (another value per run) splits nothing."""
+    default = "${oc.select:algo.max_updates,10000}"
+    for seed, max_steps in enumerate([default, default, "100", "10000"]):
+        overrides = [f"seed={seed}"] + ([] if max_steps == default else [f"trainer.max_steps={max_steps}"])
+        _write_run(tmp_path / str(seed), "x", "alpha", seed, -100.0 * seed, overrides=overrides)
+        config = {
+            "seed": seed,
+            "algo": {"lr": 0.001},
+            "data": {"seed": "${seed}"},
+            "trainer": {"max_steps": max_steps, "default_root_dir": "${hydra:runtime.output_dir}"},
+        }
+        (tmp_path / str(seed) / ".hydra" / "config.yaml").write_text(json.dumps(config))
+    short = write_report([tmp_path / "0", tmp_path / "1", tmp_path / "2"], out=tmp_path / "r1").groups
+    assert [(g.algo, g.seeds) for g in short] == [
+        ("x [trainer.max_steps=100]", [2]),
+        ("x [trainer.max_steps=10000]", [0, 1]),
+    ]
+    groups = write_report([tmp_path], out=tmp_path / "r2").groups
+    assert [(g.algo, g.seeds) for g in groups] == [
+        ("x [trainer.max_steps=100]", [2]),
+        ("x [trainer.max_steps=10000]", [0, 1, 3]),
+    ]
+    assert groups[1].return_ == pytest.approx(
+        (-400 / 3, math.sqrt(((0 + 400 / 3) ** 2 + (100 - 400 / 3) ** 2 + (300 - 400 / 3) ** 2) / 2))
+    )

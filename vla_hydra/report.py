@@ -72,6 +72,9 @@ class Run:
     # the overrides of the config `settings` come from: a re-evaluation's (eval_only) are its trained run's
     config_overrides: list[str] | None = None
     env_steps: int | None = None  # online runs: the env steps the run took
+    # the values of the settings that are interpolations, where they resolve outside Hydra (`trainer.max_steps:
+    # ${oc.select:algo.max_updates,10000}` -> "10000"; not `${hydra:runtime.output_dir}`)
+    resolved: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -208,9 +211,10 @@ _NOT_SETTINGS = (
 )
 
 
-def _read_settings(run_dir: Path) -> dict[str, str] | None:
+def _read_settings(run_dir: Path) -> tuple[dict[str, str], dict[str, str]] | None:
     """The run's composed config (.hydra/config.yaml) as {dotted key: value text}, interpolations
-    unresolved (so `${seed}` and `${paths.output_dir}` compare equal across runs); None if unreadable."""
+    unresolved (so `${seed}` and `${paths.output_dir}` compare equal across runs), and the values of those
+    interpolations that resolve without Hydra's runtime (see _compared_settings); None if unreadable."""
     import yaml
 
     try:
@@ -231,7 +235,29 @@ def _read_settings(run_dir: Path) -> dict[str, str] | None:
                 flat[key] = json.dumps(node, default=str)
 
     walk(config, "")
-    return flat
+    return flat, _resolve_interpolations(config, [k for k, text in flat.items() if "${" in text])
+
+
+def _resolve_interpolations(config: dict, keys: list[str]) -> dict[str, str]:
+    """{key: its value's JSON text} for the keys whose interpolation resolves from the run's config alone
+    (OmegaConf's resolvers and vla_hydra's). Left out: Hydra's `${hydra:...}`, and anything under `paths`
+    (`${paths.data_dir}/x.hdf5`), whose `oc.env` and relative dirs are this process's, not the run's."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    resolved = {}
+    try:
+        cfg = OmegaConf.create({key: value for key, value in config.items() if key != "paths"})
+    except OmegaConfBaseException:
+        return resolved
+    for key in keys:
+        try:
+            node = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+            value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        except OmegaConfBaseException:
+            continue
+        resolved[key] = json.dumps(value, default=str)
+    return resolved
 
 
 def _trained_run_dir(results_path: Path, data: dict) -> Path | None:
@@ -297,7 +323,8 @@ def load_run(path: Path) -> Run:
         # an online run with a dataset (GAIL's expert data) stays with the other runs on that dataset
         dataset = f"{env} (online)"
     config_dir = _trained_run_dir(path, data)
-    settings = _read_settings(config_dir) if config_dir else None
+    read = _read_settings(config_dir) if config_dir else None
+    settings, resolved = read if read is not None else (None, {})
     if settings is not None and data.get("eval_only"):
         # a re-evaluation of a checkpoint is not another seed of the run that trained it: beside that
         # run (`report logs`) it is a row of its own, not a second run of one seed in the same mean
@@ -315,6 +342,7 @@ def load_run(path: Path) -> Run:
         history=history,
         overrides=_read_overrides(path.parent),
         settings=settings,
+        resolved=resolved,
         config_overrides=_read_overrides(config_dir) if config_dir else None,
         env_steps=data["env_steps"] if is_number(data.get("env_steps")) else None,
     )
@@ -393,15 +421,17 @@ def _split_by_settings(group: Group) -> list[Group]:
     if not varying:
         return [group]
     composed = all(r.settings is not None for r in group.runs)  # as varying_overrides compares them
+    compared = {key: _compared_settings(group.runs, key) for key in varying} if composed else {}
 
-    def value(run: Run, key: str) -> str:
-        given = run.settings if composed else dict(map(_split, run.config_overrides or []))
-        text = str((given or {}).get(key, "(unset)"))
-        return text[1:-1] if composed and text.startswith('"') else text  # JSON strings without quotes
+    def value(i: int, run: Run, key: str) -> str:
+        if not composed:
+            return str(dict(map(_split, run.config_overrides or [])).get(key, "(unset)"))
+        text = compared[key][i]
+        return text[1:-1] if text.startswith('"') else text  # JSON strings without quotes
 
     parts: dict[tuple[str, ...], list[Run]] = {}
-    for run in group.runs:
-        parts.setdefault(tuple(value(run, key) for key in varying), []).append(run)
+    for i, run in enumerate(group.runs):
+        parts.setdefault(tuple(value(i, run, key) for key in varying), []).append(run)
     ordered = sorted(parts, key=lambda values: tuple(map(_value_order, values)))
     labels = _labels(group.algo, list(varying), ordered, _overridden_keys(group))
     return [Group(group.dataset, label, parts[values]) for label, values in zip(labels, ordered, strict=True)]
@@ -507,9 +537,9 @@ def varying_overrides(group: Group) -> dict[str, list[str]]:
         overridden = _overridden_keys(group)
         varying = {}
         for key in dict.fromkeys(k for c in configs for k in c):
-            # interpolations (${cluster.nodes}) are not values; a key only some runs have comes from a
-            # newer conf/ unless a run set it on the command line
-            values = [c.get(key, "(unset)") for c in configs]
+            # interpolations that stay ones (${cluster.nodes}) are not values; a key only some runs have comes
+            # from a newer conf/ unless a run set it on the command line
+            values = _compared_settings(group.runs, key)
             literal = dict.fromkeys(v for v in values if "${" not in v)
             if "(unset)" in literal and key not in overridden:
                 del literal["(unset)"]
@@ -525,6 +555,24 @@ def varying_overrides(group: Group) -> dict[str, list[str]]:
         if any(key not in dict(map(_split, o)) for o in known):
             values[key]["(unset)"] = None
     return {k: list(v) for k, v in values.items() if k != "seed" and len(v) > 1}
+
+
+def _compared_settings(runs: Sequence[Run], key: str) -> list[str]:
+    """Each run's value of a composed-config key as runs are compared: its text, or for an interpolation
+    the value it resolves to when every run with that text resolves it to one value. So the default budget
+    (`${oc.select:algo.max_updates,10000}`) differs from `trainer.max_steps=100` (they were one mean) and
+    equals `trainer.max_steps=10000` typed out, while `${seed}` (another value per run) stays as it is."""
+    texts = [(r.settings or {}).get(key, "(unset)") for r in runs]
+    values: dict[str, set[str | None]] = {}
+    for run, text in zip(runs, texts, strict=True):
+        if "${" in text:
+            values.setdefault(text, set()).add(run.resolved.get(key))
+    return [
+        next(iter(values[text]))
+        if "${" in text and len(values[text]) == 1 and None not in values[text]
+        else text
+        for text in texts
+    ]
 
 
 # ------------------------------------------------------------------------------------- learning curves
