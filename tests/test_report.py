@@ -695,7 +695,18 @@ def test_an_interrupted_run_is_noted_with_the_checkpoint_to_continue_from(tmp_pa
     interrupted, failed = (sweep / "1").resolve(), (sweep / "2").resolve()
     assert (
         f"skipped {interrupted}: no results.json (interrupted or still running; continue it with "
-        f"ckpt_path={interrupted}/checkpoints/last.ckpt hydra.run.dir={interrupted})" in notes
+        f"python -m vla_hydra.train ckpt_path={interrupted}/checkpoints/last.ckpt hydra.run.dir={interrupted})"
+        in notes
+    )
+    # a job of `experiment=offline_rl` (a sweep by its config): `ckpt_path=` alone was refused (a checkpoint of
+    # algo=iql, not algo=bc), and its overrides without hydra.mode=RUN continued it in a new sweep dir
+    (sweep / "1" / ".hydra" / "overrides.yaml").write_text("- algo=iql\n- seed=1\n- experiment=offline_rl\n")
+    (sweep / "1" / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    notes = write_report([sweep], out=tmp_path / "out").notes
+    assert (
+        f"skipped {interrupted}: no results.json (interrupted or still running; continue it with "
+        f"python -m vla_hydra.train algo=iql seed=1 experiment=offline_rl ckpt_path={interrupted}/checkpoints/last.ckpt "
+        f"hydra.run.dir={interrupted} hydra.mode=RUN)" in notes
     )
     assert f"skipped {failed}: no results.json (the job failed or is still running)" in notes
 

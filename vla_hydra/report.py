@@ -883,8 +883,7 @@ def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None
         notes += [
             f"skipped {d}: no {RESULTS_FILE} "
             + (
-                f"(interrupted or still running; continue it with ckpt_path={d / RUN_DIR_CHECKPOINT} "
-                f"hydra.run.dir={d})"
+                f"(interrupted or still running; continue it with {_continue_command(d)})"
                 if (d / RUN_DIR_CHECKPOINT).exists()
                 else "(the job failed or is still running)"
             )
@@ -913,6 +912,33 @@ def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None
         where = err.filename or out_dir
         raise VlaHydraError(f"--out {out_dir}: cannot write {where} ({err.strerror or err})") from err
     return Report(groups=groups, notes=notes, table=text_table(groups), files=files)
+
+
+def _continue_command(run_dir: Path) -> str:
+    """The command that continues an interrupted run in its dir: its own overrides first (without them
+    `ckpt_path=` alone is refused as another algo=, or trains the default budget), then its checkpoint."""
+    try:
+        overrides = _read_overrides(run_dir) or []
+    except VlaHydraError:
+        overrides = []
+    own = [f"ckpt_path={run_dir / RUN_DIR_CHECKPOINT}", f"hydra.run.dir={run_dir}"]
+    if _hydra_mode(run_dir) == "MULTIRUN":
+        # a sweep's job whose overrides may select a sweep (experiment=offline_rl, cluster=slurm), which would
+        # ignore hydra.run.dir and continue it in a new sweep dir: run alone
+        own.append("hydra.mode=RUN")
+    return " ".join([ENTRY_POINT, *map(shlex.quote, [*overrides, *own])])
+
+
+def _hydra_mode(run_dir: Path) -> str | None:
+    """RUN or MULTIRUN, as the run dir's .hydra/hydra.yaml records it; None when it cannot be read."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    hydra = config.get("hydra") if isinstance(config, dict) else None
+    return hydra.get("mode") if isinstance(hydra, dict) else None
 
 
 def _repeated_seed_notes(group: Group) -> list[str]:
