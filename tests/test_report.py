@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_module
+from tests.conftest import ROOT, run_module
 from vla_hydra.report import (
     RETURN_KEY,
     Curve,
@@ -718,6 +718,22 @@ def test_a_usage_error_is_one_line_and_exit_code_1():
         "error: the following arguments are required: SWEEP_DIR (usage: python -m vla_hydra.report [-h] "
         "[--out OUT] SWEEP_DIR [SWEEP_DIR ...])"
     ]
+
+
+def test_an_empty_dir_argument_is_refused_not_taken_for_the_current_dir(tmp_path):
+    """`report "$SWEEP"` with SWEEP unset reported every run under the current dir and wrote report.md there
+    (`--out ""` too)."""
+    _write_run(tmp_path / "runs" / "0", "bc", "alpha", 0, -100.0, 50.0)
+    for args, line in [
+        ([""], "error: sweep dir '': empty; expected a sweep or run dir, e.g. logs/train/multiruns/<time>"),
+        (
+            ["runs", "--out", ""],
+            "error: --out '': empty; expected a dir to write the report into (default: the first sweep dir)",
+        ),
+    ]:
+        proc = run_module("vla_hydra.report", *args, cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+        assert proc.returncode == 1 and proc.stderr.splitlines() == [line], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
 
 
 def test_many_run_dirs_without_results_are_noted_in_one_line(tmp_path):

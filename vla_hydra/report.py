@@ -366,6 +366,10 @@ def find_runs(sweep_dirs: Sequence[str | Path]) -> tuple[list[Run], list[Path]]:
     incomplete: dict[Path, None] = {}
     started: list[Path] = []  # training run dirs without results.json
     for given in sweep_dirs:
+        if not str(given).strip():  # `report "$SWEEP"` with SWEEP unset: not the current dir and all below it
+            raise VlaHydraError(
+                f"sweep dir {str(given)!r}: empty; expected a sweep or run dir, e.g. logs/train/multiruns/<time>"
+            )
         root = Path(given).expanduser().absolute()
         if not root.exists():
             raise VlaHydraError(f"sweep dir {root}: no such directory")
@@ -866,6 +870,10 @@ def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None
     """Read the sweeps, write report.md / report.csv / learning_curves.png into `out` (default: first dir)."""
     if not sweep_dirs:
         raise VlaHydraError("no sweep dir given")
+    if out is not None and not str(out).strip():
+        raise VlaHydraError(
+            f"--out {str(out)!r}: empty; expected a dir to write the report into (default: the first sweep dir)"
+        )
     runs, incomplete = find_runs(sweep_dirs)
     groups = group_runs(runs)
     dirs = [Path(d).expanduser().resolve() for d in sweep_dirs]
