@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from vla_hydra.cli.entry import run_cli
+from vla_hydra.cli.run_dirs import continue_command
 from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT
 from vla_hydra.core.config import is_number
 from vla_hydra.core.exceptions import VlaHydraError
@@ -923,18 +924,12 @@ def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None
 
 
 def _continue_command(run_dir: Path) -> str:
-    """The command that continues an interrupted run in its dir: its own overrides first (without them
-    `ckpt_path=` alone is refused as another algo=, or trains the default budget), then its checkpoint."""
     try:
         overrides = _read_overrides(run_dir) or []
     except VlaHydraError:
         overrides = []
-    own = [f"ckpt_path={run_dir / RUN_DIR_CHECKPOINT}", f"hydra.run.dir={run_dir}"]
-    if _hydra_mode(run_dir) == "MULTIRUN":
-        # a sweep's job whose overrides may select a sweep (experiment=offline_rl, cluster=slurm), which would
-        # ignore hydra.run.dir and continue it in a new sweep dir: run alone
-        own.append("hydra.mode=RUN")
-    return " ".join([ENTRY_POINT, *map(shlex.quote, [*overrides, *own])])
+    multirun = _hydra_mode(run_dir) == "MULTIRUN"
+    return continue_command(run_dir, run_dir / RUN_DIR_CHECKPOINT, overrides, multirun)
 
 
 def _hydra_mode(run_dir: Path) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from tests.conftest import ROOT, run_module
 
 def start_long_run(run_dir, data_dir) -> subprocess.Popen:
     args = [
+        "algo=td3bc",  # not the default: continuing it takes the run's own overrides
         "trainer.max_steps=200000",
         "callbacks.model_checkpoint.every_n_updates=500",
         "eval.episodes=2",
@@ -57,29 +59,23 @@ def test_a_stopped_run_names_its_checkpoint_and_continues_from_it(tmp_path, data
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith(start) and last.endswith(f"ckpt_path={ckpt}"), last
+    assert last.startswith(start) and last.endswith(f"ckpt_path={ckpt} hydra.run.dir={run}"), last
     stopped_at = int(last.split(" at update ")[1].split(";")[0])
     saved_step = torch.load(ckpt, weights_only=False, map_location="cpu")["global_step"]
     if signum == signal.SIGTERM:  # at a step boundary: saved where it stopped
         assert saved_step == stopped_at
     else:  # a Ctrl-C may land inside an update block: the last periodic checkpoint, and which update it holds
         assert saved_step <= stopped_at and saved_step % 500 == 0
-        assert f"continue from its last checkpoint (update {saved_step}) with ckpt_path=" in last, last
+        assert f"continue from its last checkpoint (update {saved_step}) with python -m" in last, last
     assert not (run / "results.json").exists()
     # a full checkpoint on purpose (RNG and loop state): Lightning's "weights_only was not set" note is noise,
     # and so is its Ctrl-C notice beside the run's own last line
     assert "weights_only" not in (run / "train.log").read_text()
     assert "attempting graceful shutdown" not in (run / "train.log").read_text()
-    resumed = run_module(
-        "vla_hydra.train",
-        f"trainer.max_steps={saved_step + 100}",
-        "eval.episodes=2",
-        "callbacks.policy_eval.episodes=2",
-        f"paths.data_dir={data_dir}",
-        f"hydra.run.dir={run}",
-        f"ckpt_path={ckpt}",
-        timeout=300,
-    )
+    # the line's command, as a user copies it, with a smaller budget added
+    command = shlex.split(last.split("python -m vla_hydra.train ", 1)[1])
+    assert command[0] == "algo=td3bc"
+    resumed = run_module("vla_hydra.train", *command, f"trainer.max_steps={saved_step + 100}", timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "results.json").read_text())["train_steps"] == saved_step + 100
     # Hydra replaced .hydra/ with the resume's config; the first leg's is kept beside it

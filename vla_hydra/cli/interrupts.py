@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from vla_hydra.cli.job import _record_in_job_log, _sweep_job_prefix
 
@@ -66,7 +67,7 @@ def _interruption_line(record: dict | None, signal_name: str, requeued: bool) ->
         what_next = (
             "the requeued job continues from it"
             if requeued
-            else f"continue with ckpt_path={record['checkpoint']}"
+            else f"continue with {_continuation(record['checkpoint'])}"
         )
         where = f"saved {record['checkpoint']}: {what_next}"
     elif record["checkpoint"]:
@@ -74,8 +75,26 @@ def _interruption_line(record: dict | None, signal_name: str, requeued: bool) ->
         where = (
             f"the requeued job continues from its last checkpoint{at}"
             if requeued
-            else f"continue from its last checkpoint{at} with ckpt_path={record['checkpoint']}"
+            else f"continue from its last checkpoint{at} with {_continuation(record['checkpoint'])}"
         )
     else:
         where = "no checkpoint had been saved yet" + (": the requeued job starts over" if requeued else "")
     return f"{head} at update {record['step']}; {where}"
+
+
+def _continuation(checkpoint: str) -> str:
+    """`ckpt_path=<checkpoint>`; in a Hydra run, the whole command that continues the run in its dir (the
+    checkpoint alone is refused without the run's own algo=, data=, ...)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return f"ckpt_path={checkpoint}"
+    from hydra.types import RunMode
+
+    from vla_hydra.cli.run_dirs import continue_command
+
+    hydra = HydraConfig.get()
+    overrides = list(hydra.overrides.task)
+    return continue_command(
+        Path(hydra.runtime.output_dir), checkpoint, overrides, hydra.mode == RunMode.MULTIRUN
+    )

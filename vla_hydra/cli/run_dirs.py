@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shlex
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -122,6 +123,20 @@ def _explicit_dir(overrides: dict[str, str], key: str) -> Path | None:
     """The directory an override names literally (None when absent or interpolated)."""
     value = overrides.get(key)
     return Path(value) if value and "${" not in value else None
+
+
+# how a continuation's own command names its checkpoint and dir (an earlier leg's are replaced, not repeated)
+_CONTINUATION_KEYS = ("ckpt_path", "hydra.run.dir", "hydra.mode")
+
+
+def continue_command(run_dir: Path, checkpoint: str | Path, overrides: Sequence[str], multirun: bool) -> str:
+    """The command that continues a stopped run in its own dir, to copy as it is: the run's overrides (without
+    them `ckpt_path=` alone is refused as another algo=, or trains the default budget), then its checkpoint
+    and dir. A sweep's job (`multirun`: its overrides may select a sweep, experiment=offline_rl or
+    cluster=slurm, which would ignore hydra.run.dir and start a new sweep dir) runs alone."""
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _CONTINUATION_KEYS]
+    own = [f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}", *(["hydra.mode=RUN"] if multirun else [])]
+    return " ".join(["python -m vla_hydra.train", *map(shlex.quote, [*kept, *own])])
 
 
 # the files Hydra writes into <run dir>/.hydra/ at the start of every run into that dir
