@@ -192,7 +192,8 @@ def _train(
         )
     log.info(final.summary())
     log.info(f"run dir:    {output_dir}")
-    log.info(f"checkpoint: {results['checkpoint']}")
+    # fast_dev_run (debug=fdr) and callbacks.model_checkpoint=null save none
+    log.info(f"checkpoint: {results['checkpoint'] or 'none saved (no checkpoint callback, or debug=fdr)'}")
     log.info(f"results:    {output_dir / 'results.json'}")
     return _optimized_metric(cfg, results), results
 
