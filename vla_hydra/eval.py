@@ -207,6 +207,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("export"):
         _refuse_existing_export(cfg.export)  # before any work, not after the evaluation
     algo, env, config = load_policy(cfg.ckpt_path, select_device(cfg.device))
+    _condition_on(algo, cfg.get("target_return"), cfg.ckpt_path)
     release_warning_signal(hand_on=True)  # set up: a time-limit warning held since the job began acts now
     result = rollout_episodes(algo, env, cfg.episodes, cfg.seed, ref_returns=algo.ref_returns)
     results = {
@@ -218,6 +219,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "train_seed": config.get("seed"),
         "train_steps": algo.trained_steps,
         "seed": int(cfg.seed),
+        **({"target_return": algo.target_return} if hasattr(algo, "target_return") else {}),
         **result.to_dict(),
     }
     out = Path(cfg.paths.output_dir) / "eval_results.json"
@@ -233,6 +235,25 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     log.info(result.summary())  # logged, not printed: the run dir's eval.log keeps it too
     log.info(f"results: {out.resolve()}")
     return results
+
+
+def _condition_on(algo, target_return: float | None, ckpt_path: str) -> None:
+    """`target_return=`: a return-conditioned policy (algo=dt) is rolled out towards this return instead of
+    the one its training run evaluated with (DT's returns-vs-target curves: `-m target_return=a,b,c`)."""
+    if target_return is None:
+        return
+    from vla_hydra.core.exceptions import ConfigError
+
+    if not hasattr(algo, "target_return"):
+        raise ConfigError(
+            f"target_return={target_return}: {ckpt_path} is a checkpoint of algo={algo.run_label}, which is "
+            "not conditioned on a return (only algo=dt is); leave target_return unset"
+        )
+    trained = f"{algo.target_return:g}" if algo.target_return is not None else "its dataset's"
+    log.info(
+        f"rolled out towards return {float(target_return):g} (target_return=; its training run's: {trained})"
+    )
+    algo.target_return = float(target_return)
 
 
 # config groups an eval_only run takes from the checkpoint, not from the command line

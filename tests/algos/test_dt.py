@@ -4,14 +4,16 @@ survives a checkpoint round trip."""
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import compose_config, small_train_config
+from tests.conftest import compose_config, run_module, small_train_config
 from vla_hydra.algos.dt import DecisionTransformer, dt_action_loss
+from vla_hydra.core.config import ASSETS_DIR
 from vla_hydra.data.d4rl_format import write_d4rl_hdf5
 from vla_hydra.data.stats import DatasetStats
 from vla_hydra.data.trajectories import TrajectoryBuffer
@@ -215,6 +217,38 @@ def test_target_return_conditions_the_trained_policy(dt_run):
     # same weights, same observations, same env seeds: only the conditioning differs
     assert np.abs(actions[-150.0] - actions[-1500.0]).max() > 1e-2
     assert not np.allclose(returns[-150.0], returns[-1500.0])
+
+
+def test_vla_hydra_eval_rolls_a_dt_checkpoint_out_towards_the_target_return_given(dt_run, tmp_path):
+    _, results = dt_run
+    evaluated = {}
+    for target in (None, -1500.0):
+        run_dir = tmp_path / str(target)
+        given = [] if target is None else [f"target_return={target}"]
+        proc = run_module(
+            "vla_hydra.eval",
+            f"ckpt_path={results['checkpoint']}",
+            "episodes=2",
+            f"hydra.run.dir={run_dir}",
+            *given,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        evaluated[target] = json.loads((run_dir / "eval_results.json").read_text())
+    trained_with = torch.load(results["checkpoint"], weights_only=False)["vla_hydra"]["config"]["algo"]
+    assert evaluated[None]["target_return"] == trained_with["target_return"]
+    assert evaluated[-1500.0]["target_return"] == -1500.0
+    assert evaluated[None]["eval_return_mean"] != evaluated[-1500.0]["eval_return_mean"]
+
+
+def test_a_target_return_for_a_policy_not_conditioned_on_one_is_refused_in_one_line(tmp_path):
+    sac = ASSETS_DIR / "behavior_policies" / "hopper_sac.ckpt"
+    proc = run_module("vla_hydra.eval", f"ckpt_path={sac}", "target_return=100", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"error: target_return=100: {sac} is a checkpoint of algo=sac, which is not conditioned on a return "
+        "(only algo=dt is); leave target_return unset"
+    )
+    assert not (tmp_path / "eval_results.json").exists()
 
 
 def test_resume_continues_the_warmup(tmp_path, data_dir):
