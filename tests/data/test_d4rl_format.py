@@ -275,13 +275,24 @@ def test_a_cut_last_episode_is_left_out_of_the_episode_return_range(tmp_path):
             "CartPole-v1",
             "[actions]: class indices range over [0, 2], outside env CartPole-v1's Discrete(2) range [0, 1]",
         ),
+        (  # a column of integers is class indices too; it used to train as Pendulum torques 0 and 1
+            (np.arange(15) % 2)[:, None],
+            "Pendulum-v1",
+            "[actions]: holds integer class indices, but env Pendulum-v1 has Box(1,) actions",
+        ),
+        (  # integer vectors (MultiDiscrete data, one-hot classes) used to be cast to floats and trained on
+            np.ones((15, 3), np.int64),
+            "Hopper-v5",
+            "[actions]: has dtype int64 (3-dim integer vectors), but env Hopper-v5 has Box(3,) actions: "
+            "expected floating-point action vectors",
+        ),
     ],
 )
 def test_action_kind_must_match_the_env(tmp_path, actions, env_id, message):
     from vla_hydra.data.datamodule import OfflineDataModule
     from vla_hydra.envs.factory import EnvFactory
 
-    obs_dim = 4 if env_id == "CartPole-v1" else 3
+    obs_dim = {"CartPole-v1": 4, "Hopper-v5": 11}.get(env_id, 3)
     arrays = {**make_arrays(obs_dim=obs_dim), "actions": actions}
     path = write_d4rl_hdf5(tmp_path / "d.hdf5", arrays, {})
     datamodule = OfflineDataModule(str(path))
@@ -291,7 +302,16 @@ def test_action_kind_must_match_the_env(tmp_path, actions, env_id, message):
     assert str(err.value) == f"dataset {path} {message}"
 
 
-@pytest.mark.parametrize("actions", [np.arange(15) % 2, np.arange(15) % 2 == 1])
+@pytest.mark.parametrize(
+    "actions",
+    # (N, 1) columns of class indices, as per-step scalars may be stored, used to be refused as 1-dim vectors
+    [
+        np.arange(15) % 2,
+        np.arange(15) % 2 == 1,
+        (np.arange(15) % 2)[:, None],
+        (np.arange(15) % 2 == 1)[:, None],
+    ],
+)
 def test_discrete_class_indices_matching_the_env_are_accepted(tmp_path, actions):
     from vla_hydra.data.datamodule import OfflineDataModule
     from vla_hydra.envs.factory import EnvFactory

@@ -222,6 +222,7 @@ class OfflineDataModule(L.LightningDataModule):
         self.discrete_actions = actions.ndim == 1 and np.issubdtype(actions.dtype, np.integer)
         self.action_dim = 1 if self.discrete_actions else int(np.prod(actions.shape[1:]))
         self.action_range = (int(actions.min()), int(actions.max())) if self.discrete_actions else None
+        self.action_dtype = actions.dtype  # integer action vectors are no Box env's (check_compatible)
         self._file_actions = None if self.discrete_actions else actions  # for check_compatible's bounds check
         self._obs_mean = torch.as_tensor(observations.mean(axis=0, dtype=np.float64), dtype=torch.float32)
         self._obs_std = torch.as_tensor(observations.std(axis=0, dtype=np.float64), dtype=torch.float32)
@@ -372,6 +373,15 @@ class OfflineDataModule(L.LightningDataModule):
                     f"Discrete({spec.action_dim}) range [0, {spec.action_dim - 1}]{hint}",
                 )
             return
+        if self.action_dtype.kind in "biu":
+            # (N, d) integers or booleans (MultiDiscrete/MultiBinary data, one-hot classes) were cast to
+            # floats and trained on as if they were this env's continuous actions
+            raise DatasetError(
+                self.path,
+                "actions",
+                f"has dtype {self.action_dtype} ({self.action_dim}-dim integer vectors), but env {spec.env_id} "
+                f"has Box({spec.action_dim},) actions: expected floating-point action vectors{hint}",
+            )
         act_dim = self.action_dim
         if act_dim != spec.action_dim:
             raise DatasetError(
