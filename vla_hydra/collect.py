@@ -320,6 +320,10 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
     ]
 
     arrays = {key: np.concatenate([ep[key] for ep in episodes]) for key in episodes[0]}
+    for key in ("observations", "next_observations"):
+        # as D4RL stores them, and as training reads them: MuJoCo's float64 observations doubled the file
+        if arrays[key].dtype.kind == "f":
+            arrays[key] = arrays[key].astype(np.float32)
     returns = np.array([ep["rewards"].sum() for ep in episodes])
     summary = {
         "env_id": recipe.env_id,
