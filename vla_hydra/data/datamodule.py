@@ -389,22 +389,33 @@ class OfflineDataModule(L.LightningDataModule):
                 "actions",
                 f"dimension {act_dim} does not match env {spec.env_id} action dimension {spec.action_dim}{hint}",
             )
-        self._warn_actions_out_of_bounds(spec)
+        self._check_action_bounds(spec, hint)
 
-    def _warn_actions_out_of_bounds(self, spec) -> None:
-        """Algorithms rescale dataset actions to [-1, 1] with the env's bounds and clip the rest: many
-        actions far outside them mean another env's (or unscaled) actions, worth a warning."""
+    def _check_action_bounds(self, spec, hint: str = "") -> None:
+        """Algorithms rescale dataset actions to [-1, 1] with the env's bounds and clip the rest. Slightly
+        out-of-bounds actions (some benchmarks' data) are clipped with a warning; many beyond the bounds by
+        more than their width are another env's or unscaled actions, which clipping would turn into
+        bang-bang data that trains and scores without a word: refused."""
         low, high = np.asarray(spec.action_low), np.asarray(spec.action_high)
         actions, self._file_actions = self._file_actions, None  # checked once, then released
         if actions is None:
             return
         actions = actions.reshape(len(actions), -1)
-        margin = 1e-3 * (high - low)
-        outside = ((actions < low - margin) | (actions > high + margin)).any(axis=-1)
+        bounds = f"env {spec.env_id}'s bounds [{low.min():g}, {high.max():g}] (largest |a| {np.abs(actions).max():.3g})"
+        width = high - low
+        far = ((actions < low - width) | (actions > high + width)).any(axis=-1)
+        if far.mean() > 0.01:
+            raise DatasetError(
+                self.path,
+                "actions",
+                f"{far.mean():.0%} of the steps have actions beyond {bounds} by more than the bounds' width; "
+                f"expected actions in the env's units: rescale them in the file (clip them there if they are "
+                f"this env's){hint}",
+            )
+        outside = ((actions < low - 1e-3 * width) | (actions > high + 1e-3 * width)).any(axis=-1)
         if outside.mean() > 0.01:
             log.warning(
-                f"dataset {self.path} [actions]: {outside.mean():.0%} of the steps have actions outside env "
-                f"{spec.env_id}'s bounds [{low.min():g}, {high.max():g}] (largest |a| {np.abs(actions).max():.3g}); "
+                f"dataset {self.path} [actions]: {outside.mean():.0%} of the steps have actions outside {bounds}; "
                 "training clips them to the bounds"
             )
 
