@@ -321,14 +321,21 @@ class OfflineDataModule(L.LightningDataModule):
     def check_compatible(self, spec) -> None:
         """Fail early, naming the field, when the file does not fit the env the policy is evaluated in."""
         obs_shape = self.observation_shape
-        if self.env_family and spec.env_id.split("-v")[0].lower() != self.env_family.lower():
+        family = self.env_family
+        if family is None and self.arrays_loader is None and not self.metadata.get("env_id"):
+            # a D4RL file read with data=hdf5 (halfcheetah_medium-v2.hdf5): its name names its env, as with
+            # data=d4rl; HalfCheetah data trained and scored in Walker2d (same shapes) without a word
+            from vla_hydra.data.d4rl_format import d4rl_env_family, d4rl_name_from_file
+
+            family = d4rl_env_family(d4rl_name_from_file(self.path))
+        if family and spec.env_id.split("-v")[0].lower() != family.lower():
             from vla_hydra.envs.factory import env_choice_hint
 
             raise DatasetError(
                 self.path,
                 None,
-                f"D4RL dataset '{self.name}' holds {self.env_family} data, but the policy would be evaluated "
-                f"and scored in env {spec.env_id}; use {env_choice_hint(f'{self.env_family}-v5')}",
+                f"D4RL dataset '{self.name}' holds {family} data, but the policy would be evaluated "
+                f"and scored in env {spec.env_id}; use {env_choice_hint(f'{family}-v5')}",
             )
         # the env the data came from, when the dataset records it, tells the user which env= to pick
         source = self.metadata.get("env_id")
