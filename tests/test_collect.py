@@ -592,3 +592,21 @@ def test_collect_without_an_output_file_says_what_it_takes(overrides, line):
     with pytest.raises(ConfigError) as err:
         collect(compose_config("collect", overrides))
     assert str(err.value).startswith(line) and "\n" not in str(err.value)
+
+
+def test_a_checkpoint_of_another_env_says_which_references_its_scores_use(tmp_path, caplog):
+    """data=checkpoint_rollouts of a Hopper checkpoint keeps collect's default env=pendulum: the log named the
+    file's own references only, though training with env=hopper scores with D4RL's published ones."""
+    import logging
+
+    from vla_hydra.collect import collect
+
+    ckpt = "${vla.asset:behavior_policies/hopper_sac.ckpt}"
+    overrides = ["data=checkpoint_rollouts", f"data.recipe.behavior_policy.ckpt_path={ckpt}"]
+    overrides += ["data.recipe.episodes=1", "data.recipe.reference_episodes=1", f"output={tmp_path}/h.hdf5"]
+    with caplog.at_level(logging.INFO):
+        collect(compose_config("collect", overrides))
+    assert (
+        "(scores with env=hopper use Hopper-v5's published ones: {'random': -20.272305, 'expert': 3234.3})"
+        in caplog.text
+    )

@@ -320,6 +320,10 @@ def collect_dataset(recipe: CollectionRecipe, output: str | Path) -> dict[str, A
     ]
 
     arrays = {key: np.concatenate([ep[key] for ep in episodes]) for key in episodes[0]}
+    for key in ("observations", "next_observations"):
+        # as D4RL stores them, and as training reads them: MuJoCo's float64 observations doubled the file
+        if arrays[key].dtype.kind == "f":
+            arrays[key] = arrays[key].astype(np.float32)
     returns = np.array([ep["rewards"].sum() for ep in episodes])
     summary = {
         "env_id": recipe.env_id,
@@ -438,15 +442,24 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
             if "ref_expert_return" in summary
             else ""
         )
-        + (
-            # train/eval score with the env's published references when conf/env/<env>.yaml has them
-            f" (scores use {recipe.env_id}'s published ones: {dict(cfg.env.ref_returns)})"
-            if cfg.env.get("ref_returns") and cfg.env.get("id") == recipe.env_id
-            else ""
-        )
+        + _published_references_note(cfg, recipe.env_id)
         + f"; {summary['seconds']:.1f}s"
     )
     return summary
+
+
+def _published_references_note(cfg: DictConfig, env_id: str) -> str:
+    """Train/eval score a generated file with its env's published references where conf/env/<env>.yaml has
+    them, not with the file's: said so, also when this command's env= is another (data=checkpoint_rollouts
+    of a Hopper checkpoint keeps the default env=pendulum, and the note was left out)."""
+    from vla_hydra.envs.factory import env_choice
+
+    if cfg.env.get("id") == env_id:
+        refs, where = cfg.env.get("ref_returns"), ""
+    else:
+        choice, config = env_choice(env_id) or (None, {})
+        refs, where = config.get("ref_returns"), f" with env={choice}"
+    return f" (scores{where} use {env_id}'s published ones: {dict(refs)})" if refs else ""
 
 
 def _refuse_overrides_collection_ignores(cfg: DictConfig) -> None:

@@ -275,13 +275,24 @@ def test_a_cut_last_episode_is_left_out_of_the_episode_return_range(tmp_path):
             "CartPole-v1",
             "[actions]: class indices range over [0, 2], outside env CartPole-v1's Discrete(2) range [0, 1]",
         ),
+        (  # a column of integers is class indices too; it used to train as Pendulum torques 0 and 1
+            (np.arange(15) % 2)[:, None],
+            "Pendulum-v1",
+            "[actions]: holds integer class indices, but env Pendulum-v1 has Box(1,) actions",
+        ),
+        (  # integer vectors (MultiDiscrete data, one-hot classes) used to be cast to floats and trained on
+            np.ones((15, 3), np.int64),
+            "Hopper-v5",
+            "[actions]: has dtype int64 (3-dim integer vectors), but env Hopper-v5 has Box(3,) actions: "
+            "expected floating-point action vectors",
+        ),
     ],
 )
 def test_action_kind_must_match_the_env(tmp_path, actions, env_id, message):
     from vla_hydra.data.datamodule import OfflineDataModule
     from vla_hydra.envs.factory import EnvFactory
 
-    obs_dim = 4 if env_id == "CartPole-v1" else 3
+    obs_dim = {"CartPole-v1": 4, "Hopper-v5": 11}.get(env_id, 3)
     arrays = {**make_arrays(obs_dim=obs_dim), "actions": actions}
     path = write_d4rl_hdf5(tmp_path / "d.hdf5", arrays, {})
     datamodule = OfflineDataModule(str(path))
@@ -291,7 +302,16 @@ def test_action_kind_must_match_the_env(tmp_path, actions, env_id, message):
     assert str(err.value) == f"dataset {path} {message}"
 
 
-@pytest.mark.parametrize("actions", [np.arange(15) % 2, np.arange(15) % 2 == 1])
+@pytest.mark.parametrize(
+    "actions",
+    # (N, 1) columns of class indices, as per-step scalars may be stored, used to be refused as 1-dim vectors
+    [
+        np.arange(15) % 2,
+        np.arange(15) % 2 == 1,
+        (np.arange(15) % 2)[:, None],
+        (np.arange(15) % 2 == 1)[:, None],
+    ],
+)
 def test_discrete_class_indices_matching_the_env_are_accepted(tmp_path, actions):
     from vla_hydra.data.datamodule import OfflineDataModule
     from vla_hydra.envs.factory import EnvFactory
@@ -356,17 +376,33 @@ def test_a_file_from_another_env_with_the_same_shapes_is_refused(tmp_path):
     datamodule.check_compatible(EnvFactory(id="HalfCheetah-v5").spec())  # its own env is fine
 
 
-def test_actions_far_outside_the_env_bounds_are_warned_about(tmp_path, caplog):
+def test_actions_outside_the_env_bounds_are_warned_about_and_far_outside_refused(tmp_path, caplog):
+    """Slightly out-of-bounds actions are clipped with a warning; actions beyond the bounds by more than
+    their width (another env's, or unscaled) used to be clipped too, training on bang-bang data."""
     from vla_hydra.data.datamodule import OfflineDataModule
     from vla_hydra.envs.factory import EnvFactory
 
     arrays = make_arrays()
-    arrays["actions"] = arrays["actions"] * 10.0  # 0, 10, 20 against Pendulum's [-2, 2]
+    arrays["actions"] = arrays["actions"] * 1.5  # 0, 1.5, 3 against Pendulum's [-2, 2]
     datamodule = OfflineDataModule(str(write_d4rl_hdf5(tmp_path / "d.hdf5", arrays, {})))
     datamodule.setup()
     with caplog.at_level("WARNING"):
         datamodule.check_compatible(EnvFactory(id="Pendulum-v1").spec())
-    assert "67% of the steps have actions outside env Pendulum-v1's bounds [-2, 2]" in caplog.text
+    assert (
+        "33% of the steps have actions outside env Pendulum-v1's bounds [-2, 2] (largest |a| 3)"
+        in caplog.text
+    )
+    arrays["actions"] = arrays["actions"] / 1.5 * 10.0  # 0, 10, 20: beyond the bounds by more than 4
+    path = write_d4rl_hdf5(tmp_path / "far.hdf5", arrays, {})
+    datamodule = OfflineDataModule(str(path))
+    datamodule.setup()
+    with pytest.raises(DatasetError) as err:
+        datamodule.check_compatible(EnvFactory(id="Pendulum-v1").spec())
+    assert str(err.value) == (
+        f"dataset {path} [actions]: 67% of the steps have actions beyond env Pendulum-v1's bounds [-2, 2] "
+        "(largest |a| 20) by more than the bounds' width; expected actions in the env's units: rescale them "
+        "in the file (clip them there if they are this env's)"
+    )
 
 
 def test_generated_files_are_scored_with_the_envs_published_references(tmp_path):

@@ -181,6 +181,18 @@ def test_d4rl_file_by_path_is_named_after_its_file_and_must_be_evaluated_in_its_
         "would be evaluated and scored in env Walker2d-v5; use env=halfcheetah"
     )
     dm.check_compatible(EnvFactory(id="HalfCheetah-v5").spec())
+    # the same file read with data=hdf5 (README: any D4RL-format file) trained in Walker2d without a word
+    from vla_hydra.data.datamodule import OfflineDataModule
+
+    plain = OfflineDataModule(path=str(path))
+    plain.setup("fit")
+    with pytest.raises(DatasetError) as err:
+        plain.check_compatible(EnvFactory(id="Walker2d-v5").spec())
+    assert str(err.value) == (
+        f"dataset {path}: D4RL dataset 'halfcheetah_medium_replay-v2' holds HalfCheetah data, but the policy "
+        "would be evaluated and scored in env Walker2d-v5; use env=halfcheetah"
+    )
+    plain.check_compatible(EnvFactory(id="HalfCheetah-v5").spec())
     # neither a name nor a path: one line naming the key
     with pytest.raises(ConfigError, match=r"^data.name: required for data=d4rl"):
         d4rl_datamodule()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import h5py
+import numpy as np
 import pytest
 
 from tests.conftest import small_train_config
@@ -73,6 +75,13 @@ def test_every_mujoco_recipe_collects_from_its_own_env_and_policy(tmp_path, choi
     summary = collect_dataset(instantiate(cfg.data.recipe), tmp_path / "d.hdf5")
     _, meta = read_d4rl_hdf5(tmp_path / "d.hdf5")
     assert meta["env_id"] == env_id and meta["behavior_policy"].endswith(behaviour)
+    with h5py.File(tmp_path / "d.hdf5") as f:  # D4RL's dtypes; MuJoCo's float64 observations were kept
+        assert {key: f[key].dtype for key in ("observations", "next_observations", "actions", "rewards")} == {
+            "observations": np.float32,
+            "next_observations": np.float32,
+            "actions": np.float32,
+            "rewards": np.float32,
+        }
     assert summary["episodes"] == 2
     if choice.endswith("_sac_medium_expert"):  # episodes alternate: the medium policy, then the expert
         params = json.loads(meta["behavior_policy_params"])

@@ -278,6 +278,10 @@ def validate_transitions(path: str | os.PathLike, arrays: dict[str, np.ndarray])
             # batches; integer (N,) actions stay as they are, the class indices of a Discrete env, and
             # boolean ones are such indices too (else served as (B,) against (B, 1) predictions)
             arrays[key] = value = value[:, None] if value.dtype.kind == "f" else value.astype(np.int64)
+        if key == "actions" and value.ndim == 2 and value.shape[1] == 1 and value.dtype.kind in "biu":
+            # class indices stored as a column (N, 1), as the per-step scalars above may be: Discrete
+            # actions, not 1-dim Box vectors (CartPole data was refused as "1-dim vectors")
+            arrays[key] = value = value[:, 0].astype(np.int64)
         if key == "actions" and value.ndim > 2:  # (N, 1, act): losses would broadcast it against (B, act)
             raise DatasetError(
                 path, key, f"has shape {value.shape}, expected ({n}, action_dim): one action vector per step"

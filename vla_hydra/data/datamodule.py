@@ -222,6 +222,7 @@ class OfflineDataModule(L.LightningDataModule):
         self.discrete_actions = actions.ndim == 1 and np.issubdtype(actions.dtype, np.integer)
         self.action_dim = 1 if self.discrete_actions else int(np.prod(actions.shape[1:]))
         self.action_range = (int(actions.min()), int(actions.max())) if self.discrete_actions else None
+        self.action_dtype = actions.dtype  # integer action vectors are no Box env's (check_compatible)
         self._file_actions = None if self.discrete_actions else actions  # for check_compatible's bounds check
         self._obs_mean = torch.as_tensor(observations.mean(axis=0, dtype=np.float64), dtype=torch.float32)
         self._obs_std = torch.as_tensor(observations.std(axis=0, dtype=np.float64), dtype=torch.float32)
@@ -320,14 +321,21 @@ class OfflineDataModule(L.LightningDataModule):
     def check_compatible(self, spec) -> None:
         """Fail early, naming the field, when the file does not fit the env the policy is evaluated in."""
         obs_shape = self.observation_shape
-        if self.env_family and spec.env_id.split("-v")[0].lower() != self.env_family.lower():
+        family = self.env_family
+        if family is None and self.arrays_loader is None and not self.metadata.get("env_id"):
+            # a D4RL file read with data=hdf5 (halfcheetah_medium-v2.hdf5): its name names its env, as with
+            # data=d4rl; HalfCheetah data trained and scored in Walker2d (same shapes) without a word
+            from vla_hydra.data.d4rl_format import d4rl_env_family, d4rl_name_from_file
+
+            family = d4rl_env_family(d4rl_name_from_file(self.path))
+        if family and spec.env_id.split("-v")[0].lower() != family.lower():
             from vla_hydra.envs.factory import env_choice_hint
 
             raise DatasetError(
                 self.path,
                 None,
-                f"D4RL dataset '{self.name}' holds {self.env_family} data, but the policy would be evaluated "
-                f"and scored in env {spec.env_id}; use {env_choice_hint(f'{self.env_family}-v5')}",
+                f"D4RL dataset '{self.name}' holds {family} data, but the policy would be evaluated "
+                f"and scored in env {spec.env_id}; use {env_choice_hint(f'{family}-v5')}",
             )
         # the env the data came from, when the dataset records it, tells the user which env= to pick
         source = self.metadata.get("env_id")
@@ -372,6 +380,15 @@ class OfflineDataModule(L.LightningDataModule):
                     f"Discrete({spec.action_dim}) range [0, {spec.action_dim - 1}]{hint}",
                 )
             return
+        if self.action_dtype.kind in "biu":
+            # (N, d) integers or booleans (MultiDiscrete/MultiBinary data, one-hot classes) were cast to
+            # floats and trained on as if they were this env's continuous actions
+            raise DatasetError(
+                self.path,
+                "actions",
+                f"has dtype {self.action_dtype} ({self.action_dim}-dim integer vectors), but env {spec.env_id} "
+                f"has Box({spec.action_dim},) actions: expected floating-point action vectors{hint}",
+            )
         act_dim = self.action_dim
         if act_dim != spec.action_dim:
             raise DatasetError(
@@ -379,22 +396,33 @@ class OfflineDataModule(L.LightningDataModule):
                 "actions",
                 f"dimension {act_dim} does not match env {spec.env_id} action dimension {spec.action_dim}{hint}",
             )
-        self._warn_actions_out_of_bounds(spec)
+        self._check_action_bounds(spec, hint)
 
-    def _warn_actions_out_of_bounds(self, spec) -> None:
-        """Algorithms rescale dataset actions to [-1, 1] with the env's bounds and clip the rest: many
-        actions far outside them mean another env's (or unscaled) actions, worth a warning."""
+    def _check_action_bounds(self, spec, hint: str = "") -> None:
+        """Algorithms rescale dataset actions to [-1, 1] with the env's bounds and clip the rest. Slightly
+        out-of-bounds actions (some benchmarks' data) are clipped with a warning; many beyond the bounds by
+        more than their width are another env's or unscaled actions, which clipping would turn into
+        bang-bang data that trains and scores without a word: refused."""
         low, high = np.asarray(spec.action_low), np.asarray(spec.action_high)
         actions, self._file_actions = self._file_actions, None  # checked once, then released
         if actions is None:
             return
         actions = actions.reshape(len(actions), -1)
-        margin = 1e-3 * (high - low)
-        outside = ((actions < low - margin) | (actions > high + margin)).any(axis=-1)
+        bounds = f"env {spec.env_id}'s bounds [{low.min():g}, {high.max():g}] (largest |a| {np.abs(actions).max():.3g})"
+        width = high - low
+        far = ((actions < low - width) | (actions > high + width)).any(axis=-1)
+        if far.mean() > 0.01:
+            raise DatasetError(
+                self.path,
+                "actions",
+                f"{far.mean():.0%} of the steps have actions beyond {bounds} by more than the bounds' width; "
+                f"expected actions in the env's units: rescale them in the file (clip them there if they are "
+                f"this env's){hint}",
+            )
+        outside = ((actions < low - 1e-3 * width) | (actions > high + 1e-3 * width)).any(axis=-1)
         if outside.mean() > 0.01:
             log.warning(
-                f"dataset {self.path} [actions]: {outside.mean():.0%} of the steps have actions outside env "
-                f"{spec.env_id}'s bounds [{low.min():g}, {high.max():g}] (largest |a| {np.abs(actions).max():.3g}); "
+                f"dataset {self.path} [actions]: {outside.mean():.0%} of the steps have actions outside {bounds}; "
                 "training clips them to the bounds"
             )
 

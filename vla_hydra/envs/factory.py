@@ -302,14 +302,21 @@ def normalized_score(episode_return: float, ref_returns: dict[str, float] | None
     return 100.0 * (episode_return - low) / (high - low)
 
 
-def env_choice_hint(env_id: str) -> str:
-    """How to select `env_id` on the command line, for error messages: `env=<choice>` when a conf/env
-    config builds it, else `env.id=<env_id>` (any gymnasium id works that way)."""
+def env_choice(env_id: str):
+    """The conf/env choice that builds `env_id` and its config, as (name, DictConfig); None if none does."""
     from omegaconf import OmegaConf
 
     from vla_hydra.core.config import CONF_DIR
 
     for path in sorted(Path(CONF_DIR, "env").glob("*.yaml")):
-        if OmegaConf.load(path).get("id") == env_id:
-            return f"env={path.stem}"
-    return f"env.id={env_id}"
+        config = OmegaConf.load(path)
+        if config.get("id") == env_id:
+            return path.stem, config
+    return None
+
+
+def env_choice_hint(env_id: str) -> str:
+    """How to select `env_id` on the command line, for error messages: `env=<choice>` when a conf/env
+    config builds it, else `env.id=<env_id>` (any gymnasium id works that way)."""
+    found = env_choice(env_id)
+    return f"env={found[0]}" if found else f"env.id={env_id}"
