@@ -511,10 +511,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     import sys
 
-    from vla_hydra.cli.overrides import expand_home_in_argv
+    from vla_hydra.cli.overrides import read_argv_as_meant
     from vla_hydra.cli.run_dirs import refuse_occupied_eval_dir_early
 
-    expand_home_in_argv()
+    read_argv_as_meant()
     refuse_occupied_eval_dir_early(sys.argv[1:], task="a collection")
     with one_line_hydra_errors("collect"):
         _hydra_main()

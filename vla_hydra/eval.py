@@ -355,10 +355,10 @@ def refuse_training_options_early(argv: list[str]) -> None:
 
 
 def main() -> None:
-    from vla_hydra.cli.overrides import expand_home_in_argv
+    from vla_hydra.cli.overrides import read_argv_as_meant
     from vla_hydra.cli.run_dirs import refuse_occupied_eval_dir_early
 
-    expand_home_in_argv()
+    read_argv_as_meant()
     refuse_training_options_early(sys.argv[1:])
     refuse_occupied_eval_dir_early(sys.argv[1:])
     with one_line_hydra_errors("eval"):

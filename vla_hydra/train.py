@@ -263,10 +263,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     import sys
 
-    from vla_hydra.cli.overrides import expand_home_in_argv
+    from vla_hydra.cli.overrides import read_argv_as_meant
     from vla_hydra.cli.run_dirs import refuse_finished_run_dir_early, undo_refused_continuation
 
-    expand_home_in_argv()
+    read_argv_as_meant()
     refuse_finished_run_dir_early(sys.argv[1:])
     with undo_refused_continuation(), one_line_hydra_errors("train"):
         _hydra_main()

@@ -3,6 +3,8 @@ was meant, and a `~` in an override is expanded."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import compose_config, run_module
@@ -83,12 +85,12 @@ def test_train_refuses_a_plus_key_nothing_reads_before_training(tmp_path):
 def test_a_home_path_in_an_override_is_expanded_as_bash_expands_it(monkeypatch, tmp_path):
     """`output=~/data/x.hdf5` from zsh or in quotes reached Hydra with its `~`: a parse error for train's
     ckpt_path, and vla_hydra.collect wrote into a directory named `~` under the working directory."""
-    from vla_hydra.cli.overrides import expand_home_in_argv
+    from vla_hydra.cli.overrides import read_argv_as_meant
 
     monkeypatch.setenv("HOME", str(tmp_path))
     argv = ["vla_hydra.collect", "output=~/x.hdf5", "hydra.run.dir=~", "~logger", "tags=[a~b]", "+k=~x"]
     monkeypatch.setattr("sys.argv", argv)
-    expand_home_in_argv()
+    read_argv_as_meant()
     assert argv[1:] == [
         f"output={tmp_path}/x.hdf5",
         f"hydra.run.dir={tmp_path}",
@@ -96,3 +98,13 @@ def test_a_home_path_in_an_override_is_expanded_as_bash_expands_it(monkeypatch, 
         "tags=[a~b]",
         "+k=~x",
     ]
+
+
+def test_a_multirun_flag_typed_between_overrides_runs_the_sweep(tmp_path, data_dir):
+    """`train debug=fdr -m seed=0,1`: Hydra's argument parser takes its flags before the overrides only,
+    and answered with its usage text and 'unrecognized arguments: seed=0,1' (exit 2)."""
+    sweep = tmp_path / "sweep"
+    args = ["debug=fdr", f"paths.data_dir={data_dir}", "-m", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    proc = run_module("vla_hydra.train", *args, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [json.loads((sweep / job / "results.json").read_text())["seed"] for job in ("0", "1")] == [0, 1]

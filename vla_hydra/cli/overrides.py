@@ -10,14 +10,23 @@ from typing import Any
 from vla_hydra.cli.entry import exit_with_error
 
 
-def expand_home_in_argv() -> None:
-    """`key=~/path` with its `~` written out, as bash does for an unquoted argument: zsh and a quoted
-    argument pass the `~` on, which Hydra's override grammar cannot parse. Called first by the entry
-    points, so Hydra and the early checks read the expanded path."""
+def read_argv_as_meant() -> None:
+    """Called first by the entry points, so Hydra and the early checks read the command as meant:
+
+    - `key=~/path` with its `~` written out, as bash does for an unquoted argument: zsh and a quoted
+      argument pass the `~` on, which Hydra's override grammar cannot parse;
+    - Hydra's switches (`-m`, `--multirun`, ...) before the overrides: `train algo=iql -m seed=0,1` (a flag
+      typed between overrides) got Hydra's whole usage text and "unrecognized arguments", exit 2."""
     for i, arg in enumerate(sys.argv[1:], start=1):
         key, given, value = arg.partition("=")
         if given and (value == "~" or value.startswith("~/")):
             sys.argv[i] = f"{key}={os.path.expanduser(value)}"
+    switches = [arg for arg in sys.argv[1:] if arg in _HYDRA_SWITCHES]
+    sys.argv[1:] = switches + [arg for arg in sys.argv[1:] if arg not in _HYDRA_SWITCHES]
+
+
+# Hydra's flags that take no value (moving one keeps the meaning of every argument)
+_HYDRA_SWITCHES = ("-m", "--multirun", "-r", "--run", "--resolve", "-h", "--help", "--hydra-help")
 
 
 def _refuse_argparse_style_options(config_name: str) -> None:
