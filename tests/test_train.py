@@ -526,6 +526,14 @@ def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path, data_dir):
     assert [r["seed"] for r in results] == [0, 1]
     assert all(r["train_steps"] == 100 for r in results)
     assert results[0]["eval_return_mean"] != results[1]["eval_return_mean"]
+    sweep = tmp_path / "sweep"
+    assert (
+        proc.stdout.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"sweep dir {sweep}: 2 of 2 job(s) finished; table and learning curves: python -m vla_hydra.report {sweep}"
+        )
+    )
     for i in (0, 1):
         assert (tmp_path / "sweep" / str(i) / "checkpoints" / "last.ckpt").is_file()
         assert (tmp_path / "sweep" / str(i) / ".hydra" / "overrides.yaml").is_file()
@@ -722,6 +730,7 @@ def test_a_failing_job_of_a_local_sweep_does_not_stop_the_jobs_after_it(tmp_path
     assert proc.returncode == 1
     assert json.loads((sweep / "1" / "results.json").read_text())["train_steps"] == 50
     assert not (sweep / "0" / "results.json").exists() and not (sweep / "2" / "results.json").exists()
+    assert f"sweep dir {sweep}: 1 of 3 job(s) finished; table and learning curves" in proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     first = (
         f"error: job 0 (data.batch_size=0 trainer.max_steps=50 eval.episodes=2 callbacks.policy_eval.episodes=2 "

@@ -143,6 +143,19 @@ def _remove_empty_template_folder(folder: Path) -> None:
         folder.rmdir()
 
 
+def log_sweep_summary(config: Any, sweep_dir: Path, returns: Sequence[JobReturn]) -> None:
+    """A training sweep's last word: how many jobs finished, where, and the command that tables them (an
+    Optuna search, which launches batch after batch, ends on its own summary)."""
+    if "algo" not in config or sweeper_needs_results(config):
+        return  # vla_hydra.eval / collect sweeps: report tables training runs
+    done = sum(r.status == JobStatus.COMPLETED for r in returns)
+    sweep_dir = sweep_dir.absolute()
+    log.info(
+        f"sweep dir {sweep_dir}: {done} of {len(returns)} job(s) finished; "
+        f"table and learning curves: python -m vla_hydra.report {sweep_dir}"
+    )
+
+
 class WaitForAllJobs(BaseSubmititLauncher):
     """Subclassed in hydra_plugins.vla_hydra_cluster.launchers (Hydra loads launchers from there only)."""
 
@@ -259,6 +272,7 @@ class WaitForAllJobs(BaseSubmititLauncher):
             return self._detach(sweep_dir, numbers, job_overrides, jobs)
         returns = self._wait_for_all(sweep_dir, numbers, job_overrides, jobs)
         _remove_empty_template_folder(Path(str(self.params["submitit_folder"])))
+        log_sweep_summary(self.config, sweep_dir, returns)
         failures = [r._return_value for r in returns if r.status != JobStatus.COMPLETED]
         # Optuna's sweeper records a failed trial in its study before it re-raises: it gets the returns
         if failures and not sweeper_needs_results(self.config):
@@ -795,6 +809,7 @@ class RunEveryJob(BasicLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         returns = super().launch(job_overrides, initial_job_idx)
+        log_sweep_summary(self.config, Path(str(self.config.hydra.sweep.dir)), returns)
         failed = [(initial_job_idx + i, r) for i, r in enumerate(returns) if r.status == JobStatus.FAILED]
         # an Optuna search records failed trials itself (and then stops): it gets every return
         if not failed or sweeper_needs_results(self.config):
