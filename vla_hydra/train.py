@@ -213,6 +213,10 @@ def _build_run(cfg: DictConfig, ckpt_path: str | None):
 
     env = instantiate(cfg.env)
     spec = env.spec()
+    if cfg.eval.get("video"):  # before any data or training: the video is made after training
+        from vla_hydra.envs.video import check_can_render
+
+        check_can_render(env, "eval.video=true")
     algo_class = get_object(cfg.algo._target_)
     check_algorithm_class(cfg.algo, algo_class)
     algo_class.check_settings(spec, cfg.algo)
