@@ -160,6 +160,21 @@ def test_mujoco_warnings_go_to_the_log_not_to_a_file_in_the_working_directory(tm
     assert "settotalmass" not in proc.stdout + proc.stderr  # known and harmless: debug level only
 
 
+def test_a_mujoco_backend_that_cannot_load_is_a_config_error():
+    """MUJOCO_GL picks the GL backend as mujoco is imported: a typo, or osmesa without libOSMesa, failed
+    every MuJoCo run with a traceback from inside mujoco's import."""
+    from tests.conftest import run_python
+
+    probe = "from vla_hydra.envs.factory import EnvFactory\nEnvFactory(id='Hopper-v5').spec()\n"
+    proc = run_python(probe, env={"MUJOCO_GL": "no-such-backend"})
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "vla_hydra.core.exceptions.ConfigError: env.id='Hopper-v5': cannot import mujoco with "
+        "MUJOCO_GL=no-such-backend; unset it, or MUJOCO_GL=egl renders headless (RuntimeError: "
+    ), proc.stderr
+
+
 def test_other_mujoco_warnings_are_logged_once(caplog):
     from vla_hydra.envs.factory import _log_mujoco_warning
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -266,7 +267,13 @@ def route_mujoco_warnings(env_id: str) -> None:
         return
     if "mujoco" not in entry_point:
         return
-    import mujoco
+    try:
+        import mujoco
+    except Exception as err:  # its import sets up MUJOCO_GL's backend: osmesa without libOSMesa, a typo
+        backend = os.environ.get("MUJOCO_GL")
+        detail = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        hint = f" with MUJOCO_GL={backend}; unset it, or MUJOCO_GL=egl renders headless" if backend else ""
+        raise ConfigError(f"env.id={env_id!r}: cannot import mujoco{hint} ({detail})") from err
 
     if mujoco.get_mju_user_warning() is None:
         mujoco.set_mju_user_warning(_log_mujoco_warning)
