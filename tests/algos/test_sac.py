@@ -443,6 +443,23 @@ def test_a_run_inside_its_random_warm_up_reports_its_env_step_throughput(tmp_pat
         assert isinstance(results[key], float) and results[key] > 0, (key, results[key])
 
 
+def test_a_budget_below_one_batch_says_no_update_was_made(tmp_path, data_dir, caplog):
+    """learning_starts below the budget but batch_size above it: updates wait for a full batch, so the run
+    ended with its initial policy and said nothing (only a budget inside learning_starts warned)."""
+    cfg = small_train_config(
+        tmp_path,
+        data_dir,
+        [*SMALL, "algo.total_timesteps=200", "algo.learning_starts=100", "eval.every_n_updates=100000"],
+    )
+    with caplog.at_level("WARNING", logger="vla_hydra.algos.sac"):
+        _, results = train(cfg)
+    assert results["env_steps"] == 200 and results["train_steps"] == 0
+    assert (
+        "algo.total_timesteps=200 < algo.batch_size=256: the replay buffer never holds a batch, so no "
+        "gradient update; the policy stays as initialised"
+    ) in caplog.text
+
+
 def test_a_replay_dataset_from_an_overwritten_ring_holds_only_whole_episodes(tmp_path):
     """algo.buffer_size below the run's env steps: each env's oldest stored steps are the end of an
     episode whose start was overwritten; they used to be written as a short complete episode (its return

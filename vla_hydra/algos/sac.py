@@ -282,6 +282,13 @@ class SAC(OnlineAlgorithm):
                 f"algo.total_timesteps={self.total_timesteps} <= algo.learning_starts={self.learning_starts}: "
                 "only random actions, no gradient update; the policy stays as initialised"
             )
+        elif self.total_timesteps < self.batch_size * self.world_size and not self.trainer.fast_dev_run:
+            # updates wait for a full batch in each process's buffer: past learning_starts, still none
+            log.warning(
+                f"algo.total_timesteps={self.total_timesteps} < algo.batch_size={self.batch_size}"
+                f"{f' x {self.world_size} processes' if self.world_size > 1 else ''}: the replay buffer never "
+                "holds a batch, so no gradient update; the policy stays as initialised"
+            )
         self._rounds = int(self.update_rounds)
         self.replay_buffer = self.make_replay_buffer()
         # transitions the buffer needs before an update: a resume without the saved buffer first
