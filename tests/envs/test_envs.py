@@ -66,6 +66,30 @@ def test_an_env_module_that_fails_on_import_is_a_config_error(tmp_path, monkeypa
         EnvFactory(id="broken_envs:Robot-v0", ref_returns={"random": 0.0, "expert": 1.0}).spec()
 
 
+@pytest.mark.parametrize(
+    "env_id,space",
+    [("FrozenLake-v1", "Discrete(16)"), ("Blackjack-v1", "Tuple(Discrete(32), Discrete(11), ")],
+)
+def test_an_observation_space_that_is_not_an_array_is_refused_with_the_flattening_wrapper(env_id, space):
+    """env.id=FrozenLake-v1 failed in PPO's first forward pass with an IndexError, Blackjack-v1 with a
+    TypeError; FlattenObservation (the hint) makes both trainable."""
+    from functools import partial
+
+    import gymnasium as gym
+
+    from vla_hydra.core.exceptions import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        EnvFactory(id=env_id).spec()
+    assert str(err.value).startswith(f"env.id='{env_id}': observation space {space}")
+    assert str(err.value).endswith(
+        "is not a Box of arrays; flatten it with "
+        "env.wrappers='[{_target_: gymnasium.wrappers.FlattenObservation, _partial_: true}]'"
+    )
+    flat = EnvFactory(id=env_id, wrappers=[partial(gym.wrappers.FlattenObservation)]).spec()
+    assert flat.observation_shape == ((16,) if env_id == "FrozenLake-v1" else (45,))
+
+
 def test_an_argument_the_env_does_not_take_is_a_config_error():
     from vla_hydra.core.exceptions import ConfigError
 

@@ -206,6 +206,13 @@ class EnvFactory:
             obs_space, act_space = env.observation_space, env.action_space
         finally:
             env.close()
+        if not isinstance(obs_space, gym.spaces.Box):
+            # Discrete (FrozenLake), Tuple (Blackjack), Dict: the networks take arrays, and failed on these
+            # with an IndexError / TypeError traceback; gymnasium flattens them (one-hot for Discrete)
+            raise ConfigError(
+                f"env.id={self.id!r}: observation space {obs_space} is not a Box of arrays; flatten it with "
+                "env.wrappers='[{_target_: gymnasium.wrappers.FlattenObservation, _partial_: true}]'"
+            )
         if isinstance(act_space, gym.spaces.Discrete):
             return EnvSpec(
                 env_id=self.id,
