@@ -224,6 +224,18 @@ def test_published_reference_returns_hold_only_for_the_registered_episode_length
         EnvFactory(id="CartPole-v1", ref_returns={"random": 5, "expert": 5})  # scores would divide by 0
 
 
+def test_an_env_configs_references_do_not_score_another_env_id():
+    """cartpole.yaml's ref_returns are CartPole-v1's; with env.id=Acrobot-v1 they are dropped, references
+    given for that env are kept."""
+    cartpole = {"random": 22.0, "expert": 500.0}
+    assert EnvFactory(id="CartPole-v1", ref_returns=cartpole).ref_returns == cartpole
+    assert EnvFactory(id="Acrobot-v1", ref_returns=cartpole).ref_returns is None
+    hopper = {"random": -20.272305, "expert": 3234.3}
+    assert EnvFactory(id="Walker2d-v5", ref_returns=hopper).ref_returns is None
+    own = {"random": -500.0, "expert": -100.0}
+    assert EnvFactory(id="Acrobot-v1", ref_returns=own).ref_returns == own
+
+
 def test_a_users_env_registered_by_its_own_module_is_made_timed_and_scored(tmp_path, monkeypatch):
     """env.id=<module>:<id>, gym.make's form for an env a user's package registers on import: its episode
     length is the registered one (it was unknown, and published references given for the registered length

@@ -8,7 +8,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,10 @@ class EnvFactory:
         if self.ref_returns and self.time_limit != registered_time_limit(self.id):
             # published returns are for the registered episode length (D4RL's 1000 steps): a score of
             # shorter or longer episodes against them would be meaningless (train.py says so)
+            self.ref_returns = None
+        if self.ref_returns and references_of_another_env(self.ref_returns, self.id):
+            # env=cartpole env.id=Acrobot-v1 kept CartPole's returns and scored Acrobot's random policy
+            # -109 (train.py says so)
             self.ref_returns = None
         for index, wrap in enumerate(self.wrappers or []):
             if isinstance(wrap, str):  # env.wrappers=[gymnasium.wrappers.X]: a name, not a callable
@@ -314,6 +318,30 @@ def normalized_score(episode_return: float, ref_returns: dict[str, float] | None
         return None
     low, high = float(ref_returns["random"]), float(ref_returns["expert"])
     return 100.0 * (episode_return - low) / (high - low)
+
+
+def references_of_another_env(ref_returns: dict[str, float], env_id: str) -> str | None:
+    """The env whose published reference returns `ref_returns` are, when a conf/env config gives them for
+    another env than `env_id` (`env=cartpole env.id=Acrobot-v1` keeps cartpole.yaml's, CartPole-v1's)."""
+    given = {key: float(value) for key, value in dict(ref_returns).items()}
+    owners = [owner for owner, refs in _published_references() if refs == given]
+    return owners[0] if owners and env_id not in owners else None
+
+
+@lru_cache(maxsize=1)
+def _published_references() -> tuple[tuple[str, dict[str, float]], ...]:
+    """(env id, ref_returns) of each conf/env config that publishes them."""
+    from omegaconf import OmegaConf
+
+    from vla_hydra.core.config import CONF_DIR
+
+    published = []
+    for path in sorted(Path(CONF_DIR, "env").glob("*.yaml")):
+        config = OmegaConf.load(path)
+        if config.get("ref_returns") and config.get("id"):
+            refs = {key: float(value) for key, value in config.ref_returns.items()}
+            published.append((str(config.id), refs))
+    return tuple(published)
 
 
 def env_choice_hint(env_id: str) -> str:
