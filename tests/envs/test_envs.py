@@ -90,6 +90,31 @@ def test_an_observation_space_that_is_not_an_array_is_refused_with_the_flattenin
     assert flat.observation_shape == ((16,) if env_id == "FrozenLake-v1" else (45,))
 
 
+def test_unbounded_actions_are_refused(tmp_path, monkeypatch):
+    """A user's env with Box(-inf, inf) actions trained to NaN returns (actions scaled to infinite bounds)
+    and exited 0."""
+    from vla_hydra.core.exceptions import ConfigError
+
+    (tmp_path / "unbounded_envs.py").write_text(
+        "import gymnasium as gym\n"
+        "import numpy as np\n"
+        "from gymnasium.envs.classic_control.pendulum import PendulumEnv\n"
+        "class Unbounded(PendulumEnv):\n"
+        "    def __init__(self, **kwargs):\n"
+        "        super().__init__(**kwargs)\n"
+        "        self.action_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)\n"
+        "gym.register('Unbounded-v0', entry_point=Unbounded, max_episode_steps=20)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as err:
+        EnvFactory(id="unbounded_envs:Unbounded-v0").spec()
+    assert str(err.value) == (
+        "env.id='unbounded_envs:Unbounded-v0': action space Box(-inf, inf, (1,), float32) has unbounded "
+        "actions; the policies act in [-1, 1] scaled to the env's bounds: declare finite ones in the env's "
+        "action_space"
+    )
+
+
 def test_an_argument_the_env_does_not_take_is_a_config_error():
     from vla_hydra.core.exceptions import ConfigError
 

@@ -228,6 +228,13 @@ class EnvFactory:
             )
         if not isinstance(act_space, gym.spaces.Box):
             raise ConfigError(f"env.id={self.id!r}: Box or Discrete action space expected, got {act_space}")
+        if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
+            # policies act in [-1, 1], scaled to the bounds: infinite ones made every action NaN, and the
+            # run ended with NaN returns and exit status 0
+            raise ConfigError(
+                f"env.id={self.id!r}: action space {act_space} has unbounded actions; the policies act in "
+                "[-1, 1] scaled to the env's bounds: declare finite ones in the env's action_space"
+            )
         return EnvSpec(
             env_id=self.id,
             observation_shape=tuple(obs_space.shape),
