@@ -460,6 +460,22 @@ def test_a_budget_below_one_batch_says_no_update_was_made(tmp_path, data_dir, ca
     ) in caplog.text
 
 
+def test_a_buffer_of_one_batch_filled_by_several_envs_still_updates(tmp_path, data_dir):
+    """algo.buffer_size=256 = algo.batch_size passed the buffer check, but the ring was cut to a multiple
+    of env.num_envs=3 below it (255 rows): no batch was ever drawn, 1200 env steps without an update."""
+    overrides = [
+        "env.num_envs=3",
+        "algo.buffer_size=256",
+        "algo.total_timesteps=600",
+        "algo.learning_starts=100",
+    ]
+    cfg = small_train_config(tmp_path, data_dir, [*SMALL, *overrides, "eval.every_n_updates=100000"])
+    _, results = train(cfg)
+    # one round per vector step once the ring holds a batch (vector step 86 of 200): 115 rounds,
+    # each a critic step, every second one also two actor steps
+    assert results["env_steps"] == 600 and results["train_steps"] == 172
+
+
 def test_a_replay_dataset_from_an_overwritten_ring_holds_only_whole_episodes(tmp_path):
     """algo.buffer_size below the run's env steps: each env's oldest stored steps are the end of an
     episode whose start was overwritten; they used to be written as a short complete episode (its return

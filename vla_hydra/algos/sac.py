@@ -259,8 +259,9 @@ class SAC(OnlineAlgorithm):
         # a continuation below the env steps already run trains no further, and keeps its restored buffer
         run_steps = max(self.total_timesteps, int(self.env_steps), self.batch_size)
         capacity = min(self.buffer_size, run_steps)
-        # a multiple of num_envs, so each env's rows stay on one residue class (ReplayBuffer.chronological)
-        capacity = max(capacity - capacity % self.num_envs, self.num_envs)
+        # a multiple of num_envs, so each env's rows stay on one residue class (ReplayBuffer.chronological);
+        # rounded up: rounded down, algo.buffer_size=256 with 3 envs held 255 rows, never a batch of 256
+        capacity = -(-capacity // self.num_envs) * self.num_envs
         return ReplayBuffer(capacity, fields, self.device)
 
     def on_fit_start(self) -> None:
