@@ -92,10 +92,18 @@ def run_module(
     )
 
 
-def run_python(code: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run `python -c code` in a fresh interpreter (import side effects, files left in cwd); output captured."""
+def run_python(
+    code: str, cwd: Path | None = None, timeout: float = 120, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -c code` in a fresh interpreter (import side effects, files left in cwd; `env`: extra
+    environment variables); output captured."""
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", code],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env} if env else None,
     )
 
 

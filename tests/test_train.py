@@ -163,6 +163,29 @@ def test_a_run_on_shorter_episodes_than_the_references_gets_no_normalized_score(
     )
 
 
+def test_another_env_id_is_not_scored_with_the_env_configs_references(tmp_path, data_dir, caplog):
+    """`env=cartpole env.id=Acrobot-v1` (README: any gymnasium id via env.id=) kept cartpole.yaml's
+    CartPole-v1 returns: Acrobot's -500 was reported as normalized score -109.2, periodic evaluations too;
+    given this env's own references, they score it."""
+    overrides = [
+        "algo=ppo",
+        "env=cartpole",
+        "env.id=Acrobot-v1",
+        "algo.total_timesteps=512",
+        "eval.episodes=2",
+    ]
+    _, results = train(small_train_config(tmp_path, data_dir, overrides))
+    assert results["eval_return_mean"] == -500.0 and results["normalized_score"] is None
+    assert all("eval/normalized_score" not in entry for entry in results["eval_history"])
+    assert (
+        "no normalized scores: env.ref_returns are CartPole-v1's published returns, not Acrobot-v1's"
+        in caplog.text
+    )
+    own = [*overrides, "env.ref_returns={random: -500, expert: -100}"]
+    _, results = train(small_train_config(tmp_path / "own", data_dir, own))
+    assert results["normalized_score"] == 0.0
+
+
 def test_a_bad_gail_reward_type_is_refused_before_the_expert_dataset_is_collected(tmp_path):
     from vla_hydra.core.exceptions import ConfigError
 

@@ -208,6 +208,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         _refuse_existing_export(cfg.export)  # before any work, not after the evaluation
     algo, env, config = load_policy(cfg.ckpt_path, select_device(cfg.device))
     _condition_on(algo, cfg.get("target_return"), cfg.ckpt_path)
+    if cfg.get("video"):  # before the evaluation, not after it
+        from vla_hydra.envs.video import check_can_render
+
+        check_can_render(env, "video=true")
     release_warning_signal(hand_on=True)  # set up: a time-limit warning held since the job began acts now
     result = rollout_episodes(algo, env, cfg.episodes, cfg.seed, ref_returns=algo.ref_returns)
     results = {
@@ -284,6 +288,10 @@ def evaluate_training_run_checkpoint(cfg: DictConfig, output_dir: Path, start: f
     refuse_finished_run_dir(output_dir)
     ckpt_path = Path(str(cfg.ckpt_path)).resolve()
     algo, env, config = load_policy(ckpt_path)
+    if cfg.eval.get("video"):
+        from vla_hydra.envs.video import check_can_render
+
+        check_can_render(env, "eval.video=true")
     release_warning_signal(hand_on=True)
     final = rollout_episodes(algo, env, cfg.eval.episodes, cfg.eval.seed, ref_returns=algo.ref_returns)
     data_config = config.get("data") or {}

@@ -56,11 +56,17 @@ def _scoring_references(cfg: DictConfig, env, datamodule) -> dict[str, float] | 
     """The reference returns of normalized scores, None (and a warning) when the only ones there are
     were measured on episodes of another length than this run's evaluation episodes."""
     from vla_hydra.core.logging import get_logger
-    from vla_hydra.envs.factory import registered_time_limit
+    from vla_hydra.envs.factory import references_of_another_env, registered_time_limit
 
     references = datamodule.reference_returns(env.ref_returns, env.time_limit)
     published = cfg.env.get("ref_returns")
-    if references is None and (published or getattr(datamodule, "ref_returns", None)):
+    other_env = references_of_another_env(published, env.id) if published else None
+    if references is None and other_env:
+        get_logger(__name__).warning(
+            f"no normalized scores: env.ref_returns are {other_env}'s published returns, not {env.id}'s "
+            "(env.id changed, env.ref_returns not); give this env's as env.ref_returns='{random: R, expert: R}'"
+        )
+    elif references is None and (published or getattr(datamodule, "ref_returns", None)):
         measured_at = getattr(datamodule, "reference_time_limit", None) or registered_time_limit(env.id)
         get_logger(__name__).warning(
             f"no normalized scores: the reference returns are for {measured_at}-step episodes, this run's "
@@ -214,6 +220,10 @@ def _build_run(cfg: DictConfig, ckpt_path: str | None):
 
     env = instantiate(cfg.env)
     spec = env.spec()
+    if cfg.eval.get("video"):  # before any data or training: the video is made after training
+        from vla_hydra.envs.video import check_can_render
+
+        check_can_render(env, "eval.video=true")
     algo_class = get_object(cfg.algo._target_)
     check_algorithm_class(cfg.algo, algo_class)
     algo_class.check_settings(spec, cfg.algo)

@@ -443,6 +443,39 @@ def test_a_run_inside_its_random_warm_up_reports_its_env_step_throughput(tmp_pat
         assert isinstance(results[key], float) and results[key] > 0, (key, results[key])
 
 
+def test_a_budget_below_one_batch_says_no_update_was_made(tmp_path, data_dir, caplog):
+    """learning_starts below the budget but batch_size above it: updates wait for a full batch, so the run
+    ended with its initial policy and said nothing (only a budget inside learning_starts warned)."""
+    cfg = small_train_config(
+        tmp_path,
+        data_dir,
+        [*SMALL, "algo.total_timesteps=200", "algo.learning_starts=100", "eval.every_n_updates=100000"],
+    )
+    with caplog.at_level("WARNING", logger="vla_hydra.algos.sac"):
+        _, results = train(cfg)
+    assert results["env_steps"] == 200 and results["train_steps"] == 0
+    assert (
+        "algo.total_timesteps=200 < algo.batch_size=256: the replay buffer never holds a batch, so no "
+        "gradient update; the policy stays as initialised"
+    ) in caplog.text
+
+
+def test_a_buffer_of_one_batch_filled_by_several_envs_still_updates(tmp_path, data_dir):
+    """algo.buffer_size=256 = algo.batch_size passed the buffer check, but the ring was cut to a multiple
+    of env.num_envs=3 below it (255 rows): no batch was ever drawn, 1200 env steps without an update."""
+    overrides = [
+        "env.num_envs=3",
+        "algo.buffer_size=256",
+        "algo.total_timesteps=600",
+        "algo.learning_starts=100",
+    ]
+    cfg = small_train_config(tmp_path, data_dir, [*SMALL, *overrides, "eval.every_n_updates=100000"])
+    _, results = train(cfg)
+    # one round per vector step once the ring holds a batch (vector step 86 of 200): 115 rounds,
+    # each a critic step, every second one also two actor steps
+    assert results["env_steps"] == 600 and results["train_steps"] == 172
+
+
 def test_a_replay_dataset_from_an_overwritten_ring_holds_only_whole_episodes(tmp_path):
     """algo.buffer_size below the run's env steps: each env's oldest stored steps are the end of an
     episode whose start was overwritten; they used to be written as a short complete episode (its return

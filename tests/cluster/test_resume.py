@@ -168,6 +168,21 @@ def test_resuming_an_online_run_in_another_env_names_the_env_to_use(tmp_path, da
     )
 
 
+def test_an_algo_option_that_changes_the_networks_is_named_when_a_resume_is_refused(tmp_path, data_dir):
+    """GRPO resumed with algo.kl_coef > 0 (a reference policy) or SAC with other algo.critic_hidden_dims:
+    the refusal told the user to resume with the model=/data=/env= settings, none of which had changed."""
+    budget = ["algo=grpo", "env=cartpole", "algo.group_size=2", "algo.num_groups=1", "eval.episodes=2"]
+    _, grpo = train(small_train_config(tmp_path / "a", data_dir, [*budget, "algo.total_timesteps=50"]))
+    resumed = [*budget, "algo.total_timesteps=100", "algo.kl_coef=0.1", f"ckpt_path={grpo['checkpoint']}"]
+    with pytest.raises(CheckpointError) as err:
+        train(small_train_config(tmp_path / "b", data_dir, resumed))
+    assert str(err.value) == (
+        f"ckpt_path={grpo['checkpoint']}: its weights do not fit this config (ref_policy.net.0.weight missing; "
+        "5 more): resume with the model=/data=/env= settings of the run that wrote it and its algo settings "
+        "(algo.kl_coef: 0.0 -> 0.1)"
+    )
+
+
 def test_resuming_with_the_other_ppo_choice_names_the_algo_choice(tmp_path, data_dir, monkeypatch):
     """algo=ppo and algo=ppo_continuous are one class, so ckpt_path= of a ppo run under
     algo=ppo_continuous passed the algorithm check and failed on weight shapes, telling the user to

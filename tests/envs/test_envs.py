@@ -66,6 +66,55 @@ def test_an_env_module_that_fails_on_import_is_a_config_error(tmp_path, monkeypa
         EnvFactory(id="broken_envs:Robot-v0", ref_returns={"random": 0.0, "expert": 1.0}).spec()
 
 
+@pytest.mark.parametrize(
+    "env_id,space",
+    [("FrozenLake-v1", "Discrete(16)"), ("Blackjack-v1", "Tuple(Discrete(32), Discrete(11), ")],
+)
+def test_an_observation_space_that_is_not_an_array_is_refused_with_the_flattening_wrapper(env_id, space):
+    """env.id=FrozenLake-v1 failed in PPO's first forward pass with an IndexError, Blackjack-v1 with a
+    TypeError; FlattenObservation (the hint) makes both trainable."""
+    from functools import partial
+
+    import gymnasium as gym
+
+    from vla_hydra.core.exceptions import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        EnvFactory(id=env_id).spec()
+    assert str(err.value).startswith(f"env.id='{env_id}': observation space {space}")
+    assert str(err.value).endswith(
+        "is not a Box of arrays; flatten it with "
+        "env.wrappers='[{_target_: gymnasium.wrappers.FlattenObservation, _partial_: true}]'"
+    )
+    flat = EnvFactory(id=env_id, wrappers=[partial(gym.wrappers.FlattenObservation)]).spec()
+    assert flat.observation_shape == ((16,) if env_id == "FrozenLake-v1" else (45,))
+
+
+def test_unbounded_actions_are_refused(tmp_path, monkeypatch):
+    """A user's env with Box(-inf, inf) actions trained to NaN returns (actions scaled to infinite bounds)
+    and exited 0."""
+    from vla_hydra.core.exceptions import ConfigError
+
+    (tmp_path / "unbounded_envs.py").write_text(
+        "import gymnasium as gym\n"
+        "import numpy as np\n"
+        "from gymnasium.envs.classic_control.pendulum import PendulumEnv\n"
+        "class Unbounded(PendulumEnv):\n"
+        "    def __init__(self, **kwargs):\n"
+        "        super().__init__(**kwargs)\n"
+        "        self.action_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)\n"
+        "gym.register('Unbounded-v0', entry_point=Unbounded, max_episode_steps=20)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as err:
+        EnvFactory(id="unbounded_envs:Unbounded-v0").spec()
+    assert str(err.value) == (
+        "env.id='unbounded_envs:Unbounded-v0': action space Box(-inf, inf, (1,), float32) has unbounded "
+        "actions; the policies act in [-1, 1] scaled to the env's bounds: declare finite ones in the env's "
+        "action_space"
+    )
+
+
 def test_an_argument_the_env_does_not_take_is_a_config_error():
     from vla_hydra.core.exceptions import ConfigError
 
@@ -160,6 +209,21 @@ def test_mujoco_warnings_go_to_the_log_not_to_a_file_in_the_working_directory(tm
     assert "settotalmass" not in proc.stdout + proc.stderr  # known and harmless: debug level only
 
 
+def test_a_mujoco_backend_that_cannot_load_is_a_config_error():
+    """MUJOCO_GL picks the GL backend as mujoco is imported: a typo, or osmesa without libOSMesa, failed
+    every MuJoCo run with a traceback from inside mujoco's import."""
+    from tests.conftest import run_python
+
+    probe = "from vla_hydra.envs.factory import EnvFactory\nEnvFactory(id='Hopper-v5').spec()\n"
+    proc = run_python(probe, env={"MUJOCO_GL": "no-such-backend"})
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "vla_hydra.core.exceptions.ConfigError: env.id='Hopper-v5': cannot import mujoco with "
+        "MUJOCO_GL=no-such-backend; unset it, or MUJOCO_GL=egl renders headless (RuntimeError: "
+    ), proc.stderr
+
+
 def test_other_mujoco_warnings_are_logged_once(caplog):
     from vla_hydra.envs.factory import _log_mujoco_warning
 
@@ -183,6 +247,18 @@ def test_published_reference_returns_hold_only_for_the_registered_episode_length
 
     with pytest.raises(ConfigError, match=r"^env.ref_returns: random and expert are both 5.0; expected two"):
         EnvFactory(id="CartPole-v1", ref_returns={"random": 5, "expert": 5})  # scores would divide by 0
+
+
+def test_an_env_configs_references_do_not_score_another_env_id():
+    """cartpole.yaml's ref_returns are CartPole-v1's; with env.id=Acrobot-v1 they are dropped, references
+    given for that env are kept."""
+    cartpole = {"random": 22.0, "expert": 500.0}
+    assert EnvFactory(id="CartPole-v1", ref_returns=cartpole).ref_returns == cartpole
+    assert EnvFactory(id="Acrobot-v1", ref_returns=cartpole).ref_returns is None
+    hopper = {"random": -20.272305, "expert": 3234.3}
+    assert EnvFactory(id="Walker2d-v5", ref_returns=hopper).ref_returns is None
+    own = {"random": -500.0, "expert": -100.0}
+    assert EnvFactory(id="Acrobot-v1", ref_returns=own).ref_returns == own
 
 
 def test_a_users_env_registered_by_its_own_module_is_made_timed_and_scored(tmp_path, monkeypatch):

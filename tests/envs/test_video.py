@@ -116,3 +116,59 @@ def test_a_video_that_cannot_be_written_fails_in_one_line_and_keeps_the_results(
     assert "\n" not in str(err.value)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["algo"] == "ppo" and "video" not in results
+
+
+class _NoRenderEnv(gym.Env):
+    """A task without rgb_array rendering (many users' robot envs): it trains and evaluates, but cannot be
+    filmed."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, render_mode=None):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), -float(np.square(action).sum()), False, False, {}
+
+
+def test_a_video_of_an_env_that_cannot_render_is_refused_before_training_and_evaluation(tmp_path, data_dir):
+    """eval.video=true on such an env trained the whole run, then failed with gymnasium's
+    NotImplementedError traceback; vla_hydra.eval's video=true evaluated first, then failed the same way."""
+    import pytest
+    from omegaconf import open_dict
+
+    from tests.conftest import compose_config
+    from vla_hydra.core.exceptions import ConfigError
+    from vla_hydra.eval import evaluate
+
+    gym.register("TestNoRender-v0", entry_point=_NoRenderEnv, max_episode_steps=16)
+    overrides = [
+        "algo=ppo_continuous",
+        "env.id=TestNoRender-v0",
+        "algo.total_timesteps=64",
+        "algo.num_steps=64",
+    ]
+    cfg = small_train_config(tmp_path, data_dir, [*overrides, "eval.video=true"])
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert str(err.value) == (
+        "eval.video=true: env TestNoRender-v0 cannot render video frames (NotImplementedError); "
+        "its render_modes are [], without rgb_array"
+    )
+    assert (
+        not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "results.json").exists()
+    )
+
+    cfg = small_train_config(tmp_path / "plain", data_dir, overrides)
+    _, results = train(cfg)  # without a video it trains, and eval can re-evaluate its checkpoint
+    eval_cfg = compose_config("eval", [f"ckpt_path={results['checkpoint']}", "episodes=2", "video=true"])
+    with open_dict(eval_cfg):
+        eval_cfg.paths.output_dir = str(tmp_path / "eval")
+    with pytest.raises(ConfigError, match=r"^video=true: env TestNoRender-v0 cannot render video frames"):
+        evaluate(eval_cfg)
+    assert not (tmp_path / "eval" / "eval_results.json").exists()

@@ -259,8 +259,9 @@ class SAC(OnlineAlgorithm):
         # a continuation below the env steps already run trains no further, and keeps its restored buffer
         run_steps = max(self.total_timesteps, int(self.env_steps), self.batch_size)
         capacity = min(self.buffer_size, run_steps)
-        # a multiple of num_envs, so each env's rows stay on one residue class (ReplayBuffer.chronological)
-        capacity = max(capacity - capacity % self.num_envs, self.num_envs)
+        # a multiple of num_envs, so each env's rows stay on one residue class (ReplayBuffer.chronological);
+        # rounded up: rounded down, algo.buffer_size=256 with 3 envs held 255 rows, never a batch of 256
+        capacity = -(-capacity // self.num_envs) * self.num_envs
         return ReplayBuffer(capacity, fields, self.device)
 
     def on_fit_start(self) -> None:
@@ -281,6 +282,13 @@ class SAC(OnlineAlgorithm):
             log.warning(
                 f"algo.total_timesteps={self.total_timesteps} <= algo.learning_starts={self.learning_starts}: "
                 "only random actions, no gradient update; the policy stays as initialised"
+            )
+        elif self.total_timesteps < self.batch_size * self.world_size and not self.trainer.fast_dev_run:
+            # updates wait for a full batch in each process's buffer: past learning_starts, still none
+            log.warning(
+                f"algo.total_timesteps={self.total_timesteps} < algo.batch_size={self.batch_size}"
+                f"{f' x {self.world_size} processes' if self.world_size > 1 else ''}: the replay buffer never "
+                "holds a batch, so no gradient update; the policy stays as initialised"
             )
         self._rounds = int(self.update_rounds)
         self.replay_buffer = self.make_replay_buffer()

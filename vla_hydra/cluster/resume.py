@@ -222,10 +222,19 @@ def check_resumable(
             if written_by and chosen and chosen != written_by
             else ""
         )
+        # an algo option that shapes the networks (algo.critic_hidden_dims, GRPO's algo.kl_coef > 0 adding a
+        # reference policy) was blamed on model=/data=/env=
+        # (another algo= choice differs in many: that choice is named instead)
+        changed = (
+            []
+            if other_choice
+            else _changed_algo_settings(algo_settings, (meta.get("config") or {}).get("algo"))
+        )
         raise CheckpointError(
             f"ckpt_path={ckpt_path}: its weights do not fit this config ({problems[0]}"
             + (f"; {len(problems) - 1} more" if len(problems) > 1 else "")
             + f"): resume with the {other_choice}model=/data=/env= settings of the run that wrote it"
+            + (f" and its algo settings ({'; '.join(changed)})" if changed else "")
         )
     trained_config = meta.get("config") or {}
     trained_seed = trained_config.get("seed")
@@ -235,23 +244,12 @@ def check_resumable(
             "continuation draws other samples (minibatches, env resets) than that run would (and "
             f"results.json records seed {seed}); add seed={trained_seed} to continue it exactly"
         )
-    trained_algo = trained_config.get("algo")
-    if algo_settings is not None and isinstance(trained_algo, dict):
-        changed = [
-            f"algo.{key}: {trained_algo[key]!r} -> {value!r}"
-            for key, value in algo_settings.items()
-            if key in trained_algo
-            and key not in BUDGET_KEYS
-            and key != "seed"  # online algos' copy of the top-level seed (`${seed}`): said above already
-            and value is not None  # unset: filled in at fit start as it was (DT's target_return)
-            and not isinstance(value, dict)
-            and value != trained_algo[key]
-        ]
-        if changed:
-            log.warning(
-                f"continuing ckpt_path={ckpt_path} with algo settings other than its run's ({'; '.join(changed)}): "
-                "what depends on them (learning-rate schedules, budgets) continues on the new values"
-            )
+    changed = _changed_algo_settings(algo_settings, trained_config.get("algo"))
+    if changed:
+        log.warning(
+            f"continuing ckpt_path={ckpt_path} with algo settings other than its run's ({'; '.join(changed)}): "
+            "what depends on them (learning-rate schedules, budgets) continues on the new values"
+        )
     step = int(checkpoint.get("global_step", 0))
     if 0 < max_steps < step:  # 0: experiment=eval's "restore and evaluate only"
         log.warning(
@@ -264,6 +262,23 @@ def check_resumable(
             f"continuing ckpt_path={ckpt_path} from update {step}"
             + (f", env step {int(env_steps)}" if env_steps is not None else "")
         )
+
+
+def _changed_algo_settings(algo_settings: dict | None, trained_algo: Any) -> list[str]:
+    """`algo.<key>: <the checkpoint run's> -> <this run's>` for each algo.* option that differs, the
+    budget (BUDGET_KEYS) aside."""
+    if algo_settings is None or not isinstance(trained_algo, dict):
+        return []
+    return [
+        f"algo.{key}: {trained_algo[key]!r} -> {value!r}"
+        for key, value in algo_settings.items()
+        if key in trained_algo
+        and key not in BUDGET_KEYS
+        and key != "seed"  # online algos' copy of the top-level seed (`${seed}`): said apart
+        and value is not None  # unset: filled in at fit start as it was (DT's target_return)
+        and not isinstance(value, dict)
+        and value != trained_algo[key]
+    ]
 
 
 def advance_iterable(dataset: Any, draws: int) -> int:

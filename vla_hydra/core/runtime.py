@@ -15,20 +15,27 @@ import torch  # noqa: E402
 
 def select_device(requested: str = "auto") -> torch.device:
     """`auto` picks cuda, then mps, then cpu; anything else is passed to torch.device."""
+    mps_available = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if mps_available:
             return torch.device("mps")
         return torch.device("cpu")
     from vla_hydra.core.exceptions import ConfigError
 
+    expected = "expected auto, cpu, cuda, cuda:N or mps"
     try:
         device = torch.device(requested)
     except RuntimeError as err:
+        raise ConfigError(f"device={requested}: not a torch device ({expected})") from err
+    if device.type not in ("cpu", "cuda", "mps"):  # a torch device type (xpu, meta) nothing here runs on
+        raise ConfigError(f"device={requested}: not a device vla_hydra runs on ({expected})")
+    if device.type == "mps" and not mps_available:
+        # else torch.load failed on it, and the checkpoint was called unreadable
         raise ConfigError(
-            f"device={requested}: not a torch device (expected auto, cpu, cuda, cuda:N or mps)"
-        ) from err
+            f"device={requested}: no Apple MPS device on this machine; use device=cpu (or auto)"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={requested}: no CUDA GPU on this machine; use device=cpu (or auto)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,10 @@ class EnvFactory:
         if self.ref_returns and self.time_limit != registered_time_limit(self.id):
             # published returns are for the registered episode length (D4RL's 1000 steps): a score of
             # shorter or longer episodes against them would be meaningless (train.py says so)
+            self.ref_returns = None
+        if self.ref_returns and references_of_another_env(self.ref_returns, self.id):
+            # env=cartpole env.id=Acrobot-v1 kept CartPole's returns and scored Acrobot's random policy
+            # -109 (train.py says so)
             self.ref_returns = None
         for index, wrap in enumerate(self.wrappers or []):
             if isinstance(wrap, str):  # env.wrappers=[gymnasium.wrappers.X]: a name, not a callable
@@ -205,6 +210,13 @@ class EnvFactory:
             obs_space, act_space = env.observation_space, env.action_space
         finally:
             env.close()
+        if not isinstance(obs_space, gym.spaces.Box):
+            # Discrete (FrozenLake), Tuple (Blackjack), Dict: the networks take arrays, and failed on these
+            # with an IndexError / TypeError traceback; gymnasium flattens them (one-hot for Discrete)
+            raise ConfigError(
+                f"env.id={self.id!r}: observation space {obs_space} is not a Box of arrays; flatten it with "
+                "env.wrappers='[{_target_: gymnasium.wrappers.FlattenObservation, _partial_: true}]'"
+            )
         if isinstance(act_space, gym.spaces.Discrete):
             return EnvSpec(
                 env_id=self.id,
@@ -216,6 +228,13 @@ class EnvFactory:
             )
         if not isinstance(act_space, gym.spaces.Box):
             raise ConfigError(f"env.id={self.id!r}: Box or Discrete action space expected, got {act_space}")
+        if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
+            # policies act in [-1, 1], scaled to the bounds: infinite ones made every action NaN, and the
+            # run ended with NaN returns and exit status 0
+            raise ConfigError(
+                f"env.id={self.id!r}: action space {act_space} has unbounded actions; the policies act in "
+                "[-1, 1] scaled to the env's bounds: declare finite ones in the env's action_space"
+            )
         return EnvSpec(
             env_id=self.id,
             observation_shape=tuple(obs_space.shape),
@@ -266,7 +285,13 @@ def route_mujoco_warnings(env_id: str) -> None:
         return
     if "mujoco" not in entry_point:
         return
-    import mujoco
+    try:
+        import mujoco
+    except Exception as err:  # its import sets up MUJOCO_GL's backend: osmesa without libOSMesa, a typo
+        backend = os.environ.get("MUJOCO_GL")
+        detail = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        hint = f" with MUJOCO_GL={backend}; unset it, or MUJOCO_GL=egl renders headless" if backend else ""
+        raise ConfigError(f"env.id={env_id!r}: cannot import mujoco{hint} ({detail})") from err
 
     if mujoco.get_mju_user_warning() is None:
         mujoco.set_mju_user_warning(_log_mujoco_warning)
@@ -302,16 +327,35 @@ def normalized_score(episode_return: float, ref_returns: dict[str, float] | None
     return 100.0 * (episode_return - low) / (high - low)
 
 
-def env_choice(env_id: str):
-    """The conf/env choice that builds `env_id` and its config, as (name, DictConfig); None if none does."""
+def references_of_another_env(ref_returns: dict[str, float], env_id: str) -> str | None:
+    """The env whose published reference returns `ref_returns` are, when a conf/env config gives them for
+    another env than `env_id` (`env=cartpole env.id=Acrobot-v1` keeps cartpole.yaml's, CartPole-v1's)."""
+    given = {key: float(value) for key, value in dict(ref_returns).items()}
+    owners = [
+        str(config.id)
+        for _, config in _env_configs()
+        if config.get("ref_returns")
+        and config.get("id")
+        and {key: float(value) for key, value in config.ref_returns.items()} == given
+    ]
+    return owners[0] if owners and env_id not in owners else None
+
+
+@lru_cache(maxsize=1)
+def _env_configs() -> tuple:
+    """(choice name, config) of each conf/env yaml, read once."""
     from omegaconf import OmegaConf
 
     from vla_hydra.core.config import CONF_DIR
 
-    for path in sorted(Path(CONF_DIR, "env").glob("*.yaml")):
-        config = OmegaConf.load(path)
+    return tuple((path.stem, OmegaConf.load(path)) for path in sorted(Path(CONF_DIR, "env").glob("*.yaml")))
+
+
+def env_choice(env_id: str):
+    """The conf/env choice that builds `env_id` and its config, as (name, DictConfig); None if none does."""
+    for name, config in _env_configs():
         if config.get("id") == env_id:
-            return path.stem, config
+            return name, config
     return None
 
 

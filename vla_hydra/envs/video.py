@@ -25,6 +25,40 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
+def check_can_render(env_factory: EnvFactory, option: str) -> None:
+    """Render one frame of the env before a run that asks for a video (`option`, e.g. eval.video=true)
+    trains or evaluates anything: an env without rgb_array rendering, or a MuJoCo backend that needs a
+    display (MUJOCO_GL=glfw), failed with a renderer's traceback only once training was over."""
+    import warnings
+
+    from vla_hydra.core.exceptions import ConfigError
+
+    env = None
+    try:
+        with warnings.catch_warnings():  # gymnasium's own warning about an unlisted render_mode: said below
+            warnings.simplefilter("ignore")
+            env = env_factory.make(render_mode="rgb_array")
+        env.reset(seed=0)
+        frame, error = env.render(), None
+    except ConfigError:  # the env itself cannot be made: its own one-line error
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the renderer raises means "cannot film it"
+        frame, error = None, " ".join(f"{type(err).__name__}: {err}".split()).rstrip(": ")[:200]
+    finally:
+        if env is not None:
+            env.close()
+    if isinstance(frame, np.ndarray) and frame.ndim == 3:
+        return
+    modes = env.metadata.get("render_modes") if env is not None else None
+    why = error or f"render() returned {type(frame).__name__}, not an image"
+    hint = ""
+    if env is not None and type(env.unwrapped).__module__.startswith("gymnasium.envs.mujoco"):
+        hint = f"; MuJoCo renders headless with MUJOCO_GL=egl (here MUJOCO_GL={os.environ.get('MUJOCO_GL')})"
+    elif modes is not None and "rgb_array" not in modes:
+        hint = f"; its render_modes are {list(modes)}, without rgb_array"
+    raise ConfigError(f"{option}: env {env_factory.id} cannot render video frames ({why}){hint}")
+
+
 def record_video(
     policy: Any,
     env_factory: EnvFactory,
