@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # (xdist_group). XDIST= runs them in one process.
 XDIST ?= -n auto --dist loadgroup
 
-.PHONY: help install train test test-full gpu-check bench format lint clean
+.PHONY: help install train test test-full gpu-check bench format lint clean clean-runs
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,12 @@ format: install ## auto-format and fix imports
 lint: install ## static checks
 	$(PY) -m ruff check vla_hydra hydra_plugins tests benchmarks notebooks
 
-clean: ## remove caches and run outputs (keeps .venv and data/)
-	rm -rf logs outputs multirun .pytest_cache .ruff_cache benchmarks/results
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+# clean leaves results alone: logs/ holds every run's checkpoints and results.json, benchmarks/results/
+# the benchmark history; clean-runs deletes them, and says which it deletes.
+clean: ## remove caches (__pycache__, .pytest_cache, .ruff_cache); keeps runs, results, data/ and .venv
+	rm -rf .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-runs: ## DELETE this checkout's run outputs: logs/ (runs, checkpoints, results.json), outputs/, multirun/, benchmarks/results/
+	@for d in logs outputs multirun benchmarks/results; do \
+		test -e $$d && echo "deleting $$d/ ($$(find $$d -type f | wc -l) files)" && rm -rf $$d; true; done
