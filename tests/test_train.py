@@ -797,8 +797,9 @@ def test_a_sweep_into_a_finished_sweep_dir_is_refused_before_anything_is_written
     # ckpt_path= goes to every job of a sweep, so a run is continued alone, in its own dir
     assert again.stderr.strip().splitlines() == [
         f"error: hydra.sweep.dir={sweep}: holds runs ({sweep / '0'}); a sweep writes its own job dirs: choose "
-        f"a new dir (continue one of its runs alone with ckpt_path={sweep / '0' / 'checkpoints' / 'last.ckpt'} "
-        f"hydra.run.dir={sweep / '0'})"
+        f"a new dir (continue one of its runs alone with python -m vla_hydra.train seed=0 trainer.max_steps=50 "
+        f"eval.episodes=2 paths.data_dir={data_dir} ckpt_path={sweep / '0' / 'checkpoints' / 'last.ckpt'} "
+        f"hydra.run.dir={sweep / '0'} hydra.mode=RUN)"
     ]
     assert all(p.read_bytes() == data for p, data in kept.items())
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from vla_hydra.cli.entry import run_cli
-from vla_hydra.cli.run_dirs import continue_command
+from vla_hydra.cli.run_dirs import continue_command_of
 from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT
 from vla_hydra.core.config import is_number
 from vla_hydra.core.exceptions import VlaHydraError
@@ -892,7 +892,7 @@ def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None
         notes += [
             f"skipped {d}: no {RESULTS_FILE} "
             + (
-                f"(interrupted or still running; continue it with {_continue_command(d)})"
+                f"(interrupted or still running; continue it with {continue_command_of(d)})"
                 if (d / RUN_DIR_CHECKPOINT).exists()
                 else "(the job failed or is still running)"
             )
@@ -921,27 +921,6 @@ def write_report(sweep_dirs: Sequence[str | Path], out: str | Path | None = None
         where = err.filename or out_dir
         raise VlaHydraError(f"--out {out_dir}: cannot write {where} ({err.strerror or err})") from err
     return Report(groups=groups, notes=notes, table=text_table(groups), files=files)
-
-
-def _continue_command(run_dir: Path) -> str:
-    try:
-        overrides = _read_overrides(run_dir) or []
-    except VlaHydraError:
-        overrides = []
-    multirun = _hydra_mode(run_dir) == "MULTIRUN"
-    return continue_command(run_dir, run_dir / RUN_DIR_CHECKPOINT, overrides, multirun)
-
-
-def _hydra_mode(run_dir: Path) -> str | None:
-    """RUN or MULTIRUN, as the run dir's .hydra/hydra.yaml records it; None when it cannot be read."""
-    import yaml
-
-    try:
-        config = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    hydra = config.get("hydra") if isinstance(config, dict) else None
-    return hydra.get("mode") if isinstance(hydra, dict) else None
 
 
 def _repeated_seed_notes(group: Group) -> list[str]:

@@ -266,14 +266,20 @@ def test_a_run_dir_in_use_or_holding_an_interrupted_run_is_refused_before_anythi
 
     interrupted = tmp_path / "interrupted"
     shutil.copytree(Path(first["checkpoint"]).parent, interrupted / "checkpoints")
+    # the interrupted run's command, as Hydra recorded it
+    (interrupted / ".hydra").mkdir()
+    (interrupted / ".hydra" / "overrides.yaml").write_text("- seed=3\n- trainer.max_steps=50\n")
     proc = run_module("vla_hydra.train", *args, f"hydra.run.dir={interrupted}", timeout=120)
     assert proc.returncode == 1
     ckpt = interrupted / "checkpoints" / "last.ckpt"
+    # the whole command that continues it, its own overrides included: `ckpt_path=` alone started a new run
+    # dir with seed 0 (or was refused as another algo=)
     assert proc.stderr.strip().splitlines() == [
         f"error: run dir {interrupted} holds an unfinished run (checkpoints/last.ckpt); continue it with "
-        f"ckpt_path={ckpt}, or choose another hydra.run.dir"
+        f"python -m vla_hydra.train seed=3 trainer.max_steps=50 ckpt_path={ckpt} hydra.run.dir={interrupted}, "
+        "or choose another hydra.run.dir"
     ]
-    assert not (interrupted / ".hydra").exists()
+    assert [p.name for p in (interrupted / ".hydra").iterdir()] == ["overrides.yaml"]
     # a local sweep into the sweep dir holding an interrupted job: refused before Hydra replaced that job's
     # .hydra/ config and the sweep's multirun.yaml (only the job itself was refused); not under cluster=slurm,
     # whose jobs continue the last.ckpt they find (cluster.auto_resume)
@@ -285,8 +291,8 @@ def test_a_run_dir_in_use_or_holding_an_interrupted_run_is_refused_before_anythi
         refuse_finished_run_dir_early(["-m", "seed=0,1", f"hydra.sweep.dir={sweep}"])
     assert capsys.readouterr().err.splitlines() == [
         f"error: hydra.sweep.dir={sweep}: holds runs ({sweep / '1'}); a sweep writes its own job dirs: choose "
-        f"a new dir (continue one of its runs alone with ckpt_path={sweep / '1' / 'checkpoints' / 'last.ckpt'} "
-        f"hydra.run.dir={sweep / '1'})"
+        f"a new dir (continue one of its runs alone with python -m vla_hydra.train "
+        f"ckpt_path={sweep / '1' / 'checkpoints' / 'last.ckpt'} hydra.run.dir={sweep / '1'})"
     ]
     refuse_finished_run_dir_early(["-m", "cluster=slurm", "seed=0,1", f"hydra.sweep.dir={sweep}"])
     again = run_module(
@@ -355,7 +361,9 @@ def test_a_refused_continuation_leaves_the_run_dir_as_it_was(tmp_path, data_dir,
         (
             ["-m", f"ckpt_path={other}", f"hydra.sweep.dir={tmp_path}"],
             f"error: hydra.sweep.dir={tmp_path}: holds runs ({run}); a sweep writes its own job dirs: choose a "
-            f"new dir (continue one of its runs alone with ckpt_path={ckpt} hydra.run.dir={run})",
+            f"new dir (continue one of its runs alone with python -m vla_hydra.train trainer.max_steps=50 "
+            f"eval.episodes=2 callbacks.policy_eval=null paths.data_dir={data_dir} ckpt_path={ckpt} "
+            f"hydra.run.dir={run})",
         ),
     ]:
         with pytest.raises(SystemExit):

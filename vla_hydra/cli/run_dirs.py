@@ -93,11 +93,9 @@ def refuse_finished_run_dir_early(argv: list[str]) -> None:
 def _sweep_dir_holds_runs(sweep_dir: Path, run: Path) -> str:
     """A sweep into a dir that holds runs: a sweep's ckpt_path= would go to every job, so continuing one of
     them is a run of its own."""
-    from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT
-
     return (
         f"hydra.sweep.dir={sweep_dir}: holds runs ({run}); a sweep writes its own job dirs: choose a new dir "
-        f"(continue one of its runs alone with ckpt_path={run / RUN_DIR_CHECKPOINT} hydra.run.dir={run})"
+        f"(continue one of its runs alone with {continue_command_of(run)})"
     )
 
 
@@ -137,6 +135,30 @@ def continue_command(run_dir: Path, checkpoint: str | Path, overrides: Sequence[
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _CONTINUATION_KEYS]
     own = [f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}", *(["hydra.mode=RUN"] if multirun else [])]
     return " ".join(["python -m vla_hydra.train", *map(shlex.quote, [*kept, *own])])
+
+
+def continue_command_of(run_dir: Path) -> str:
+    """continue_command for a stopped run found on disk (a refusal of its dir, report's note): its overrides
+    and Hydra mode as its `.hydra/` records them, none where that cannot be read."""
+    from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT
+
+    run_dir = Path(run_dir)
+    overrides = _hydra_record(run_dir / ".hydra" / "overrides.yaml")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        overrides = []
+    hydra = _hydra_record(run_dir / ".hydra" / "hydra.yaml")
+    hydra = hydra.get("hydra") if isinstance(hydra, dict) else None
+    multirun = isinstance(hydra, dict) and hydra.get("mode") == "MULTIRUN"
+    return continue_command(run_dir, run_dir / RUN_DIR_CHECKPOINT, overrides, multirun)
+
+
+def _hydra_record(path: Path) -> object:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
 
 
 # the files Hydra writes into <run dir>/.hydra/ at the start of every run into that dir

@@ -121,9 +121,12 @@ def refuse_unfinished_run_dir(run_dir: Path) -> None:
     step history to its metrics.csv and leave its last.ckpt beside results that are not from it."""
     own = Path(run_dir) / RUN_DIR_CHECKPOINT
     if own.is_file() or is_deepspeed_checkpoint(own):
+        from vla_hydra.cli.run_dirs import continue_command_of
+
+        # the whole command: `ckpt_path=` alone is refused as another algo= or continues in a new dir
         raise CheckpointError(
             f"run dir {run_dir} holds an unfinished run ({RUN_DIR_CHECKPOINT}); continue it with "
-            f"ckpt_path={own}, or choose another hydra.run.dir"
+            f"{continue_command_of(run_dir)}, or choose another hydra.run.dir"
         )
 
 
