@@ -704,9 +704,16 @@ def test_rerun_into_a_finished_run_dir_is_refused_and_continuing_it_is_not(tmp_p
     config_before = (
         (run_dir / ".hydra" / "config.yaml").read_bytes() if (run_dir / ".hydra").exists() else None
     )
+    (run_dir / ".hydra").mkdir(exist_ok=True)  # the run's command, as Hydra records it
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- seed=2\n- trainer.max_steps=100\n")
     proc = run_module("vla_hydra.train", f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}")
     assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0
-    assert "holds a finished run" in proc.stderr and "ckpt_path=" in proc.stderr
+    # the whole command that continues it: `ckpt_path=` alone started a new dir with seed 0
+    assert "holds a finished run" in proc.stderr and proc.stderr.strip().endswith(
+        f"continue that run with python -m vla_hydra.train seed=2 trainer.max_steps=100 "
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'} hydra.run.dir={run_dir} and a larger "
+        "trainer.max_steps (online algos: algo.total_timesteps)"
+    )
     if config_before is not None:
         assert (run_dir / ".hydra" / "config.yaml").read_bytes() == config_before
     # continuing the run from its checkpoint in its own dir is what resume is for

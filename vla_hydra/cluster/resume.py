@@ -134,9 +134,12 @@ def refuse_finished_run_dir(run_dir: Path) -> None:
     """A fresh run may not write into the dir of a finished one (its results.json, logs and config would
     be replaced); continuing that run from its checkpoint may."""
     if (Path(run_dir) / "results.json").is_file():
+        from vla_hydra.cli.run_dirs import continue_command_of
+
         raise CheckpointError(
             f"run dir {run_dir} holds a finished run (results.json); choose another hydra.run.dir / "
-            f"hydra.sweep.dir, or continue that run with ckpt_path={Path(run_dir) / RUN_DIR_CHECKPOINT}"
+            f"hydra.sweep.dir, or continue that run with {continue_command_of(run_dir)} and a larger "
+            "trainer.max_steps (online algos: algo.total_timesteps)"
         )
 
 
