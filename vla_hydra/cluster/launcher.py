@@ -198,6 +198,8 @@ class WaitForAllJobs(BaseSubmititLauncher):
             if self._EXECUTOR == "slurm":
                 _refuse_unread_cluster_keys(self.config)
                 _check_trainer_follows_cluster(self.config)
+            else:
+                _check_one_local_task(self.config)
             _refuse_swept_submission_settings(job_overrides, slurm=self._EXECUTOR == "slurm")
             if not OmegaConf.select(self.config, "cluster.wait", default=True):
                 _check_detached_submission(self.config, self._EXECUTOR)
@@ -620,6 +622,18 @@ def _check_trainer_follows_cluster(config: Any) -> None:
                 f"trainer.{trainer_key}={given}: with cluster=slurm it follows cluster.{cluster_key} "
                 f"({wanted}; SLURM starts the processes): set cluster.{cluster_key}={given} instead"
             )
+
+
+def _check_one_local_task(config: Any) -> None:
+    """cluster=submitit_local with cluster.tasks_per_node > 1: submitit started that many copies of each
+    job, all training the same run into the same run dir (the second failed on "run dir ... is in use by
+    another running process"); nothing tells Lightning they are ranks of one job, as SLURM does."""
+    tasks = OmegaConf.select(config, "cluster.tasks_per_node", default=1)
+    if isinstance(tasks, int) and tasks > 1:
+        raise ConfigError(
+            f"cluster.tasks_per_node={tasks}: cluster=submitit_local runs one process per job (each task "
+            "would train the same run again); several processes per job need cluster=slurm"
+        )
 
 
 def _refuse_swept_submission_settings(job_overrides: Sequence[Sequence[str]], slurm: bool) -> None:
