@@ -195,8 +195,10 @@ class WaitForAllJobs(BaseSubmititLauncher):
         assert self.config is not None
         try:
             _check_cluster_settings(self.config)
+            _refuse_unread_cluster_keys(
+                self.config, "slurm" if self._EXECUTOR == "slurm" else "submitit_local"
+            )
             if self._EXECUTOR == "slurm":
-                _refuse_unread_cluster_keys(self.config)
                 _check_trainer_follows_cluster(self.config)
             else:
                 _check_one_local_task(self.config)
@@ -582,10 +584,10 @@ def _check_cluster_settings(config: Any) -> None:
 _CLUSTER_KEYS_READ_BY_CODE = ("auto_resume", "wait")
 
 
-def _refuse_unread_cluster_keys(config: Any) -> None:
-    """cluster=slurm: a `cluster.` key nothing reads, close to one that is read. A typo in a user's
-    cluster yaml or conf/local/default.yaml (`partiton: gpu`, `mem: 64`) was passed over in silence and
-    the job was submitted with the default; on the command line Hydra refuses the same key."""
+def _refuse_unread_cluster_keys(config: Any, cluster_name: str) -> None:
+    """cluster=slurm / submitit_local: a `cluster.` key nothing reads, close to one that is read. A typo in
+    a user's cluster yaml or conf/local/default.yaml (`partiton: gpu`, `cpus_per_tsk: 2`) was passed over
+    in silence and the job was submitted with the default; on the command line Hydra refuses the same key."""
     import difflib
 
     cluster = config.get("cluster")
@@ -605,7 +607,8 @@ def _refuse_unread_cluster_keys(config: Any) -> None:
         close = difflib.get_close_matches(str(key), [str(k) for k in read], n=1) if key not in read else []
         if close:
             raise ConfigError(
-                f"cluster.{key}: not a cluster=slurm setting, nothing reads it; did you mean cluster.{close[0]}?"
+                f"cluster.{key}: not a cluster={cluster_name} setting, nothing reads it; did you mean "
+                f"cluster.{close[0]}?"
             )
 
 
