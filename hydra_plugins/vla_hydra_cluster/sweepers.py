@@ -79,12 +79,15 @@ def fixed_overrides(arguments: list[str]) -> list[str]:
     not the search space (sweep overrides), nor where and how many trials run (hydra.*, cluster, paths)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    kept = []
+    kept = {}
     for override in OverridesParser.create().parse_overrides(arguments):
         root = override.key_or_group.split(".")[0].split("/")[0]
         if not override.is_sweep_override() and root not in ("hydra", "cluster", "paths"):
-            kept.append(override.input_line)
-    return sorted(kept)
+            # a key given twice takes its last value (as Hydra composes it): `... trainer.max_steps=30
+            # trainer.max_steps=40` was compared as both, and a refusal named "no override" for the study's
+            kept.pop(override.key_or_group, None)
+            kept[override.key_or_group] = override.input_line
+    return sorted(kept.values())
 
 
 def check_same_study_command(storage: str, study_name: str, fixed: list[str]) -> None:

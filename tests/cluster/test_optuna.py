@@ -114,6 +114,22 @@ def test_a_stored_study_is_not_continued_by_a_command_with_other_settings(pendul
     assert len(list((tmp_path / "logs" / "bc_optuna" / "multiruns").glob("*"))) == 1  # no sweep dir made
 
 
+def test_a_key_given_twice_counts_with_its_last_value_when_a_study_is_compared():
+    """`<the study's command> trainer.max_steps=40` kept both values: the refusal read "was run with no
+    override where this command has trainer.max_steps=40", and `a=1 a=2` was refused against `a=2`."""
+    from hydra_plugins.vla_hydra_cluster.sweepers import fixed_overrides
+
+    assert fixed_overrides(
+        [
+            "hparams_search=bc_optuna",
+            "trainer.max_steps=30",
+            "seed=1",
+            "trainer.max_steps=40",
+            "cluster=local",
+        ]
+    ) == ["hparams_search=bc_optuna", "seed=1", "trainer.max_steps=40"]
+
+
 def test_search_settings_optuna_cannot_run_are_one_line_before_the_study_is_opened(tmp_path):
     """n_trials=0 ended in a traceback from the empty study's best-trial lookup, n_jobs=0 in a
     ZeroDivisionError, an unknown direction in Optuna's ValueError; each left an empty study database."""

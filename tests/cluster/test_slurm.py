@@ -554,3 +554,17 @@ def test_a_local_sweep_of_multi_process_jobs_is_refused_in_one_line(tmp_path, pe
         )
     )
     assert not list(tmp_path.glob("logs/train/multiruns/*/0/results.json"))
+
+
+def test_a_local_sweep_of_multi_node_jobs_names_the_node_count(tmp_path, pendulum_data):
+    """One device on each of 2 nodes is two processes too: the refusal named `trainer.devices=1`."""
+    proc = run_module(
+        "vla_hydra.train", "-m", "trainer=ddp", "trainer.devices=1", "+trainer.num_nodes=2", "seed=0",
+        *small_job_args(tmp_path, pendulum_data)[:-2], cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "error: job 0 (trainer=ddp trainer.devices=1 +trainer.num_nodes=2 seed=0 " in proc.stderr
+    assert (
+        ": trainer.num_nodes=2: a local sweep (-m, hparams_search=, cluster=submitit_local) cannot run "
+        in (proc.stderr)
+    )

@@ -102,6 +102,24 @@ def test_ddp_policy_delay_algorithm_keeps_identical_weights(tmp_path, data_dir):
     assert results["train_steps"] == 20
 
 
+def test_ddp_resume_continues_every_ranks_random_streams(tmp_path, data_dir):
+    """Each rank draws its own target-policy noise (decorrelate_rngs). The checkpoint held rank 0's RNG
+    states alone, reseeded per rank on resume: a TD3+BC run continued with ckpt_path= ended with other
+    weights than the uninterrupted one (return -1113.04 vs -1113.13 after 100 updates)."""
+    steps = [
+        "algo=td3bc",
+        "algo.updates_per_step=5",
+        "callbacks.policy_eval=null",
+        f"paths.data_dir={data_dir}",
+    ]
+    straight, _ = _ddp_ranks(tmp_path / "straight", *steps, "trainer.max_steps=20")
+    _ddp_ranks(tmp_path / "split", *steps, "trainer.max_steps=10")
+    checkpoint = tmp_path / "split" / "run" / "checkpoints" / "last.ckpt"
+    resumed, _ = _ddp_ranks(tmp_path / "resumed", *steps, "trainer.max_steps=20", f"ckpt_path={checkpoint}")
+    assert [r["global_step"] for r in resumed] == [20, 20]
+    assert resumed[0]["params"] == resumed[1]["params"] == straight[0]["params"]
+
+
 @pytest.mark.parametrize(
     ("algo", "overrides"),
     [
@@ -314,7 +332,10 @@ def test_gpu_only_strategies_on_a_cpu_machine_fail_in_one_line(tmp_path, data_di
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: trainer (accelerator=gpu, devices=2, strategy="), proc.stderr[-2000:]
-    assert "Lightning refuses it here: No supported gpu backend found!" in last
+    assert last.endswith(
+        "Lightning refuses it here: No supported gpu backend found! (this trainer needs CUDA GPUs and this "
+        "machine has none; here: trainer=cpu, or trainer=ddp for several CPU processes)"
+    )
     assert "Traceback" not in proc.stderr and not (run_dir / "results.json").exists()
 
 

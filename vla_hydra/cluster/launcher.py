@@ -195,9 +195,13 @@ class WaitForAllJobs(BaseSubmititLauncher):
         assert self.config is not None
         try:
             _check_cluster_settings(self.config)
+            _refuse_unread_cluster_keys(
+                self.config, "slurm" if self._EXECUTOR == "slurm" else "submitit_local"
+            )
             if self._EXECUTOR == "slurm":
-                _refuse_unread_cluster_keys(self.config)
                 _check_trainer_follows_cluster(self.config)
+            else:
+                _check_one_local_task(self.config)
             _refuse_swept_submission_settings(job_overrides, slurm=self._EXECUTOR == "slurm")
             if not OmegaConf.select(self.config, "cluster.wait", default=True):
                 _check_detached_submission(self.config, self._EXECUTOR)
@@ -580,10 +584,10 @@ def _check_cluster_settings(config: Any) -> None:
 _CLUSTER_KEYS_READ_BY_CODE = ("auto_resume", "wait")
 
 
-def _refuse_unread_cluster_keys(config: Any) -> None:
-    """cluster=slurm: a `cluster.` key nothing reads, close to one that is read. A typo in a user's
-    cluster yaml or conf/local/default.yaml (`partiton: gpu`, `mem: 64`) was passed over in silence and
-    the job was submitted with the default; on the command line Hydra refuses the same key."""
+def _refuse_unread_cluster_keys(config: Any, cluster_name: str) -> None:
+    """cluster=slurm / submitit_local: a `cluster.` key nothing reads, close to one that is read. A typo in
+    a user's cluster yaml or conf/local/default.yaml (`partiton: gpu`, `cpus_per_tsk: 2`) was passed over
+    in silence and the job was submitted with the default; on the command line Hydra refuses the same key."""
     import difflib
 
     cluster = config.get("cluster")
@@ -603,7 +607,8 @@ def _refuse_unread_cluster_keys(config: Any) -> None:
         close = difflib.get_close_matches(str(key), [str(k) for k in read], n=1) if key not in read else []
         if close:
             raise ConfigError(
-                f"cluster.{key}: not a cluster=slurm setting, nothing reads it; did you mean cluster.{close[0]}?"
+                f"cluster.{key}: not a cluster={cluster_name} setting, nothing reads it; did you mean "
+                f"cluster.{close[0]}?"
             )
 
 
@@ -620,6 +625,18 @@ def _check_trainer_follows_cluster(config: Any) -> None:
                 f"trainer.{trainer_key}={given}: with cluster=slurm it follows cluster.{cluster_key} "
                 f"({wanted}; SLURM starts the processes): set cluster.{cluster_key}={given} instead"
             )
+
+
+def _check_one_local_task(config: Any) -> None:
+    """cluster=submitit_local with cluster.tasks_per_node > 1: submitit started that many copies of each
+    job, all training the same run into the same run dir (the second failed on "run dir ... is in use by
+    another running process"); nothing tells Lightning they are ranks of one job, as SLURM does."""
+    tasks = OmegaConf.select(config, "cluster.tasks_per_node", default=1)
+    if isinstance(tasks, int) and tasks > 1:
+        raise ConfigError(
+            f"cluster.tasks_per_node={tasks}: cluster=submitit_local runs one process per job (each task "
+            "would train the same run again); several processes per job need cluster=slurm"
+        )
 
 
 def _refuse_swept_submission_settings(job_overrides: Sequence[Sequence[str]], slurm: bool) -> None:

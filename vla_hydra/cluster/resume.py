@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from vla_hydra.core.checkpoints import RUN_DIR_CHECKPOINT, check_run_checkpoint, is_deepspeed_checkpoint
 from vla_hydra.core.exceptions import CheckpointError
 from vla_hydra.core.logging import get_logger
-from vla_hydra.core.runtime import decorrelate_rngs, get_rng_states, set_rng_states
+from vla_hydra.core.runtime import all_gather_objects, decorrelate_rngs, get_rng_states, set_rng_states
 
 log = get_logger(__name__)
 
@@ -315,7 +315,11 @@ class ResumeState(L.Callback):
         self.batches_consumed += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batches_consumed": self.batches_consumed, "rng": get_rng_states()}
+        # every save of a multi-process run is collective (Lightning dumps the checkpoint on every rank, rank
+        # 0 writes it). Each rank draws its own numbers (decorrelate_rngs), so every rank's states are kept:
+        # with rank 0's alone, a resumed rank r continued from rank 0's reseeded, not from its own stream
+        rng = get_rng_states()
+        return {"batches_consumed": self.batches_consumed, "rng": rng, "rng_by_rank": all_gather_objects(rng)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = state_dict
@@ -341,7 +345,11 @@ class ResumeState(L.Callback):
         # RNGs are restored at the first step, after every on_train_start hook (e.g. the evaluation at start)
         if self._restored is None:
             return
-        rng, self._restored = self._restored["rng"], None
-        set_rng_states(rng)
-        if trainer.world_size > 1:  # the checkpoint holds rank 0's states: every rank got the same
+        restored, self._restored = self._restored, None
+        by_rank = restored.get("rng_by_rank") or []
+        if len(by_rank) == trainer.world_size:  # the same number of processes: each continues its own
+            set_rng_states(by_rank[trainer.global_rank])
+            return
+        set_rng_states(restored["rng"])
+        if trainer.world_size > 1:  # rank 0's states only (another world size, an older checkpoint)
             decorrelate_rngs(trainer.global_rank)

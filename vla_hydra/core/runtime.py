@@ -105,6 +105,16 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     return torch.stack(gathered)
 
 
+def all_gather_objects(obj) -> list:
+    """`obj` (picklable) from every process, in rank order; [obj] when not distributed. A collective."""
+    world_size = process_group_size()
+    if world_size == 1:
+        return [obj]
+    gathered = [None] * world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
 def any_process(flag: bool, device: torch.device | str = "cpu") -> bool:
     """`flag` or-ed over every process (just `flag` when not distributed); a collective. `device`: where
     the backend communicates (CUDA tensors for NCCL)."""

@@ -172,8 +172,10 @@ def refuse_local_multiprocess_sweep(cfg: DictConfig) -> None:
     devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
     per_node = len(devices) if OmegaConf.is_list(devices) else devices if isinstance(devices, int) else 1
     if per_node * (nodes if isinstance(nodes, int) else 1) > 1:
+        # name the setting that asks for more than one process (devices=1 with num_nodes=2 named devices=1)
+        setting = f"trainer.devices={devices}" if per_node > 1 else f"trainer.num_nodes={nodes}"
         raise ConfigError(
-            f"trainer.devices={devices}: a local sweep (-m, hparams_search=, cluster=submitit_local) cannot "
+            f"{setting}: a local sweep (-m, hparams_search=, cluster=submitit_local) cannot "
             "run several processes per job; run the jobs one at a time without -m, or use cluster=slurm"
         )
 

@@ -39,11 +39,25 @@ def build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list):
             strategy = str(strategy.get("_target_", "?")).rsplit(".", 1)[-1]
         raise ConfigError(
             f"trainer (accelerator={trainer_cfg.get('accelerator')}, devices={trainer_cfg.get('devices')}, "
-            f"strategy={strategy}): Lightning refuses it here: {err.__cause__}"
+            f"strategy={strategy}): Lightning refuses it here: {err.__cause__}{_no_gpu_hint(trainer_cfg)}"
         ) from err
     use_atomic_checkpoint_io(trainer)
     note_unused_gpu(trainer)
     return trainer
+
+
+def _no_gpu_hint(trainer_cfg: DictConfig) -> str:
+    """What a GPU setting on a machine without CUDA means in the CLI's terms: Lightning's reason ("No
+    supported gpu backend found!") said neither that trainer=fsdp / deepspeed / gpu need CUDA GPUs nor what
+    runs here instead."""
+    import torch
+
+    if str(trainer_cfg.get("accelerator")) not in ("gpu", "cuda") or torch.cuda.is_available():
+        return ""
+    return (
+        " (this trainer needs CUDA GPUs and this machine has none; here: trainer=cpu, or trainer=ddp for "
+        "several CPU processes)"
+    )
 
 
 _unused_gpu_noted = False
