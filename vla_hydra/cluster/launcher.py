@@ -150,10 +150,8 @@ def log_sweep_summary(config: Any, sweep_dir: Path, returns: Sequence[JobReturn]
         return  # vla_hydra.eval / collect sweeps: report tables training runs
     done = sum(r.status == JobStatus.COMPLETED for r in returns)
     sweep_dir = sweep_dir.absolute()
-    log.info(
-        f"sweep dir {sweep_dir}: {done} of {len(returns)} job(s) finished; "
-        f"table and learning curves: python -m vla_hydra.report {sweep_dir}"
-    )
+    table = f"; table and learning curves: python -m vla_hydra.report {sweep_dir}" if done else ""
+    log.info(f"sweep dir {sweep_dir}: {done} of {len(returns)} job(s) finished{table}")
 
 
 class WaitForAllJobs(BaseSubmititLauncher):
