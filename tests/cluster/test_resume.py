@@ -356,7 +356,9 @@ def test_a_refused_continuation_leaves_the_run_dir_as_it_was(tmp_path, data_dir,
             [f"ckpt_path={other}", f"hydra.run.dir={run}"],
             f"error: ckpt_path={other}: run dir {run} holds another run (results.json, checkpoints/last.ckpt), "
             f"which this continuation would replace; choose another hydra.run.dir (or continue that run with "
-            f"ckpt_path={ckpt})",
+            f"python -m vla_hydra.train trainer.max_steps=50 eval.episodes=2 callbacks.policy_eval=null "
+            f"paths.data_dir={data_dir} ckpt_path={ckpt} hydra.run.dir={run} and a larger trainer.max_steps "
+            "(online algos: algo.total_timesteps))",
         ),
         (
             ["-m", f"ckpt_path={other}", f"hydra.sweep.dir={tmp_path}"],

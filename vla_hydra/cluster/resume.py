@@ -130,6 +130,10 @@ def refuse_unfinished_run_dir(run_dir: Path) -> None:
         )
 
 
+# what continuing a finished run takes besides its own command
+_LARGER_BUDGET = " and a larger trainer.max_steps (online algos: algo.total_timesteps)"
+
+
 def refuse_finished_run_dir(run_dir: Path) -> None:
     """A fresh run may not write into the dir of a finished one (its results.json, logs and config would
     be replaced); continuing that run from its checkpoint may."""
@@ -138,8 +142,7 @@ def refuse_finished_run_dir(run_dir: Path) -> None:
 
         raise CheckpointError(
             f"run dir {run_dir} holds a finished run (results.json); choose another hydra.run.dir / "
-            f"hydra.sweep.dir, or continue that run with {continue_command_of(run_dir)} and a larger "
-            "trainer.max_steps (online algos: algo.total_timesteps)"
+            f"hydra.sweep.dir, or continue that run with {continue_command_of(run_dir)}{_LARGER_BUDGET}"
         )
 
 
@@ -153,10 +156,12 @@ def refuse_another_runs_dir(run_dir: Path, ckpt_path: str) -> None:
         return  # nothing there to lose; `last` is the run dir's own checkpoint
     if Path(ckpt_path).resolve().is_relative_to(run_dir.resolve()):
         return
+    from vla_hydra.cli.run_dirs import continue_command_of
+
     raise CheckpointError(
         f"ckpt_path={ckpt_path}: run dir {run_dir} holds another run ({', '.join(held)}), which this "
-        "continuation would replace; choose another hydra.run.dir (or continue that run with "
-        f"ckpt_path={run_dir / RUN_DIR_CHECKPOINT})"
+        f"continuation would replace; choose another hydra.run.dir (or continue that run with "
+        f"{continue_command_of(run_dir)}{_LARGER_BUDGET if 'results.json' in held else ''})"
     )
 
 

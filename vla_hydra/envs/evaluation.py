@@ -44,7 +44,8 @@ class EvalResult:
         """The one line train, eval and eval_only runs log: return mean ± std, episodes, normalized score."""
         score = self.normalized_score
         return (
-            f"eval return {self.return_mean:.1f} ± {self.return_std:.1f} over {len(self.returns)} episodes"
+            f"eval return {self.return_mean:.1f} ± {self.return_std:.1f} over {len(self.returns)} "
+            f"episode{'s' if len(self.returns) != 1 else ''}"
             + (f", normalized score {score:.1f}" if score is not None else "")
         )
 
