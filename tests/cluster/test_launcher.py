@@ -157,38 +157,35 @@ def test_a_missing_checkpoint_of_one_job_is_refused_before_any_job_starts(tmp_pa
     assert not list(tmp_path.glob("logs/eval/multiruns/*"))  # no sweep dir left behind
 
 
-def test_several_tasks_per_submitit_local_job_are_refused_before_any_job_starts(tmp_path):
-    """submitit started cluster.tasks_per_node copies of each job, all training into the same run dir: the
-    second failed on "run dir ... is in use by another running process", after the first had started."""
+@pytest.mark.parametrize(
+    "override,line",
+    [
+        # submitit started cluster.tasks_per_node copies of each job, all training into the same run dir: the
+        # second failed on "run dir ... is in use by another running process", after the first had started
+        (
+            "cluster.tasks_per_node=2",
+            "error: cluster.tasks_per_node=2: cluster=submitit_local runs one process per job (each task would "
+            "train the same run again); several processes per job need cluster=slurm",
+        ),
+        # a typo in a user's cluster yaml built on submitit_local (`cpus_per_tsk: 2`) was passed over in silence
+        # and every job ran with cluster.cpus_per_task's default, as under cluster=slurm before
+        (
+            "+cluster.cpus_per_tsk=2",
+            "error: cluster.cpus_per_tsk: not a cluster=submitit_local setting, nothing reads it; did you mean "
+            "cluster.cpus_per_task?",
+        ),
+    ],
+)
+def test_a_submitit_local_setting_it_cannot_honour_is_refused_before_any_job_starts(tmp_path, override, line):
     from tests.conftest import run_module
 
     proc = run_module(
-        "vla_hydra.train", "-m", "cluster=submitit_local", "cluster.tasks_per_node=2", "trainer.max_steps=1",
+        "vla_hydra.train", "-m", "cluster=submitit_local", override, "trainer.max_steps=1",
         f"paths.root_dir={tmp_path}", timeout=120,
     )  # fmt: skip
     assert proc.returncode == 1
-    assert [ln for ln in proc.stderr.splitlines() if not ln.startswith("[")] == [
-        "error: cluster.tasks_per_node=2: cluster=submitit_local runs one process per job (each task would "
-        "train the same run again); several processes per job need cluster=slurm"
-    ]
+    assert [ln for ln in proc.stderr.splitlines() if not ln.startswith("[")] == [line]
     assert not list(tmp_path.glob("logs/train/multiruns/*"))  # no sweep dir left behind
-
-
-def test_a_near_miss_of_a_submitit_local_setting_is_refused_before_any_job_starts(tmp_path):
-    """A typo in a user's cluster yaml built on submitit_local (`cpus_per_tsk: 2`) was passed over in
-    silence and every job ran with cluster.cpus_per_task's default, as under cluster=slurm before."""
-    from tests.conftest import run_module
-
-    proc = run_module(
-        "vla_hydra.train", "-m", "cluster=submitit_local", "+cluster.cpus_per_tsk=2", "trainer.max_steps=1",
-        f"paths.root_dir={tmp_path}", timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 1
-    assert [ln for ln in proc.stderr.splitlines() if not ln.startswith("[")] == [
-        "error: cluster.cpus_per_tsk: not a cluster=submitit_local setting, nothing reads it; did you mean "
-        "cluster.cpus_per_task?"
-    ]
-    assert not list(tmp_path.glob("logs/train/multiruns/*"))
 
 
 def test_ctrl_c_inside_sbatch_ends_in_one_line_that_says_how_to_find_the_jobs(tmp_path):

@@ -323,8 +323,10 @@ class ResumeState(L.Callback):
         # every save of a multi-process run is collective (Lightning dumps the checkpoint on every rank, rank
         # 0 writes it). Each rank draws its own numbers (decorrelate_rngs), so every rank's states are kept:
         # with rank 0's alone, a resumed rank r continued from rank 0's reseeded, not from its own stream
-        rng = get_rng_states()
-        return {"batches_consumed": self.batches_consumed, "rng": rng, "rng_by_rank": all_gather_objects(rng)}
+        return {
+            "batches_consumed": self.batches_consumed,
+            "rng_by_rank": all_gather_objects(get_rng_states()),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = state_dict
@@ -351,10 +353,11 @@ class ResumeState(L.Callback):
         if self._restored is None:
             return
         restored, self._restored = self._restored, None
-        by_rank = restored.get("rng_by_rank") or []
+        # checkpoints written before rng_by_rank hold rank 0's states as "rng"
+        by_rank = restored.get("rng_by_rank") or [restored["rng"]]
         if len(by_rank) == trainer.world_size:  # the same number of processes: each continues its own
             set_rng_states(by_rank[trainer.global_rank])
             return
-        set_rng_states(restored["rng"])
-        if trainer.world_size > 1:  # rank 0's states only (another world size, an older checkpoint)
+        set_rng_states(by_rank[0])  # another number of processes (or an older checkpoint): rank 0's
+        if trainer.world_size > 1:  # ... reseeded per rank, or every rank would draw the same numbers
             decorrelate_rngs(trainer.global_rank)
